@@ -1,0 +1,55 @@
+"""The ``condnet`` command line: ``condnet <command> [options]``.
+
+Each command lives in ``CondNetLogic/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+#: command name -> (module, one-line help)
+COMMANDS = {
+    "info": ("CondNetLogic.commands.info", "what this installation can do (devices, weights, coils)"),
+    "convert": ("CondNetLogic.commands.convert", "label map -> uniform conductivity volume (Table I)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; subcommand options are added only for the command being run."""
+    parser = argparse.ArgumentParser(prog="condnet", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``condnet`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv)
+    if known.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    module_name, help_text = COMMANDS[known.command]
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"condnet {known.command}", description=help_text)
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+        print(f"condnet {known.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``condnet`` command line, one module each."""

@@ -1,0 +1,42 @@
+"""``condnet convert``: label map -> uniform (per-tissue) conductivity volume in S/m."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "label map -> uniform conductivity volume (Table I A/B or a user table), S/m, on the label map's grid"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``condnet convert``."""
+    parser.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA)")
+    parser.add_argument(
+        "--mapping",
+        default="synthseg",
+        help="label->tissue CSV, or 'synthseg' / 'samseg' for the shipped mappings (default: synthseg)",
+    )
+    parser.add_argument("--table", default="A", help="conductivity table: A, B or a JSON/CSV file (default: A)")
+    parser.add_argument("--out", required=True, help="output conductivity volume (S/m, float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert the label map and write the conductivity volume."""
+    from ..conductivity import (
+        get_table,
+        labels_to_tissues,
+        read_label_mapping,
+        resource_path,
+        tissues_to_conductivity,
+    )
+    from ..io import read_volume, write_volume
+
+    mapping_path = args.mapping
+    if args.mapping in ("synthseg", "samseg"):
+        mapping_path = resource_path("tissue_maps", f"{args.mapping}_labels.csv")
+    labels = read_volume(args.labels)
+    tissues = labels_to_tissues(labels.array, read_label_mapping(mapping_path))
+    table = get_table(args.table)
+    sigma = labels.with_array(tissues_to_conductivity(tissues, table))
+    path = write_volume(sigma, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}: conductivity (S/m, table {table.name}) on the label map's grid {labels.shape}")
+    return 0

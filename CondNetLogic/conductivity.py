@@ -1,0 +1,262 @@
+"""Tissue classes, the paper's conductivity tables (Table I), and label map -> conductivity.
+
+Tissue maps are ``uint8`` arrays holding indices into :data:`TISSUES` (0 = air).  Conductivities are
+in S/m.  The network target is the conductivity normalised to ``[0, 1 - tau]`` (paper Sec. III-A) and
+the prediction is mapped back with Eq. 3: ``C = max(sigma) / (1 - tau) * L``.
+
+References
+----------
+Rashed, Gomez-Tames, Hirata, "Deep learning-based development of personalized human head model with
+non-uniform conductivity for brain stimulation", IEEE TMI 39(7), 2020, doi:10.1109/TMI.2020.2969682.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_TAU",
+    "TABLE_A",
+    "TABLE_B",
+    "TABLES",
+    "TISSUES",
+    "ConductivityTable",
+    "denormalise",
+    "get_table",
+    "labels_to_tissues",
+    "load_table",
+    "normalise",
+    "read_label_mapping",
+    "resource_path",
+    "tissues_to_conductivity",
+]
+
+#: Tissue classes of the paper's Table I, in the order of tissue-map indices (0 = air, outside the head).
+TISSUES: tuple = (
+    "air",
+    "wm",
+    "gm",
+    "csf",
+    "cerebellum",
+    "blood",
+    "vitreous_humor",
+    "muscle",
+    "fat",
+    "mucous",
+    "skin",
+    "dura",
+    "cortical_bone",
+    "cancellous_bone",
+)
+TISSUE_INDEX = {name: index for index, name in enumerate(TISSUES)}
+
+#: Normalisation margin tau of the paper (Sec. III-A).
+DEFAULT_TAU = 0.1
+
+
+def resource_path(*parts: str) -> Path:
+    """Path of a file in the extension's ``Resources/`` folder (beside the package)."""
+    return Path(__file__).resolve().parent.parent.joinpath("Resources", *parts)
+
+
+@dataclass(frozen=True)
+class ConductivityTable:
+    """Conductivity (S/m) per tissue name; air is always 0 S/m.
+
+    Raises
+    ------
+    ValueError
+        If a tissue is unknown or a value is negative or not finite.
+    """
+
+    name: str
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        values = {}
+        for tissue, value in self.values.items():
+            if tissue not in TISSUE_INDEX:
+                raise ValueError(f"table {self.name!r}: unknown tissue {tissue!r}; known: {', '.join(TISSUES)}")
+            value = float(value)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"table {self.name!r}: conductivity of {tissue} must be >= 0 S/m, got {value}")
+            values[tissue] = value
+        values["air"] = 0.0
+        object.__setattr__(self, "values", values)
+
+    @property
+    def sigma_max(self) -> float:
+        """Largest conductivity in the table (S/m), the ``max(sigma_n)`` of Eq. 3."""
+        return max(self.values.values())
+
+    def lookup(self) -> np.ndarray:
+        """Array (len(TISSUES),) of S/m indexed by tissue index; NaN for tissues the table lacks."""
+        table = np.full(len(TISSUES), np.nan, dtype=np.float32)
+        for tissue, value in self.values.items():
+            table[TISSUE_INDEX[tissue]] = value
+        return table
+
+    def to_dict(self) -> dict:
+        """JSON-ready ``{"name": ..., "values": {tissue: S/m}}``."""
+        return {"name": self.name, "values": dict(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ConductivityTable":
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["name"]), dict(data["values"]))
+
+
+#: Table I (A): fourth-order Cole-Cole model at 10 kHz (S/m).
+TABLE_A = ConductivityTable(
+    "A",
+    {
+        "blood": 0.70, "cancellous_bone": 0.08, "cortical_bone": 0.02, "cerebellum": 0.13, "csf": 2.0,
+        "dura": 0.5, "fat": 0.04, "gm": 0.10, "mucous": 0.07, "muscle": 0.34, "skin": 0.10,
+        "vitreous_humor": 1.5, "wm": 0.07,
+    },
+)
+#: Table I (B): typical values from computational studies (S/m).
+TABLE_B = ConductivityTable(
+    "B",
+    {
+        "blood": 0.70, "cancellous_bone": 0.025, "cortical_bone": 0.007, "cerebellum": 0.276, "csf": 1.654,
+        "dura": 0.5, "fat": 0.04, "gm": 0.276, "mucous": 0.07, "muscle": 0.40, "skin": 0.456,
+        "vitreous_humor": 1.5, "wm": 0.126,
+    },
+)
+TABLES = {"A": TABLE_A, "B": TABLE_B}
+
+
+def load_table(path: str | os.PathLike) -> ConductivityTable:
+    """Read a user conductivity table.
+
+    JSON: ``{"name": "mine", "values": {"gm": 0.1, ...}}`` or a flat ``{"gm": 0.1, ...}``.
+    CSV: a header with ``tissue`` and ``conductivity`` (S/m) columns.
+
+    Raises
+    ------
+    ValueError
+        If the file is malformed or names an unknown tissue.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            if "values" in data:
+                return ConductivityTable(str(data.get("name", path.stem)), data["values"])
+            return ConductivityTable(path.stem, data)
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return ConductivityTable(path.stem, {row["tissue"].strip(): float(row["conductivity"]) for row in rows})
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: malformed conductivity table ({err!r}); see load_table's docstring") from err
+
+
+def get_table(name_or_path: str | os.PathLike) -> ConductivityTable:
+    """``"A"`` or ``"B"`` (Table I) or the path of a user table."""
+    if str(name_or_path).upper() in TABLES:
+        return TABLES[str(name_or_path).upper()]
+    return load_table(name_or_path)
+
+
+def read_label_mapping(path: str | os.PathLike) -> dict:
+    """Read a ``label,...,tissue`` CSV into ``{label: tissue index}``.
+
+    The shipped mappings are ``Resources/tissue_maps/synthseg_labels.csv`` (the SynthSeg training
+    label maps) and ``Resources/tissue_maps/samseg_labels.csv`` (SAMSEG output).
+
+    Raises
+    ------
+    ValueError
+        If the file lacks ``label``/``tissue`` columns, a label is not an integer, a tissue is unknown,
+        or a label appears twice.
+    """
+    path = Path(path)
+    mapping: dict = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"label", "tissue"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a label mapping needs 'label' and 'tissue' columns; got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{line}: label {row['label']!r} is not an integer") from err
+            tissue = (row["tissue"] or "").strip()
+            if tissue not in TISSUE_INDEX:
+                raise ValueError(f"{path}:{line}: unknown tissue {tissue!r} for label {label}")
+            if label in mapping:
+                raise ValueError(f"{path}:{line}: label {label} is mapped twice")
+            mapping[label] = TISSUE_INDEX[tissue]
+    if not mapping:
+        raise ValueError(f"{path}: the label mapping is empty")
+    return mapping
+
+
+def labels_to_tissues(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Convert a label map to a tissue map (uint8 indices into :data:`TISSUES`).
+
+    Parameters
+    ----------
+    labels : ndarray
+        Integer labels (float arrays holding whole numbers are accepted, as some label files store them).
+    mapping : dict
+        ``{label: tissue index}`` from :func:`read_label_mapping`.
+
+    Raises
+    ------
+    ValueError
+        If a label is not a whole number or is missing from the mapping (named in the message).
+    """
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating):
+        rounded = np.rint(labels)
+        if not np.array_equal(rounded, labels):
+            raise ValueError("label map holds non-integer values; is it an intensity image?")
+        labels = rounded.astype(np.int64)
+    present = np.unique(labels)
+    missing = [int(label) for label in present if int(label) not in mapping]
+    if missing:
+        raise ValueError(f"labels {missing} are not in the label-to-tissue mapping")
+    lookup_labels = np.array(sorted(mapping), dtype=np.int64)
+    lookup_tissues = np.array([mapping[label] for label in lookup_labels], dtype=np.uint8)
+    return lookup_tissues[np.searchsorted(lookup_labels, labels)]
+
+
+def tissues_to_conductivity(tissues: np.ndarray, table: ConductivityTable) -> np.ndarray:
+    """Uniform-per-tissue conductivity (float32, S/m) from a tissue map.
+
+    Raises
+    ------
+    ValueError
+        If the map holds a tissue the table lacks (named in the message), never a silent zero.
+    """
+    tissues = np.asarray(tissues)
+    lookup = table.lookup()
+    present = np.unique(tissues)
+    if present.max(initial=0) >= len(TISSUES):
+        raise ValueError(f"tissue index {int(present.max())} out of range (0..{len(TISSUES) - 1})")
+    lacking = [TISSUES[int(t)] for t in present if np.isnan(lookup[int(t)])]
+    if lacking:
+        raise ValueError(f"conductivity table {table.name!r} has no value for tissues {lacking}")
+    return lookup[tissues.astype(np.intp)]
+
+
+def normalise(sigma: np.ndarray, sigma_max: float, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Scale conductivity (S/m) to the network target range ``[0, 1 - tau]`` (inverse of Eq. 3)."""
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"tau must be in [0, 1), got {tau}")
+    return (np.asarray(sigma, dtype=np.float32) * np.float32((1.0 - tau) / sigma_max)).astype(np.float32)
+
+
+def denormalise(level: np.ndarray, sigma_max: float, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Paper Eq. 3: ``C = max(sigma) / (1 - tau) * L`` (S/m, float32)."""
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"tau must be in [0, 1), got {tau}")
+    return (np.asarray(level, dtype=np.float32) * np.float32(sigma_max / (1.0 - tau))).astype(np.float32)

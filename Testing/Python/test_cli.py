@@ -1,0 +1,53 @@
+"""The condnet command line: dispatch, convert, info, errors to stderr with a non-zero status."""
+import json
+
+import numpy as np
+import pytest
+
+from CondNetLogic.cli import main
+from CondNetLogic.conductivity import TABLE_A
+from CondNetLogic.io import read_volume, write_volume
+from CondNetLogic.volume import Volume
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "convert" in out
+    assert "info" in out
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "convert" in info["commands"]
+    assert info["versions"]["numpy"] == np.__version__
+
+
+def test_convert_writes_conductivity_on_label_grid(tmp_path, capsys):
+    affine = np.array([[-1.0, 0, 0, 10], [0, 0, 1, -5], [0, -1, 0, 3], [0, 0, 0, 1]])  # L-I-A
+    labels = Volume(np.array([[[0, 2], [3, 24]]], dtype=np.int16), affine)
+    write_volume(labels, tmp_path / "labels.nii.gz")
+    out = tmp_path / "sigma.nrrd"
+    assert main(["convert", "--labels", str(tmp_path / "labels.nii.gz"), "--out", str(out)]) == 0
+    sigma = read_volume(out)
+    np.testing.assert_allclose(sigma.ijk_to_ras, affine, atol=1e-6)
+    expected = [[[0.0, TABLE_A.values["wm"]], [TABLE_A.values["gm"], TABLE_A.values["csf"]]]]
+    np.testing.assert_allclose(sigma.array, expected, rtol=1e-6)
+    # A second run refuses to overwrite and says so on stderr.
+    assert main(["convert", "--labels", str(tmp_path / "labels.nii.gz"), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_convert_unmapped_label_fails_cleanly(tmp_path, capsys):
+    write_volume(Volume(np.full((2, 2, 2), 777, dtype=np.int16), np.eye(4)), tmp_path / "l.nii.gz")
+    code = main(["convert", "--labels", str(tmp_path / "l.nii.gz"), "--out", str(tmp_path / "s.nii.gz")])
+    assert code == 2
+    assert "777" in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_unknown_option_exits_with_usage():
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", "--bogus"])
+    assert exc.value.code == 2

@@ -1,0 +1,123 @@
+"""Table I, label mappings and the Eq. 3 normalisation."""
+import json
+
+import numpy as np
+import pytest
+
+from CondNetLogic.conductivity import (
+    TABLE_A,
+    TABLE_B,
+    TISSUE_INDEX,
+    TISSUES,
+    ConductivityTable,
+    denormalise,
+    get_table,
+    labels_to_tissues,
+    load_table,
+    normalise,
+    read_label_mapping,
+    resource_path,
+    tissues_to_conductivity,
+)
+
+PAPER_TABLE_I = {  # tissue: (A, B) in S/m, transcribed from the paper's Table I
+    "blood": (0.70, 0.70), "cancellous_bone": (0.08, 0.025), "cortical_bone": (0.02, 0.007),
+    "cerebellum": (0.13, 0.276), "csf": (2.0, 1.654), "dura": (0.5, 0.5), "fat": (0.04, 0.04),
+    "gm": (0.10, 0.276), "mucous": (0.07, 0.07), "muscle": (0.34, 0.40), "skin": (0.10, 0.456),
+    "vitreous_humor": (1.5, 1.5), "wm": (0.07, 0.126),
+}
+
+
+def test_tables_match_paper():
+    for tissue, (a, b) in PAPER_TABLE_I.items():
+        assert TABLE_A.values[tissue] == a
+        assert TABLE_B.values[tissue] == b
+    assert set(TABLE_A.values) == set(TISSUES)
+    assert TABLE_A.sigma_max == 2.0
+    assert TABLE_B.sigma_max == 1.654
+
+
+def test_normalise_inverts_eq3():
+    sigma = np.array([0.0, 0.07, 2.0, 1.5], dtype=np.float32)
+    level = normalise(sigma, TABLE_A.sigma_max, 0.1)
+    assert level.max() == pytest.approx(0.9)
+    np.testing.assert_allclose(denormalise(level, TABLE_A.sigma_max, 0.1), sigma, rtol=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        normalise(sigma, 2.0, 1.0)
+
+
+def test_shipped_mappings_cover_the_shared_label_maps():
+    synthseg = read_label_mapping(resource_path("tissue_maps", "synthseg_labels.csv"))
+    samseg = read_label_mapping(resource_path("tissue_maps", "samseg_labels.csv"))
+    assert synthseg[0] == TISSUE_INDEX["air"]
+    assert synthseg[511] == TISSUE_INDEX["skin"]
+    assert samseg[259] == TISSUE_INDEX["vitreous_humor"]
+
+
+def test_labels_to_conductivity_including_float_labels():
+    mapping = {0: 0, 2: TISSUE_INDEX["wm"], 24: TISSUE_INDEX["csf"]}
+    labels = np.array([[[0, 2], [24, 2]]], dtype=np.float32)
+    tissues = labels_to_tissues(labels, mapping)
+    assert tissues.dtype == np.uint8
+    sigma = tissues_to_conductivity(tissues, TABLE_B)
+    np.testing.assert_allclose(sigma, [[[0.0, 0.126], [1.654, 0.126]]], rtol=1e-6)
+    assert sigma.dtype == np.float32
+
+
+def test_unmapped_label_is_named():
+    with pytest.raises(ValueError, match=r"\[99\]"):
+        labels_to_tissues(np.array([0, 99]), {0: 0})
+    with pytest.raises(ValueError, match="non-integer"):
+        labels_to_tissues(np.array([0.5]), {0: 0})
+
+
+def test_table_lacking_a_tissue_is_an_error_not_zero():
+    partial = ConductivityTable("partial", {"wm": 0.1})
+    with pytest.raises(ValueError, match="gm"):
+        tissues_to_conductivity(np.array([TISSUE_INDEX["wm"], TISSUE_INDEX["gm"]]), partial)
+
+
+def test_user_tables_json_and_csv(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"name": "mine", "values": {"gm": 0.2, "wm": 0.1}}))
+    table = load_table(tmp_path / "t.json")
+    assert table.name == "mine"
+    assert table.values["gm"] == 0.2
+    (tmp_path / "flat.json").write_text(json.dumps({"csf": 1.8}))
+    assert load_table(tmp_path / "flat.json").values["csf"] == 1.8
+    (tmp_path / "t.csv").write_text("tissue,conductivity\ngm,0.3\nskin,0.4\n")
+    assert get_table(tmp_path / "t.csv").values["skin"] == 0.4
+    assert get_table("b") is TABLE_B
+    assert ConductivityTable.from_dict(TABLE_A.to_dict()).values == TABLE_A.values
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "match"),
+    [
+        ('{"gm": -1}', ".json", ">= 0"),
+        ('{"grey": 0.1}', ".json", "unknown tissue"),
+        ("{not json", ".json", "malformed"),
+        ("name,value\ngm,0.1\n", ".csv", "malformed"),
+    ],
+)
+def test_bad_user_tables(tmp_path, content, suffix, match):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("lab,tis\n0,air\n", "columns"),
+        ("label,tissue\nx,air\n", "not an integer"),
+        ("label,tissue\n0,bone\n", "unknown tissue"),
+        ("label,tissue\n0,air\n0,wm\n", "twice"),
+        ("label,tissue\n", "empty"),
+    ],
+)
+def test_malformed_label_mapping(tmp_path, content, match):
+    path = tmp_path / "map.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        read_label_mapping(path)

@@ -1,0 +1,105 @@
+"""Volume IO keeps geometry for every format; bad files give clear errors."""
+import gzip
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CondNetLogic.errors import VolumeReadError
+from CondNetLogic.io import check_finite, read_volume, write_volume
+from CondNetLogic.volume import Volume, affine_from_geometry
+
+SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
+
+
+def make_volume(components: int = 1, dtype=np.float32) -> Volume:
+    rng = np.random.default_rng(1)
+    shape = (7, 5, 4) if components == 1 else (7, 5, 4, components)
+    a = np.deg2rad(25.0)
+    rotation = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    lia = np.array([[-1, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=float)
+    affine = affine_from_geometry([0.9, 1.3, 2.5], [12.5, -40.0, 31.0], rotation @ lia)
+    return Volume(rng.normal(size=shape).astype(dtype), affine)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_scalar_roundtrip_keeps_geometry(tmp_path, suffix):
+    vol = make_volume()
+    path = write_volume(vol, tmp_path / f"v{suffix}")
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.ijk_to_ras, vol.ijk_to_ras, atol=1e-5)
+    assert back.array.dtype == np.float32
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_vector_roundtrip_keeps_components_and_geometry(tmp_path, suffix):
+    vol = make_volume(components=3)
+    back = read_volume(write_volume(vol, tmp_path / f"e{suffix}"), allow_vector=True)
+    assert back.array.shape == vol.array.shape
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.ijk_to_ras, vol.ijk_to_ras, atol=1e-5)
+    with pytest.raises(VolumeReadError, match="3 components"):
+        read_volume(tmp_path / f"e{suffix}")
+
+
+def test_itk_lps_convention_matches_nifti_header(tmp_path):
+    """Voxel (i, j, k) in our array is the voxel SimpleITK places at TransformIndexToPhysicalPoint, in LPS."""
+    vol = make_volume()
+    path = write_volume(vol, tmp_path / "v.nii.gz")
+    image = sitk.ReadImage(str(path))
+    for ijk in [(0, 0, 0), (6, 1, 3), (2, 4, 1)]:
+        lps = np.array(image.TransformIndexToPhysicalPoint(ijk))
+        ras = vol.ijk_to_ras_points(np.array(ijk, dtype=float))
+        np.testing.assert_allclose(lps, [-ras[0], -ras[1], ras[2]], atol=1e-4)
+        assert image[ijk] == pytest.approx(float(vol.array[ijk]))
+
+
+def test_write_refuses_to_overwrite(tmp_path):
+    vol = make_volume()
+    path = write_volume(vol, tmp_path / "v.nii.gz")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_volume(vol.with_array(vol.array * 2), path)
+    assert path.read_bytes() == before
+    write_volume(vol.with_array(vol.array * 2), path, overwrite=True)
+    np.testing.assert_array_equal(read_volume(path).array, vol.array * 2)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = write_volume(make_volume(), tmp_path / "v.nii")
+    data = path.read_bytes()
+    broken = tmp_path / "broken.nii"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VolumeReadError, match="broken.nii"):
+        read_volume(broken)
+    gz = tmp_path / "broken.nii.gz"
+    gz.write_bytes(gzip.compress(data)[:200])
+    with pytest.raises(VolumeReadError, match="broken.nii.gz"):
+        read_volume(gz)
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(VolumeReadError, match="no such file"):
+        read_volume(tmp_path / "absent.nii.gz")
+    with pytest.raises(ValueError, match="unsupported"):
+        read_volume(tmp_path / "x.png")
+
+
+def test_4d_volume_is_rejected(tmp_path):
+    frames = [sitk.GetImageFromArray(np.full((3, 4, 5), t, dtype=np.float32)) for t in range(2)]
+    image = sitk.JoinSeries(frames)
+    assert image.GetDimension() == 4
+    path = tmp_path / "fmri.nii.gz"
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(VolumeReadError, match="4D"):
+        read_volume(path)
+
+
+def test_check_finite_names_the_volume():
+    vol = make_volume()
+    array = vol.array.copy()
+    array[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="T1: 1 voxels"):
+        check_finite(vol.with_array(array), name="T1")
+    check_finite(vol, name="T1")
