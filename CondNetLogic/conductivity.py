@@ -26,6 +26,7 @@ __all__ = [
     "TABLE_B",
     "TABLES",
     "TISSUES",
+    "TISSUE_INDEX",
     "ConductivityTable",
     "denormalise",
     "get_table",

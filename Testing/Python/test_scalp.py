@@ -1,0 +1,56 @@
+"""Scalp points, normals and 10-10 positions on an analytic sphere head, in a non-RAS grid."""
+import numpy as np
+import pytest
+
+from CondNetLogic.scalp import eeg_position, head_centre, scalp_normal, scalp_point_along_ray
+from CondNetLogic.volume import Volume
+
+RADIUS = 40.0
+
+
+@pytest.fixture(scope="module")
+def sphere_mask() -> Volume:
+    """A 40 mm ball centred at RAS (5, -3, 2) on a 1 mm L-I-A grid."""
+    lia = np.array([[-1.0, 0, 0, 50], [0, 0, 1, -50], [0, -1, 0, 50], [0, 0, 0, 1]])
+    vol = Volume(np.zeros((101, 101, 101), dtype=np.uint8), lia)
+    ijk = np.stack(np.meshgrid(*[np.arange(101)] * 3, indexing="ij"), axis=-1)
+    ras = vol.ijk_to_ras_points(ijk)
+    inside = np.linalg.norm(ras - [5.0, -3.0, 2.0], axis=-1) <= RADIUS
+    return vol.with_array(inside.astype(np.uint8))
+
+
+def test_centre_ray_and_normal(sphere_mask):
+    centre = head_centre(sphere_mask)
+    np.testing.assert_allclose(centre, [5, -3, 2], atol=0.5)
+    direction = np.array([-1.0, 0.0, 1.0]) / np.sqrt(2)
+    point = scalp_point_along_ray(sphere_mask, centre, direction)
+    assert np.linalg.norm(point - centre) == pytest.approx(RADIUS, abs=1.0)
+    normal = scalp_normal(sphere_mask, point)
+    assert np.dot(normal, -direction) > 0.99  # inward
+
+
+def test_ray_missing_the_head_raises(sphere_mask):
+    with pytest.raises(ValueError, match="misses"):
+        scalp_point_along_ray(sphere_mask, [200.0, 200.0, 200.0], [1.0, 0.0, 0.0])
+
+
+def test_c3_on_a_sphere(sphere_mask):
+    c = np.array([5.0, -3.0, 2.0])
+    landmarks = {"Nz": c + [0, RADIUS, 0], "Iz": c + [0, -RADIUS, 0], "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]}
+    cz = eeg_position("Cz", landmarks, sphere_mask)
+    np.testing.assert_allclose(cz, c + [0, 0, RADIUS], atol=1.5)
+    # C3 is 30 % along LPA -> RPA over the vertex: 54 degrees up from LPA in the coronal plane, on the left.
+    c3 = eeg_position("C3", landmarks, sphere_mask)
+    angle = np.deg2rad(0.3 * 180)
+    np.testing.assert_allclose(c3, c + RADIUS * np.array([-np.cos(angle), 0, np.sin(angle)]), atol=1.5)
+    fz = eeg_position("Fz", landmarks, sphere_mask)
+    assert fz[1] > c[1] + 20  # anterior
+
+
+def test_bad_requests(sphere_mask):
+    with pytest.raises(ValueError, match="unknown"):
+        eeg_position("X9", {}, sphere_mask)
+    with pytest.raises(ValueError, match="missing"):
+        eeg_position("C3", {"Nz": np.zeros(3)}, sphere_mask)
+    with pytest.raises(ValueError, match="empty"):
+        head_centre(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)))
