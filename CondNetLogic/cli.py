@@ -15,6 +15,13 @@ from typing import Optional, Sequence
 COMMANDS = {
     "info": ("CondNetLogic.commands.info", "what this installation can do (devices, weights, coils)"),
     "convert": ("CondNetLogic.commands.convert", "label map -> uniform conductivity volume (Table I)"),
+    "synth": ("CondNetLogic.commands.synth", "label map -> synthetic T1w/T2w pairs (domain randomisation)"),
+    "build-training-set": ("CondNetLogic.commands.build_training_set", "label maps -> CondNet training set"),
+    "train": ("CondNetLogic.commands.train", "train CondNet networks on a training set"),
+    "predict": ("CondNetLogic.commands.predict", "T1 (+T2) -> CondNet conductivity (S/m) and uncertainty"),
+    "evaluate": ("CondNetLogic.commands.evaluate", "CondNet vs a label map: per-tissue table, MAE, figures"),
+    "demo": ("CondNetLogic.commands.demo", "the whole pipeline on the shipped sample head (T1/T2 -> CondNet -> E-field at C3)"),
+    "efield": ("CondNetLogic.commands.efield", "TMS E-field for one coil position (vector, |E|, JSON sidecar)"),
 }
 
 

@@ -1,0 +1,96 @@
+"""``condnet predict``: T1 (+ T2) -> CondNet conductivity (S/m), uncertainty and head mask on the T1 grid."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "T1 (+T2) -> CondNet conductivity (S/m) and its spread across slicing directions, on the T1 grid"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``condnet predict``."""
+    parser.add_argument("--t1", required=True, help="T1-weighted scan (NIfTI/NRRD/MHA); outputs use its grid")
+    parser.add_argument("--t2", help="T2-weighted scan of the same head (required by T1+T2 weights)")
+    parser.add_argument("--out", required=True,
+                        help="conductivity of the first table, e.g. sigma.nii.gz; beside it go sigma_sd.nii.gz "
+                             "(uncertainty), sigma_mask.nii.gz, sigma_<table>[_sd].nii.gz for further tables "
+                             "and the sidecar sigma.json")
+    parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--register", action="store_true", help="rigidly register T2 to T1 first")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def output_paths(out: str, tables) -> dict:
+    """Output files for ``--out`` and the table names: {"conductivity": {name: path}, "uncertainty": ..., ...}."""
+    from pathlib import Path
+
+    path = Path(out)
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(ext):
+            stem, suffix = name[: -len(ext)], ext
+            break
+    else:
+        raise ValueError(f"--out must end in .nii.gz, .nii, .nrrd, .mha or .mhd; got {out!r}")
+    folder = path.parent
+    paths = {"conductivity": {}, "uncertainty": {}}
+    for n, table in enumerate(tables):
+        base = stem if n == 0 else f"{stem}_{table}"
+        paths["conductivity"][table] = folder / f"{base}{suffix}"
+        paths["uncertainty"][table] = folder / f"{base}_sd{suffix}"
+    paths["head_mask"] = folder / f"{stem}_mask{suffix}"
+    paths["sidecar"] = folder / f"{stem}.json"
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and write the volumes and the JSON sidecar."""
+    import json
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..inference import predict_conductivity
+    from ..io import read_volume, write_volume
+    from ..weights import load_weights
+
+    weights = load_weights(args.weights)
+    paths = output_paths(args.out, [t.name for t in weights.tables])
+    every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
+    existing = [str(p) for p in every if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"output files exist: {existing}; pass --overwrite to replace them")
+    t1 = read_volume(args.t1)
+    t2 = read_volume(args.t2) if args.t2 else None
+    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = 100 * fraction
+        bar.set_postfix_str(message)
+
+    started = time.perf_counter()
+    try:
+        prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
+                                          register=args.register, progress=progress)
+    finally:
+        bar.close()
+    written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
+    for kind in ("conductivity", "uncertainty"):
+        for table, volume in getattr(prediction, kind).items():
+            written[kind][table] = str(write_volume(volume, paths[kind][table], overwrite=args.overwrite))
+    written["head_mask"] = str(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite))
+    sidecar = {
+        "command": "condnet predict",
+        "inputs": {"t1": str(args.t1), "t2": args.t2, "register": args.register},
+        "outputs": written,
+        "units": {"conductivity": "S/m", "uncertainty": "S/m (sd across slicing directions)"},
+        **prediction.info,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    paths["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
+    for table, path in written["conductivity"].items():
+        print(f"wrote {path} (table {table}, S/m)")
+    print(f"wrote {paths['sidecar']} (device {prediction.info['device']}, "
+          f"{prediction.info['timings_s']['total']:.1f} s)")
+    return 0

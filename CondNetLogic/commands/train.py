@@ -1,0 +1,77 @@
+"""``condnet train``: train CondNet (one network per slicing direction) on a training-set folder."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train CondNet networks (axial, sagittal, coronal) on a training set; writes a weights file"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``condnet train``."""
+    parser.add_argument("--data", required=True, help="training-set folder (split.json + subject folders)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, history.csv, loss_curves.png")
+    parser.add_argument("--weights", help="output weights (.safetensors); default OUT/condnet.safetensors")
+    parser.add_argument("--preset", choices=("paper", "cpu"), default="paper",
+                        help="paper: 50 epochs, all slices (Sec. IV-A); cpu: sized for ~45-60 min on 2 cores")
+    parser.add_argument("--directions", nargs="+", choices=("axial", "sagittal", "coronal"),
+                        default=["axial", "sagittal", "coronal"], help="networks to train now (default: all)")
+    parser.add_argument("--tables", nargs="+", help="Table I columns to predict, e.g. A or A B (default: A)")
+    parser.add_argument("--t1-only", action="store_true", help="one input track (T1) instead of T1 + T2")
+    parser.add_argument("--depth", type=int, help="network depth I (default 6, as in the paper)")
+    parser.add_argument("--size", type=int, help="model grid size in voxels (default 256)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--slices-per-epoch", type=int, help="random training slices per epoch")
+    parser.add_argument("--val-slices", type=int, help="validation slices evaluated per epoch and set")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--cache", help="preprocessed-subject cache folder (default DATA/.condnet_cache)")
+    parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming existing checkpoints")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+    parser.add_argument("--register", metavar="ID",
+                        help="list the weights in Resources/weights.json under ID and make them the default "
+                             "(the weights file must lie below Resources/)")
+    parser.add_argument("--weights-version", default="1", help="version recorded with --register")
+    parser.add_argument("--max-minutes", type=float,
+                        help="time limit per direction: stop after the epoch that would overrun it (best kept)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: torch's choice; 1 is faster when the CPU is shared)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, write the weights file and (optionally) register it."""
+    from pathlib import Path
+
+    import torch
+
+    from ..network import CondNetConfig
+    from ..training import PRESETS, train, with_overrides
+    from ..weights import register_weights
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    config = with_overrides(
+        PRESETS[args.preset], epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        slices_per_epoch=args.slices_per_epoch, val_slices=args.val_slices, seed=args.seed, size=args.size,
+        tables=tuple(args.tables) if args.tables else None,
+    )
+    network = {"in_channels": 1 if args.t1_only else 2, "out_channels": len(config.tables)}
+    if args.depth is not None:
+        network["depth"] = args.depth
+    weights_path = Path(args.weights) if args.weights else Path(args.out) / "condnet.safetensors"
+    result = train(
+        args.data, args.out, weights_path=weights_path, network_config=CondNetConfig(**network), config=config,
+        directions=args.directions, device=args.device, cache_dir=args.cache, resume=not args.no_resume,
+        overwrite=args.overwrite, show_bar=not args.quiet, max_minutes=args.max_minutes,
+    )
+    for direction, best in result.best.items():
+        print(f"{direction}: best validation loss {best['loss']:.5f} at epoch {best['epoch']}")
+    print(f"wrote {result.weights_path} (sha256 {result.sha256})")
+    if args.register:
+        entry = register_weights(result.weights_path, weights_id=args.register, version=args.weights_version)
+        print(f"registered {entry['file']} as {entry['id']!r} (default) in Resources/weights.json")
+    return 0

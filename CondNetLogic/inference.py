@@ -1,0 +1,322 @@
+"""CondNet inference: T1 (+ T2) -> non-uniform conductivity (S/m) on the T1 grid (paper Eqs. 1-3).
+
+Steps: :func:`~CondNetLogic.preprocessing.prepare_pair` puts the scans on the model grid (1 mm, axes
+R, A, S, intensities in [0, 1]); each direction network (sagittal, coronal, axial) maps every slice
+holding head voxels to normalised conductivity levels (Eq. 1, sigmoid of the finest map); the levels
+are averaged over the directions (Eq. 2) and scaled to S/m (Eq. 3); the result goes back onto the
+original T1 grid (linear interpolation, exact copy when the T1 is already a 1 mm RAS-aligned lattice).
+Voxels outside the head mask are 0.
+
+The uncertainty volume is the per-voxel standard deviation (population, ddof=0) of the three
+directions' conductivities in S/m: 0 where they agree, large where one slicing direction sees
+something the others do not.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Union
+
+import numpy as np
+
+from .conductivity import denormalise
+from .errors import Cancelled, WeightsError
+from .volume import Volume
+from .weights import DIRECTIONS, CondNetWeights, load_weights
+
+__all__ = ["Prediction", "predict_conductivity", "predict_levels"]
+
+logger = logging.getLogger(__name__)
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict_conductivity`.
+
+    Attributes
+    ----------
+    conductivity : dict
+        Table name ("A", "B", ...) -> float32 :class:`Volume` in S/m on the T1 grid.
+    uncertainty : dict
+        Same keys: standard deviation across the slicing directions, S/m, on the T1 grid.
+    head_mask : Volume
+        uint8 (1 = head) on the T1 grid.
+    info : dict
+        Device, timings (s), weights id/sha256, directions used, batch size, fallbacks.
+    """
+
+    conductivity: Dict[str, Volume]
+    uncertainty: Dict[str, Volume]
+    head_mask: Volume
+    info: dict = field(default_factory=dict)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+class _TorchRunner:
+    """Runs one network on a device; ``forward`` takes and returns numpy arrays."""
+
+    def __init__(self, model, device) -> None:
+        self.model = model
+        self.device = device
+
+    @property
+    def can_fall_back(self) -> bool:
+        return self.device.type != "cpu"
+
+    def to_cpu(self) -> None:
+        import torch
+
+        self.model.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.device = torch.device("cpu")
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(B, U, S, S) float32 inputs -> (B, V, S, S) float32 levels (sigmoid of the finest logits)."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            # float16 autocast on CUDA only: BN runs in eval mode and the sigmoid in float32 afterwards.
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits = self.model(x)
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_channels: int, state: dict,
+                on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """Predict the slices ``indices`` along model axis ``axis``; returns levels (V, S, S, S), 0 elsewhere.
+
+    ``state`` holds ``batch_size`` and a ``notes`` list; on out-of-memory the batch is halved, and at
+    batch size 1 on a GPU the runner falls back to the CPU.  Both changes persist in ``state``.
+    """
+    levels = np.zeros((out_channels,) + inputs.shape[1:], dtype=np.float32)
+    view = np.moveaxis(levels, 1 + axis, 1)
+    position = 0
+    while position < len(indices):
+        chunk = indices[position:position + state["batch_size"]]
+        batch = np.ascontiguousarray(np.moveaxis(np.take(inputs, chunk, axis=1 + axis), 1 + axis, 0))
+        try:
+            out = runner.forward(batch)
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not _is_out_of_memory(err):
+                raise
+            if state["batch_size"] > 1:
+                state["batch_size"] = max(1, state["batch_size"] // 2)
+                message = f"out of memory on {runner.device}: retrying with batch size {state['batch_size']}"
+            elif runner.can_fall_back:
+                runner.to_cpu()
+                message = "out of memory on the GPU even with batch size 1: continuing on the CPU (slower)"
+            else:
+                raise RuntimeError(
+                    "out of memory on the CPU with batch size 1; close other programs or use a machine with more "
+                    "memory"
+                ) from err
+            logger.warning(message)
+            state["notes"].append(message)
+            continue
+        view[:, chunk] = np.moveaxis(out, 0, 1)
+        position += len(chunk)
+        if on_batch is not None:
+            on_batch(position)
+    return levels
+
+
+def predict_levels(
+    weights: CondNetWeights,
+    inputs: np.ndarray,
+    mask: np.ndarray,
+    *,
+    device="cpu",
+    batch_size: int = 16,
+    progress: Progress = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    state: Optional[dict] = None,
+) -> Dict[str, np.ndarray]:
+    """Run each direction network over a model-grid volume (Eq. 1).
+
+    Parameters
+    ----------
+    weights : CondNetWeights
+    inputs : ndarray float32 (U, S, S, S)
+        Normalised T1 (and T2) on the model grid.
+    mask : ndarray bool (S, S, S)
+        Head mask; only slices holding head voxels are run, the others stay 0.
+    device : str or torch.device
+    batch_size : int
+        Slices per forward pass (reduced automatically on out-of-memory).
+    progress, cancel : callable, optional
+    state : dict, optional
+        Shared ``{"batch_size", "notes"}``; created when omitted.
+
+    Returns
+    -------
+    dict
+        direction -> levels (V, S, S, S) float32 in [0, 1].
+    """
+    import torch
+
+    if inputs.ndim != 4 or inputs.shape[0] != weights.config.in_channels or inputs.shape[1:] != mask.shape:
+        raise ValueError(f"inputs must be ({weights.config.in_channels}, S, S, S) matching mask {mask.shape}; "
+                         f"got {inputs.shape}")
+    if state is None:
+        state = {"batch_size": int(batch_size), "notes": []}
+    device = torch.device(device)
+    results = {}
+    directions = weights.directions
+    for n, direction in enumerate(directions):
+        axis = DIRECTIONS[direction]
+        other = tuple(a for a in range(3) if a != axis)
+        indices = np.flatnonzero(mask.any(axis=other))
+        runner = _TorchRunner(weights.build(direction, device=device), device)
+        total = len(indices)
+
+        def on_batch(done: int, n=n, direction=direction, total=total) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled(f"prediction cancelled during the {direction} network")
+            if progress is not None:
+                progress((n + done / total) / len(directions), f"{direction} network: {done}/{total} slices")
+
+        results[direction] = _run_slices(runner, inputs, axis, indices, weights.config.out_channels, state, on_batch)
+        device = runner.device  # stays on the CPU after a fallback
+    state["device"] = str(device)
+    return results
+
+
+def predict_conductivity(
+    t1: Volume,
+    t2: Optional[Volume],
+    *,
+    weights: Union[None, str, os.PathLike, CondNetWeights] = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    register: bool = False,
+    progress: Progress = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Prediction:
+    """Predict the non-uniform conductivity of a head from its T1 (and T2) scan.
+
+    Parameters
+    ----------
+    t1 : Volume
+        T1-weighted scan; results come back on its grid.
+    t2 : Volume or None
+        T2-weighted scan of the same head on any grid (resampled onto the model grid through the
+        scanner geometry, or registered when ``register``).  Required by two-input (U = 2) weights.
+    weights : CondNetWeights or path-like, optional
+        Default: the shipped weights of ``Resources/weights.json``.
+    device : {"auto", "cpu", "cuda"}
+    batch_size : int
+        Slices per forward pass; halved on out-of-memory, then the CPU is used.
+    register : bool
+        Rigidly register T2 to T1 first.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    cancel : callable, optional
+        ``cancel() -> bool``; raises :class:`~CondNetLogic.errors.Cancelled` when true.
+
+    Returns
+    -------
+    Prediction
+
+    Raises
+    ------
+    WeightsError
+        If the weights are missing or corrupt.
+    ValueError
+        If the weights need a T2 and none is given, an input is not a valid MRI (NaNs, empty), T1 and
+        T2 do not overlap, the head mask is empty, or ``batch_size`` is not a positive int.
+    Cancelled
+        If ``cancel()`` returned true.
+
+    Notes
+    -----
+    Eq. 2 averages the directions' normalised levels; Eq. 3 scales by ``max(sigma) / (1 - tau)``.
+    """
+    import torch
+
+    from . import __version__
+    from .preprocessing import prepare_pair
+    from .training import select_device
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    timings = {}
+    started = time.perf_counter()
+    if not isinstance(weights, CondNetWeights):
+        weights = load_weights(weights)
+    config = weights.config
+    if config.in_channels == 2 and t2 is None:
+        raise ValueError(f"these weights ({weights.path.name}) take T1 and T2 (U=2); no T2 was given. Pass a T2 "
+                         "or use T1-only (U=1) weights")
+    if config.in_channels == 1 and t2 is not None:
+        logger.warning("the weights take T1 only (U=1): the T2 is not used")
+        t2 = None
+    size = int(weights.header["input"].get("size", 256))
+    if size % config.size_multiple:
+        raise WeightsError(f"weights input size {size} is not divisible by 2**(depth-1) = {config.size_multiple}")
+    dev = select_device(device)
+    timings["load_weights"] = time.perf_counter() - started
+
+    def sub(low: float, high: float) -> Progress:
+        return None if progress is None else (lambda f, m: progress(low + (high - low) * f, m))
+
+    tick = time.perf_counter()
+    pair = prepare_pair(t1, t2, size=size, register=register, progress=sub(0.0, 0.2), cancel=cancel)
+    timings["preprocess"] = time.perf_counter() - tick
+    if not pair.mask.any():
+        raise ValueError("the head mask is empty: the T1 does not look like a head (nothing above background)")
+    channels = [pair.t1] if config.in_channels == 1 else [pair.t1, pair.t2]
+    inputs = np.stack(channels).astype(np.float32)
+    logger.info("CondNet on %s (torch %s), batch size %d, directions %s", dev, torch.__version__, batch_size,
+                ", ".join(weights.directions))
+
+    tick = time.perf_counter()
+    state = {"batch_size": batch_size, "notes": []}
+    per_direction = predict_levels(weights, inputs, pair.mask, device=dev, batch_size=batch_size,
+                                   progress=sub(0.2, 0.9), cancel=cancel, state=state)
+    timings["networks"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    stacked = np.stack([per_direction[d] for d in weights.directions])  # (D, V, S, S, S)
+    mask = pair.mask
+    mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
+    inside = mask_ref.array > 0
+    conductivity, uncertainty = {}, {}
+    for v, table in enumerate(weights.tables):
+        sigma = denormalise(stacked[:, v], table.sigma_max, weights.tau)  # (D, S, S, S), S/m
+        mean = np.where(mask, sigma.mean(axis=0), 0).astype(np.float32)  # Eq. 2 then Eq. 3 (both linear)
+        spread = np.where(mask, sigma.std(axis=0), 0).astype(np.float32)
+        for target, array in ((conductivity, mean), (uncertainty, spread)):
+            back = pair.grid.to_reference(array, interpolation="linear")
+            target[table.name] = back.with_array(np.where(inside, back.array, 0).astype(np.float32))
+    timings["postprocess"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0, "conductivity ready")
+    info = {
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "device": state["device"],
+        "device_requested": device,
+        "batch_size": state["batch_size"],
+        "fallbacks": state["notes"],
+        "weights": weights.describe(),
+        "directions": list(weights.directions),
+        "tables": [t.name for t in weights.tables],
+        "table_values": {t.name: dict(t.values) for t in weights.tables},
+        "t2_used": t2 is not None,
+        "register": register,
+        "model_grid": pair.grid.to_dict(),
+        "timings_s": timings,
+        "uncertainty": "standard deviation (ddof=0) across the slicing directions, S/m",
+    }
+    return Prediction(conductivity, uncertainty, mask_ref, info)

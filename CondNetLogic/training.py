@@ -1,0 +1,613 @@
+"""Training CondNet: deep-supervised BCE, Adam, checkpoints, resume, best-on-validation, loss curves.
+
+One network is trained per slicing direction (paper Sec. IV-A: three networks, axial, sagittal,
+coronal).  :func:`train` trains the requested directions one after another in one output folder::
+
+    OUT/<direction>/checkpoint.pt   last epoch: model, optimiser, best model so far, history
+    OUT/<direction>/history.csv     per-epoch losses and times
+    OUT/loss_curves.png             training and validation losses of every direction (like Fig. 4)
+    weights file                    best model of each direction, safetensors + JSON header
+
+Loss
+----
+Binary cross-entropy with logits between each deep-supervision map and the target normalised
+conductivity average-pooled to that map's size (the mean level inside each coarse pixel), summed
+over scales with weights ``w_i = 2**-(i-1)`` for level ``i`` (finest = 1, each coarser level half),
+divided by their sum so the loss stays on the scale of a single BCE.  Targets are soft labels in
+[0, 1 - tau]; BCE is then minimal where the sigmoid equals the target.
+
+Reproducibility: the model is initialised from ``torch.manual_seed(seed)``; each epoch's slice order
+(and subset) is drawn from ``numpy.random.default_rng([seed, epoch, axis])`` and augmentation from
+``[seed, epoch, slice]``, so a resumed run sees exactly the slices an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .conductivity import DEFAULT_TAU, get_table
+from .dataset import Augmentation, SliceDataset, load_training_set, slice_split, subject_slices
+from .errors import Cancelled
+from .weights import DIRECTIONS, save_weights
+
+__all__ = [
+    "PRESETS",
+    "TrainingConfig",
+    "TrainingResult",
+    "deep_supervision_loss",
+    "plot_loss_curves",
+    "scale_weights",
+    "select_device",
+    "train",
+    "with_overrides",
+]
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+Progress = Optional[Callable[[float, str], None]]
+_CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training hyper-parameters.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the (sub-sampled) training slices; paper: 50.
+    batch_size : int
+        Slices per step; paper: 4.
+    learning_rate : float
+        Adam step size (the paper does not give one; 1e-3 is Adam's default).
+    slices_per_epoch : int or None
+        Random subset of training slices drawn afresh each epoch; None = all (paper).
+    val_slices : int or None
+        Fixed random subset of each validation set evaluated per epoch; None = all.
+    val_fraction : float
+        Share of the training subjects' slices held out for slice-level validation (paper 0.1, 9:1).
+    tables : tuple of str
+        Table I columns to predict, one output track each (``("A",)`` or ``("A", "B")``).
+    tau : float
+        Target margin: levels lie in [0, 1 - tau].
+    size : int
+        Model grid size (slices are ``size`` x ``size``).
+    augmentation : Augmentation
+        Slice augmentation (all off in the paper preset).
+    seed : int
+    amp : bool
+        Mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU.
+    """
+
+    epochs: int = 50
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    slices_per_epoch: Optional[int] = None
+    val_slices: Optional[int] = None
+    val_fraction: float = 0.1
+    tables: Tuple[str, ...] = ("A",)
+    tau: float = DEFAULT_TAU
+    size: int = 256
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        for name in ("slices_per_epoch", "val_slices"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or a positive int; got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if not 0 <= self.tau < 1:
+            raise ValueError(f"tau must be in [0, 1); got {self.tau}")
+        tables = (self.tables,) if isinstance(self.tables, str) else tuple(self.tables)
+        if not tables:
+            raise ValueError("tables must name at least one conductivity table")
+        for name in tables:
+            try:
+                get_table(name)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"tables: {name!r} is neither 'A', 'B' nor a readable table file ({err})") from err
+        object.__setattr__(self, "tables", tables)
+        if isinstance(self.augmentation, Mapping):
+            object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
+        if not isinstance(self.augmentation, Augmentation):
+            raise TypeError(f"augmentation must be an Augmentation; got {type(self.augmentation).__name__}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        data = asdict(self)
+        data["tables"] = list(self.tables)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TrainingConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["tables"] = tuple(data.get("tables", ("A",)))
+        return cls(**data)
+
+
+#: Named presets.  ``paper``: Sec. IV-A (50 epochs, batch 4, every slice, 9:1 split, no augmentation).
+#: ``cpu``: the paper network (depth 6, 4..128 channels) sized for a 2-core CPU: 12 epochs of 640 random
+#: non-empty slices (160 steps each), validation on 64-slice subsets, light intensity augmentation for
+#: robustness to real scans.  Measured (benchmarks/bench_inference.py --train-step): one step at 256x256,
+#: batch 4 takes 0.31-0.41 s on an idle 2-core CPU (2 threads), so about 12 min per direction and 40 min
+#: for three; on a CPU shared with other jobs (load ~7.5) 1.2 s with 1 thread (2 threads are slower
+#: there), so pass ``max_minutes`` (``--max-minutes``) to bound the run.
+PRESETS: Dict[str, TrainingConfig] = {
+    "paper": TrainingConfig(),
+    "cpu": TrainingConfig(
+        epochs=12,
+        slices_per_epoch=640,
+        val_slices=64,
+        augmentation=Augmentation(scale=0.1, gamma=0.2, bias=0.2, noise=0.02),
+    ),
+}
+
+
+def select_device(device: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises ``ValueError``.
+
+    Apple MPS is not offered: the float16 autocast and out-of-memory fallback paths are untested there.
+    """
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]'; got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+    return torch.device(device)
+
+
+def scale_weights(levels: int) -> List[float]:
+    """Deep-supervision weights ``2**-(i-1)``, i = 1..levels, normalised to sum 1 (finest first).
+
+    >>> scale_weights(3)
+    [0.5714285714285714, 0.2857142857142857, 0.14285714285714285]
+    """
+    raw = [2.0 ** -i for i in range(levels)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[float]] = None):
+    """Weighted sum over scales of BCE-with-logits against the average-pooled target.
+
+    Parameters
+    ----------
+    maps : sequence of Tensor (B, V, H_i, W_i)
+        Logits, finest first (``CondNet(x, deep_supervision=True)``).
+    target : Tensor (B, V, H, W)
+        Normalised conductivity levels at full size.
+    weights : sequence of float, optional
+        One per map; :func:`scale_weights` by default.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    from torch.nn import functional as F  # noqa: N812
+
+    if weights is None:
+        weights = scale_weights(len(maps))
+    if len(weights) != len(maps):
+        raise ValueError(f"{len(maps)} maps but {len(weights)} weights")
+    total = 0.0
+    for logits, weight in zip(maps, weights):
+        factor = target.shape[-1] // logits.shape[-1]
+        pooled = F.avg_pool2d(target, factor) if factor > 1 else target
+        total = total + weight * F.binary_cross_entropy_with_logits(logits.float(), pooled)
+    return total
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train` produced."""
+
+    weights_path: Path
+    sha256: str
+    history: Dict[str, List[dict]]
+    best: Dict[str, dict]
+
+
+def _json_copy(data):
+    return json.loads(json.dumps(data))
+
+
+def _write_history(path: Path, history: List[dict]) -> None:
+    if not history:
+        return
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Path:
+    """Training and validation loss per epoch for each direction (like the paper's Fig. 4), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    directions = [d for d in histories if histories[d]]
+    fig, axes = plt.subplots(1, max(len(directions), 1), figsize=(4.5 * max(len(directions), 1), 3.5), squeeze=False)
+    for ax, direction in zip(axes[0], directions):
+        rows = histories[direction]
+        epochs = [r["epoch"] for r in rows]
+        for key, label in (("train_loss", "T"), ("val_slice_loss", "V (slices)"), ("val_subject_loss", "V (subjects)")):
+            values = [r[key] for r in rows]
+            if all(v is not None and np.isfinite(v) for v in values):
+                ax.plot(epochs, values, marker="o", ms=3, label=label)
+        ax.set_title(direction)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (BCE, deep supervision)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, amp: bool) -> float:
+    """Mean deep-supervision loss over ``positions`` (eval mode, no gradients)."""
+    import torch
+
+    if not positions:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start:start + batch_size]
+            x, y = dataset.batch(chunk)
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                maps = model(x, deep_supervision=True)
+            total += float(deep_supervision_loss(maps, y)) * len(chunk)
+            count += len(chunk)
+    return total / count
+
+
+def _val_positions(n: int, limit: Optional[int], seed: int, axis: int) -> List[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng([seed, axis, 7]).choice(n, size=limit, replace=False).tolist())
+
+
+def _train_direction(
+    direction: str,
+    subjects: Dict[str, list],
+    *,
+    network_config,
+    config: TrainingConfig,
+    out_dir: Path,
+    device,
+    resume: bool,
+    progress: Progress,
+    cancel,
+    show_bar: bool,
+    histories: Dict[str, List[dict]],
+    max_minutes: Optional[float],
+) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .network import CondNet
+
+    axis = DIRECTIONS[direction]
+    tables = [get_table(name) for name in config.tables]
+    train_items, val_items = slice_split(subjects["train"], axis, val_fraction=config.val_fraction, seed=config.seed)
+    common = {"tables": tables, "in_channels": network_config.in_channels, "tau": config.tau}
+    train_set = SliceDataset(subjects["train"], train_items, augmentation=config.augmentation, seed=config.seed,
+                             **common)
+    val_slice_set = SliceDataset(subjects["train"], val_items, **common)
+    val_subject_set = SliceDataset(subjects["val"], subject_slices(subjects["val"], axis), **common)
+    val_slice_pos = _val_positions(len(val_slice_set), config.val_slices, config.seed, axis)
+    val_subject_pos = _val_positions(len(val_subject_set), config.val_slices, config.seed, axis)
+    logger.info("%s: %d training slices, %d slice-level and %d subject-level validation slices (evaluating %d, %d)",
+                direction, len(train_set), len(val_slice_set), len(val_subject_set), len(val_slice_pos),
+                len(val_subject_pos))
+
+    torch.manual_seed(config.seed)
+    model = CondNet(network_config).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    amp = bool(config.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    folder = out_dir / direction
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = folder / "checkpoint.pt"
+    identity = {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()), "direction": direction}
+    history: List[dict] = []
+    best = {"loss": float("inf"), "epoch": 0, "state": None}
+    start_epoch = 1
+    stopped_early = False
+    if checkpoint_path.exists():
+        if not resume:
+            raise FileExistsError(f"{checkpoint_path} exists; resume it or choose a new output folder")
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        stored = json.loads(checkpoint["identity"])
+        if stored != identity:
+            raise ValueError(
+                f"{checkpoint_path} was made with other settings ({stored}) than this run ({identity}); "
+                "use a new output folder or the original settings"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        history = json.loads(checkpoint["history"])
+        best = {"loss": float(checkpoint["best_loss"]), "epoch": int(checkpoint["best_epoch"]),
+                "state": checkpoint["best_state"]}
+        start_epoch = int(checkpoint["epoch"]) + 1
+        # A run stopped by its time limit continues here with a fresh time budget.
+        logger.info("%s: resuming after epoch %d (best %.5f at epoch %d)", direction, start_epoch - 1,
+                    best["loss"], best["epoch"])
+    histories[direction] = history
+    n_per_epoch = min(config.slices_per_epoch or len(train_set), len(train_set))
+    steps = math.ceil(n_per_epoch / config.batch_size)
+    direction_started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        order = np.random.default_rng([config.seed, epoch, axis]).permutation(len(train_set))[:n_per_epoch]
+        model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps), desc=f"{direction} {epoch}/{config.epochs}", leave=False, disable=not show_bar,
+                   unit="step")
+        for step in bar:
+            if cancel is not None and cancel():
+                raise Cancelled(f"training cancelled in epoch {epoch} of {direction}")
+            chunk = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x, y = train_set.batch(chunk)
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                maps = model(x, deep_supervision=True)
+            loss = deep_supervision_loss(maps, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{direction}: loss became {loss.item()} at epoch {epoch}, step {step + 1}")
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            running += loss.item() * len(chunk)
+            seen += len(chunk)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+            if progress is not None:
+                progress((epoch - 1 + (step + 1) / steps) / config.epochs,
+                         f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
+        bar.close()
+        val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, amp)
+        val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, amp)
+        monitored = val_subject if val_subject_pos else val_slice
+        if not math.isfinite(monitored):
+            monitored = running / seen
+        row = {"epoch": epoch, "train_loss": running / seen, "val_slice_loss": val_slice,
+               "val_subject_loss": val_subject if val_subject_pos else None,
+               "seconds": time.perf_counter() - started, "steps": steps}
+        history.append(row)
+        elapsed_min = (time.perf_counter() - direction_started) / 60
+        if max_minutes is not None and epoch < config.epochs and elapsed_min + row["seconds"] / 60 > max_minutes:
+            stopped_early = True
+            logger.warning("%s: stopping after epoch %d of %d: another epoch would exceed the %.1f min time limit",
+                           direction, epoch, config.epochs, max_minutes)
+        if monitored < best["loss"]:
+            best = {"loss": monitored, "epoch": epoch,
+                    "state": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}}
+        logger.info("%s epoch %d/%d: train %.5f, val(slices) %.5f, val(subjects) %s, %.0f s", direction, epoch,
+                    config.epochs, row["train_loss"], val_slice,
+                    "n/a" if row["val_subject_loss"] is None else f"{val_subject:.5f}", row["seconds"])
+        checkpoint = {
+            "format_version": _CHECKPOINT_VERSION,
+            "identity": json.dumps(identity),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimiser.state_dict(),
+            "scaler": scaler.state_dict(),
+            "best_state": best["state"],
+            "best_loss": best["loss"],
+            "best_epoch": best["epoch"],
+            "history": json.dumps(history),
+            "stopped_early": stopped_early,
+        }
+        tmp = checkpoint_path.with_name(checkpoint_path.name + ".part")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, checkpoint_path)
+        _write_history(folder / "history.csv", history)
+        plot_loss_curves(histories, out_dir / "loss_curves.png")
+        if stopped_early:
+            break
+    if best["state"] is None:
+        raise ValueError(f"{direction}: no epoch was trained (epochs={config.epochs}, checkpoint at {start_epoch - 1})")
+    return {"state": best["state"], "best_epoch": best["epoch"], "best_loss": best["loss"], "history": history,
+            "stopped_early": stopped_early, "slices": {"train": len(train_set), "val_slice": len(val_slice_set),
+                       "val_subject": len(val_subject_set)}}
+
+
+def train(
+    data_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    weights_path: PathLike,
+    network_config=None,
+    config: Optional[TrainingConfig] = None,
+    directions: Sequence[str] = ("axial", "sagittal", "coronal"),
+    device: str = "auto",
+    cache_dir: Optional[PathLike] = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: Progress = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    show_bar: bool = True,
+    max_minutes: Optional[float] = None,
+) -> TrainingResult:
+    """Train CondNet networks for the given slicing directions and write one weights file.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        Training-set folder (``split.json`` + subject folders).
+    out_dir : path-like
+        Run folder: checkpoints, histories, loss curves.
+    weights_path : path-like
+        Output ``.safetensors`` file with the best network of each direction in ``out_dir``.
+    network_config : CondNetConfig, optional
+        Architecture; the paper's with ``out_channels = len(config.tables)`` by default.
+    config : TrainingConfig, optional
+        Hyper-parameters; ``PRESETS["paper"]`` by default.
+    directions : sequence of str
+        Subset of ``("axial", "sagittal", "coronal")`` to train now.  Directions finished earlier in the
+        same ``out_dir`` (with the same settings) are included in the weights file too, so the three
+        networks can be trained by separate commands.
+    device : {"auto", "cpu", "cuda"}
+    cache_dir : path-like, optional
+        Preprocessed-subject cache; ``data_dir/.condnet_cache`` by default.
+    resume : bool
+        Continue from existing checkpoints (otherwise an existing checkpoint raises ``FileExistsError``).
+    overwrite : bool
+        Replace an existing weights file.
+    progress, cancel : callable, optional
+        ``progress(fraction, message)``; ``cancel() -> bool`` raises :class:`Cancelled` when true.
+    show_bar : bool
+        Show a tqdm bar per epoch on stderr.
+    max_minutes : float, optional
+        Time limit per direction: training stops after the epoch at which another epoch (as long as the
+        last one) would exceed it; the best model so far is kept and ``stopped_early`` is recorded.
+
+    Returns
+    -------
+    TrainingResult
+
+    Raises
+    ------
+    ValueError
+        For unknown directions, a network whose output count differs from the number of tables, or
+        a slice size the network cannot take.
+    FileExistsError
+        If ``weights_path`` exists and ``overwrite`` is false (checked before training starts).
+    """
+    from . import __version__
+    from .network import CondNetConfig
+
+    config = config if config is not None else PRESETS["paper"]
+    if network_config is None:
+        network_config = CondNetConfig(out_channels=len(config.tables))
+    if network_config.out_channels != len(config.tables):
+        raise ValueError(f"network has V={network_config.out_channels} outputs but tables {config.tables} are "
+                         f"{len(config.tables)}")
+    if config.size % network_config.size_multiple:
+        raise ValueError(f"size {config.size} is not divisible by 2**(depth-1) = {network_config.size_multiple}")
+    directions = list(dict.fromkeys(directions))
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or not directions:
+        raise ValueError(f"directions must be a non-empty subset of {sorted(DIRECTIONS)}; got {directions}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise ValueError(f"max_minutes must be a positive number of minutes; got {max_minutes}")
+    weights_path = Path(weights_path)
+    if weights_path.exists() and not overwrite:
+        raise FileExistsError(f"{weights_path} exists; pass overwrite=True (--overwrite) to replace it")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = select_device(device)
+    started = time.perf_counter()
+
+    def sub_progress(low: float, high: float) -> Progress:
+        if progress is None:
+            return None
+        return lambda f, m: progress(low + (high - low) * f, m)
+
+    subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size, progress=sub_progress(0, 0.05),
+                                 cancel=cancel)
+    histories: Dict[str, List[dict]] = {}
+    results: Dict[str, dict] = {}
+    for n, direction in enumerate(directions):
+        share = 0.95 / len(directions)
+        results[direction] = _train_direction(
+            direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
+            resume=resume, progress=sub_progress(0.05 + n * share, 0.05 + (n + 1) * share), cancel=cancel,
+            show_bar=show_bar, histories=histories, max_minutes=max_minutes,
+        )
+    results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config, histories))
+    split = json.loads((Path(data_dir) / "split.json").read_text())
+    training = {
+        "data": {"dir": str(Path(data_dir).resolve()), "source": split.get("source"), "train": split["train"],
+                 "val": split["val"], "slices": {d: r["slices"] for d, r in results.items() if "slices" in r}},
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "best_epoch": {d: r["best_epoch"] for d, r in results.items()},
+        "best_val_loss": {d: r["best_loss"] for d, r in results.items()},
+        "stopped_early": {d: r["stopped_early"] for d, r in results.items()},
+        "epochs_trained": {d: len(r["history"]) for d, r in results.items()},
+        "final_losses": {d: r["history"][-1] for d, r in results.items()},
+        "device": str(dev),
+        "seconds": time.perf_counter() - started,
+        "package_version": __version__,
+    }
+    sha256 = save_weights(
+        weights_path, {d: r["state"] for d, r in results.items()}, config=network_config,
+        tables=[get_table(name) for name in config.tables], tau=config.tau,
+        input_spec={"channels": ["t1", "t2"][:network_config.in_channels], "size": config.size, "spacing_mm": 1.0,
+                    "normalisation": "per-volume z-score inside the head, robust percentiles scaled to [0, 1] "
+                                     "(preprocessing.zscore_unit)"},
+        training=_json_copy(training), overwrite=overwrite,
+    )
+    plot_loss_curves(histories, out_dir / "loss_curves.png")
+    if progress is not None:
+        progress(1.0, f"wrote {weights_path}")
+    return TrainingResult(weights_path, sha256, histories,
+                          {d: {"epoch": r["best_epoch"], "loss": r["best_loss"]} for d, r in results.items()})
+
+
+def _finished_elsewhere(out_dir: Path, directions, network_config, config: TrainingConfig,
+                        histories: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """Best states of directions whose checkpoint in ``out_dir`` has the same settings and all epochs."""
+    import torch
+
+    found = {}
+    for direction in sorted(directions):
+        path = out_dir / direction / "checkpoint.pt"
+        if not path.exists():
+            continue
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        identity = {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()),
+                    "direction": direction}
+        finished = int(checkpoint["epoch"]) >= config.epochs or bool(checkpoint.get("stopped_early", False))
+        if json.loads(checkpoint["identity"]) != identity or not finished:
+            logger.warning("not including %s: its settings differ or it is unfinished", path)
+            continue
+        history = json.loads(checkpoint["history"])
+        histories[direction] = history
+        found[direction] = {"state": checkpoint["best_state"], "best_epoch": int(checkpoint["best_epoch"]),
+                            "best_loss": float(checkpoint["best_loss"]), "history": history,
+                            "stopped_early": bool(checkpoint.get("stopped_early", False))}
+    return found
+
+
+def with_overrides(config: TrainingConfig, **overrides) -> TrainingConfig:
+    """A copy of ``config`` with the non-None ``overrides`` applied (CLI options)."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

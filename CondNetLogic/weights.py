@@ -1,0 +1,398 @@
+"""CondNet weight files: safetensors tensors plus a JSON header, and the shipped-weights manifest.
+
+File format
+-----------
+One ``.safetensors`` file holds the networks of all slicing directions it was trained for (usually
+``axial``, ``sagittal`` and ``coronal``; one file keeps the three in step and is hashed once).
+Tensor names are ``<direction>.<state_dict key>``, e.g. ``axial.decoder_1.level_1.map.weight``.
+The safetensors metadata entry ``"condnet"`` is a JSON header::
+
+    {"format": "condnet-weights", "format_version": 1,
+     "config": CondNetConfig.to_dict(), "directions": ["axial", ...],
+     "tables": [ConductivityTable.to_dict(), ...],   # one per output track V, in order
+     "tau": 0.1, "input": {"channels": ["t1", "t2"], "size": 256, "spacing_mm": 1.0, "normalisation": ...},
+     "output": {"units": "S/m", "scaling": "Eq. 3: C = max(sigma) / (1 - tau) * sigmoid(logits)"},
+     "training": {...data, seed, epochs, final losses...}, "package_version": "0.1.0"}
+
+Reading uses :func:`safetensors.torch.load_file`, which parses tensors and never executes code.
+
+Manifest
+--------
+``Resources/weights.json`` lists shipped weights: ``{"format_version": 1, "default": id | null,
+"weights": [{"id", "version", "file" (relative to Resources/), "sha256", "size"}]}``.  The hash and size
+are verified whenever a listed file is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from .conductivity import ConductivityTable, resource_path
+from .errors import WeightsError
+
+__all__ = [
+    "DIRECTIONS",
+    "FORMAT_VERSION",
+    "CondNetWeights",
+    "file_sha256",
+    "load_weights",
+    "read_manifest",
+    "register_weights",
+    "save_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Slicing directions and the model-grid axis each one slices (model grid axes are R, A, S).
+DIRECTIONS: Dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+FORMAT_VERSION = 1
+_FORMAT = "condnet-weights"
+_META_KEY = "condnet"
+PathLike = Union[str, os.PathLike]
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class CondNetWeights:
+    """Loaded CondNet weights: header, one state dict per slicing direction, and provenance.
+
+    Attributes
+    ----------
+    header : dict
+        The JSON header (see module docstring).
+    state_dicts : dict
+        direction -> {state_dict key: Tensor}.
+    path : Path
+        File the weights came from.
+    sha256 : str
+        Hex digest of that file.
+    weights_id : str or None
+        Manifest id when the file is a listed one.
+    """
+
+    header: dict
+    state_dicts: Dict[str, dict]
+    path: Path
+    sha256: str
+    weights_id: Optional[str] = None
+    config: object = field(init=False, repr=False)
+    tables: Tuple[ConductivityTable, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from .network import CondNetConfig
+
+        self.config = CondNetConfig.from_dict(self.header["config"])
+        self.tables = tuple(ConductivityTable.from_dict(t) for t in self.header["tables"])
+
+    @property
+    def directions(self) -> Tuple[str, ...]:
+        """Directions present in the file, in the header's order."""
+        return tuple(self.header["directions"])
+
+    @property
+    def tau(self) -> float:
+        """Normalisation margin tau of Eq. 3."""
+        return float(self.header["tau"])
+
+    def build(self, direction: str, *, device="cpu"):
+        """A :class:`~CondNetLogic.network.CondNet` for ``direction`` in eval mode on ``device``."""
+        from .network import CondNet
+
+        if direction not in self.state_dicts:
+            raise WeightsError(f"weights {self.path} have no {direction!r} network; they hold {self.directions}")
+        model = CondNet(self.config)
+        model.load_state_dict(self.state_dicts[direction])
+        return model.to(device).eval()
+
+    def describe(self) -> dict:
+        """Short provenance for sidecars: id, file, sha256, versions, directions, tables."""
+        return {
+            "id": self.weights_id,
+            "file": str(self.path),
+            "sha256": self.sha256,
+            "format_version": self.header["format_version"],
+            "package_version": self.header.get("package_version"),
+            "directions": list(self.directions),
+            "tables": [t.name for t in self.tables],
+            "input_channels": self.header["input"]["channels"],
+        }
+
+
+def save_weights(
+    path: PathLike,
+    state_dicts: Mapping[str, Mapping],
+    *,
+    config,
+    tables: Sequence[ConductivityTable],
+    tau: float,
+    input_spec: Mapping,
+    training: Mapping,
+    overwrite: bool = False,
+) -> str:
+    """Write CondNet weights to a safetensors file and return its SHA-256.
+
+    Parameters
+    ----------
+    path : path-like
+        Output ``.safetensors`` file.
+    state_dicts : mapping
+        direction -> model ``state_dict`` (tensors are copied to CPU, made contiguous).
+    config : CondNetConfig
+        Architecture the state dicts belong to.
+    tables : sequence of ConductivityTable
+        One table per output track, in output-channel order.
+    tau : float
+        Normalisation margin of the targets.
+    input_spec : mapping
+        ``{"channels": [...], "size": int, "spacing_mm": float, "normalisation": str}``.
+    training : mapping
+        Provenance (data, seed, epochs, final losses, ...); must be JSON-serialisable.
+    overwrite : bool
+        Replace an existing file.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    ValueError
+        For unknown directions, a table count different from ``config.out_channels``, or an input
+        channel list whose length differs from ``config.in_channels``.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+    from .network import CondNet
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    unknown = sorted(set(state_dicts) - set(DIRECTIONS))
+    if unknown or not state_dicts:
+        raise ValueError(f"directions must be a non-empty subset of {sorted(DIRECTIONS)}; got {sorted(state_dicts)}")
+    if len(tables) != config.out_channels:
+        raise ValueError(f"config has {config.out_channels} output tracks but {len(tables)} tables were given")
+    channels = list(input_spec["channels"])
+    if len(channels) != config.in_channels:
+        raise ValueError(f"config has {config.in_channels} inputs but input_spec lists channels {channels}")
+    expected_keys = set(CondNet(config).state_dict())
+    tensors = {}
+    for direction, state in state_dicts.items():
+        if set(state) != expected_keys:
+            raise ValueError(f"{direction} state dict does not match the config (missing or extra keys)")
+        for key, tensor in state.items():
+            tensors[f"{direction}.{key}"] = tensor.detach().to("cpu").contiguous()
+    header = {
+        "format": _FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "directions": [d for d in DIRECTIONS if d in state_dicts],
+        "tables": [t.to_dict() for t in tables],
+        "tau": float(tau),
+        "input": dict(input_spec),
+        "output": {"units": "S/m", "scaling": "Eq. 3: C = max(sigma) / (1 - tau) * sigmoid(logits)"},
+        "training": dict(training),
+        "package_version": __version__,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def _read_header(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own SafetensorError / OSError for corrupt files
+        raise WeightsError(f"{path} is not a readable safetensors file: {err}") from err
+    if _META_KEY not in metadata:
+        raise WeightsError(f"{path} has no CondNet header (safetensors metadata key {_META_KEY!r})")
+    try:
+        header = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path}: CondNet header is not valid JSON: {err}") from err
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise WeightsError(f"{path}: header format is {header.get('format')!r}, expected {_FORMAT!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: weights format version {version!r} is not supported (this package reads <= {FORMAT_VERSION})"
+        )
+    missing = [k for k in ("config", "directions", "tables", "tau", "input") if k not in header]
+    if missing:
+        raise WeightsError(f"{path}: header lacks {missing}")
+    return header
+
+
+def read_manifest(manifest_path: Optional[PathLike] = None) -> dict:
+    """Read ``Resources/weights.json`` (or ``manifest_path``); raises :class:`WeightsError` if malformed."""
+    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as err:
+        raise WeightsError(f"weights manifest {manifest_path} not found") from err
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"weights manifest {manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest.get("weights"), list):
+        raise WeightsError(f"weights manifest {manifest_path} has no 'weights' list")
+    return manifest
+
+
+def _manifest_entry(manifest: dict, weights_id: Optional[str], manifest_path: Path) -> dict:
+    if weights_id is None:
+        weights_id = manifest.get("default")
+        if weights_id is None:
+            raise WeightsError(
+                f"no default CondNet weights are installed ({manifest_path} names no default). Train them with "
+                "`condnet train --preset cpu --data DIR --out Resources/weights/condnet-cpu.safetensors "
+                "--register condnet-cpu`, or pass a weights file explicitly"
+            )
+    for entry in manifest["weights"]:
+        if entry.get("id") == weights_id:
+            return entry
+    ids = [entry.get("id") for entry in manifest["weights"]]
+    raise WeightsError(f"weights id {weights_id!r} is not in {manifest_path}; listed ids: {ids}")
+
+
+def load_weights(
+    weights: Optional[PathLike] = None,
+    *,
+    weights_id: Optional[str] = None,
+    manifest_path: Optional[PathLike] = None,
+) -> CondNetWeights:
+    """Load CondNet weights without executing code.
+
+    Parameters
+    ----------
+    weights : path-like, optional
+        A ``.safetensors`` file (e.g. a user's own); None loads a manifest entry.
+    weights_id : str, optional
+        Manifest id to load when ``weights`` is None; default: the manifest's ``default``.
+    manifest_path : path-like, optional
+        Manifest to use instead of ``Resources/weights.json``.
+
+    Returns
+    -------
+    CondNetWeights
+
+    Raises
+    ------
+    WeightsError
+        If no default is installed, the file is missing or corrupt, its hash or size differs from the
+        manifest, its header is unknown, or its tensors do not match the architecture in the header.
+    """
+    from safetensors.torch import load_file
+
+    from .network import CondNet, CondNetConfig
+
+    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    entry = None
+    if weights is None:
+        manifest = read_manifest(manifest_path)
+        entry = _manifest_entry(manifest, weights_id, manifest_path)
+        path = (manifest_path.parent / entry["file"]).resolve()
+        if not path.is_file():
+            raise WeightsError(
+                f"weights {entry['id']!r} are listed in {manifest_path} but {path} is missing; "
+                "reinstall the extension or retrain them with `condnet train`"
+            )
+    else:
+        if weights_id is not None:
+            raise ValueError("pass either a weights file or a weights_id, not both")
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} not found")
+    sha256 = file_sha256(path)
+    if entry is not None:
+        if path.stat().st_size != entry.get("size") or sha256 != entry.get("sha256"):
+            raise WeightsError(
+                f"{path} does not match the manifest entry {entry['id']!r}: size {path.stat().st_size} vs "
+                f"{entry.get('size')}, sha256 {sha256} vs {entry.get('sha256')} (corrupt or replaced file)"
+            )
+    header = _read_header(path)
+    try:
+        config = CondNetConfig.from_dict(header["config"])
+        tables = [ConductivityTable.from_dict(t) for t in header["tables"]]
+    except (TypeError, ValueError, KeyError) as err:
+        raise WeightsError(f"{path}: invalid architecture or tables in header: {err}") from err
+    if len(tables) != config.out_channels:
+        raise WeightsError(f"{path}: {len(tables)} tables for {config.out_channels} output tracks")
+    if len(header["input"].get("channels", [])) != config.in_channels:
+        channels = header["input"].get("channels")
+        raise WeightsError(f"{path}: input channels {channels} do not fit U={config.in_channels}")
+    directions = header["directions"]
+    if not directions or set(directions) - set(DIRECTIONS):
+        raise WeightsError(f"{path}: directions {directions} must be a non-empty subset of {sorted(DIRECTIONS)}")
+    try:
+        flat = load_file(str(path))
+    except Exception as err:  # SafetensorError for truncated or malformed data
+        raise WeightsError(f"{path}: cannot read tensors: {err}") from err
+    state_dicts = {d: {} for d in directions}
+    for key, tensor in flat.items():
+        direction, _, name = key.partition(".")
+        if direction not in state_dicts:
+            raise WeightsError(f"{path}: tensor {key!r} belongs to no listed direction {directions}")
+        state_dicts[direction][name] = tensor
+    reference = CondNet(config)
+    for direction, state in state_dicts.items():
+        try:
+            reference.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise WeightsError(f"{path}: {direction} tensors do not match the header's architecture: {err}") from err
+    logger.info("loaded CondNet weights %s (sha256 %s..., directions %s)", path, sha256[:12], directions)
+    return CondNetWeights(header, state_dicts, path, sha256, entry["id"] if entry else None)
+
+
+def register_weights(
+    path: PathLike,
+    *,
+    weights_id: str,
+    version: str,
+    manifest_path: Optional[PathLike] = None,
+    make_default: bool = True,
+) -> dict:
+    """Add (or replace) a manifest entry for a weights file below the manifest's folder.
+
+    Returns the new entry.  The file must load as valid CondNet weights first.
+
+    Raises
+    ------
+    ValueError
+        If the file is not inside the manifest's folder (shipped weights travel with ``Resources/``).
+    WeightsError
+        If the file is not valid CondNet weights.
+    """
+    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    path = Path(path).resolve()
+    load_weights(path)
+    try:
+        relative = path.relative_to(manifest_path.parent.resolve())
+    except ValueError as err:
+        raise ValueError(f"{path} must lie below {manifest_path.parent} to be listed in its manifest") from err
+    manifest = read_manifest(manifest_path) if manifest_path.exists() else {"format_version": 1, "weights": []}
+    entry = {"id": weights_id, "version": version, "file": relative.as_posix(), "sha256": file_sha256(path),
+             "size": path.stat().st_size}
+    manifest["weights"] = [e for e in manifest["weights"] if e.get("id") != weights_id] + [entry]
+    if make_default:
+        manifest["default"] = weights_id
+    manifest.setdefault("default", None)
+    tmp = manifest_path.with_name(manifest_path.name + ".part")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, manifest_path)
+    return entry

@@ -1,0 +1,127 @@
+"""Tests for CondNetLogic.dataset: split file checks, cache, slices, targets, splits, augmentation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _condnet_data import MODEL_SIZE, write_training_set
+
+from CondNetLogic.conductivity import TABLE_A, TABLE_B, TISSUE_INDEX, normalise
+from CondNetLogic.dataset import (
+    Augmentation,
+    SliceDataset,
+    level_lookup,
+    load_subject,
+    load_training_set,
+    read_split,
+    slice_split,
+    subject_slices,
+)
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory):
+    return write_training_set(tmp_path_factory.mktemp("data") / "set", train=(1, 2), val=(3,))
+
+
+@pytest.fixture(scope="module")
+def subjects(training_set):
+    return load_training_set(training_set, size=MODEL_SIZE)
+
+
+def test_read_split_errors(tmp_path, training_set):
+    assert read_split(training_set)["val"] == ["s3"]
+    with pytest.raises(FileNotFoundError, match="split.json"):
+        read_split(tmp_path)
+    (tmp_path / "split.json").write_text(json.dumps({"train": []}))
+    with pytest.raises(ValueError, match="non-empty 'train'"):
+        read_split(tmp_path)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a"], "val": ["a"]}))
+    with pytest.raises(ValueError, match="in both"):
+        read_split(tmp_path)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a"]}))
+    with pytest.raises(FileNotFoundError, match="t1.nii.gz"):
+        read_split(tmp_path)
+
+
+def test_cache_is_reused_and_matches_preprocessing(training_set, subjects, tmp_path):
+    from CondNetLogic.io import read_volume
+    from CondNetLogic.preprocessing import prepare_pair
+
+    subject = subjects["train"][0]
+    assert subject.t1.dtype == np.float16
+    assert subject.tissues.dtype == np.uint8
+    assert subject.t1.shape == (MODEL_SIZE,) * 3
+    folder = training_set / "s1"
+    pair = prepare_pair(read_volume(folder / "t1.nii.gz"), read_volume(folder / "t2.nii.gz"), size=MODEL_SIZE)
+    np.testing.assert_allclose(subject.t1, pair.t1, atol=1e-3)  # float16 storage
+    tissues = read_volume(folder / "tissues.nii.gz")
+    np.testing.assert_array_equal(subject.tissues, pair.grid.to_model(tissues, interpolation="nearest"))
+    again = load_subject(folder, cache_dir=training_set / ".condnet_cache", size=MODEL_SIZE)
+    assert isinstance(again.t1, np.memmap)  # read from the cache, not recomputed
+
+
+def test_targets_are_normalised_table_values(subjects):
+    lookup = level_lookup([TABLE_A, TABLE_B], 0.1)
+    assert lookup.shape == (2, 14)
+    assert lookup[0, TISSUE_INDEX["csf"]] == pytest.approx(0.9)  # CSF is the maximum of table A
+    assert lookup[1, TISSUE_INDEX["wm"]] == pytest.approx(float(normalise(0.126, 1.654, 0.1)))
+    assert lookup[:, 0].tolist() == [0.0, 0.0]
+    items = subject_slices(subjects["train"], 2)
+    dataset = SliceDataset(subjects["train"], items, tables=[TABLE_A, TABLE_B], in_channels=2, tau=0.1)
+    x, y = dataset[5]
+    item = items[5]
+    assert x.shape == (2, MODEL_SIZE, MODEL_SIZE)
+    assert y.shape == (2, MODEL_SIZE, MODEL_SIZE)
+    tissues = subjects["train"][item.subject].tissues[:, :, item.index]
+    np.testing.assert_array_equal(y[0], lookup[0, tissues])
+    np.testing.assert_array_equal(x[1], subjects["train"][item.subject].t2[:, :, item.index].astype(np.float32))
+    one = SliceDataset(subjects["train"], items, tables=[TABLE_A], in_channels=1, tau=0.1)
+    assert one[5][0].shape == (1, MODEL_SIZE, MODEL_SIZE)
+
+
+def test_all_air_slices_are_skipped_and_split_is_9_to_1(subjects):
+    for axis in range(3):
+        train, val = slice_split(subjects["train"], axis, val_fraction=0.1, seed=4)
+        every = train + val
+        assert len(val) == round(0.1 * len(every))
+        assert len(set(every)) == len(every)
+        for item in every:
+            take = [slice(None)] * 3
+            take[axis] = item.index
+            assert subjects["train"][item.subject].tissues[tuple(take)].any()
+        n_slices = len(subjects["train"]) * MODEL_SIZE
+        assert len(every) < n_slices  # the phantom has air slices at the borders
+        again, _ = slice_split(subjects["train"], axis, val_fraction=0.1, seed=4)
+        assert again == train
+    with pytest.raises(ValueError, match="axis must be"):
+        slice_split(subjects["train"], 3)
+    with pytest.raises(ValueError, match="val_fraction"):
+        slice_split(subjects["train"], 0, val_fraction=1.0)
+
+
+def test_augmentation_is_reproducible_and_bounded(subjects):
+    augmentation = Augmentation(scale=0.1, gamma=0.2, bias=0.3, noise=0.02, rotate_deg=5, zoom=0.05, shift_px=2)
+    assert Augmentation.from_dict(augmentation.to_dict()) == augmentation
+    items = subject_slices(subjects["train"], 0)
+    plain = SliceDataset(subjects["train"], items, tables=[TABLE_A], in_channels=2, tau=0.1)
+    augmented = SliceDataset(subjects["train"], items, tables=[TABLE_A], in_channels=2, tau=0.1,
+                             augmentation=augmentation, seed=1)
+    x0, y0 = plain[10]
+    x1, y1 = augmented[10]
+    x2, _ = augmented[10]
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.allclose(x0, x1)
+    assert x1.min() >= 0
+    assert x1.max() <= 1
+    assert y1.max() <= 0.9 + 1e-6
+    augmented.set_epoch(1)
+    assert not np.allclose(augmented[10][0], x1)
+    _, _, params = augmentation(x0, y0, np.random.default_rng(0))
+    assert set(params) == {"rotate_deg", "zoom", "shift_px", "scale", "gamma", "bias_amplitude", "noise_sd"}
+    assert not Augmentation().active
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        Augmentation(noise=-1)
+    with pytest.raises(ValueError, match="must be < 1"):
+        Augmentation(scale=1.5)

@@ -1,0 +1,132 @@
+"""Tests for CondNetLogic.evaluation: skin shell, per-tissue statistics, MAE, report files, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from CondNetLogic.conductivity import TABLE_A, TISSUE_INDEX, TISSUES, tissues_to_conductivity
+from CondNetLogic.evaluation import GROUPS, evaluate_prediction, markdown_table, skin_shell, write_report
+from CondNetLogic.inference import Prediction
+from CondNetLogic.phantom import make_head_phantom
+
+IDENTITY = {i: i for i in range(len(TISSUES))}
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_head_phantom((64,) * 3, seed=4)
+
+
+def fake_prediction(phantom, sigma, sd=None):
+    """A Prediction holding ``sigma`` (S/m) on the phantom grid; head mask = labelled head."""
+    t1 = phantom.t1
+    head = (phantom.tissues.array > 0).astype(np.uint8)
+    sd = np.zeros_like(sigma) if sd is None else sd
+    return Prediction({"A": t1.with_array(sigma.astype(np.float32))}, {"A": t1.with_array(sd.astype(np.float32))},
+                      t1.with_array(head), {"table_values": {"A": dict(TABLE_A.values)}})
+
+
+def test_skin_shell_thickness_in_mm():
+    head = np.zeros((40, 40, 40), bool)
+    head[5:35, 5:35, 5:35] = True
+    for spacing, depth, expected in (((1, 1, 1), 2.0, 2), ((0.5, 0.5, 0.5), 2.0, 4), ((1, 1, 1), 3.0, 3)):
+        shell = skin_shell(head, spacing, depth)
+        assert shell[20, 20, :20].sum() == expected  # layers along one axis, in voxels
+        assert not (shell & ~head).any()
+
+
+def test_uniform_prediction_has_zero_error(phantom):
+    tissues = phantom.tissues.array.copy()
+    shell = skin_shell(tissues > 0, phantom.t1.spacing)
+    tissues[shell] = TISSUE_INDEX["skin"]
+    uniform = tissues_to_conductivity(tissues, TABLE_A)
+    evaluation = evaluate_prediction(fake_prediction(phantom, uniform), phantom.tissues, IDENTITY, t1=phantom.t1)
+    table = evaluation.report["tables"]["A"]
+    assert table["mae_condnet_vs_uniform"] == pytest.approx(0.0, abs=1e-7)
+    assert table["mae_constant_vs_uniform"] > 0.1
+    assert set(table["groups"]) == set(GROUPS)
+    for group, row in table["groups"].items():
+        assert row["voxels"] > 0, group
+        assert row["mae"] == pytest.approx(0.0, abs=1e-7)
+        assert row["condnet_mean"] == pytest.approx(row["uniform_mean"], rel=1e-5)
+    assert table["groups"]["CSF"]["condnet_mean"] == pytest.approx(2.0)
+    assert table["groups"]["skull"]["table_values"] == {"cortical_bone": 0.02, "cancellous_bone": 0.08}
+    assert evaluation.report["head"]["dice"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(evaluation.uniform["A"].array, uniform)
+
+
+def test_known_offset_gives_known_mae_and_sd(phantom):
+    rng = np.random.default_rng(0)
+    head = phantom.tissues.array > 0
+    tissues = phantom.tissues.array.copy()
+    tissues[skin_shell(head, phantom.t1.spacing)] = TISSUE_INDEX["skin"]
+    uniform = tissues_to_conductivity(tissues, TABLE_A)
+    noise = np.where(head, rng.choice([-0.05, 0.05], size=head.shape), 0)
+    report = evaluate_prediction(fake_prediction(phantom, uniform + noise), phantom.tissues, IDENTITY,
+                                 t1=phantom.t1).report["tables"]["A"]
+    assert report["mae_condnet_vs_uniform"] == pytest.approx(0.05, rel=1e-5)
+    assert report["groups"]["WM"]["condnet_sd"] == pytest.approx(0.05, rel=0.05)
+    head_info = {"voxels_labels": 1, "voxels_condnet_mask": 1, "dice": 1.0, "skin_depth_mm": 2.0}
+    text = markdown_table({"head": head_info, "tables": {"A": report}})
+    assert "| WM |" in text
+    assert "0.0500 S/m" in text
+
+
+def test_errors(phantom):
+    prediction = fake_prediction(phantom, np.zeros(phantom.t1.shape))
+    with pytest.raises(ValueError, match="no head voxel"):
+        evaluate_prediction(prediction, phantom.tissues.with_array(np.zeros(phantom.t1.shape, np.uint8)), IDENTITY,
+                            t1=phantom.t1)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        evaluate_prediction(prediction, phantom.tissues.with_array(np.full(phantom.t1.shape, 0.5)), IDENTITY,
+                            t1=phantom.t1)
+    other = make_head_phantom((72,) * 3, seed=4).t1
+    with pytest.raises(ValueError, match="not on the T1 grid"):
+        evaluate_prediction(prediction, phantom.tissues, IDENTITY, t1=other)
+
+
+def test_report_files_and_overwrite(phantom, tmp_path):
+    prediction = fake_prediction(phantom, tissues_to_conductivity(phantom.tissues.array, TABLE_A),
+                                 sd=np.full(phantom.t1.shape, 0.01))
+    evaluation = evaluate_prediction(prediction, phantom.tissues, IDENTITY, t1=phantom.t1)
+    paths = write_report(evaluation, prediction, tmp_path, t1=phantom.t1, t2=phantom.t2)
+    data = json.loads(paths["json"].read_text())
+    assert data["tables"]["A"]["units"] == "S/m"
+    assert "| CSF |" in paths["markdown"].read_text()
+    assert paths["figure_A"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError, match="outputs exist"):
+        write_report(evaluation, prediction, tmp_path, t1=phantom.t1, t2=phantom.t2)
+
+
+def test_evaluate_cli(phantom, tmp_path):
+    import torch
+
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import write_volume
+    from CondNetLogic.network import CondNet, CondNetConfig
+    from CondNetLogic.weights import save_weights
+
+    config = CondNetConfig(depth=3)
+    states = {d: CondNet(config).state_dict() for d in ("axial", "sagittal", "coronal")}
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, states, config=config, tables=[TABLE_A], tau=0.1,
+                 input_spec={"channels": ["t1", "t2"], "size": 64, "spacing_mm": 1.0, "normalisation": "z"},
+                 training={})
+    for name, volume in (("t1", phantom.t1), ("t2", phantom.t2), ("labels", phantom.tissues)):
+        write_volume(volume, tmp_path / f"{name}.nii.gz")
+    mapping = tmp_path / "mapping.csv"
+    mapping.write_text("label,tissue\n" + "".join(f"{i},{t}\n" for i, t in enumerate(TISSUES)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine runs two threads several times slower
+    try:
+        code = main(["evaluate", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+                     "--labels", str(tmp_path / "labels.nii.gz"), "--mapping", str(mapping), "--out",
+                     str(tmp_path / "eval"), "--weights", str(weights), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(previous)
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["prediction"]["weights"]["sha256"]
+    assert (tmp_path / "eval" / "comparison_A.png").exists()

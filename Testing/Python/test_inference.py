@@ -1,0 +1,260 @@
+"""Tests for CondNetLogic.inference: Eqs. 2-3, grids, errors, out-of-memory fallback, the predict CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from CondNetLogic.conductivity import TABLE_A, TABLE_B, denormalise
+from CondNetLogic.errors import Cancelled, WeightsError
+from CondNetLogic.inference import _run_slices, predict_conductivity, predict_levels
+from CondNetLogic.network import CondNet, CondNetConfig
+from CondNetLogic.phantom import make_head_phantom
+from CondNetLogic.volume import Volume
+from CondNetLogic.weights import load_weights, save_weights
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two threads run several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _weights(path, *, u=2, v=1):
+    config = CondNetConfig(in_channels=u, out_channels=v, depth=3)
+    states = {}
+    for n, direction in enumerate(("sagittal", "coronal", "axial")):
+        torch.manual_seed(n)
+        model = CondNet(config)
+        with torch.no_grad():  # give each direction a different, non-trivial output level
+            model.decoder_1.level_1.map.bias.fill_(0.5 * n - 0.5)
+        states[direction] = model.state_dict()
+    save_weights(path, states, config=config, tables=[TABLE_A, TABLE_B][:v], tau=0.1,
+                 input_spec={"channels": ["t1", "t2"][:u], "size": SIZE, "spacing_mm": 1.0, "normalisation": "z"},
+                 training={})
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_head_phantom((SIZE,) * 3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return load_weights(_weights(tmp_path_factory.mktemp("w") / "w.safetensors"))
+
+
+def test_eq2_eq3_on_the_model_lattice(phantom, weights):
+    from CondNetLogic.preprocessing import prepare_pair
+
+    prediction = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", batch_size=8)
+    pair = prepare_pair(phantom.t1, phantom.t2, size=SIZE)
+    levels = predict_levels(weights, np.stack([pair.t1, pair.t2]), pair.mask)
+    sigma = denormalise(np.stack([levels[d][0] for d in weights.directions]), TABLE_A.sigma_max, 0.1)
+    expected = np.where(pair.mask, sigma.mean(axis=0), 0)
+    # The phantom's 1 mm RAS grid is the model lattice: the way back is an exact copy.
+    back = pair.grid.to_reference(expected.astype(np.float32), interpolation="nearest").array
+    np.testing.assert_allclose(prediction.conductivity["A"].array, back, rtol=1e-6, atol=1e-6)
+    spread = pair.grid.to_reference(np.where(pair.mask, sigma.std(axis=0), 0).astype(np.float32)).array
+    np.testing.assert_allclose(prediction.uncertainty["A"].array, spread, rtol=1e-5, atol=1e-6)
+    assert prediction.uncertainty["A"].array.max() > 0.01  # the three directions differ by construction
+    assert prediction.info["directions"] == ["sagittal", "coronal", "axial"]
+    assert prediction.info["weights"]["sha256"] == weights.sha256
+
+
+def test_result_on_an_lia_t1_grid_and_zero_outside_head(phantom, weights):
+    # Re-store the phantom as L-I-A (axes permuted and flipped), like the SynthSeg maps.
+    lia = np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+    array = np.transpose(phantom.t1.array, (0, 2, 1))[::-1, ::-1, :]
+    affine = phantom.t1.ijk_to_ras @ np.linalg.inv(_permutation_affine())
+    t1 = Volume(np.ascontiguousarray(array), affine)
+    np.testing.assert_allclose(t1.direction, lia[:3, :3], atol=1e-12)
+    prediction = predict_conductivity(t1, phantom.t2, weights=weights, device="cpu")
+    sigma = prediction.conductivity["A"]
+    assert sigma.same_grid(t1)
+    assert sigma.array.dtype == np.float32
+    outside = prediction.head_mask.array == 0
+    assert outside.any()
+    assert not sigma.array[outside].any()
+    assert not prediction.uncertainty["A"].array[outside].any()
+    assert prediction.head_mask.array.dtype == np.uint8
+    reference = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
+    expected = np.transpose(reference.conductivity["A"].array, (0, 2, 1))[::-1, ::-1, :]
+    np.testing.assert_allclose(sigma.array, expected, atol=1e-5)
+
+
+def _permutation_affine():
+    """Voxel map from RAS-ordered indices to the L-I-A array above: (i, j, k) -> (63 - i, 63 - k, j)."""
+    m = np.zeros((4, 4))
+    m[0, 0], m[0, 3] = -1, SIZE - 1
+    m[1, 2], m[1, 3] = -1, SIZE - 1
+    m[2, 1] = 1
+    m[3, 3] = 1
+    return m
+
+
+def test_two_tables_and_t1_only_weights(phantom, tmp_path):
+    both = predict_conductivity(phantom.t1, phantom.t2, weights=_weights(tmp_path / "v2.safetensors", v=2),
+                                device="cpu")
+    assert set(both.conductivity) == set(both.uncertainty) == {"A", "B"}
+    ratio = TABLE_B.sigma_max / TABLE_A.sigma_max
+    assert not np.allclose(both.conductivity["B"].array, both.conductivity["A"].array * ratio)  # own tracks
+    t1_only = _weights(tmp_path / "u1.safetensors", u=1)
+    result = predict_conductivity(phantom.t1, None, weights=t1_only, device="cpu")
+    assert result.info["t2_used"] is False
+
+
+def test_bad_inputs_raise_clear_errors(phantom, weights, tmp_path):
+    with pytest.raises(ValueError, match="take T1 and T2 \\(U=2\\); no T2 was given"):
+        predict_conductivity(phantom.t1, None, weights=weights)
+    nan = phantom.t1.array.copy()
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="T1: 1 of .* voxels are NaN"):
+        predict_conductivity(phantom.t1.with_array(nan), phantom.t2, weights=weights)
+    with pytest.raises(ValueError, match="empty"):
+        predict_conductivity(phantom.t1.with_array(np.zeros(phantom.t1.shape, np.float32)), phantom.t2,
+                             weights=weights)
+    far = Volume(phantom.t2.array, phantom.t2.ijk_to_ras @ _shift(500.0))
+    with pytest.raises(ValueError, match="do not overlap"):
+        predict_conductivity(phantom.t1, far, weights=weights)
+    with pytest.raises(WeightsError, match="not found"):
+        predict_conductivity(phantom.t1, phantom.t2, weights=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_conductivity(phantom.t1, phantom.t2, weights=weights, batch_size=0)
+
+
+def _shift(mm):
+    m = np.eye(4)
+    m[0, 3] = mm
+    return m
+
+
+def test_t2_on_another_grid_is_resampled(phantom, weights):
+    from CondNetLogic.preprocessing import resample_isotropic
+
+    coarse = resample_isotropic(phantom.t2, 2.0)
+    assert coarse.shape == (32, 32, 32)
+    result = predict_conductivity(phantom.t1, coarse, weights=weights, device="cpu")
+    assert result.conductivity["A"].same_grid(phantom.t1)
+
+
+def test_progress_and_cancel(phantom, weights):
+    seen = []
+    predict_conductivity(phantom.t1, phantom.t2, weights=weights, progress=lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0
+    assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:]))
+    with pytest.raises(Cancelled):
+        predict_conductivity(phantom.t1, phantom.t2, weights=weights, cancel=lambda: len(seen) > 0)
+
+
+class FakeRunner:
+    """Identity 'network' (level = first input channel) that runs out of memory on demand."""
+
+    def __init__(self, device="cuda", max_batch_gpu=2, gpu_works=True, error=RuntimeError):
+        self.device = torch.device(device) if device == "cpu" else _FakeDevice(device)
+        self.max_batch_gpu = max_batch_gpu
+        self.gpu_works = gpu_works
+        self.error = error
+        self.batches = []
+
+    @property
+    def can_fall_back(self):
+        return self.device.type != "cpu"
+
+    def to_cpu(self):
+        self.device = torch.device("cpu")
+
+    def forward(self, batch):
+        if self.device.type != "cpu" and (not self.gpu_works or len(batch) > self.max_batch_gpu):
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append((self.device.type, len(batch)))
+        return batch[:, :1].copy()
+
+
+class _FakeDevice:
+    def __init__(self, name):
+        self.type = name
+
+    def __str__(self):
+        return self.type
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_go_back_where_they_came_from(axis):
+    rng = np.random.default_rng(axis)
+    inputs = rng.random((2, 8, 8, 8), dtype=np.float32)
+    indices = np.array([1, 2, 5])
+    state = {"batch_size": 2, "notes": []}
+    levels = _run_slices(FakeRunner("cpu"), inputs, axis, indices, 1, state)
+    take = [slice(None)] * 3
+    take[axis] = indices
+    np.testing.assert_array_equal(levels[0][tuple(take)], inputs[0][tuple(take)])
+    take[axis] = [0, 3, 4, 6, 7]
+    assert not levels[0][tuple(take)].any()
+
+
+@pytest.mark.parametrize("error", [RuntimeError, torch.cuda.OutOfMemoryError])
+def test_out_of_memory_halves_the_batch_then_uses_the_cpu(error):
+    inputs = np.random.default_rng(0).random((1, 6, 6, 6), dtype=np.float32)
+    indices = np.arange(6)
+    runner = FakeRunner(max_batch_gpu=2, error=error)
+    state = {"batch_size": 8, "notes": []}
+    levels = _run_slices(runner, inputs, 2, indices, 1, state)
+    np.testing.assert_array_equal(levels[0], inputs[0])
+    assert state["batch_size"] == 2
+    assert runner.batches == [("cuda", 2)] * 3
+    assert [n.split(":")[0] for n in state["notes"]] == ["out of memory on cuda"] * 2
+
+    runner = FakeRunner(gpu_works=False, error=error)
+    state = {"batch_size": 2, "notes": []}
+    levels = _run_slices(runner, inputs, 0, indices, 1, state)
+    np.testing.assert_array_equal(levels[0], inputs[0])
+    assert runner.device.type == "cpu"
+    assert "continuing on the CPU" in state["notes"][-1]
+
+
+def test_out_of_memory_on_cpu_at_batch_one_is_reported():
+    class CpuOom(FakeRunner):
+        def forward(self, batch):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory on the CPU with batch size 1"):
+        _run_slices(CpuOom("cpu"), np.zeros((1, 4, 4, 4), np.float32), 0, np.arange(4), 1,
+                    {"batch_size": 1, "notes": []})
+
+    class Broken(FakeRunner):
+        def forward(self, batch):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
+        _run_slices(Broken("cpu"), np.zeros((1, 4, 4, 4), np.float32), 0, np.arange(4), 1,
+                    {"batch_size": 4, "notes": []})
+
+
+def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import read_volume, write_volume
+
+    write_volume(phantom.t1, tmp_path / "t1.nii.gz")
+    write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    weights = _weights(tmp_path / "w.safetensors", v=2)
+    args = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+            "--out", str(tmp_path / "out" / "sigma.nii.gz"), "--weights", str(weights), "--device", "cpu"]
+    assert main(args) == 0  # creates the output folder
+    for name in ("sigma", "sigma_sd", "sigma_B", "sigma_B_sd", "sigma_mask"):
+        volume = read_volume(tmp_path / "out" / f"{name}.nii.gz")
+        assert volume.same_grid(phantom.t1)
+    sidecar = json.loads((tmp_path / "out" / "sigma.json").read_text())
+    assert sidecar["weights"]["sha256"] == load_weights(weights).sha256
+    assert sidecar["device"] == "cpu"
+    assert "networks" in sidecar["timings_s"]
+    assert sidecar["units"]["conductivity"] == "S/m"
+    assert main(args) == 2  # refuses to overwrite

@@ -1,0 +1,152 @@
+"""Tests for CondNetLogic.training: loss, presets, a tiny end-to-end run, resume, determinism, outputs."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from _condnet_data import MODEL_SIZE, write_training_set
+
+from CondNetLogic.errors import Cancelled
+from CondNetLogic.network import CondNetConfig
+from CondNetLogic.training import (
+    PRESETS,
+    TrainingConfig,
+    deep_supervision_loss,
+    scale_weights,
+    select_device,
+    train,
+    with_overrides,
+)
+from CondNetLogic.weights import load_weights
+
+NET = CondNetConfig(depth=3)
+TINY = TrainingConfig(epochs=2, slices_per_epoch=8, val_slices=4, size=MODEL_SIZE, seed=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two threads run several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory):
+    return write_training_set(tmp_path_factory.mktemp("data") / "set")
+
+
+def test_loss_uses_pooled_targets_with_documented_weights():
+    target = torch.rand(2, 1, 8, 8) * 0.9
+    fine = torch.zeros(2, 1, 8, 8)
+    coarse = torch.zeros(2, 1, 4, 4)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = (2 / 3) * bce(fine, target) + (1 / 3) * bce(coarse, torch.nn.functional.avg_pool2d(target, 2))
+    torch.testing.assert_close(deep_supervision_loss([fine, coarse], target), expected)
+    assert scale_weights(2) == pytest.approx([2 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="2 maps but 1 weights"):
+        deep_supervision_loss([fine, coarse], target, weights=[1.0])
+
+
+def test_presets_and_config_validation():
+    paper = PRESETS["paper"]
+    assert (paper.epochs, paper.batch_size, paper.val_fraction, paper.slices_per_epoch) == (50, 4, 0.1, None)
+    assert not paper.augmentation.active
+    assert PRESETS["cpu"].epochs < paper.epochs
+    assert TrainingConfig.from_dict(PRESETS["cpu"].to_dict()) == PRESETS["cpu"]
+    assert with_overrides(paper, epochs=3, seed=None).epochs == 3
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        TrainingConfig(epochs=0)
+    with pytest.raises(ValueError, match="neither .A., .B. nor a readable table file"):
+        TrainingConfig(tables=("Z",))
+    with pytest.raises(ValueError, match="device must be"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_tiny_run_resume_and_outputs(training_set, tmp_path):
+    out = tmp_path / "run"
+    result = train(training_set, out, weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY,
+                   directions=["axial"], device="cpu", show_bar=False)
+    history = result.history["axial"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    with open(out / "axial" / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx([r["train_loss"] for r in history])
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    weights = load_weights(result.weights_path)
+    assert weights.directions == ("axial",)
+    best = min(history, key=lambda r: r["val_subject_loss"])
+    assert weights.header["training"]["best_epoch"] == {"axial": best["epoch"]}
+    assert weights.header["training"]["data"]["train"] == ["s1", "s2"]
+
+    # Resume: two more epochs continue from the checkpoint; an uninterrupted 4-epoch run gives the same model.
+    longer = with_overrides(TINY, epochs=4)
+    with pytest.raises(ValueError, match="other settings"):
+        train(training_set, out, weights_path=tmp_path / "w4.safetensors", network_config=NET, config=longer,
+              directions=["axial"], device="cpu", show_bar=False)
+
+
+def test_resume_matches_uninterrupted_run(training_set, tmp_path):
+    def cancel_in_epoch_two() -> bool:  # true from the first step after epoch 1's checkpoint
+        return (tmp_path / "a" / "coronal" / "checkpoint.pt").exists()
+
+    kwargs = {"network_config": NET, "config": TINY, "directions": ["coronal"], "device": "cpu", "show_bar": False}
+    with pytest.raises(Cancelled):
+        train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", cancel=cancel_in_epoch_two,
+              **kwargs)
+    assert (tmp_path / "a" / "coronal" / "checkpoint.pt").exists()
+    resumed = train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", **kwargs)
+    straight = train(training_set, tmp_path / "b", weights_path=tmp_path / "b.safetensors", **kwargs)
+    assert [r["train_loss"] for r in resumed.history["coronal"]] == pytest.approx(
+        [r["train_loss"] for r in straight.history["coronal"]], rel=1e-5)
+    a, b = load_weights(resumed.weights_path), load_weights(straight.weights_path)
+    for key, tensor in a.state_dicts["coronal"].items():
+        torch.testing.assert_close(tensor, b.state_dicts["coronal"][key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(FileExistsError, match="exists"):
+        train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", **kwargs)
+
+
+def test_directions_trained_separately_are_combined(training_set, tmp_path):
+    kwargs = {"network_config": NET, "config": with_overrides(TINY, epochs=1), "device": "cpu", "show_bar": False}
+    train(training_set, tmp_path / "run", weights_path=tmp_path / "sag.safetensors", directions=["sagittal"],
+          **kwargs)
+    both = train(training_set, tmp_path / "run", weights_path=tmp_path / "both.safetensors", directions=["axial"],
+                 **kwargs)
+    assert load_weights(both.weights_path).directions == ("sagittal", "axial")
+
+
+def test_time_limit_stops_early_and_is_recorded(training_set, tmp_path):
+    result = train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+                   config=with_overrides(TINY, epochs=5), directions=["axial"], device="cpu", show_bar=False,
+                   max_minutes=1e-6)
+    assert len(result.history["axial"]) == 1
+    header = load_weights(result.weights_path).header
+    assert header["training"]["stopped_early"] == {"axial": True}
+    resumed = train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+                    config=with_overrides(TINY, epochs=5), directions=["axial"], device="cpu", show_bar=False,
+                    overwrite=True)  # a new call continues with a fresh time budget
+    assert [row["epoch"] for row in resumed.history["axial"]] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="max_minutes"):
+        train(training_set, tmp_path / "x", weights_path=tmp_path / "x.safetensors", network_config=NET,
+              config=TINY, max_minutes=0)
+
+
+def test_bad_arguments(training_set, tmp_path):
+    with pytest.raises(ValueError, match="directions must be"):
+        train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY,
+              directions=["oblique"])
+    with pytest.raises(ValueError, match="V=2 outputs"):
+        train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors",
+              network_config=CondNetConfig(depth=3, out_channels=2), config=TINY)
+    with pytest.raises(ValueError, match="not divisible"):
+        train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=CondNetConfig(depth=6),
+              config=with_overrides(TINY, size=48))
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY)

@@ -1,0 +1,149 @@
+"""Tests for CondNetLogic.weights: safetensors round trip, header checks, manifest verification."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from CondNetLogic.conductivity import TABLE_A, TABLE_B
+from CondNetLogic.errors import WeightsError
+from CondNetLogic.network import CondNet, CondNetConfig
+from CondNetLogic.weights import file_sha256, load_weights, read_manifest, register_weights, save_weights
+
+CONFIG = CondNetConfig(depth=3)
+INPUT = {"channels": ["t1", "t2"], "size": 32, "spacing_mm": 1.0, "normalisation": "zscore_unit"}
+
+
+def states(config=CONFIG, directions=("axial", "sagittal", "coronal")):
+    out = {}
+    for n, direction in enumerate(directions):
+        torch.manual_seed(n)
+        out[direction] = CondNet(config).state_dict()
+    return out
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights(path, states(), config=CONFIG, tables=[TABLE_A], tau=0.1, input_spec=INPUT,
+                 training={"seed": 3, "epochs": 2})
+    return path
+
+
+def test_round_trip_keeps_tensors_and_header(weights_file):
+    loaded = load_weights(weights_file)
+    assert loaded.config == CONFIG
+    assert loaded.directions == ("sagittal", "coronal", "axial")
+    assert [t.name for t in loaded.tables] == ["A"]
+    assert loaded.tau == 0.1
+    assert loaded.header["training"] == {"seed": 3, "epochs": 2}
+    assert loaded.sha256 == file_sha256(weights_file)
+    original = states()
+    for direction in loaded.directions:
+        model = loaded.build(direction)
+        assert not model.training
+        for key, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, original[direction][key], rtol=0, atol=0)
+
+
+def test_save_refuses_to_overwrite_and_bad_arguments(weights_file, tmp_path):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save_weights(weights_file, states(), config=CONFIG, tables=[TABLE_A], tau=0.1, input_spec=INPUT,
+                     training={})
+    kwargs = {"config": CONFIG, "tau": 0.1, "input_spec": INPUT, "training": {}}
+    with pytest.raises(ValueError, match="1 output tracks but 2 tables"):
+        save_weights(tmp_path / "a.safetensors", states(), tables=[TABLE_A, TABLE_B], **kwargs)
+    with pytest.raises(ValueError, match="directions must be"):
+        save_weights(tmp_path / "b.safetensors", {"oblique": states()["axial"]}, tables=[TABLE_A], **kwargs)
+    with pytest.raises(ValueError, match="does not match the config"):
+        save_weights(tmp_path / "c.safetensors", states(CondNetConfig(depth=4)), tables=[TABLE_A], **kwargs)
+
+
+def test_missing_and_corrupt_files_raise_weights_error(weights_file, tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nothing.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(WeightsError):
+        load_weights(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_weights(garbage)
+
+
+def _rewrite_header(source, target, edit):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads(handle.metadata()["condnet"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    edit(header, tensors)
+    save_file(tensors, str(target), metadata={"condnet": json.dumps(header)})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h, t: h.update(format_version=99), "format version 99 is not supported"),
+        (lambda h, t: h.update(format="other"), "header format"),
+        (lambda h, t: h["config"].update(decoder_features=[16, 32]), "do not match the header.s architecture"),
+        (lambda h, t: h["config"].update(depth=4), "invalid architecture"),
+        (lambda h, t: h["tables"].append(TABLE_B.to_dict()), "2 tables for 1 output tracks"),
+        (lambda h, t: h["input"].update(channels=["t1"]), "do not fit U=2"),
+        (lambda h, t: t.pop("axial.decoder_1.level_1.map.bias"), "axial tensors do not match"),
+        (lambda h, t: h.pop("tau"), "header lacks"),
+    ],
+)
+def test_mismatched_header_raises(weights_file, tmp_path, edit, message):
+    target = tmp_path / "edited.safetensors"
+    _rewrite_header(weights_file, target, edit)
+    with pytest.raises(WeightsError, match=message):
+        load_weights(target)
+
+
+def test_file_without_condnet_header(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsError, match="no CondNet header"):
+        load_weights(path)
+
+
+def test_manifest_default_absent_hash_verified(weights_file, tmp_path):
+    manifest = tmp_path / "weights.json"
+    manifest.write_text(json.dumps({"format_version": 1, "default": None, "weights": []}))
+    with pytest.raises(WeightsError, match="no default CondNet weights are installed"):
+        load_weights(manifest_path=manifest)
+    with pytest.raises(ValueError, match="must lie below"):
+        register_weights(weights_file, weights_id="x", version="1", manifest_path=tmp_path / "sub" / "weights.json")
+    shipped = tmp_path / "weights" / "tiny.safetensors"
+    shipped.parent.mkdir()
+    shipped.write_bytes(weights_file.read_bytes())
+    entry = register_weights(shipped, weights_id="tiny", version="1", manifest_path=manifest)
+    assert entry["file"] == "weights/tiny.safetensors"
+    assert entry["size"] == shipped.stat().st_size
+    assert read_manifest(manifest)["default"] == "tiny"
+    loaded = load_weights(manifest_path=manifest)
+    assert loaded.weights_id == "tiny"
+    assert loaded.describe()["id"] == "tiny"
+    with pytest.raises(WeightsError, match="'other' is not in"):
+        load_weights(weights_id="other", manifest_path=manifest)
+    data = bytearray(shipped.read_bytes())
+    data[-1] ^= 0xFF  # flip one bit in the last tensor: same size, different hash
+    shipped.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="does not match the manifest entry 'tiny'"):
+        load_weights(manifest_path=manifest)
+    shipped.unlink()
+    with pytest.raises(WeightsError, match="is missing"):
+        load_weights(manifest_path=manifest)
+
+
+def test_shipped_manifest_is_valid():
+    manifest = read_manifest()
+    assert "default" in manifest
+    ids = [entry["id"] for entry in manifest["weights"]]
+    assert manifest["default"] is None or manifest["default"] in ids
