@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("CondNetLogic.commands.train", "train CondNet networks on a training set"),
     "predict": ("CondNetLogic.commands.predict", "T1 (+T2) -> CondNet conductivity (S/m) and uncertainty"),
     "evaluate": ("CondNetLogic.commands.evaluate", "CondNet vs a label map: per-tissue table, MAE, figures"),
-    "demo": ("CondNetLogic.commands.demo", "the whole pipeline on the shipped sample head (T1/T2 -> CondNet -> E-field at C3)"),
+    "demo": ("CondNetLogic.commands.demo", "whole pipeline on the shipped sample head"),
     "efield": ("CondNetLogic.commands.efield", "TMS E-field for one coil position (vector, |E|, JSON sidecar)"),
 }
 

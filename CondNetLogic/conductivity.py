@@ -108,7 +108,7 @@ class ConductivityTable:
         return {"name": self.name, "values": dict(self.values)}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ConductivityTable":
+    def from_dict(cls, data: Mapping) -> ConductivityTable:
         """Inverse of :meth:`to_dict`."""
         return cls(str(data["name"]), dict(data["values"]))
 

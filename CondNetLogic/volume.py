@@ -104,10 +104,10 @@ class Volume:
 
     @classmethod
     def from_geometry(
-        cls, array: np.ndarray, *, spacing, origin=(0.0, 0.0, 0.0), direction=np.eye(3)
-    ) -> "Volume":
-        """Build a volume from spacing (mm), origin (RAS mm) and direction (3x3, RAS columns)."""
-        return cls(array, affine_from_geometry(spacing, origin, direction))
+        cls, array: np.ndarray, *, spacing, origin=(0.0, 0.0, 0.0), direction=None
+    ) -> Volume:
+        """Build a volume from spacing (mm), origin (RAS mm) and direction (3x3, RAS columns; default identity)."""
+        return cls(array, affine_from_geometry(spacing, origin, np.eye(3) if direction is None else direction))
 
     @property
     def shape(self) -> tuple:
@@ -145,14 +145,14 @@ class Volume:
         spacing = self.spacing
         return bool(np.ptp(spacing) <= 1e-4 * spacing.max())
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """Return a volume with the same geometry and a new array of the same spatial shape."""
         array = np.asarray(array)
         if array.shape[:3] != self.shape:
             raise ValueError(f"new array shape {array.shape[:3]} differs from the volume's {self.shape}")
         return Volume(array, self.ijk_to_ras)
 
-    def same_grid(self, other: "Volume", *, atol_mm: float = 1e-3) -> bool:
+    def same_grid(self, other: Volume, *, atol_mm: float = 1e-3) -> bool:
         """True when ``other`` has the same spatial shape and affine (to ``atol_mm``)."""
         return self.shape == other.shape and bool(
             np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol_mm)

@@ -36,7 +36,9 @@ def test_ray_missing_the_head_raises(sphere_mask):
 
 def test_c3_on_a_sphere(sphere_mask):
     c = np.array([5.0, -3.0, 2.0])
-    landmarks = {"Nz": c + [0, RADIUS, 0], "Iz": c + [0, -RADIUS, 0], "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]}
+    landmarks = {
+        "Nz": c + [0, RADIUS, 0], "Iz": c + [0, -RADIUS, 0], "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]
+    }
     cz = eeg_position("Cz", landmarks, sphere_mask)
     np.testing.assert_allclose(cz, c + [0, 0, RADIUS], atol=1.5)
     # C3 is 30 % along LPA -> RPA over the vertex: 54 degrees up from LPA in the coronal plane, on the left.
