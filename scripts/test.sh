@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh || exit 1
-.venv/bin/python -m pytest -q -m "not slow and not gpu" "$@"
+.venv/bin/python -m pytest -q "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
     echo "scripts/test.sh: pytest collected no tests; treating that as a failure" >&2

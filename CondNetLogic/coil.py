@@ -1,0 +1,405 @@
+"""Thin-wire TMS coils: data files, the coil frame, and placing a coil on the head.
+
+Coil frame
+----------
+Coordinates in millimetres.  The origin is the coil centre on the winding plane (for a figure-8 coil:
+midway between the two wing centres, where the induced field peaks).  ``+z`` is the coil normal
+pointing **into the head** (from the coil towards the scalp).  ``+y`` points along the handle.
+``+x = y x z``: the two wings of a figure-8 coil lie at ``x < 0`` and ``x > 0``.  The frame is
+right-handed.
+
+Each polyline carries the coil current ``I`` in the order of its vertices.  In the shipped figure-8
+coils the wing at ``+x`` circulates counter-clockwise about ``+z`` and the wing at ``-x`` clockwise, so
+below the centre both wings carry the current along ``-y``: for a positive ``dI/dt`` the induced primary
+field ``-dA/dt`` under the centre points along ``+y``, towards the handle.
+
+Pose
+----
+``coil_to_ras`` (4x4, mm) maps coil-frame points to RAS: its columns are the RAS directions of the coil
+``x``, ``y`` (handle) and ``z`` (normal into the head) axes and the RAS position of the coil centre.
+:func:`coil_pose` builds it from a scalp point, the normal and the handle direction, placing the coil
+centre ``scalp_offset_mm`` (default 4 mm, as SimNIBS) outside the scalp along ``-z``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .conductivity import resource_path
+
+__all__ = [
+    "DEFAULT_SCALP_OFFSET_MM",
+    "Coil",
+    "check_coil_to_ras",
+    "coil_file",
+    "coil_pose",
+    "figure8_spiral_polylines",
+    "list_coils",
+    "load_coil",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Distance (mm) from the scalp to the coil's winding plane used by :func:`coil_pose` (SimNIBS default).
+DEFAULT_SCALP_OFFSET_MM = 4.0
+
+#: Vertices per turn of a generated spiral when the coil file does not say.
+DEFAULT_POINTS_PER_TURN = 64
+
+_SCHEMA_FILE = "coil.schema.json"
+_FORMAT_VERSION = 1
+
+
+def _schema() -> dict:
+    with open(resource_path("coils", _SCHEMA_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def figure8_spiral_polylines(
+    inner_diameter_mm: float,
+    outer_diameter_mm: float,
+    turns: float,
+    *,
+    wing_spacing_mm: float | None = None,
+    points_per_turn: int = DEFAULT_POINTS_PER_TURN,
+) -> list:
+    """Wire polylines (coil frame, mm) of a planar figure-8 coil made of two Archimedean spirals.
+
+    Parameters
+    ----------
+    inner_diameter_mm, outer_diameter_mm : float
+        Diameters (mm) between which each wing's spiral runs.
+    turns : float
+        Turns per wing.
+    wing_spacing_mm : float, optional
+        Distance (mm) between the two wing centres; default ``outer_diameter_mm`` (the wings touch at the
+        coil centre).
+    points_per_turn : int
+        Polyline vertices per turn (>= 8).
+
+    Returns
+    -------
+    list of ndarray (N, 3)
+        Two closed polylines (last vertex equals the first), in ``z = 0``: the wing at ``+x``
+        counter-clockwise about ``+z``, the wing at ``-x`` clockwise.  Each spiral runs from the outer to
+        the inner radius, starting on the side facing away from the coil centre, and is closed by a
+        straight lead from its inner end back to its start.
+
+    Raises
+    ------
+    ValueError
+        If the diameters are not ``0 < inner < outer``, ``turns <= 0``, ``points_per_turn < 8``, or the
+        wings would overlap (``wing_spacing_mm < outer_diameter_mm``).
+    """
+    inner, outer, turns = float(inner_diameter_mm), float(outer_diameter_mm), float(turns)
+    spacing = outer if wing_spacing_mm is None else float(wing_spacing_mm)
+    if not 0.0 < inner < outer:
+        raise ValueError(f"need 0 < inner_diameter_mm < outer_diameter_mm; got {inner} and {outer}")
+    if turns <= 0.0:
+        raise ValueError(f"turns must be > 0; got {turns}")
+    if int(points_per_turn) < 8:
+        raise ValueError(f"points_per_turn must be >= 8; got {points_per_turn}")
+    if spacing < outer:
+        raise ValueError(f"wing_spacing_mm ({spacing}) < outer_diameter_mm ({outer}): the wings would overlap")
+    n_points = int(np.ceil(turns * int(points_per_turn))) + 1
+    t = np.linspace(0.0, 1.0, n_points)
+    radius = 0.5 * outer - 0.5 * (outer - inner) * t
+    polylines = []
+    for side, sense in ((+1.0, +1.0), (-1.0, -1.0)):
+        # start angle: the side of the wing facing away from the coil centre
+        start = 0.0 if side > 0 else np.pi
+        angle = start + sense * 2.0 * np.pi * turns * t
+        wing = np.stack(
+            [side * 0.5 * spacing + radius * np.cos(angle), radius * np.sin(angle), np.zeros_like(t)], axis=1
+        )
+        polylines.append(np.vstack([wing, wing[:1]]))
+    return polylines
+
+
+def _polylines_from_winding(winding: dict) -> list:
+    kind = winding["type"]
+    if kind == "figure8_spiral":
+        return figure8_spiral_polylines(
+            winding["inner_diameter_mm"],
+            winding["outer_diameter_mm"],
+            winding["turns"],
+            wing_spacing_mm=winding.get("wing_spacing_mm"),
+            points_per_turn=winding.get("points_per_turn", DEFAULT_POINTS_PER_TURN),
+        )
+    if kind == "polylines":
+        polylines = [np.asarray(line, dtype=float) for line in winding["polylines_mm"]]
+        for index, line in enumerate(polylines):
+            if not np.all(np.isfinite(line)):
+                raise ValueError(f"polyline {index} holds non-finite coordinates")
+            if np.any(np.linalg.norm(np.diff(line, axis=0), axis=1) == 0.0):
+                raise ValueError(f"polyline {index} has repeated consecutive vertices (zero-length segment)")
+        return polylines
+    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral' or 'polylines'")
+
+
+@dataclass(frozen=True, eq=False)
+class Coil:
+    """A thin-wire TMS coil described by a coil file (see the module docstring for the frame).
+
+    Build it with :meth:`from_dict`, :meth:`from_file` or :func:`load_coil`.
+
+    Attributes
+    ----------
+    name : str
+        Coil name.
+    didt_max : float
+        Current slope dI/dt at maximum stimulator output, A/s.
+    winding : dict
+        The winding as in the file: a ``figure8_spiral`` generator spec or explicit ``polylines``.
+    polylines_mm : tuple of ndarray (N, 3)
+        Wire polylines in the coil frame, mm (generated from ``winding``).
+    description : str
+    notes : tuple of str
+        Sources of the numbers.
+    """
+
+    name: str
+    didt_max: float
+    winding: dict
+    polylines_mm: tuple
+    description: str = ""
+    notes: tuple = ()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Coil:
+        """Validate a coil dictionary against ``coil.schema.json`` and build the coil.
+
+        Raises
+        ------
+        ValueError
+            If the dictionary does not match the schema or the winding is inconsistent (message names the
+            offending field).
+        """
+        import jsonschema
+
+        try:
+            jsonschema.validate(data, _schema())
+        except jsonschema.ValidationError as err:
+            where = "/".join(str(p) for p in err.absolute_path) or "<root>"
+            raise ValueError(f"invalid coil description at {where}: {err.message}") from err
+        winding = json.loads(json.dumps(data["winding"]))
+        polylines = tuple(_polylines_from_winding(winding))
+        for line in polylines:
+            line.setflags(write=False)
+        return cls(
+            name=data["name"],
+            didt_max=float(data["didt_max_a_per_s"]),
+            winding=winding,
+            polylines_mm=polylines,
+            description=data.get("description", ""),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike]) -> Coil:
+        """Read and validate a coil JSON file.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            If it is not valid JSON or does not match the schema.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"coil file {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def to_dict(self) -> dict:
+        """The coil as a schema-valid dictionary; ``Coil.from_dict(c.to_dict())`` rebuilds the same coil."""
+        data = {
+            "format_version": _FORMAT_VERSION,
+            "name": self.name,
+            "didt_max_a_per_s": self.didt_max,
+            "winding": json.loads(json.dumps(self.winding)),
+        }
+        if self.description:
+            data["description"] = self.description
+        if self.notes:
+            data["notes"] = list(self.notes)
+        return data
+
+    def to_file(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:
+        """Write the coil as JSON; an existing file is replaced only with ``overwrite``.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is false.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the canonical JSON of :meth:`to_dict` (identifies the coil in result sidecars)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def segments_mm(self) -> np.ndarray:
+        """Straight wire segments in the coil frame, float array (S, 2, 3), mm: ``[:, 0]`` start, ``[:, 1]`` end."""
+        return np.concatenate([np.stack([line[:-1], line[1:]], axis=1) for line in self.polylines_mm], axis=0)
+
+    def segments_ras_mm(self, coil_to_ras: np.ndarray) -> np.ndarray:
+        """Wire segments placed by ``coil_to_ras`` (4x4, mm): float array (S, 2, 3), RAS mm."""
+        pose = check_coil_to_ras(coil_to_ras)
+        return self.segments_mm() @ pose[:3, :3].T + pose[:3, 3]
+
+    def __repr__(self) -> str:
+        n_segments = sum(len(line) - 1 for line in self.polylines_mm)
+        kind = self.winding["type"]
+        return f"Coil(name={self.name!r}, winding={kind!r}, segments={n_segments}, didt_max={self.didt_max:.3g} A/s)"
+
+
+def check_coil_to_ras(coil_to_ras: np.ndarray, *, tol: float = 1e-6) -> np.ndarray:
+    """Validate a coil pose and return it as a float (4, 4) array.
+
+    Parameters
+    ----------
+    coil_to_ras : array (4, 4)
+        Coil frame -> RAS, mm.
+    tol : float
+        Tolerance on ``R^T R = I`` and ``det R = 1``.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not (4, 4), values are not finite, the last row is not ``[0, 0, 0, 1]``, or the
+        rotation is not orthonormal with determinant +1 (a scaled, sheared or mirrored pose would warp the
+        coil).
+    """
+    pose = np.asarray(coil_to_ras, dtype=float)
+    if pose.shape != (4, 4):
+        raise ValueError(f"coil_to_ras must be a 4x4 matrix; got shape {pose.shape}")
+    if not np.all(np.isfinite(pose)):
+        raise ValueError("coil_to_ras holds NaN or infinite values")
+    if not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"coil_to_ras last row must be [0, 0, 0, 1]; got {pose[3]}")
+    rotation = pose[:3, :3]
+    orth_error = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+    if orth_error > tol:
+        raise ValueError(
+            f"coil_to_ras rotation is not orthonormal (max |R^T R - I| = {orth_error:.3g} > {tol}); "
+            "scaling or shear would deform the coil"
+        )
+    det = float(np.linalg.det(rotation))
+    if abs(det - 1.0) > tol:
+        raise ValueError(f"coil_to_ras rotation must have determinant +1 (right-handed); got {det:.6g}")
+    return pose
+
+
+def coil_pose(
+    center_ras: np.ndarray,
+    normal_into_head: np.ndarray,
+    handle_direction: np.ndarray,
+    *,
+    scalp_offset_mm: float = DEFAULT_SCALP_OFFSET_MM,
+) -> np.ndarray:
+    """Coil pose (``coil_to_ras``, 4x4, mm) for a coil over a scalp point.
+
+    Parameters
+    ----------
+    center_ras : array (3,)
+        Scalp point under the coil centre, RAS mm.
+    normal_into_head : array (3,)
+        Direction of the coil ``+z`` axis, pointing into the head (RAS; any length).
+    handle_direction : array (3,)
+        Approximate handle direction (coil ``+y``), RAS; its component along the normal is removed.
+    scalp_offset_mm : float
+        Distance (mm, >= 0) from the scalp point to the coil's winding plane; the coil centre lies at
+        ``center_ras - scalp_offset_mm * z``.
+
+    Returns
+    -------
+    ndarray (4, 4)
+        Columns: coil ``x``, ``y`` (handle), ``z`` (into the head) in RAS, and the coil centre (RAS mm).
+
+    Raises
+    ------
+    ValueError
+        If a vector is zero or not finite, the handle is parallel to the normal, or the offset is negative.
+
+    Examples
+    --------
+    >>> pose = coil_pose([0, 0, 100], [0, 0, -1], [0, 1, 0])
+    >>> pose[:3, 3].tolist(), pose[:3, 2].tolist()
+    ([0.0, 0.0, 104.0], [0.0, 0.0, -1.0])
+    """
+    center = np.asarray(center_ras, dtype=float).reshape(-1)
+    normal = np.asarray(normal_into_head, dtype=float).reshape(-1)
+    handle = np.asarray(handle_direction, dtype=float).reshape(-1)
+    for name, vector in (("center_ras", center), ("normal_into_head", normal), ("handle_direction", handle)):
+        if vector.shape != (3,) or not np.all(np.isfinite(vector)):
+            raise ValueError(f"{name} must be 3 finite numbers; got {vector}")
+    if not np.isfinite(scalp_offset_mm) or scalp_offset_mm < 0:
+        raise ValueError(f"scalp_offset_mm must be >= 0; got {scalp_offset_mm}")
+    if np.linalg.norm(normal) == 0.0:
+        raise ValueError("normal_into_head is the zero vector")
+    z_axis = normal / np.linalg.norm(normal)
+    if np.linalg.norm(handle) == 0.0:
+        raise ValueError("handle_direction is the zero vector")
+    y_axis = handle - np.dot(handle, z_axis) * z_axis
+    if np.linalg.norm(y_axis) < 1e-6 * np.linalg.norm(handle):
+        raise ValueError(f"handle_direction {handle} is parallel to the coil normal {z_axis}")
+    y_axis /= np.linalg.norm(y_axis)
+    x_axis = np.cross(y_axis, z_axis)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2] = x_axis, y_axis, z_axis
+    pose[:3, 3] = center - float(scalp_offset_mm) * z_axis
+    return pose
+
+
+def list_coils() -> list:
+    """Names of the coil files shipped in ``Resources/coils`` (without ``.json``), sorted."""
+    return sorted(p.stem for p in resource_path("coils").glob("*.json") if p.name != _SCHEMA_FILE)
+
+
+def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
+    """Path of a coil file given by path or by the name of a shipped coil (see :func:`list_coils`).
+
+    Raises
+    ------
+    ValueError
+        If ``name_or_path`` is neither an existing file nor a shipped coil name.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name in list_coils():
+        return resource_path("coils", name + ".json")
+    raise ValueError(f"no coil file or shipped coil named {name!r}; shipped coils: {', '.join(list_coils())}")
+
+
+def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
+    """Load a shipped coil by name (see :func:`list_coils`) or a coil JSON file by path.
+
+    Raises
+    ------
+    ValueError
+        If ``name_or_path`` is neither an existing file nor a shipped coil name, or the file is invalid.
+    """
+    return Coil.from_file(coil_file(name_or_path))

@@ -1,0 +1,338 @@
+"""TMS E-field on a conductivity volume: coil primary field + SPFD potential solve (paper Eqs. 4-5).
+
+:class:`EFieldSimulation` validates the conductivity once, crops it to the head and builds the solver
+once; :meth:`EFieldSimulation.solve` then runs one coil position (the Slicer module calls it on each coil
+move; the ``condnet efield`` command once).  Results are on the input volume's exact grid, whatever its
+orientation (L-I-A, L-A-S, R-A-S, oblique): the solver works along the voxel axes and the field is
+rotated to RAS components with the volume's direction matrix.
+
+Units: conductivity S/m, ``dI/dt`` A/s, E-field V/m; positions and poses in RAS mm (converted to metres
+in :mod:`CondNetLogic.primary_field`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .coil import Coil, check_coil_to_ras
+from .errors import Cancelled
+from .primary_field import MM_TO_M, PrimaryFieldGrid, dadt_faces
+from .volume import Volume
+
+__all__ = ["PRIMARY_FIELD_MODES", "EFieldResult", "EFieldSimulation"]
+
+logger = logging.getLogger(__name__)
+
+#: ``"direct"``: exact closed form at every face; ``"grid"``: resample a precomputed coil-frame grid
+#: (:class:`~CondNetLogic.primary_field.PrimaryFieldGrid`); ``"auto"``: grid when the head has more faces
+#: than the grid has nodes (then the grid is cheaper even for a single coil position).
+PRIMARY_FIELD_MODES = ("auto", "direct", "grid")
+
+#: Wires closer than this to a conducting face midpoint are rejected (mm).
+MIN_WIRE_DISTANCE_MM = 1.0
+
+
+@dataclass
+class EFieldResult:
+    """One E-field simulation on the conductivity's grid.
+
+    Attributes
+    ----------
+    e_vector : Volume (I, J, K, 3) float32
+        Induced E-field in V/m, components along R, A, S; 0 outside the conductor.
+    e_magnitude : Volume (I, J, K) float32
+        ``|E|`` in V/m.
+    info : dict
+        ``iterations``, ``residual``, ``true_residual``, ``converged``, ``device``, ``tol``, ``didt``
+        (A/s), ``coil_name``, ``coil_sha256``, ``coil_to_ras`` (nested list, mm), ``primary_field``
+        (mode used) and ``timings`` (seconds: ``primary_field``, ``solve``, ``total``).
+    """
+
+    e_vector: Volume
+    e_magnitude: Volume
+    info: dict = field(default_factory=dict)
+
+
+def _validate_conductivity(conductivity: Volume) -> np.ndarray:
+    if not isinstance(conductivity, Volume):
+        raise TypeError(f"conductivity must be a Volume; got {type(conductivity).__name__}")
+    sigma = conductivity.array
+    if sigma.ndim != 3:
+        raise ValueError(f"conductivity must be a scalar 3D volume (I, J, K); got shape {sigma.shape}")
+    if sigma.dtype.kind not in "biuf":
+        raise TypeError(f"conductivity must be a real numeric array in S/m; got dtype {sigma.dtype}")
+    sigma = sigma.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(sigma)):
+        bad = int(np.count_nonzero(~np.isfinite(sigma)))
+        raise ValueError(f"conductivity holds {bad} NaN or infinite voxels; expected finite values in S/m")
+    if sigma.min() < 0:
+        bad = int(np.count_nonzero(sigma < 0))
+        raise ValueError(
+            f"conductivity must be >= 0 S/m (0 = air); {bad} voxels are negative, minimum {float(sigma.min()):.4g}"
+        )
+    if not conductivity.is_isotropic:
+        spacing = ", ".join(f"{s:.4g}" for s in conductivity.spacing)
+        raise ValueError(
+            f"the E-field solver needs isotropic voxels; the conductivity has spacing ({spacing}) mm: "
+            "resample it to an isotropic grid first (e.g. 1 mm)"
+        )
+    direction = conductivity.direction
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:
+        raise ValueError("the conductivity's voxel axes are not orthogonal (sheared affine); resample it first")
+    if not np.any(sigma > 0):
+        raise ValueError("the conductivity is 0 everywhere: no head (conductor) to simulate")
+    return sigma
+
+
+class EFieldSimulation:
+    """E-field simulations on one conductivity volume; the solver is built once for all coil positions.
+
+    Parameters
+    ----------
+    conductivity : Volume (I, J, K)
+        Conductivity in S/m (0 = air), isotropic voxels, any orientation.
+    device : {"auto", "cpu", "cuda"}
+        Where the potential is solved.
+    tol : float
+        Relative residual at which the solve stops.
+    dtype : np.float32 or np.float64
+        Solver precision (float32 halves memory and is faster on GPUs).
+    primary_field : {"auto", "direct", "grid"}
+        How ``dA/dt`` is evaluated (see :data:`PRIMARY_FIELD_MODES`).
+    grid_spacing_mm : float
+        Spacing of the coil-frame grid when one is built here.
+    grid : PrimaryFieldGrid, optional
+        A grid built beforehand (it depends on the coil only, so one grid serves every head); it is used
+        for its coil in the ``"grid"`` and ``"auto"`` modes.
+    maxiter : int
+        Maximum solver iterations.
+    progress : callable, optional
+        ``progress(fraction, message)`` during setup.
+
+    Attributes
+    ----------
+    solver : PotentialSolver
+        Built once on the head's bounding box (plus one voxel) and reused by every :meth:`solve`.
+    head_center_ras : ndarray (3,)
+        Centroid of the conducting voxels, RAS mm (the CLI aims the default coil normal at it).
+    device : str
+        Where the solver runs.
+
+    Raises
+    ------
+    TypeError
+        If ``conductivity`` is not a Volume or not numeric.
+    ValueError
+        If it is not 3D, holds NaN/inf or negative values, has anisotropic or sheared voxels, or has no
+        conducting voxel; or an option is out of range.
+    """
+
+    def __init__(
+        self,
+        conductivity: Volume,
+        *,
+        device: str = "auto",
+        tol: float = 1e-6,
+        dtype=np.float64,
+        primary_field: str = "auto",
+        grid_spacing_mm: float = 2.0,
+        grid: Optional[PrimaryFieldGrid] = None,
+        maxiter: int = 200,
+        progress: Optional[Callable[[float, str], None]] = None,
+    ) -> None:
+        from .solver import PotentialSolver
+
+        start = time.perf_counter()
+        sigma = _validate_conductivity(conductivity)
+        if primary_field not in PRIMARY_FIELD_MODES:
+            raise ValueError(f"primary_field must be one of {PRIMARY_FIELD_MODES}; got {primary_field!r}")
+        if not 0 < tol < 1:
+            raise ValueError(f"tol must lie in (0, 1); got {tol}")
+        self.conductivity = conductivity
+        self.tol = float(tol)
+        self.maxiter = int(maxiter)
+        self.primary_field = primary_field
+        self.grid_spacing_mm = float(grid_spacing_mm)
+        self._grids: dict = {}
+        if grid is not None:
+            if not isinstance(grid, PrimaryFieldGrid):
+                raise TypeError(f"grid must be a PrimaryFieldGrid; got {type(grid).__name__}")
+            self._grids[grid.coil_sha256] = grid
+        self._progress = progress
+        conducting = sigma > 0
+        index = np.nonzero(conducting)
+        lo = np.maximum(np.array([i.min() for i in index]) - 1, 0)
+        hi = np.minimum(np.array([i.max() for i in index]) + 2, np.array(sigma.shape))
+        self._crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        translate = np.eye(4)
+        translate[:3, 3] = lo
+        self._sigma = np.ascontiguousarray(sigma[self._crop])
+        self._mask = self._sigma > 0
+        self._geometry = Volume(np.zeros(self._sigma.shape, dtype=np.uint8), conductivity.ijk_to_ras @ translate)
+        self.spacing_m = float(conductivity.spacing[0]) * MM_TO_M
+        self.head_center_ras = conductivity.ijk_to_ras_points(np.mean(np.stack(index, axis=1), axis=0))
+        if progress is not None:
+            progress(0.0, f"building the solver for {int(conducting.sum())} conducting voxels")
+        self.solver = PotentialSolver(self._sigma, self.spacing_m, device=device, dtype=dtype)
+        self.device = self.solver.device
+        self.time_setup_s = time.perf_counter() - start
+        if progress is not None:
+            progress(1.0, "solver ready")
+        logger.info(
+            "EFieldSimulation: cropped %s -> %s, %s, setup %.2f s",
+            sigma.shape,
+            self._sigma.shape,
+            self.device,
+            self.time_setup_s,
+        )
+
+    @property
+    def n_faces(self) -> int:
+        """Number of voxel faces between two conducting voxels (where ``dA/dt`` is needed)."""
+        m = self._mask
+        return int((m[1:] & m[:-1]).sum() + (m[:, 1:] & m[:, :-1]).sum() + (m[:, :, 1:] & m[:, :, :-1]).sum())
+
+    def _check_wire_outside(self, coil: Coil, coil_to_ras: np.ndarray) -> None:
+        """Raise if a wire runs through a conducting voxel (sampled at a quarter voxel)."""
+        segments = coil.segments_ras_mm(coil_to_ras)
+        step_mm = 0.25 * self.spacing_m / MM_TO_M
+        lengths = np.linalg.norm(segments[:, 1] - segments[:, 0], axis=1)
+        counts = np.maximum(np.ceil(lengths / step_mm).astype(np.int64), 1)
+        fractions = np.concatenate([np.arange(n + 1) / n for n in counts])
+        starts = np.repeat(segments[:, 0], counts + 1, axis=0)
+        ends = np.repeat(segments[:, 1], counts + 1, axis=0)
+        points = starts + fractions[:, None] * (ends - starts)
+        ijk = np.rint(self._geometry.ras_to_ijk_points(points)).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.array(self._sigma.shape)), axis=1)
+        hits = inside.copy()
+        hits[inside] = self._mask[tuple(ijk[inside].T)]
+        if np.any(hits):
+            where = points[np.argmax(hits)]
+            raise ValueError(
+                f"the coil wire passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
+                f"{where[2]:.1f}) mm: place the coil outside the scalp (check the normal points into the head "
+                "and the scalp offset)"
+            )
+
+    def _grid_for(self, coil: Coil, progress) -> PrimaryFieldGrid:
+        grid = self._grids.get(coil.sha256)
+        if grid is None:
+            grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress)
+            self._grids[coil.sha256] = grid
+        return grid
+
+    def solve(
+        self,
+        coil: Coil,
+        coil_to_ras: np.ndarray,
+        didt: float,
+        *,
+        progress: Optional[Callable[[float, str], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> EFieldResult:
+        """Induced E-field for one coil position.
+
+        Parameters
+        ----------
+        coil : Coil
+        coil_to_ras : array (4, 4)
+            Coil pose, mm (see :mod:`CondNetLogic.coil`; :func:`~CondNetLogic.coil.coil_pose` builds it).
+        didt : float
+            Current slope dI/dt, A/s (``coil.didt_max`` is the maximum stimulator output).
+        progress : callable, optional
+            ``progress(fraction, message)``.
+        cancel : callable, optional
+            ``cancel() -> bool``; raises :class:`~CondNetLogic.errors.Cancelled` when true.
+
+        Returns
+        -------
+        EFieldResult
+
+        Raises
+        ------
+        TypeError
+            If ``coil`` is not a :class:`Coil`.
+        ValueError
+            For a bad pose or ``didt``, or a coil wire inside the head or within 1 mm of it.
+        Cancelled
+            When ``cancel()`` returns true.
+        """
+        from .solver import electric_field
+
+        if not isinstance(coil, Coil):
+            raise TypeError(f"coil must be a Coil; got {type(coil).__name__}")
+        pose = check_coil_to_ras(coil_to_ras)
+        didt = float(didt)
+        if not np.isfinite(didt) or didt == 0:
+            raise ValueError(f"didt must be a finite, non-zero current slope in A/s; got {didt}")
+
+        def report(fraction, message):
+            if progress is not None:
+                progress(fraction, message)
+
+        def check_cancel():
+            if cancel is not None and cancel():
+                raise Cancelled("E-field simulation cancelled")
+
+        start = time.perf_counter()
+        self._check_wire_outside(coil, pose)
+        mode = self.primary_field
+        if mode == "auto":
+            grid_nodes = int(np.prod(PrimaryFieldGrid.grid_shape(self.grid_spacing_mm)))
+            mode = "grid" if coil.sha256 in self._grids or self.n_faces > grid_nodes else "direct"
+        grid = None
+        if mode == "grid":
+            grid = self._grid_for(coil, lambda f, m: report(0.25 * f, m))
+        check_cancel()
+        report(0.25, f"primary field ({mode})")
+        faces = dadt_faces(
+            self._geometry, coil, pose, didt, mask=self._mask, grid=grid, min_distance_mm=MIN_WIRE_DISTANCE_MM
+        )
+        time_primary = time.perf_counter() - start
+        check_cancel()
+        log_tol = np.log(self.tol)
+
+        def on_iteration(iteration, relative_residual):
+            fraction = min(1.0, max(0.0, np.log(max(relative_residual, 1e-300)) / log_tol))
+            report(0.3 + 0.65 * fraction, f"solving: iteration {iteration}, residual {relative_residual:.2e}")
+
+        report(0.3, "solving the potential")
+        faces = tuple(face.astype(self.solver.dtype, copy=False) for face in faces)
+        psi, solve_info = self.solver.solve(
+            faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel
+        )
+        field_axes = electric_field(psi, self._sigma, faces, self.spacing_m)
+        field_ras = np.asarray(field_axes, dtype=np.float64) @ self.conductivity.direction.T
+        e_full = np.zeros(self.conductivity.shape + (3,), dtype=np.float32)
+        e_full[self._crop] = field_ras
+        magnitude = np.linalg.norm(e_full, axis=-1).astype(np.float32)
+        total = time.perf_counter() - start
+        info = {
+            "iterations": int(solve_info["iterations"]),
+            "residual": float(solve_info["residual"]),
+            "true_residual": float(solve_info["true_residual"]),
+            "converged": bool(solve_info["converged"]),
+            "device": str(solve_info["device"]),
+            "tol": self.tol,
+            "didt": didt,
+            "coil_name": coil.name,
+            "coil_sha256": coil.sha256,
+            "coil_to_ras": pose.tolist(),
+            "primary_field": mode,
+            "timings": {
+                "setup": self.time_setup_s,
+                "primary_field": time_primary,
+                "solve": float(solve_info["time_solve_s"]),
+                "total": total,
+            },
+        }
+        report(1.0, f"done: {info['iterations']} iterations, max |E| {float(magnitude.max()):.1f} V/m")
+        return EFieldResult(
+            e_vector=self.conductivity.with_array(e_full),
+            e_magnitude=self.conductivity.with_array(magnitude),
+            info=info,
+        )

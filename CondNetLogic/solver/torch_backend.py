@@ -1,0 +1,154 @@
+"""Torch implementation of the multigrid primitives (CUDA, or the CPU for tests).
+
+The same cycle and CG loop as the numba backend (:class:`CondNetLogic.solver.multigrid.PotentialSolver`) run
+on dense tensors: a red-black half-sweep updates the whole interior from shifted slices and keeps the
+new value only on that colour (``torch.where`` with a precomputed mask), restriction is a reshape-sum over
+2 x 2 x 2 blocks, prolongation a broadcast.  The arithmetic is that of the numba kernels, so both backends
+agree to the rounding of the working dtype.  ``compile=True`` wraps the per-level updates in
+``torch.compile`` (fuses the slice arithmetic into one kernel on CUDA); it is off by default because
+compilation takes tens of seconds and needs a C++ toolchain on the CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["TorchBackend"]
+
+_INTERIOR = (slice(1, -1),) * 3
+
+
+def _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp):
+    """``sum_f w_f x_q`` over the six neighbours of every interior cell."""
+    return (wxm * x[:-2, 1:-1, 1:-1] + wxp * x[2:, 1:-1, 1:-1] + wym * x[1:-1, :-2, 1:-1]
+            + wyp * x[1:-1, 2:, 1:-1] + wzm * x[1:-1, 1:-1, :-2] + wzp * x[1:-1, 1:-1, 2:])
+
+
+def _sor_update(x, b, wxm, wxp, wym, wyp, wzm, wzp, d_safe, mask, omega: float):
+    """Red-black SOR half-sweep: interior values of ``x`` after relaxing the cells in ``mask``."""
+    xi = x[_INTERIOR]
+    new = (1.0 - omega) * xi + omega * (b[_INTERIOR] + _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp)) / d_safe
+    return torch.where(mask, new, xi)
+
+
+def _residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
+    """Interior of ``b - L x``."""
+    return b[_INTERIOR] - (d * x[_INTERIOR] - _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp))
+
+
+class _TorchLevel:
+    """Face conductances of one level as interior-aligned views plus the red/black masks."""
+
+    def __init__(self, w: np.ndarray, device, dtype):
+        w = torch.as_tensor(w, device=device, dtype=dtype)
+        self.shape = tuple(w.shape[1:])
+        self.faces = (w[0, :-2, 1:-1, 1:-1], w[0, 1:-1, 1:-1, 1:-1], w[1, 1:-1, :-2, 1:-1],
+                      w[1, 1:-1, 1:-1, 1:-1], w[2, 1:-1, 1:-1, :-2], w[2, 1:-1, 1:-1, 1:-1])
+        self.d = sum(self.faces)
+        self.d_safe = torch.where(self.d > 0, self.d, torch.ones_like(self.d))
+        n0, n1, n2 = (n - 2 for n in self.shape)
+        parity = (torch.arange(1, n0 + 1, device=device).view(-1, 1, 1)
+                  + torch.arange(1, n1 + 1, device=device).view(1, -1, 1)
+                  + torch.arange(1, n2 + 1, device=device).view(1, 1, -1)) % 2
+        conductive = self.d > 0
+        self.masks = (conductive & (parity == 0), conductive & (parity == 1))
+
+
+class TorchBackend:
+    """Multigrid primitives on torch tensors; same interface as ``multigrid.NumbaBackend``.
+
+    Parameters
+    ----------
+    levels : list of multigrid.Level
+        The hierarchy built on the host (face conductances as numpy arrays).
+    dtype : np.dtype
+        float32 or float64.
+    cells, pinv : ndarray
+        Coarsest-level unknowns (flat indices) and the pseudo-inverse (float64), see
+        ``multigrid.coarse_pseudo_inverse``.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    compile : bool
+        Wrap the level updates in ``torch.compile``.
+    """
+
+    name = "torch"
+
+    def __init__(self, levels: list, dtype, cells: np.ndarray, pinv: np.ndarray, device: str, *,
+                 compile: bool = False):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch {torch.__version__} sees no CUDA device")
+        self.dtype = np.dtype(dtype)
+        self.torch_dtype = torch.float32 if self.dtype == np.float32 else torch.float64
+        self.levels = [_TorchLevel(level.w, self.device, self.torch_dtype) for level in levels]
+        self.cells = torch.as_tensor(cells, device=self.device, dtype=torch.int64)
+        self.pinv = torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
+        self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
+        self._residual = torch.compile(_residual, dynamic=True) if compile else _residual
+
+    def zeros(self, shape):
+        return torch.zeros(shape, device=self.device, dtype=self.torch_dtype)
+
+    def from_numpy(self, array):
+        return torch.as_tensor(np.ascontiguousarray(array, dtype=self.dtype), device=self.device).clone()
+
+    @staticmethod
+    def to_numpy(tensor):
+        return tensor.cpu().numpy()
+
+    @staticmethod
+    def fill_zero(tensor):
+        tensor.zero_()
+
+    def sweep(self, level, x, b, omega, color):
+        lv = self.levels[level]
+        x[_INTERIOR] = self._sor(x, b, *lv.faces, lv.d_safe, lv.masks[color], float(omega))
+
+    def residual(self, level, x, b, r):
+        lv = self.levels[level]
+        r[_INTERIOR] = self._residual(x, b, *lv.faces, lv.d)
+        return float(torch.sum(r * r, dtype=torch.float64))
+
+    def apply(self, level, x, y):
+        lv = self.levels[level]
+        y[_INTERIOR] = lv.d * x[_INTERIOR] - _neighbour_sum(x, *lv.faces)
+        return self.dot(x, y)
+
+    @staticmethod
+    def restrict(level, rf, rc):
+        m0, m1, m2 = (n - 2 for n in rc.shape)
+        block = rf[_INTERIOR]
+        if block.shape != (2 * m0, 2 * m1, 2 * m2):
+            # An odd interior: the last coarse cell has one child along that axis; pad with zeros.
+            block = torch.nn.functional.pad(block, (0, 2 * m2 - block.shape[2], 0, 2 * m1 - block.shape[1],
+                                                    0, 2 * m0 - block.shape[0]))
+        rc[_INTERIOR] = block.reshape(m0, 2, m1, 2, m2, 2).sum(dim=(1, 3, 5))
+
+    @staticmethod
+    def prolong_add(level, ec, xf):
+        n0, n1, n2 = (n - 2 for n in xf.shape)
+        m0, m1, m2 = (n - 2 for n in ec.shape)
+        fine = ec[_INTERIOR].reshape(m0, 1, m1, 1, m2, 1).expand(m0, 2, m1, 2, m2, 2)
+        xf[_INTERIOR] += fine.reshape(2 * m0, 2 * m1, 2 * m2)[:n0, :n1, :n2]
+
+    def coarse_solve(self, level, x, b):
+        lv = self.levels[level]
+        r = _residual(x, b, *lv.faces, lv.d)
+        full = torch.zeros_like(x)
+        full[_INTERIOR] = r
+        correction = self.pinv @ full.reshape(-1)[self.cells].to(torch.float64)
+        x.view(-1).index_add_(0, self.cells, correction.to(self.torch_dtype))
+
+    @staticmethod
+    def dot(a, b):
+        return float(torch.sum(a * b, dtype=torch.float64))
+
+    def cg_update(self, x, r, p, q, alpha):
+        x.add_(p, alpha=alpha)
+        r.sub_(q, alpha=alpha)
+        return self.dot(r, r)
+
+    @staticmethod
+    def cg_direction(p, z, beta):
+        p.mul_(beta).add_(z)

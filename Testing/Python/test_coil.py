@@ -1,0 +1,217 @@
+"""Coil files, the coil frame, and poses."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from CondNetLogic.coil import (
+    Coil,
+    check_coil_to_ras,
+    coil_file,
+    coil_pose,
+    figure8_spiral_polylines,
+    list_coils,
+    load_coil,
+)
+from CondNetLogic.primary_field import dadt_at_points
+
+
+def _spec(**winding) -> dict:
+    base = {"type": "figure8_spiral", "inner_diameter_mm": 47.0, "outer_diameter_mm": 97.0, "turns": 9}
+    base.update(winding)
+    return {"format_version": 1, "name": "test", "didt_max_a_per_s": 1e8, "winding": base}
+
+
+def _signed_area(line: np.ndarray) -> float:
+    return 0.5 * float(np.sum(line[:-1, 0] * line[1:, 1] - line[1:, 0] * line[:-1, 1]))
+
+
+def test_shipped_coils_load_and_validate():
+    names = list_coils()
+    assert "figure8_70mm" in names
+    assert "coil.schema" not in names
+    for name in names:
+        coil = load_coil(name)
+        assert coil.name == name
+        assert coil.didt_max > 0
+        assert coil.segments_mm().shape[1:] == (2, 3)
+
+
+def test_default_coil_matches_paper_and_magstim():
+    coil = load_coil("figure8_70mm")
+    assert coil.winding["inner_diameter_mm"] == 47.0
+    assert coil.winding["outer_diameter_mm"] == 97.0
+    assert coil.winding["turns"] == 9
+    assert coil.didt_max == pytest.approx(1e8)
+
+
+def test_figure8_geometry_and_current_sense():
+    wing_pos, wing_neg = figure8_spiral_polylines(47.0, 97.0, 9, points_per_turn=64)
+    for line, centre_x in ((wing_pos, 48.5), (wing_neg, -48.5)):
+        np.testing.assert_array_equal(line[0], line[-1])
+        radius = np.hypot(line[:, 0] - centre_x, line[:, 1])
+        assert radius.min() == pytest.approx(23.5)
+        assert radius.max() == pytest.approx(48.5)
+        np.testing.assert_array_equal(line[:, 2], 0.0)
+        # total turning angle of the spiral part: 9 turns
+        angles = np.unwrap(np.arctan2(line[:-1, 1], line[:-1, 0] - centre_x))
+        assert abs(angles[-1] - angles[0]) == pytest.approx(2 * np.pi * 9)
+    # +x wing counter-clockwise about +z (positive signed area), -x wing clockwise
+    assert _signed_area(wing_pos) > 0
+    assert _signed_area(wing_neg) < 0
+
+
+def test_induced_field_under_centre_points_along_handle():
+    coil = load_coil("figure8_70mm")
+    dadt = dadt_at_points(np.array([[0.0, 0.0, 0.01]]), coil.segments_mm() * 1e-3, 1e8)
+    primary_e = -dadt[0]
+    assert primary_e[1] > 0.99 * np.linalg.norm(primary_e)
+
+
+@pytest.mark.parametrize(
+    "winding",
+    [
+        {"type": "figure8_spiral", "inner_diameter_mm": 20, "outer_diameter_mm": 40, "turns": 3.5,
+         "wing_spacing_mm": 44, "points_per_turn": 16},
+        {"type": "polylines", "polylines_mm": [[[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 0, 0]]]},
+    ],
+)
+def test_dict_and_file_round_trip(tmp_path, winding):
+    data = {"format_version": 1, "name": "rt", "didt_max_a_per_s": 5e7, "winding": winding, "notes": ["n"]}
+    coil = Coil.from_dict(data)
+    again = Coil.from_dict(coil.to_dict())
+    assert again.to_dict() == coil.to_dict() == {**data, "didt_max_a_per_s": 5e7}
+    assert again.sha256 == coil.sha256
+    np.testing.assert_array_equal(again.segments_mm(), coil.segments_mm())
+    path = coil.to_file(tmp_path / "rt.json")
+    from_file = Coil.from_file(path)
+    assert from_file.sha256 == coil.sha256
+    assert load_coil(path).sha256 == coil.sha256
+    assert coil_file(path) == path
+
+
+def test_to_file_refuses_to_overwrite(tmp_path):
+    coil = load_coil("figure8_70mm")
+    path = coil.to_file(tmp_path / "c.json")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        coil.to_file(path)
+    coil.to_file(path, overwrite=True)
+
+
+def test_sha256_changes_with_the_winding():
+    assert Coil.from_dict(_spec(turns=9)).sha256 != Coil.from_dict(_spec(turns=8)).sha256
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"format_version": 1, "name": "x", "winding": _spec()["winding"]}, "didt_max_a_per_s"),
+        ({**_spec(), "didt_max_a_per_s": -1.0}, "didt_max_a_per_s"),
+        ({**_spec(), "extra": 1}, "extra"),
+        ({**_spec(), "format_version": 2}, "format_version"),
+        (_spec(turns="nine"), "winding"),
+        (_spec(type="circle"), "winding"),
+    ],
+)
+def test_schema_violations_raise(data, match):
+    with pytest.raises(ValueError, match=match):
+        Coil.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("winding", "match"),
+    [
+        ({"inner_diameter_mm": 97.0, "outer_diameter_mm": 47.0}, "inner_diameter_mm < outer"),
+        ({"wing_spacing_mm": 60.0}, "overlap"),
+    ],
+)
+def test_inconsistent_figure8_raises(winding, match):
+    with pytest.raises(ValueError, match=match):
+        Coil.from_dict(_spec(**winding))
+
+
+def test_zero_length_polyline_segment_raises():
+    data = {"format_version": 1, "name": "z", "didt_max_a_per_s": 1.0,
+            "winding": {"type": "polylines", "polylines_mm": [[[0, 0, 0], [0, 0, 0], [1, 0, 0]]]}}
+    with pytest.raises(ValueError, match="zero-length"):
+        Coil.from_dict(data)
+
+
+def test_bad_files_and_names(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Coil.from_file(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Coil.from_file(broken)
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ValueError, match="invalid.json"):
+        load_coil(invalid)
+    with pytest.raises(ValueError, match="figure8_70mm"):
+        load_coil("no_such_coil")
+
+
+def test_coil_pose_frame():
+    pose = coil_pose([10.0, 20.0, 80.0], [0.0, 0.0, -2.0], [0.2, 1.0, 0.5], scalp_offset_mm=4.0)
+    rotation = pose[:3, :3]
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-12)
+    assert np.linalg.det(rotation) == pytest.approx(1.0)
+    np.testing.assert_allclose(pose[:3, 2], [0, 0, -1])
+    np.testing.assert_allclose(pose[:3, 1], np.array([0.2, 1.0, 0.0]) / np.hypot(0.2, 1.0))
+    np.testing.assert_allclose(pose[:3, 0], np.cross(pose[:3, 1], pose[:3, 2]))
+    np.testing.assert_allclose(pose[:3, 3], [10.0, 20.0, 84.0])
+    np.testing.assert_array_equal(pose[3], [0, 0, 0, 1])
+    check_coil_to_ras(pose)
+
+
+def test_segments_placed_in_ras():
+    coil = load_coil("figure8_70mm")
+    pose = coil_pose([0.0, 0.0, 90.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0])
+    segments = coil.segments_ras_mm(pose)
+    # the winding plane sits 4 mm above the scalp point, the wings along RAS -y/+y (coil x = y x z)
+    np.testing.assert_allclose(segments[..., 2], 94.0)
+    np.testing.assert_allclose(pose[:3, 0], [0.0, 1.0, 0.0], atol=1e-12)
+    assert segments[..., 1].max() == pytest.approx(97.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"normal_into_head": [0, 0, 0]}, "zero vector"),
+        ({"handle_direction": [0, 0, 3]}, "parallel"),
+        ({"handle_direction": [0, 0, 0]}, "zero vector"),
+        ({"center_ras": [0, np.nan, 0]}, "finite"),
+        ({"scalp_offset_mm": -1.0}, "scalp_offset_mm"),
+    ],
+)
+def test_coil_pose_rejects_bad_input(kwargs, match):
+    args = {"center_ras": [0, 0, 0], "normal_into_head": [0, 0, 1], "handle_direction": [0, 1, 0]}
+    args.update(kwargs)
+    offset = args.pop("scalp_offset_mm", 4.0)
+    with pytest.raises(ValueError, match=match):
+        coil_pose(args["center_ras"], args["normal_into_head"], args["handle_direction"], scalp_offset_mm=offset)
+
+
+def _with_rotation(rotation):
+    pose = np.eye(4)
+    pose[:3, :3] = rotation
+    return pose
+
+
+@pytest.mark.parametrize(
+    ("pose", "match"),
+    [
+        (_with_rotation(np.diag([2.0, 1.0, 1.0])), "orthonormal"),
+        (_with_rotation([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), "orthonormal"),
+        (_with_rotation(np.diag([1.0, 1.0, -1.0])), "determinant"),
+        (np.eye(3), "4x4"),
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1.0]]), "last row"),
+    ],
+)
+def test_check_coil_to_ras_rejects(pose, match):
+    with pytest.raises(ValueError, match=match):
+        check_coil_to_ras(pose)

@@ -1,0 +1,285 @@
+"""E-field API and ``condnet efield``: validation, geometry (any orientation), reuse, outputs, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from CondNetLogic.cli import main
+from CondNetLogic.coil import coil_pose, load_coil
+from CondNetLogic.efield import EFieldResult, EFieldSimulation
+from CondNetLogic.errors import Cancelled
+from CondNetLogic.io import read_volume, write_volume
+from CondNetLogic.primary_field import PrimaryFieldGrid
+from CondNetLogic.volume import Volume
+
+RADIUS_MM = 30.0
+SPACING_MM = 3.0
+LIA = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def _sphere(direction=None, *, center=(2.0, -3.0, 1.0), radius=RADIUS_MM, spacing=SPACING_MM, n=25):
+    """A sphere of 0.33 S/m on an ``n^3`` grid whose centre voxel sits at ``center`` (RAS mm)."""
+    direction = np.eye(3) if direction is None else direction
+    ijk = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), axis=-1)
+    offset = (ijk - (n - 1) / 2) * spacing
+    sigma = np.where(np.linalg.norm(offset, axis=-1) <= radius, 0.33, 0.0)
+    origin = np.asarray(center) - direction @ np.full(3, (n - 1) / 2 * spacing)
+    return Volume.from_geometry(sigma, spacing=(spacing,) * 3, origin=origin, direction=direction)
+
+
+def _top_pose(center=(2.0, -3.0, 1.0), handle=(0.0, 1.0, 0.0)):
+    scalp = np.asarray(center) + [0.0, 0.0, RADIUS_MM + SPACING_MM / 2]
+    return coil_pose(scalp, [0.0, 0.0, -1.0], handle)
+
+
+@pytest.fixture(scope="module")
+def coil():
+    return load_coil("figure8_70mm")
+
+
+@pytest.fixture(scope="module")
+def ras_result(coil):
+    simulation = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, primary_field="direct")
+    return simulation, simulation.solve(coil, _top_pose(), 1e8)
+
+
+def test_result_is_on_the_input_grid(ras_result):
+    simulation, result = ras_result
+    assert isinstance(result, EFieldResult)
+    volume = simulation.conductivity
+    assert result.e_vector.array.shape == volume.shape + (3,)
+    assert result.e_vector.array.dtype == np.float32
+    assert result.e_magnitude.array.dtype == np.float32
+    np.testing.assert_array_equal(result.e_vector.ijk_to_ras, volume.ijk_to_ras)
+    np.testing.assert_array_equal(result.e_magnitude.ijk_to_ras, volume.ijk_to_ras)
+    np.testing.assert_allclose(result.e_magnitude.array, np.linalg.norm(result.e_vector.array, axis=-1), rtol=1e-6)
+    assert np.all(result.e_vector.array[volume.array == 0] == 0)
+    assert np.all(result.e_magnitude.array[volume.array > 0] > 0)
+
+
+def test_info_records_the_run(ras_result, coil):
+    _, result = ras_result
+    info = result.info
+    assert info["converged"]
+    assert info["residual"] <= 1e-8
+    assert info["iterations"] > 0
+    assert info["coil_name"] == coil.name
+    assert info["coil_sha256"] == coil.sha256
+    np.testing.assert_allclose(info["coil_to_ras"], _top_pose())
+    assert info["didt"] == 1e8
+    assert info["tol"] == 1e-8
+    assert info["device"] == "cpu"
+    assert info["primary_field"] == "direct"
+    assert set(info["timings"]) == {"setup", "primary_field", "solve", "total"}
+    json.dumps(info)
+
+
+def test_field_under_the_coil_points_along_the_handle(ras_result):
+    simulation, result = ras_result
+    top = simulation.conductivity.ras_to_ijk_points(np.array([2.0, -3.0, 1.0 + RADIUS_MM - 6.0]))
+    e = result.e_vector.array[tuple(np.rint(top).astype(int))]
+    assert e[1] > 0.95 * np.linalg.norm(e)
+
+
+@pytest.mark.parametrize("direction", [LIA, np.diag([-1.0, 1.0, 1.0])], ids=["LIA", "LAS"])
+def test_any_orientation_gives_the_same_ras_field(ras_result, coil, direction):
+    simulation, reference = ras_result
+    volume = _sphere(direction)
+    result = EFieldSimulation(volume, device="cpu", tol=1e-8, primary_field="direct").solve(coil, _top_pose(), 1e8)
+    # same voxel centres in RAS, only listed in another order: compare the fields at the same points
+    ijk = np.argwhere(volume.array > 0)
+    ras = volume.ijk_to_ras_points(ijk)
+    reference_ijk = np.rint(simulation.conductivity.ras_to_ijk_points(ras)).astype(int)
+    np.testing.assert_allclose(
+        result.e_vector.array[tuple(ijk.T)], reference.e_vector.array[tuple(reference_ijk.T)], rtol=1e-4, atol=1e-3
+    )
+
+
+def test_solver_is_reused_for_each_coil_position(coil):
+    simulation = EFieldSimulation(_sphere(), device="cpu", tol=1e-6, primary_field="direct")
+    solver = simulation.solver
+    first = simulation.solve(coil, _top_pose(), 1e8)
+    second = simulation.solve(coil, _top_pose(handle=(1.0, 0.0, 0.0)), 1e8)
+    assert simulation.solver is solver
+    # rotating the handle by 90 degrees about the sphere's axis rotates the field
+    e1 = first.e_vector.array[12, 12, 20]
+    e2 = second.e_vector.array[12, 12, 20]
+    assert e1[1] > 0.9 * np.linalg.norm(e1)
+    assert e2[0] > 0.9 * np.linalg.norm(e2)
+
+
+def test_grid_primary_field_agrees_with_direct(ras_result, coil):
+    _, reference = ras_result
+    grid = PrimaryFieldGrid(coil, spacing_mm=2.0, half_width_mm=40.0, depth_mm=70.0)
+    simulation = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, grid=grid)
+    result = simulation.solve(coil, _top_pose(), 1e8)
+    assert result.info["primary_field"] == "grid"
+    difference = np.abs(result.e_vector.array - reference.e_vector.array).max()
+    assert difference < 3e-3 * reference.e_magnitude.array.max()
+    with pytest.raises(TypeError, match="PrimaryFieldGrid"):
+        EFieldSimulation(_sphere(), device="cpu", grid="grid")
+
+
+def test_progress_and_cancel(coil):
+    simulation = EFieldSimulation(_sphere(), device="cpu", primary_field="direct")
+    seen = []
+    simulation.solve(coil, _top_pose(), 1e8, progress=lambda fraction, message: seen.append(fraction))
+    assert seen[-1] == 1.0
+    assert all(0.0 <= f <= 1.0 for f in seen)
+    assert seen == sorted(seen)
+    with pytest.raises(Cancelled):
+        simulation.solve(coil, _top_pose(), 1e8, cancel=lambda: True)
+
+
+def _with(volume, array):
+    return Volume(array, volume.ijk_to_ras)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda v: _with(v, np.where(v.array > 0, np.nan, 0.0)), ValueError, "NaN"),
+        (lambda v: _with(v, -v.array), ValueError, "negative"),
+        (lambda v: _with(v, np.zeros(v.shape)), ValueError, "no head"),
+        (lambda v: Volume(v.array, v.ijk_to_ras @ np.diag([1.0, 1.0, 2.0, 1.0])), ValueError, "isotropic"),
+        (lambda v: Volume(v.array, v.ijk_to_ras @ np.array([[1, 0.6, 0, 0], [0, 0.8, 0, 0], [0, 0, 1, 0],
+                                                            [0, 0, 0, 1.0]])), ValueError, "orthogonal"),
+        (lambda v: _with(v, np.stack([v.array] * 3, axis=-1)), ValueError, "scalar 3D"),
+        (lambda v: _with(v, v.array.astype(complex)), TypeError, "real numeric"),
+        (lambda v: v.array, TypeError, "Volume"),
+    ],
+    ids=["nan", "negative", "empty", "anisotropic", "sheared", "vector", "complex", "array"],
+)
+def test_bad_conductivity_raises(make, error, match):
+    with pytest.raises(error, match=match):
+        EFieldSimulation(make(_sphere()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def simulation():
+    return EFieldSimulation(_sphere(), device="cpu", primary_field="direct")
+
+
+def test_coil_through_the_head_raises(simulation, coil):
+    pose = coil_pose([2.0, -3.0, 1.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], scalp_offset_mm=0.0)
+    with pytest.raises(ValueError, match="passes through the head"):
+        simulation.solve(coil, pose, 1e8)
+
+
+def test_coil_touching_the_head_raises(coil):
+    # a 1 mm cube; the winding plane 0.7 mm above the top voxel centres lies outside every conducting voxel
+    # but within 1 mm of the faces between the top voxels
+    sigma = np.zeros((14, 14, 14))
+    sigma[2:12, 2:12, 2:12] = 0.33
+    simulation = EFieldSimulation(Volume.from_geometry(sigma, spacing=(1.0,) * 3), device="cpu")
+    pose = coil_pose([6.5, 6.5, 11.7], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], scalp_offset_mm=0.0)
+    with pytest.raises(ValueError, match="must not touch"):
+        simulation.solve(coil, pose, 1e8)
+    simulation.solve(coil, coil_pose([6.5, 6.5, 12.5], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], scalp_offset_mm=0.0), 1e8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"coil": "figure8_70mm"}, TypeError, "Coil"),
+        ({"coil_to_ras": np.diag([1.0, 1.0, -1.0, 1.0])}, ValueError, "determinant"),
+        ({"didt": np.inf}, ValueError, "didt"),
+        ({"didt": 0.0}, ValueError, "didt"),
+    ],
+)
+def test_bad_solve_arguments(simulation, coil, kwargs, error, match):
+    args = {"coil": coil, "coil_to_ras": _top_pose(), "didt": 1e8, **kwargs}
+    with pytest.raises(error, match=match):
+        simulation.solve(args["coil"], args["coil_to_ras"], args["didt"])
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="primary_field"):
+        EFieldSimulation(_sphere(), device="cpu", primary_field="fast")
+    with pytest.raises(ValueError, match="tol"):
+        EFieldSimulation(_sphere(), device="cpu", tol=2.0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# condnet efield
+
+
+@pytest.fixture
+def sigma_file(tmp_path):
+    path = tmp_path / "sigma.nii.gz"
+    write_volume(_sphere(LIA), path)
+    return path
+
+
+def _cli_args(sigma_file, out, *extra):
+    scalp = np.array([2.0, -3.0, 1.0 + RADIUS_MM + SPACING_MM / 2])
+    return ["efield", "--conductivity", str(sigma_file), "--out", str(out), "--device", "cpu",
+            "--coil-center", *map(str, scalp), "--coil-direction", "0", "1", "0", *extra]
+
+
+def test_cli_writes_volumes_and_sidecar(sigma_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    hand = ["--roi-center", "2", "-3", "25", "--roi-radius", "5", "--didt", "5e7", "--primary-field", "direct"]
+    assert main(_cli_args(sigma_file, out, *hand)) == 0
+    assert "V/m" in capsys.readouterr().out
+    vector = read_volume(out / "efield.nii.gz", allow_vector=True)
+    magnitude = read_volume(out / "efield_magnitude.nii.gz")
+    conductivity = read_volume(sigma_file)
+    np.testing.assert_allclose(vector.ijk_to_ras, conductivity.ijk_to_ras, atol=1e-5)
+    assert vector.array.shape == conductivity.shape + (3,)
+    np.testing.assert_allclose(magnitude.array, np.linalg.norm(vector.array, axis=-1), rtol=1e-5)
+    summary = json.loads((out / "efield.json").read_text())
+    assert summary["didt_a_per_s"] == 5e7
+    assert summary["coil"]["name"] == "figure8_70mm"
+    assert len(summary["coil"]["file_sha256"]) == 64
+    assert summary["solver"]["converged"]
+    assert summary["solver"]["iterations"] > 0
+    np.testing.assert_allclose(summary["normal_into_head_ras"], [0, 0, -1], atol=0.05)
+    assert summary["stats"]["head"]["max"] == pytest.approx(float(magnitude.array.max()), rel=1e-5)
+    assert summary["stats"]["roi"]["n_voxels"] > 0
+    assert {"condnet_version", "coil_to_ras", "timings_s"} <= set(summary)
+
+
+def test_cli_refuses_to_overwrite(sigma_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "efield.json").write_text("{}")
+    assert main(_cli_args(sigma_file, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "efield.json").read_text() == "{}"
+    assert main(_cli_args(sigma_file, out, "--overwrite")) == 0
+    assert json.loads((out / "efield.json").read_text())["solver"]["converged"]
+
+
+def test_cli_builds_then_reuses_a_grid_cache(sigma_file, tmp_path, monkeypatch):
+    import CondNetLogic.primary_field as primary_field
+
+    original = primary_field.PrimaryFieldGrid.__init__
+
+    def small_grid(self, coil, **kwargs):
+        # the default 300 x 300 x 250 mm grid takes minutes on a test machine; this sphere needs 70 mm
+        original(self, coil, spacing_mm=3.0, half_width_mm=40.0, depth_mm=70.0)
+
+    monkeypatch.setattr(primary_field.PrimaryFieldGrid, "__init__", small_grid)
+    cache = tmp_path / "figure8.npz"
+    assert main(_cli_args(sigma_file, tmp_path / "a", "--grid", str(cache))) == 0
+    assert cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    assert main(_cli_args(sigma_file, tmp_path / "b", "--grid", str(cache))) == 0
+    assert cache.stat().st_mtime_ns == stamp
+    first = json.loads((tmp_path / "a" / "efield.json").read_text())
+    second = json.loads((tmp_path / "b" / "efield.json").read_text())
+    assert first["solver"]["primary_field"] == second["solver"]["primary_field"] == "grid"
+    assert first["stats"]["head"]["max"] == pytest.approx(second["stats"]["head"]["max"], rel=1e-6)
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    path = tmp_path / "negative.nii.gz"
+    volume = _sphere()
+    write_volume(_with(volume, -volume.array), path)
+    assert main(_cli_args(path, tmp_path / "out")) == 2
+    assert "negative" in capsys.readouterr().err
+    assert main(_cli_args(path, tmp_path / "out", "--coil", "nonexistent_coil")) == 2
+    assert "no coil file" in capsys.readouterr().err

@@ -1,0 +1,271 @@
+"""MG-PCG solver of the SPFD potential: equals a sparse direct solve, grid-independent iterations, API."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.sparse.linalg import spsolve
+
+from CondNetLogic.errors import Cancelled
+from CondNetLogic.solver import PotentialSolver, assemble_operator, assemble_rhs, electric_field, solve_potential
+from CondNetLogic.solver.multigrid import coarse_pseudo_inverse
+
+H = 1e-3
+
+
+def shell_sigma(n, seed=0):
+    """Head-like sphere: scalp 0.43, skull 0.01/0.02, CSF 2.0, brain 0.1-0.3 S/m, +-20 % noise, in air."""
+    rng = np.random.default_rng(seed)
+    centre = (n - 1) / 2
+    radius = np.sqrt(((np.indices((n, n, n)) - centre) ** 2).sum(0)) / (n / 2)
+    sigma = np.zeros((n, n, n))
+    for outer, value in [(0.95, 0.43), (0.85, 0.01), (0.78, 0.02), (0.72, 2.0)]:
+        sigma[radius < outer] = value
+    brain = radius < 0.65
+    sigma[brain] = rng.uniform(0.1, 0.3, size=int(brain.sum()))
+    sigma *= rng.uniform(0.8, 1.2, size=sigma.shape)
+    return sigma
+
+
+def smooth_faces(shape, h=H):
+    """dA/dt of a uniform dB/dt along z plus smooth extra terms, at the face midpoints (V/m)."""
+    faces = []
+    for axis in range(3):
+        face_shape = tuple(n - (d == axis) for d, n in enumerate(shape))
+        x, y, z = np.indices(face_shape).astype(float) * h
+        [x, y, z][axis] += h / 2
+        x, y, z = x - shape[0] * h / 2, y - shape[1] * h / 2, z - shape[2] * h / 2
+        value = [-y + 0.3 * np.sin(20 * z), x + 0.2 * z, 0.5 * np.cos(10 * x) * y][axis]
+        faces.append(100.0 * value)
+    return tuple(faces)
+
+
+def direct_solve(sigma, faces, h=H):
+    """Float64 sparse direct solve, one potential pinned per component, then zero mean per component."""
+    from scipy.sparse.csgraph import connected_components
+
+    matrix, index = assemble_operator(sigma, h)
+    b = assemble_rhs(sigma, faces, h)[index >= 0]
+    count, labels = connected_components(matrix, directed=False)
+    first = np.unique(labels, return_index=True)[1]
+    matrix = matrix.tolil()
+    for row in first:
+        matrix[row, :] = 0
+        matrix[:, row] = 0
+        matrix[row, row] = 1.0
+        b[row] = 0.0
+    x = spsolve(matrix.tocsr(), b)
+    for component in range(count):
+        x[labels == component] -= x[labels == component].mean()
+    psi = np.zeros(sigma.shape)
+    psi[index >= 0] = x
+    return psi
+
+
+def random_sigma_with_holes(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    sigma = rng.choice([0.01, 0.43, 2.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)
+    sigma[rng.random(shape) < 0.1] = 0.0  # air holes
+    return sigma
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_equals_sparse_direct_solve(dtype):
+    sigma = random_sigma_with_holes((14, 17, 12))
+    faces = smooth_faces(sigma.shape)
+    expected = direct_solve(sigma, faces)
+    solver = PotentialSolver(sigma, H, dtype=dtype, max_coarse=50)
+    assert len(solver.levels) >= 3
+    psi, info = solver.solve(faces, tol=1e-10 if dtype == np.float64 else 1e-7, maxiter=200)
+    assert psi.dtype == dtype
+    assert info["converged"]
+    error = np.linalg.norm(psi - expected) / np.linalg.norm(expected)
+    assert error < (1e-8 if dtype == np.float64 else 1e-5)
+    field = electric_field(psi, sigma, faces, H)
+    reference = electric_field(expected, sigma, faces, H)
+    assert np.linalg.norm(field - reference) / np.linalg.norm(reference) < (1e-8 if dtype == np.float64 else 1e-5)
+
+
+def test_head_like_shells_equal_direct_solve():
+    sigma = shell_sigma(20)
+    faces = smooth_faces(sigma.shape)
+    psi, info = solve_potential(sigma, faces, H, tol=1e-10, maxiter=200)
+    expected = direct_solve(sigma, faces)
+    assert np.linalg.norm(psi - expected) / np.linalg.norm(expected) < 1e-7
+    assert info["true_residual"] < 1e-9
+
+
+def test_separate_islands_each_float():
+    sigma = np.zeros((16, 12, 12))
+    sigma[1:7, 2:10, 2:10] = 0.3
+    sigma[9:15, 1:11, 3:9] = 2.0
+    sigma[12, 5, 5] = 0.0
+    sigma[8, 0, 0] = 0.1  # a single-voxel island: no face current, zero potential and field
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H, max_coarse=10)
+    assert solver.components == 3
+    psi, info = solver.solve(faces, tol=1e-10)
+    assert info["converged"]
+    np.testing.assert_allclose(psi, direct_solve(sigma, faces), atol=1e-9 * np.abs(psi).max())
+    assert abs(psi[1:7].sum()) < 1e-9 * np.abs(psi).max() * psi.size
+    assert psi[8, 0, 0] == 0.0
+    assert np.all(electric_field(psi, sigma, faces, H)[8, 0, 0] == 0)
+
+
+def test_coarse_pseudo_inverse_is_moore_penrose():
+    sigma = np.zeros((7, 6, 5))
+    sigma[1:3, 1:5, 1:4] = 1.0
+    sigma[4:6, 1:5, 1:4] = np.linspace(0.01, 2.0, 24).reshape(2, 4, 3)
+    solver = PotentialSolver(sigma, H, max_coarse=5000)
+    w = solver.levels[0].w
+    cells, pinv = coarse_pseudo_inverse(w)
+    matrix, index = assemble_operator(np.pad(sigma, 1), H)
+    assert np.array_equal(np.sort(index[index >= 0]), np.arange(cells.size))
+    np.testing.assert_allclose(pinv, np.linalg.pinv(matrix.toarray() * H**2), atol=1e-10 * np.abs(pinv).max())
+
+
+@pytest.mark.parametrize(("cycle", "bound"), [("W", 10), ("V", 16)])
+def test_iterations_bounded_and_grid_independent(cycle, bound):
+    counts = {}
+    for n in (24, 48):
+        sigma = shell_sigma(n)
+        solver = PotentialSolver(sigma, H * 24 / n, cycle=cycle, max_coarse=200)
+        _, info = solver.solve(smooth_faces(sigma.shape, H * 24 / n), tol=1e-6)
+        assert info["converged"]
+        counts[n] = info["iterations"]
+    assert max(counts.values()) <= bound, counts
+    assert abs(counts[48] - counts[24]) <= 2, counts
+
+
+@pytest.mark.parametrize(("cycle", "accel", "coarse_scale"), [("V", "cg", 0.5), ("W", None, 0.5),
+                                                              ("V", None, 1.0), ("W", "cg", 1.0)])
+def test_cycle_variants_converge(cycle, accel, coarse_scale):
+    sigma = shell_sigma(20)
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H, cycle=cycle, accel=accel, coarse_scale=coarse_scale,
+                             smoother=("gauss_seidel", {"sweeps": 2}), max_coarse=100)
+    history = []
+    psi, info = solver.solve(faces, tol=1e-8, maxiter=200, residuals=history)
+    assert info["converged"], info["residuals"][-5:]
+    assert history == info["residuals"] and history[-1] <= 1e-8 and len(history) == info["iterations"] + 1
+    np.testing.assert_allclose(psi, direct_solve(sigma, faces), atol=1e-6 * np.abs(psi).max())
+
+
+def test_conductor_touching_the_grid_edge_and_offset_box():
+    sigma = np.zeros((12, 10, 9))
+    sigma[0:7, 3:10, 2:6] = 0.5
+    sigma[0:3, 3:6, 2:4] = 0.02
+    faces = smooth_faces(sigma.shape)
+    psi, _ = solve_potential(sigma, faces, H, tol=1e-10)
+    np.testing.assert_allclose(psi, direct_solve(sigma, faces), atol=1e-9 * np.abs(psi).max())
+    assert np.all(psi[sigma == 0] == 0)
+
+
+def test_warm_start_and_zero_rhs():
+    sigma = shell_sigma(12)
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H)
+    psi, _ = solver.solve(faces, tol=1e-10)
+    again, info = solver.solve(faces, tol=1e-8, x0=psi)
+    assert info["iterations"] == 0 and info["converged"]
+    np.testing.assert_allclose(again, psi, atol=1e-12 * np.abs(psi).max())
+    zero, info = solver.solve(tuple(np.zeros_like(face) for face in faces))
+    assert info["converged"] and np.all(zero == 0)
+
+
+def test_callback_and_cancel():
+    sigma = shell_sigma(12)
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H)
+    seen = []
+    solver.solve(faces, callback=lambda iteration, residual: seen.append((iteration, residual)))
+    assert [i for i, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1][1] <= 1e-6
+    with pytest.raises(Cancelled):
+        solver.solve(faces, cancel=lambda: True)
+
+
+def test_non_convergence_warns_and_reports():
+    sigma = shell_sigma(16)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        _, info = PotentialSolver(sigma, H).solve(smooth_faces(sigma.shape), tol=1e-12, maxiter=2)
+    assert not info["converged"] and info["iterations"] == 2 and info["residual"] > 1e-12
+
+
+def test_repr_lists_levels():
+    solver = PotentialSolver(shell_sigma(20), H, max_coarse=100)
+    text = repr(solver)
+    assert f"Number of levels: {len(solver.levels)}" in text
+    for level in solver.levels:
+        assert "x".join(map(str, level.shape)) in text and str(level.unknowns) in text
+
+
+def test_info_fields_and_float32_agreement():
+    sigma = shell_sigma(16)
+    faces = smooth_faces(sigma.shape)
+    psi64, info = solve_potential(sigma, faces, H, tol=1e-8)
+    psi32, info32 = solve_potential(sigma.astype(np.float32), faces, H, dtype=np.float32, tol=1e-6)
+    for key in ("iterations", "residual", "converged", "residuals", "time_setup_s", "time_solve_s", "device"):
+        assert key in info
+    assert info["device"] == "cpu" and info32["converged"]
+    assert np.linalg.norm(psi32 - psi64) / np.linalg.norm(psi64) < 1e-5
+
+
+class TestBadInput:
+    def test_nan_sigma(self):
+        sigma = shell_sigma(8)
+        sigma[4, 4, 4] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            PotentialSolver(sigma, H)
+
+    def test_negative_sigma(self):
+        with pytest.raises(ValueError, match=">= 0"):
+            solve_potential(-shell_sigma(8), smooth_faces((8, 8, 8)), H)
+
+    def test_empty_conductor(self):
+        with pytest.raises(ValueError, match="no conductive voxel"):
+            PotentialSolver(np.zeros((6, 6, 6)), H)
+
+    def test_face_shape_mismatch(self):
+        solver = PotentialSolver(shell_sigma(8), H)
+        with pytest.raises(ValueError, match="dadt_faces"):
+            solver.solve(smooth_faces((8, 8, 9)))
+
+    def test_x0_dtype_and_shape(self):
+        solver = PotentialSolver(shell_sigma(8), H, dtype=np.float32)
+        faces = smooth_faces((8, 8, 8))
+        with pytest.raises(TypeError, match="float32"):
+            solver.solve(faces, x0=np.zeros((8, 8, 8)))
+        with pytest.raises(ValueError, match="shape"):
+            solver.solve(faces, x0=np.zeros((8, 8, 7), dtype=np.float32))
+
+    @pytest.mark.parametrize(("options", "error"), [
+        ({"dtype": np.int32}, TypeError), ({"dtype": np.float16}, TypeError), ({"cycle": "F"}, ValueError),
+        ({"accel": "gmres"}, ValueError), ({"smoother": "sor"}, TypeError),
+        ({"smoother": ("jacobi", {})}, ValueError), ({"smoother": ("sor", {"omega": 2.5})}, ValueError),
+        ({"smoother": ("gauss_seidel", {"omega": 1.2})}, ValueError), ({"coarse_scale": 0}, ValueError),
+        ({"max_coarse": 0}, ValueError), ({"max_coarse": 10**6}, ValueError), ({"device": "tpu"}, ValueError), ({"backend": "cupy"}, ValueError),
+        ({"device": "cuda", "backend": "numba"}, ValueError), ({"compile": True}, ValueError),
+    ])
+    def test_bad_options(self, options, error):
+        with pytest.raises(error):
+            PotentialSolver(shell_sigma(8), H, **options)
+
+    @pytest.mark.parametrize(("tol", "maxiter"), [(0.0, 10), (1.5, 10), (1e-6, 0)])
+    def test_bad_tolerance(self, tol, maxiter):
+        solver = PotentialSolver(shell_sigma(8), H)
+        with pytest.raises(ValueError, match="tol|maxiter"):
+            solver.solve(smooth_faces((8, 8, 8)), tol=tol, maxiter=maxiter)
+
+
+def test_auto_device_without_cuda_runs_numba():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: auto picks it (covered by the GPU tests)")
+    solver = PotentialSolver(shell_sigma(8), H, device="auto")
+    assert solver.device == "cpu" and solver.backend_name == "numba"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = solver.solve(smooth_faces((8, 8, 8)))
+    assert info["device"] == "cpu"

@@ -1,0 +1,246 @@
+"""Primary field dA/dt: closed forms, face/centre lattices, the precomputed grid, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+from CondNetLogic.analytic import loop_vector_potential, segment_vector_potential
+from CondNetLogic.coil import Coil, coil_pose, load_coil
+from CondNetLogic.primary_field import (
+    MU0_OVER_4PI,
+    PrimaryFieldGrid,
+    dadt_at_points,
+    dadt_centres,
+    dadt_faces,
+)
+from CondNetLogic.volume import Volume
+
+
+def _polygon_loop(radius_m: float, n: int) -> np.ndarray:
+    angles = np.linspace(0.0, 2.0 * np.pi, n + 1)
+    vertices = np.stack([radius_m * np.cos(angles), radius_m * np.sin(angles), np.zeros_like(angles)], axis=1)
+    return np.stack([vertices[:-1], vertices[1:]], axis=1)
+
+
+def _oblique_volume(shape=(7, 6, 5), spacing=3.0) -> Volume:
+    """An L-I-A-like grid rotated by a few degrees: none of its axes is a RAS axis."""
+    angle = np.deg2rad(20.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
+    lia = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
+    return Volume.from_geometry(
+        np.zeros(shape), spacing=(spacing,) * 3, origin=(5.0, -8.0, 12.0), direction=rotation @ lia
+    )
+
+
+def _small_coil() -> Coil:
+    return Coil.from_dict({
+        "format_version": 1, "name": "small", "didt_max_a_per_s": 1e8,
+        "winding": {"type": "figure8_spiral", "inner_diameter_mm": 10, "outer_diameter_mm": 30, "turns": 2,
+                    "points_per_turn": 16},
+    })
+
+
+def test_segment_matches_closed_form_and_quadrature():
+    rng = np.random.default_rng(3)
+    start, end = np.array([0.01, 0.02, -0.01]), np.array([-0.02, 0.03, 0.015])
+    points = rng.normal(scale=0.03, size=(25, 3))
+    kernel = dadt_at_points(points, np.array([[start, end]]), 1.0, min_distance_m=1e-6)
+    closed = segment_vector_potential(points, start, end)
+    length = np.linalg.norm(end - start)
+    unit = (end - start) / length
+    brute = np.array([
+        MU0_OVER_4PI * quad(lambda t, p=p: 1.0 / np.linalg.norm(p - start - t * unit), 0.0, length,
+                            epsabs=0.0, epsrel=1e-12)[0] * unit
+        for p in points
+    ])
+    np.testing.assert_allclose(kernel, closed, rtol=1e-12, atol=1e-12 * np.abs(closed).max())
+    np.testing.assert_allclose(kernel, brute, rtol=1e-9, atol=1e-10 * np.abs(brute).max())
+
+
+def test_many_segments_match_the_sum_of_closed_forms():
+    rng = np.random.default_rng(4)
+    segments = rng.normal(scale=0.05, size=(40, 2, 3))
+    points = rng.normal(scale=0.05, size=(30, 3)) + [0.0, 0.0, 0.3]
+    reference = sum(segment_vector_potential(points, a, b) for a, b in segments)
+    np.testing.assert_allclose(dadt_at_points(points, segments, 2.5), 2.5 * reference, rtol=1e-11)
+
+
+def test_polygon_loop_converges_to_elliptic_closed_form():
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-0.04, 0.04, size=(40, 3))
+    points[:, 2] = rng.uniform(0.02, 0.06, size=40)
+    exact = loop_vector_potential(points, 0.05)
+    errors = []
+    for n in (16, 32, 64, 128):
+        approx = dadt_at_points(points, _polygon_loop(0.05, n), 1.0)
+        errors.append(np.abs(approx - exact).max() / np.abs(exact).max())
+    assert errors[2] < 2e-3
+    # second order in the polygon's side length
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 3.0 < coarse / fine < 5.0
+
+
+def test_dadt_is_linear_in_didt():
+    coil = _small_coil()
+    points = np.array([[0.0, 0.0, 0.01], [0.02, -0.01, 0.03]])
+    one = dadt_at_points(points, coil.segments_mm() * 1e-3, 1.0)
+    np.testing.assert_allclose(dadt_at_points(points, coil.segments_mm() * 1e-3, -3e7), -3e7 * one)
+
+
+def test_faces_are_axis_components_at_face_midpoints():
+    volume = _oblique_volume()
+    coil = _small_coil()
+    pose = coil_pose([0.0, 0.0, 40.0], [0.1, 0.2, -1.0], [0.0, 1.0, 0.0])
+    faces = dadt_faces(volume, coil, pose, 1e8)
+    segments_m = coil.segments_ras_mm(pose) * 1e-3
+    for axis, face in enumerate(faces):
+        expected_shape = list(volume.shape)
+        expected_shape[axis] -= 1
+        assert face.shape == tuple(expected_shape)
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in face.shape], indexing="ij"), axis=-1).reshape(-1, 3)
+        midpoints = ijk.astype(float)
+        midpoints[:, axis] += 0.5
+        points_m = volume.ijk_to_ras_points(midpoints) * 1e-3
+        vectors = dadt_at_points(points_m, segments_m, 1e8)
+        np.testing.assert_allclose(face.reshape(-1), vectors @ volume.direction[:, axis], rtol=1e-12, atol=1e-9)
+
+
+def test_centres_are_ras_vectors_and_mask_zeroes_the_rest():
+    volume = _oblique_volume()
+    coil = _small_coil()
+    pose = coil_pose([0.0, 0.0, 40.0], [0.0, 0.0, -1.0], [1.0, 1.0, 0.0])
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[1:5, 2:5, 1:4] = True
+    centres = dadt_centres(volume, coil, pose, 1e8, mask=mask)
+    ijk = np.argwhere(mask)
+    expected = dadt_at_points(volume.ijk_to_ras_points(ijk) * 1e-3, coil.segments_ras_mm(pose) * 1e-3, 1e8)
+    np.testing.assert_allclose(centres[mask], expected, rtol=1e-12)
+    np.testing.assert_array_equal(centres[~mask], 0.0)
+    masked_faces = dadt_faces(volume, coil, pose, 1e8, mask=mask)
+    full_faces = dadt_faces(volume, coil, pose, 1e8)
+    face_mask_x = mask[1:] & mask[:-1]
+    np.testing.assert_array_equal(masked_faces[0][face_mask_x], full_faces[0][face_mask_x])
+    np.testing.assert_array_equal(masked_faces[0][~face_mask_x], 0.0)
+
+
+@pytest.fixture(scope="module")
+def small_grid():
+    coil = load_coil("figure8_70mm")
+    return coil, PrimaryFieldGrid(coil, spacing_mm=2.0, half_width_mm=70.0, depth_mm=40.0)
+
+
+def test_grid_resampling_error_against_direct(small_grid):
+    coil, grid = small_grid
+    volume = Volume.from_geometry(np.zeros((40, 40, 14)), spacing=(1.5,) * 3, origin=(-29.0, -31.0, -35.0))
+    pose = coil_pose([0.5, -0.3, -38.0], [0.05, -0.1, 1.0], [1.0, 0.2, 0.0])
+    direct = dadt_centres(volume, coil, pose, 1e8)
+    resampled = dadt_centres(volume, coil, pose, 1e8, grid=grid)
+    error = np.linalg.norm(resampled - direct, axis=-1).max() / np.linalg.norm(direct, axis=-1).max()
+    assert error < 3e-3
+    faces_direct = dadt_faces(volume, coil, pose, 1e8)
+    faces_grid = dadt_faces(volume, coil, pose, 1e8, grid=grid)
+    for a, b in zip(faces_direct, faces_grid):
+        assert np.abs(a - b).max() < 3e-3 * np.abs(a).max()
+
+
+def test_grid_kernel_matches_reference_trilinear_interpolation(small_grid):
+    from scipy.interpolate import RegularGridInterpolator
+
+    coil, grid = small_grid
+    volume = _oblique_volume(shape=(9, 8, 7), spacing=2.7)
+    pose = coil_pose([-8.0, -4.0, -12.0], [0.05, 0.05, 1.0], [1.0, 0.4, 0.0])
+    resampled = dadt_centres(volume, coil, pose, 1e8, grid=grid)
+    axes = [grid.origin_m[d] + grid.spacing_m * np.arange(n) for d, n in enumerate(grid.shape)]
+    interpolator = RegularGridInterpolator(axes, grid.values.astype(np.float64), method="linear")
+    ras_m = volume.ijk_to_ras_points(np.argwhere(np.ones(volume.shape, dtype=bool))) * 1e-3
+    coil_m = (ras_m - pose[:3, 3] * 1e-3) @ pose[:3, :3]
+    expected = 1e8 * interpolator(coil_m) @ pose[:3, :3].T
+    np.testing.assert_allclose(resampled.reshape(-1, 3), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_points_outside_the_grid_are_exact(small_grid):
+    coil, grid = small_grid
+    # far below the grid's depth (40 mm): every point is outside it and falls back to the direct formula
+    volume = Volume.from_geometry(np.zeros((5, 5, 5)), spacing=(2.0,) * 3, origin=(-4.0, -4.0, 100.0))
+    pose = coil_pose([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(
+        dadt_centres(volume, coil, pose, 1e8, grid=grid), dadt_centres(volume, coil, pose, 1e8)
+    )
+
+
+def test_grid_save_load_round_trip(small_grid, tmp_path):
+    coil, grid = small_grid
+    path = grid.save(tmp_path / "grid.npz")
+    loaded = PrimaryFieldGrid.load(path, coil)
+    np.testing.assert_array_equal(loaded.values, grid.values)
+    np.testing.assert_array_equal(loaded.origin_m, grid.origin_m)
+    assert loaded.spacing_m == grid.spacing_m
+    with pytest.raises(FileExistsError, match="overwrite"):
+        grid.save(path)
+    grid.save(path, overwrite=True)
+    with pytest.raises(ValueError, match="does not match"):
+        PrimaryFieldGrid.load(path, _small_coil())
+    with pytest.raises(ValueError, match=".npz"):
+        grid.save(tmp_path / "grid.npy")
+    with pytest.raises(FileNotFoundError):
+        PrimaryFieldGrid.load(tmp_path / "missing.npz", coil)
+    np.savez(tmp_path / "other.npz", values=np.zeros(3))
+    with pytest.raises(ValueError, match="not a primary-field grid"):
+        PrimaryFieldGrid.load(tmp_path / "other.npz", coil)
+
+
+def test_grid_of_another_coil_is_rejected(small_grid):
+    _, grid = small_grid
+    volume = Volume.from_geometry(np.zeros((3, 3, 3)), spacing=(2.0,) * 3, origin=(0.0, 0.0, 50.0))
+    with pytest.raises(ValueError, match="built for coil"):
+        dadt_faces(volume, _small_coil(), np.eye(4), 1e8, grid=grid)
+    with pytest.raises(TypeError, match="PrimaryFieldGrid"):
+        dadt_faces(volume, _small_coil(), np.eye(4), 1e8, grid="grid")
+
+
+def test_points_on_or_near_the_wire_raise():
+    segments = np.array([[[0.0, 0.0, 0.0], [0.01, 0.0, 0.0]]])
+    with pytest.raises(ValueError, match="must not touch or intersect the head"):
+        dadt_at_points(np.array([[0.005, 0.0005, 0.0]]), segments, 1.0)
+    with pytest.raises(ValueError, match="must not touch"):
+        dadt_at_points(np.array([[0.005, 0.0, 0.0]]), segments, 1.0)
+    dadt_at_points(np.array([[0.005, 0.0015, 0.0]]), segments, 1.0)
+
+
+def test_lattice_through_the_coil_raises():
+    volume = Volume.from_geometry(np.zeros((30, 30, 5)), spacing=(4.0,) * 3, origin=(-60.0, -60.0, -8.0))
+    with pytest.raises(ValueError, match="intersect the head"):
+        dadt_faces(volume, load_coil("figure8_70mm"), np.eye(4), 1e8)
+
+
+@pytest.mark.parametrize(
+    ("points", "segments", "error", "match"),
+    [
+        (np.zeros((4, 2)), np.ones((1, 2, 3)), ValueError, "points_m"),
+        (np.full((1, 3), np.nan), np.array([[[0, 0, 0], [1, 0, 0]]]), ValueError, "NaN"),
+        (np.ones((1, 3)), np.ones((2, 3)), ValueError, "segments"),
+        (np.ones((1, 3)), np.zeros((1, 2, 3)), ValueError, "zero length"),
+    ],
+)
+def test_bad_points_and_segments(points, segments, error, match):
+    with pytest.raises(error, match=match):
+        dadt_at_points(points, segments, 1.0)
+
+
+def test_bad_lattice_arguments():
+    volume = _oblique_volume()
+    coil = _small_coil()
+    pose = coil_pose([0.0, 0.0, 40.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0])
+    with pytest.raises(TypeError, match="bool"):
+        dadt_faces(volume, coil, pose, 1e8, mask=np.ones(volume.shape))
+    with pytest.raises(ValueError, match="mask shape"):
+        dadt_faces(volume, coil, pose, 1e8, mask=np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(TypeError, match="Volume"):
+        dadt_centres(np.zeros((3, 3, 3)), coil, pose, 1e8)
+    with pytest.raises(ValueError, match="didt"):
+        dadt_faces(volume, coil, pose, np.nan)
+    with pytest.raises(ValueError, match="orthonormal"):
+        dadt_faces(volume, coil, np.diag([2.0, 1.0, 1.0, 1.0]), 1e8)
+    with pytest.raises(ValueError, match="spacing_mm"):
+        PrimaryFieldGrid(coil, spacing_mm=0.0)

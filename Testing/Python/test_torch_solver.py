@@ -1,0 +1,156 @@
+"""The torch (GPU) path, run on the CPU: identical to the numba path to the rounding of the dtype.
+
+The same torch code runs on CUDA; tests marked ``gpu`` repeat the comparison there when a device exists.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from CondNetLogic.solver import PotentialSolver  # noqa: E402
+from CondNetLogic.solver import multigrid as mg  # noqa: E402
+from CondNetLogic.solver.torch_backend import TorchBackend  # noqa: E402
+
+H = 1e-3
+TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def sigma_with_jumps(shape=(19, 16, 13), seed=0):
+    rng = np.random.default_rng(seed)
+    centre = (np.array(shape) - 1) / 2
+    radius = np.sqrt((((np.indices(shape).T - centre) / (np.array(shape) / 2)) ** 2).sum(-1)).T
+    sigma = np.where(radius < 0.95, 0.43, 0.0)
+    sigma[radius < 0.8] = 0.01
+    sigma[radius < 0.7] = 2.0
+    sigma[radius < 0.6] = 0.2
+    sigma *= rng.uniform(0.8, 1.2, size=shape)
+    sigma[rng.random(shape) < 0.05] = 0.0
+    return sigma
+
+
+def faces_for(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    faces = []
+    for axis in range(3):
+        face_shape = tuple(n - (d == axis) for d, n in enumerate(shape))
+        x, y, z = np.indices(face_shape) * H
+        faces.append([-y, x, 0.3 * x * y / H][axis] * 50 + rng.normal(0, 0.01, face_shape))
+    return tuple(faces)
+
+
+def backends(dtype, shape=(11, 9, 8)):
+    """A numba and a torch-on-CPU backend over the same hierarchy."""
+    solver = PotentialSolver(sigma_with_jumps(shape), H, dtype=dtype, max_coarse=20)
+    cells, pinv = mg.coarse_pseudo_inverse(solver.levels[-1].w)
+    return (solver, mg.NumbaBackend(solver.levels, solver.dtype, cells, pinv),
+            TorchBackend(solver.levels, solver.dtype, cells, pinv, "cpu"))
+
+
+def both(array, torch_backend):
+    return array.copy(), torch_backend.from_numpy(array)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+class TestPrimitives:
+    def test_sweep_residual_apply(self, dtype):
+        solver, numba_backend, torch_backend = backends(dtype)
+        rng = np.random.default_rng(2)
+        shape = solver.levels[0].shape
+        x, xt = both(rng.standard_normal(shape).astype(dtype), torch_backend)
+        # The solver's invariant: b vanishes on cells without a conductive face.
+        b_host = rng.standard_normal(shape) * mg._conductive_cells(solver.levels[0].w)
+        b, bt = both(b_host.astype(dtype), torch_backend)
+        for color in (0, 1, 1, 0):
+            numba_backend.sweep(0, x, b, 1.2, color)
+            torch_backend.sweep(0, xt, bt, 1.2, color)
+        np.testing.assert_allclose(torch_backend.to_numpy(xt), x, atol=TOLERANCE[dtype] * np.abs(x).max())
+        r, rt = np.zeros(shape, dtype), torch_backend.zeros(shape)
+        rr, rrt = numba_backend.residual(0, x, b, r), torch_backend.residual(0, xt, bt, rt)
+        np.testing.assert_allclose(torch_backend.to_numpy(rt), r, atol=TOLERANCE[dtype] * np.abs(r).max())
+        assert rrt == pytest.approx(rr, rel=1e-4)
+        y, yt = np.zeros(shape, dtype), torch_backend.zeros(shape)
+        xy, xyt = numba_backend.apply(0, x, y), torch_backend.apply(0, xt, yt)
+        np.testing.assert_allclose(torch_backend.to_numpy(yt), y, atol=TOLERANCE[dtype] * np.abs(y).max())
+        assert xyt == pytest.approx(xy, rel=1e-4)
+
+    def test_transfers_and_coarse_solve(self, dtype):
+        solver, numba_backend, torch_backend = backends(dtype)
+        rng = np.random.default_rng(3)
+        fine, coarse = solver.levels[0].shape, solver.levels[1].shape
+        rf = rng.standard_normal(fine).astype(dtype)
+        rc, rct = np.zeros(coarse, dtype), torch_backend.zeros(coarse)
+        numba_backend.restrict(0, rf, rc)
+        torch_backend.restrict(0, torch_backend.from_numpy(rf), rct)
+        np.testing.assert_allclose(torch_backend.to_numpy(rct), rc, atol=TOLERANCE[dtype] * 10)
+        xf, xft = both(rf, torch_backend)
+        numba_backend.prolong_add(0, rc, xf)
+        torch_backend.prolong_add(0, rct, xft)
+        np.testing.assert_allclose(torch_backend.to_numpy(xft), xf, atol=TOLERANCE[dtype] * 10)
+        last = len(solver.levels) - 1
+        shape = solver.levels[last].shape
+        b, bt = both(rng.standard_normal(shape).astype(dtype), torch_backend)
+        x, xt = np.zeros(shape, dtype), torch_backend.zeros(shape)
+        numba_backend.coarse_solve(last, x, b)
+        torch_backend.coarse_solve(last, xt, bt)
+        np.testing.assert_allclose(torch_backend.to_numpy(xt), x, atol=TOLERANCE[dtype] * np.abs(x).max())
+
+    def test_vector_operations(self, dtype):
+        _, numba_backend, torch_backend = backends(dtype)
+        rng = np.random.default_rng(4)
+        arrays = [rng.standard_normal((5, 6, 7)).astype(dtype) for _ in range(4)]
+        host = [a.copy() for a in arrays]
+        dev = [torch_backend.from_numpy(a) for a in arrays]
+        assert torch_backend.dot(dev[0], dev[1]) == pytest.approx(numba_backend.dot(host[0], host[1]), rel=1e-5)
+        assert torch_backend.cg_update(*dev, 0.3) == pytest.approx(numba_backend.cg_update(*host, 0.3), rel=1e-5)
+        numba_backend.cg_direction(host[2], host[3], 0.7)
+        torch_backend.cg_direction(dev[2], dev[3], 0.7)
+        for h_array, d_array in zip(host, dev):
+            np.testing.assert_allclose(torch_backend.to_numpy(d_array), h_array, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cycle", ["V", "W"])
+def test_full_solve_matches_numba(dtype, cycle):
+    sigma = sigma_with_jumps()
+    faces = faces_for(sigma.shape)
+    results = {}
+    for backend in ("numba", "torch"):
+        solver = PotentialSolver(sigma, H, dtype=dtype, backend=backend, cycle=cycle, max_coarse=30)
+        results[backend] = solver.solve(faces, tol=1e-6)
+    (psi_numba, info_numba), (psi_torch, info_torch) = results["numba"], results["torch"]
+    assert info_torch["backend"] == "torch" and info_torch["device"] == "cpu"
+    assert psi_torch.dtype == dtype and info_torch["converged"]
+    assert abs(info_torch["iterations"] - info_numba["iterations"]) <= (1 if dtype == np.float32 else 0)
+    error = np.abs(psi_torch - psi_numba).max() / np.abs(psi_numba).max()
+    assert error < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_cuda_request_without_device_raises():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        PotentialSolver(sigma_with_jumps(), H, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_numba():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    sigma = sigma_with_jumps((40, 36, 33))
+    faces = faces_for(sigma.shape)
+    psi_gpu, info = PotentialSolver(sigma, H, dtype=np.float32, device="cuda").solve(faces)
+    psi_cpu, _ = PotentialSolver(sigma, H, dtype=np.float32, backend="numba").solve(faces)
+    assert info["device"].startswith("cuda") and info["converged"]
+    assert np.abs(psi_gpu - psi_cpu).max() / np.abs(psi_cpu).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_torch_matches_eager():
+    sigma = sigma_with_jumps((12, 11, 10))
+    faces = faces_for(sigma.shape)
+    eager, _ = PotentialSolver(sigma, H, dtype=np.float32, backend="torch").solve(faces)
+    compiled, info = PotentialSolver(sigma, H, dtype=np.float32, backend="torch", compile=True).solve(faces)
+    assert info["converged"]
+    assert np.abs(compiled - eager).max() / np.abs(eager).max() < 1e-5
