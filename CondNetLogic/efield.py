@@ -12,15 +12,17 @@ in :mod:`CondNetLogic.primary_field`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import numpy as np
 
 from .coil import Coil, check_coil_to_ras
 from .errors import Cancelled
-from .primary_field import MM_TO_M, PrimaryFieldGrid, dadt_faces
+from .primary_field import MM_TO_M, PrimaryFieldGrid, cached_grid, dadt_faces
 from .volume import Volume
 
 __all__ = ["PRIMARY_FIELD_MODES", "EFieldResult", "EFieldSimulation"]
@@ -108,6 +110,10 @@ class EFieldSimulation:
     grid : PrimaryFieldGrid, optional
         A grid built beforehand (it depends on the coil only, so one grid serves every head); it is used
         for its coil in the ``"grid"`` and ``"auto"`` modes.
+    grid_cache_dir : path-like, optional
+        Folder where grids are kept between sessions (:func:`~CondNetLogic.primary_field.cached_grid`;
+        the CLI and the Slicer module pass :func:`~CondNetLogic.primary_field.default_cache_dir`).  Without
+        it a needed grid is built in memory only.
     maxiter : int
         Maximum solver iterations.
     progress : callable, optional
@@ -141,6 +147,7 @@ class EFieldSimulation:
         primary_field: str = "auto",
         grid_spacing_mm: float = 2.0,
         grid: Optional[PrimaryFieldGrid] = None,
+        grid_cache_dir: Optional[Union[str, os.PathLike]] = None,
         maxiter: int = 200,
         progress: Optional[Callable[[float, str], None]] = None,
     ) -> None:
@@ -157,6 +164,7 @@ class EFieldSimulation:
         self.maxiter = int(maxiter)
         self.primary_field = primary_field
         self.grid_spacing_mm = float(grid_spacing_mm)
+        self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
         self._grids: dict = {}
         if grid is not None:
             if not isinstance(grid, PrimaryFieldGrid):
@@ -221,7 +229,10 @@ class EFieldSimulation:
     def _grid_for(self, coil: Coil, progress) -> PrimaryFieldGrid:
         grid = self._grids.get(coil.sha256)
         if grid is None:
-            grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress)
+            if self.grid_cache_dir is None:
+                grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress)
+            else:
+                grid = cached_grid(coil, self.grid_cache_dir, spacing_mm=self.grid_spacing_mm, progress=progress)
             self._grids[coil.sha256] = grid
         return grid
 

@@ -31,7 +31,9 @@ about 390 s; grid error against the direct evaluation 0.09 % of the peak ``|dA/d
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+import os
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -40,6 +42,8 @@ from .errors import Cancelled
 from .volume import Volume
 
 __all__ = [
+    "cached_grid",
+    "default_cache_dir",
     "DEFAULT_MIN_DISTANCE_MM",
     "MM_TO_M",
     "MU0_OVER_4PI",
@@ -480,3 +484,36 @@ def dadt_centres(
     check_coil_to_ras(coil_to_ras)
     origin_m = volume_geometry.ijk_to_ras_points(np.zeros(3)) * MM_TO_M
     return _lattice(origin_m, steps_m, mask, np.eye(3), coil, coil_to_ras, didt, grid, min_distance_mm * MM_TO_M)
+
+
+def default_cache_dir() -> Path:
+    """Per-user folder for coil grids: ``$CONDNET_CACHE_DIR`` or ``~/.cache/condnet/primary_field``."""
+    root = os.environ.get("CONDNET_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "condnet"
+    return base / "primary_field"
+
+
+def cached_grid(
+    coil: Coil,
+    cache_dir: Union[str, os.PathLike],
+    *,
+    spacing_mm: float = 2.0,
+    progress: Optional[Callable[[float, str], None]] = None,
+) -> PrimaryFieldGrid:
+    """The coil's :class:`PrimaryFieldGrid`, read from ``cache_dir`` or built once and stored there.
+
+    The file is named by the coil's sha256 and the spacing, so an edited coil file gets a new grid; a
+    damaged or foreign file is rebuilt (with a warning), never trusted.
+    """
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{coil.name}-{coil.sha256[:16]}-{spacing_mm:g}mm.npz"
+    if path.is_file():
+        try:
+            return PrimaryFieldGrid.load(path, coil)
+        except (ValueError, OSError, KeyError) as err:
+            logger.warning("ignoring the cached coil grid %s (%s); rebuilding it", path, err)
+    grid = PrimaryFieldGrid(coil, spacing_mm=spacing_mm, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    grid.save(path, overwrite=True)
+    logger.info("stored the coil grid in %s", path)
+    return grid

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..efield import EFieldSimulation
     from ..io import read_volume, write_volume
     from ..metrics import roi_stats, spherical_roi
-    from ..primary_field import PrimaryFieldGrid
+    from ..primary_field import PrimaryFieldGrid, default_cache_dir
 
     outputs = [args.out / name for name in OUTPUT_NAMES]
     existing = [str(path) for path in outputs if path.exists()]
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=np.dtype(args.dtype),
         primary_field="grid" if grid is not None else args.primary_field,
         grid=grid,
+        grid_cache_dir=None if grid is not None else default_cache_dir(),
         progress=_log_progress,
     )
     center = np.asarray(args.coil_center, dtype=float)

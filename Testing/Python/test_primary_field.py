@@ -244,3 +244,28 @@ def test_bad_lattice_arguments():
         dadt_faces(volume, coil, np.diag([2.0, 1.0, 1.0, 1.0]), 1e8)
     with pytest.raises(ValueError, match="spacing_mm"):
         PrimaryFieldGrid(coil, spacing_mm=0.0)
+
+
+def test_cached_grid_builds_once_then_loads(tmp_path, monkeypatch):
+    from CondNetLogic.coil import load_coil
+    from CondNetLogic.primary_field import PrimaryFieldGrid, cached_grid, default_cache_dir
+
+    coil = load_coil("figure8_70mm")
+    first = cached_grid(coil, tmp_path, spacing_mm=30.0)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    assert coil.sha256[:16] in files[0].name
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the grid was rebuilt although a cached copy exists")
+
+    monkeypatch.setattr(PrimaryFieldGrid, "__init__", fail)
+    second = cached_grid(coil, tmp_path, spacing_mm=30.0)
+    np.testing.assert_array_equal(second.values, first.values)
+    monkeypatch.undo()
+    # A damaged cache file is rebuilt, not trusted.
+    files[0].write_bytes(b"not a grid")
+    third = cached_grid(coil, tmp_path, spacing_mm=30.0)
+    np.testing.assert_array_equal(third.values, first.values)
+    monkeypatch.setenv("CONDNET_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere" / "primary_field"

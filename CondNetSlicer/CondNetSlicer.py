@@ -1,0 +1,628 @@
+"""CondNet: personalised conductivity head models from T1/T2 MRI and TMS E-field simulation in 3D Slicer.
+
+Module, parameter node, widget and self-test.  The logic (:class:`CondNetSlicerLib.logic.CondNetSlicerLogic`)
+and every helper live in ``CondNetSlicerLib`` and the Slicer-free ``CondNetLogic`` package, both imported
+lazily: Slicer imports this file at startup, where only the standard library, ``slicer``, ``vtk`` and
+``qt`` may be touched (a top-level torch import would break Slicer for users without torch).
+"""
+
+import os
+import pathlib
+import sys
+import tempfile
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLLinearTransformNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLModelNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLTableNode,
+    vtkMRMLVectorVolumeNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: Folder holding ``CondNetLogic/`` and ``Resources/``: the repository root in a source tree, the
+#: ``lib/Slicer-X.Y`` folder of an installed extension (CMakeLists.txt installs them with ``../`` paths).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(PACKAGE_PARENT, "CondNetLogic", "__init__.py")) and PACKAGE_PARENT not in sys.path:
+    sys.path.append(PACKAGE_PARENT)
+
+DOCS_URL = "https://github.com/condnet-slicer/condnet-slicer/blob/main/docs/slicer.md"
+MNI152_URL = "https://github.com/Washington-University/HCPpipelines/raw/master/global/templates/"
+#: SHA-256 of the HCP Pipelines MNI152 2 mm templates (computed from the files in ../shared/data/mni152).
+MNI152_T1_SHA256 = "b920eacdf451eb563652d9a51e11cf3d82ac5703eaf67a3dd2f5fa345e9a3edf"
+MNI152_T2_SHA256 = "707f7d1a81edfa019fb723a29af7a90c5484137308a60cae200337d1b20fb688"
+
+
+def resourcePath(*parts: str) -> str:
+    """Path of a file in the shared ``Resources/`` folder, in a source tree and once installed."""
+    return os.path.join(PACKAGE_PARENT, "Resources", *parts)
+
+
+def __getattr__(name):
+    # The logic class is imported on first use, keeping numpy and CondNetLogic out of Slicer's startup.
+    if name == "CondNetSlicerLogic":
+        from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+        return CondNetSlicerLogic
+    raise AttributeError(name)
+
+
+#
+# CondNetSlicer
+#
+
+
+class CondNetSlicer(ScriptedLoadableModule):
+    """Module description shown in Slicer's Help & Acknowledgement section."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CondNet")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Neuroscience")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CondNet for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Estimate a personalised, non-uniform conductivity head model from T1/T2 MRI with CondNet, place a TMS "
+            "coil on the scalp and compute the induced electric field. "
+            f'See the <a href="{DOCS_URL}">user guide</a>. Research use only, not for clinical decisions.'
+        )
+        self.parent.acknowledgementText = _(
+            'CondNet is described in: E. A. Rashed, J. Gomez-Tames, A. Hirata, "Deep learning-based development '
+            'of personalized human head model with non-uniform conductivity for brain stimulation", IEEE '
+            "Transactions on Medical Imaging 39(7):2351-2362, 2020, doi:10.1109/TMI.2020.2969682. "
+            "The sample head is the MNI ICBM152 template as distributed with the HCP Pipelines."
+        )
+        iconPath = resourcePath("Icons", "CondNetSlicer.png")
+        if os.path.isfile(iconPath):
+            self.parent.icon = qt.QIcon(iconPath)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the MNI152 T1/T2 head (2 mm, HCP Pipelines) to the Sample Data module."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="CondNet",
+        sampleName="CondNetMNI152",
+        thumbnailFileName=resourcePath("Icons", "CondNetSlicer.png"),
+        uris=[MNI152_URL + "MNI152_T1_2mm.nii.gz", MNI152_URL + "MNI152_T2_2mm.nii.gz"],
+        fileNames=["MNI152_T1_2mm.nii.gz", "MNI152_T2_2mm.nii.gz"],
+        checksums=[f"SHA256:{MNI152_T1_SHA256}", f"SHA256:{MNI152_T2_SHA256}"],
+        nodeNames=["MNI152_T1", "MNI152_T2"],
+    )
+
+
+#
+# CondNetSlicerParameterNode
+#
+
+
+@parameterNodeWrapper
+class CondNetSlicerParameterNode:
+    """State of the panel; widgets bind to these fields through their ``SlicerParameterName`` property.
+
+    t1Volume, t2Volume: input scans.  conductivitySet: table(s) of Table I to produce.  weightsPath: empty
+    (".") = the shipped weights.  handleAngleDeg: 0 = handle posterior, counter-clockwise seen from outside.
+    didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are the nodes CondNet made last.
+    """
+
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    registerT2: bool = False
+    conductivitySet: Annotated[str, Choice(["A", "B", "A+B", "custom"])] = "A"
+    customTablePath: pathlib.Path
+    weightsPath: pathlib.Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    conductivityVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
+    coilName: str = ""
+    coilMarkup: vtkMRMLMarkupsFiducialNode
+    coilModel: vtkMRMLModelNode
+    coilTransform: vtkMRMLLinearTransformNode
+    handleAngleDeg: Annotated[float, WithinRange(-180.0, 180.0)] = 45.0
+    scalpOffsetMm: Annotated[float, WithinRange(0.0, 30.0)] = 4.0
+    didtAPerUs: Annotated[float, WithinRange(0.1, 1000.0)] = 100.0
+    landmarks: vtkMRMLMarkupsFiducialNode
+    eegPosition: Annotated[
+        str,
+        Choice(
+            ["C3", "C4", "Cz", "C1", "C2", "C5", "C6", "T7", "T8", "Fpz", "AFz", "Fz", "FCz", "CPz", "Pz", "POz", "Oz"]
+        ),
+    ] = "C3"
+    labelMap: vtkMRMLLabelMapVolumeNode
+    labelMapping: Annotated[str, Choice(["samseg", "synthseg"])] = "samseg"
+    autoUpdate: bool = False
+    eMagnitudeVolume: vtkMRMLScalarVolumeNode
+    eVectorVolume: vtkMRMLVectorVolumeNode
+    statisticsTable: vtkMRMLTableNode
+    exportFolder: pathlib.Path
+    exportFormat: Annotated[str, Choice([".nii.gz", ".nrrd"])] = ".nii.gz"
+
+
+def _pathText(path) -> str:
+    """'' for an unset path parameter (``pathlib.Path()`` is '.')."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
+#
+# CondNetSlicerWidget
+#
+
+
+class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: connects widgets to the parameter node and runs the logic without freezing the GUI."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._process = None
+        self._busy = False
+        self._cancelRequested = False
+        self._observedMarkup = None
+        self._appliedHandleAngle = None
+        self._updatingCoil = False
+
+    def resourcePath(self, filename: str) -> str:
+        # The shared Resources/ folder sits beside this module's folder, not inside it (see CMakeLists.txt).
+        return resourcePath(filename)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CondNetSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+        self.logic = CondNetSlicerLogic()
+        self.logic.logCallback = self._log
+        self.ui.coilComboBox.addItems(self.logic.coilNames())
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.estimateButton.connect("clicked(bool)", self.onEstimateButton)
+        self.ui.showUncertaintyButton.connect("clicked(bool)", self.onShowUncertaintyButton)
+        self.ui.coilComboBox.connect("currentTextChanged(QString)", self.onCoilChanged)
+        self.ui.placeCoilButton.connect("clicked(bool)", self.onPlaceCoilButton)
+        self.ui.snapCoilButton.connect("clicked(bool)", self.onSnapCoilButton)
+        self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
+        self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._process is not None:
+            self._process.cancel()
+        self._observeCoilMarkup(None)
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(CondNetSlicerParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.t1Volume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.t1Volume = firstVolume
+        if not self._parameterNode.coilName and self.ui.coilComboBox.count:
+            self._parameterNode.coilName = self.ui.coilComboBox.itemText(0)
+
+    def setParameterNode(self, inputParameterNode: Optional[CondNetSlicerParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+        else:
+            self._observeCoilMarkup(None)
+
+    # ------------------------------------------------------------------------------- state
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """The one place that decides what is enabled, and that follows parameter changes."""
+        p = self._parameterNode
+        if p is None:
+            return
+        if p.coilName and self.ui.coilComboBox.currentText != p.coilName:
+            self.ui.coilComboBox.setCurrentText(p.coilName)
+        self._observeCoilMarkup(p.coilMarkup)
+        self.ui.statisticsTableView.setMRMLTableNode(p.statisticsTable)
+        hasPoint = bool(p.coilMarkup and p.coilMarkup.GetNumberOfControlPoints() > 0)
+        idle = not self._busy
+        self.ui.customTablePathLineEdit.enabled = p.conductivitySet == "custom"
+        self.ui.estimateButton.enabled = idle and bool(p.t1Volume)
+        self.ui.showUncertaintyButton.enabled = idle and bool(p.uncertaintyVolume)
+        self.ui.placeCoilButton.enabled = idle and bool(p.conductivityVolume)
+        self.ui.snapCoilButton.enabled = idle and bool(p.conductivityVolume) and hasPoint
+        self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
+        self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and bool(p.coilName)
+        self.ui.exportButton.enabled = (
+            idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
+        )
+        self.ui.cancelButton.visible = self._busy
+        self.ui.progressBar.visible = self._busy
+        # Handle angle edited in the panel: turn the coil (not when the angle was read from a drag).
+        if (
+            idle
+            and hasPoint
+            and p.conductivityVolume
+            and not self._updatingCoil
+            and self.logic.coilMarkupHasOrientation(p.coilMarkup)
+        ):
+            if self._appliedHandleAngle is None:  # e.g. a coil from a loaded scene
+                self._appliedHandleAngle = self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume)
+            if abs(p.handleAngleDeg - self._appliedHandleAngle) > 1e-6:
+                with slicer.util.tryWithErrorDisplay(_("Failed to turn the coil."), waitCursor=True):
+                    self._appliedHandleAngle = p.handleAngleDeg
+                    self.logic.setCoilHandleAngle(p.coilMarkup, p.conductivityVolume, p.handleAngleDeg)
+                    self._updateCoilModel()
+
+    def onCoilChanged(self, text: str) -> None:
+        if self._parameterNode and text and self._parameterNode.coilName != text:
+            self._parameterNode.coilName = text
+            if self._parameterNode.coilMarkup and self._parameterNode.conductivityVolume:
+                with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
+                    self._updateCoilModel()
+
+    def _log(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+        slicer.util.showStatusMessage(text, 3000)
+
+    def _logProcessLine(self, line: str) -> None:
+        # Progress-bar redraws (tqdm: "42%|####  |") go to the progress bar, not the log.
+        if "%|" not in line:
+            self._log(line)
+
+    def _setBusy(self, busy: bool, message: str = "") -> None:
+        self._busy = busy
+        self._cancelRequested = False
+        self.ui.progressBar.value = 0
+        if message:
+            self._log(message)
+        self._onParameterNodeModified()
+
+    def _showProgress(self, fraction: float, message: str) -> None:
+        """Progress of the background process (called from its QTimer poll: the GUI is not blocked)."""
+        self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
+        self.ui.progressBar.setFormat(f"%p% {message[-60:]}")
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        """Progress of in-process work: also lets the event loop run, so the GUI stays alive and Cancel works."""
+        self._showProgress(fraction, message)
+        slicer.app.processEvents()
+
+    def _isCancelled(self) -> bool:
+        return self._cancelRequested
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        if self._process is not None:
+            self._process.cancel()
+        self._log("Cancelling...")
+
+    def _ensureRequirements(self) -> None:
+        from CondNetSlicerLib import install
+
+        install.ensureRequirements(resourcePath("requirements.txt"), interactive=True, logCallback=self._log)
+
+    def _resolveDevice(self, device: str) -> str:
+        """Log what the device choice means; offer the CPU up front when the GPU is short of memory."""
+        from CondNetSlicerLib import install
+
+        report = install.deviceReport(device)
+        self._log(
+            f"Device: {report['name']} (torch {report['torch']}, CUDA {report['cuda']})"
+            + (f", {report['free_gib']:.1f} of {report['total_gib']:.1f} GiB free" if "free_gib" in report else "")
+        )
+        if (
+            report["device"] == "cuda"
+            and report["free_gib"] < 4.0
+            and slicer.util.confirmYesNoDisplay(
+                f"The GPU has only {report['free_gib']:.1f} GiB free. Run on the CPU instead (slower, but will not "
+                "run out of GPU memory)?"
+            )
+        ):
+            return "cpu"
+        return report["device"] if device == "auto" else device
+
+    # ------------------------------------------------------------------------------- conductivity
+    def onEstimateButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the conductivity estimation."), waitCursor=True):
+            p = self._parameterNode
+            tables = self.logic.tablesFor(p.conductivitySet, _pathText(p.customTablePath))
+            self._ensureRequirements()
+            device = self._resolveDevice(p.device)
+            self._setBusy(True, f"Estimating conductivity ({', '.join(tables)}) of {p.t1Volume.GetName()}...")
+            try:
+                t1Node = p.t1Volume
+                self._process = self.logic.startConductivityProcess(
+                    t1Node,
+                    p.t2Volume,
+                    weightsPath=_pathText(p.weightsPath),
+                    device=device,
+                    register=p.registerT2,
+                    tables=tables,
+                    logCallback=self._logProcessLine,
+                    progressCallback=self._showProgress,
+                    completedCallback=lambda code: self._onEstimateFinished(code, t1Node, tables),
+                )
+                self._process.startPolling()
+            except Exception:
+                self._process = None
+                self._setBusy(False)
+                raise
+
+    def _onEstimateFinished(self, returnCode: int, t1Node, tables) -> None:
+        from CondNetSlicerLib.process import CANCELLED
+
+        import shutil
+
+        process, self._process = self._process, None
+        self._setBusy(False)
+        try:
+            if returnCode == CANCELLED:
+                self._log("Conductivity estimation cancelled; nothing was added.")
+                return
+            if returnCode != 0:
+                details = "\n".join(process.output[-15:]) if process is not None else ""
+                slicer.util.errorDisplay(
+                    _("Conductivity estimation failed (exit code {code}).").format(code=returnCode),
+                    detailedText=details,
+                )
+                return
+            with slicer.util.tryWithErrorDisplay(_("Failed to load the conductivity."), waitCursor=True):
+                result = self.logic.loadConductivityResults(process.outDir, t1Node, tables)
+                self._parameterNode.conductivityVolume = result["conductivity"][tables[0]]
+                if tables[0] in result["uncertainty"]:
+                    self._parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
+                self._log("Conductivity ready: " + ", ".join(n.GetName() for n in result["conductivity"].values()))
+        finally:
+            # The folder holds copies of the patient's scans: do not leave them in the temporary folder.
+            if process is not None:
+                shutil.rmtree(process.workDir, ignore_errors=True)
+
+    def onShowUncertaintyButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the uncertainty."), waitCursor=True):
+            self.logic.showOverlay(self._parameterNode.t1Volume, self._parameterNode.uncertaintyVolume)
+
+    # ------------------------------------------------------------------------------- coil
+    def _ensureCoilMarkup(self):
+        p = self._parameterNode
+        if not p.coilMarkup:
+            p.coilMarkup = self.logic.createCoilMarkup()
+        return p.coilMarkup
+
+    def onPlaceCoilButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start placing the coil."), waitCursor=True):
+            markup = self._ensureCoilMarkup()
+            markup.RemoveAllControlPoints()  # place = replace: the node holds one point
+            markupsLogic = slicer.modules.markups.logic()
+            markupsLogic.SetActiveList(markup)
+            markupsLogic.StartPlaceMode(False)
+            self._log("Click on the head in a slice or 3D view to place the coil.")
+
+    def _observeCoilMarkup(self, markup) -> None:
+        if markup is self._observedMarkup:
+            return
+        if self._observedMarkup is not None:
+            for event in (
+                slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+            ):
+                self.removeObserver(self._observedMarkup, event, self._onCoilMarkupMoved)
+        self._observedMarkup = markup
+        if markup is not None:
+            for event in (
+                slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+            ):
+                self.addObserver(markup, event, self._onCoilMarkupMoved)
+
+    def _onCoilMarkupMoved(self, caller=None, event=None) -> None:
+        """After a click or a drag: snap to the scalp, redraw the coil, and re-solve when asked to."""
+        p = self._parameterNode
+        if self._updatingCoil or self._busy or p is None or not p.conductivityVolume:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to place the coil on the scalp."), waitCursor=True):
+            self._snapCoil()
+            if p.autoUpdate and p.eMagnitudeVolume:
+                self.onComputeEFieldButton()
+        self._onParameterNodeModified()
+
+    def _snapCoil(self) -> None:
+        p = self._parameterNode
+        self._updatingCoil = True
+        try:
+            freshlyPlaced = not self.logic.coilMarkupHasOrientation(p.coilMarkup)
+            self.logic.snapCoilMarkup(p.coilMarkup, p.conductivityVolume)
+            if freshlyPlaced:  # a new point has no orientation yet: turn it to the panel's handle angle
+                self.logic.setCoilHandleAngle(p.coilMarkup, p.conductivityVolume, p.handleAngleDeg)
+            angle = round(self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume), 6)
+            self._appliedHandleAngle = angle
+            p.handleAngleDeg = angle
+            self._updateCoilModel()
+        finally:
+            self._updatingCoil = False
+
+    def onSnapCoilButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to snap the coil to the scalp."), waitCursor=True):
+            self._snapCoil()
+
+    def onPresetButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the EEG position."), waitCursor=True):
+            p = self._parameterNode
+            markup = self._ensureCoilMarkup()
+            self._updatingCoil = True
+            try:
+                self.logic.placeCoilAtPreset(
+                    markup, p.landmarks, p.conductivityVolume, p.eegPosition, handleAngleDeg=p.handleAngleDeg
+                )
+                self._appliedHandleAngle = p.handleAngleDeg
+                self._updateCoilModel()
+            finally:
+                self._updatingCoil = False
+            self._log(f"Coil placed at {p.eegPosition}.")
+
+    def _coilToRas(self):
+        p = self._parameterNode
+        return self.logic.coilToRas(p.coilMarkup, p.conductivityVolume, scalpOffsetMm=p.scalpOffsetMm)
+
+    def _updateCoilModel(self) -> None:
+        p = self._parameterNode
+        model, transform = self.logic.updateCoilModel(
+            p.coilName, self._coilToRas(), p.conductivityVolume, p.coilModel, p.coilTransform
+        )
+        p.coilModel, p.coilTransform = model, transform
+
+    # ------------------------------------------------------------------------------- E-field
+    def onComputeEFieldButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("E-field computation failed."), waitCursor=True):
+            p = self._parameterNode
+            self._ensureRequirements()
+            device = self._resolveDevice(p.device)
+            pose = self._coilToRas()
+            self._updateCoilModel()
+            from CondNetLogic.errors import Cancelled
+
+            self._setBusy(True, f"Computing the E-field ({p.coilName}, dI/dt = {p.didtAPerUs:g} A/us)...")
+            try:
+                result = self.logic.computeEField(
+                    p.conductivityVolume,
+                    p.coilName,
+                    pose,
+                    p.didtAPerUs * 1e6,
+                    device=device,
+                    labelNode=p.labelMap,
+                    labelMapping=p.labelMapping,
+                    uniformTable=_pathText(p.customTablePath) if p.conductivitySet == "custom" else "",
+                    # Interactive use: precompute the coil's field once, then each move costs only the solve.
+                    primaryField="grid" if p.autoUpdate else "auto",
+                    eVectorNode=p.eVectorVolume,
+                    eMagnitudeNode=p.eMagnitudeVolume,
+                    tableNode=p.statisticsTable,
+                    progress=self._onProgress,
+                    cancel=self._isCancelled,
+                )
+            except Cancelled:
+                self._log("E-field computation cancelled; the results were left as they were.")
+                return
+            finally:
+                self._setBusy(False)
+            p.eMagnitudeVolume, p.eVectorVolume, p.statisticsTable = (
+                result["eMagnitude"],
+                result["eVector"],
+                result["table"],
+            )
+            info = result["info"]
+            self._log(
+                f"E-field: {info.get('iterations')} iterations, residual {info.get('residual', 0):.2e}, "
+                f"{info.get('timings', {}).get('total', 0):.1f} s on {info.get('device')}."
+            )
+
+    # ------------------------------------------------------------------------------- export
+    def onExportButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            p = self._parameterNode
+            nodes = {
+                "efield_magnitude": p.eMagnitudeVolume,
+                "efield_vector": p.eVectorVolume,
+                "uncertainty": p.uncertaintyVolume,
+            }
+            if p.conductivityVolume:
+                table = p.conductivityVolume.GetAttribute("CondNet.Table") or "custom"
+                nodes[f"conductivity_{table}"] = p.conductivityVolume
+            pose = self._coilToRas() if (p.coilMarkup and p.coilMarkup.GetNumberOfControlPoints()) else None
+            folder = _pathText(p.exportFolder)
+            try:
+                written = self.logic.exportResults(folder, nodes, coilToRas=pose, extension=p.exportFormat)
+            except FileExistsError as err:
+                if not slicer.util.confirmYesNoDisplay(f"{err}\n\nReplace them?"):
+                    self._log("Export cancelled: no file was changed.")
+                    return
+                written = self.logic.exportResults(
+                    folder, nodes, coilToRas=pose, extension=p.exportFormat, overwrite=True
+                )
+            self._log("Exported: " + ", ".join(str(path) for path in written))
+
+
+#
+# CondNetSlicerTest
+#
+
+
+class CondNetSlicerTest(ScriptedLoadableModuleTest):
+    """Runs the whole workflow on the sample head; the checks are shared with the pytest suite."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CondNetSlicerWorkflow()
+
+    def test_CondNetSlicerWorkflow(self):
+        import SampleData
+
+        from CondNetLogic.weights import read_manifest
+        from CondNetSlicerLib import install, testing
+        from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+        install.ensureRequirements(resourcePath("requirements.txt"), interactive=False)
+        self.delayDisplay("Loading the MNI152 sample head")
+        registerSampleData()
+        t1Node, t2Node = SampleData.downloadSample("CondNetMNI152")
+        workDir = tempfile.mkdtemp(prefix="CondNetTest-")
+        weightsPath = ""
+        if read_manifest().get("default") is None:
+            # No trained weights shipped in this build: check the plumbing with untrained ones.
+            weightsPath = testing.makeTinyWeights(os.path.join(workDir, "tiny.safetensors"), size=256, tables=("A",))
+        self.delayDisplay("Running conductivity, coil placement, E-field and export")
+        testing.runWorkflow(
+            CondNetSlicerLogic(),
+            t1Node,
+            t2Node,
+            os.path.join(workDir, "export"),
+            lambda condition, message: self.assertTrue(condition, message),  # noqa: PT009 (unittest in Slicer)
+            weightsPath=weightsPath,
+            tables=("A",),
+            device="auto",
+        )
+        self.delayDisplay("Test passed")

@@ -1,0 +1,169 @@
+"""Python dependencies inside Slicer, installed lazily (on the first Apply, never at import).
+
+torch comes from the SlicerPyTorch extension (``PyTorchUtils``), which picks the wheel matching the
+computer's CUDA; without that extension it falls back to ``slicer.util.pip_install``.  The other
+packages are listed in ``Resources/requirements.txt`` and installed with ``slicer.packaging.pip_ensure``
+(Slicer >= 5.12: asks first, detects when a restart is needed, skipped under testing) or, in older
+Slicer, with ``slicer.util.pip_install`` after a confirmation.  Packages Slicer bundles (numpy, scipy,
+SimpleITK) are never listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).
+"""
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import slicer
+
+__all__ = ["MINIMUM_TORCH", "InstallError", "deviceReport", "ensureRequirements", "ensureTorch", "missingRequirements"]
+
+#: Oldest torch the package is tested with (pyproject.toml: torch>=2.1).
+MINIMUM_TORCH = "2.1"
+
+
+class InstallError(RuntimeError):
+    """A dependency could not be installed; ``restartRequired`` says whether restarting Slicer may fix it."""
+
+    def __init__(self, message: str, restartRequired: bool = False):
+        super().__init__(message)
+        self.restartRequired = restartRequired
+
+
+def _log(logCallback, text: str) -> None:
+    logging.info(text)
+    if logCallback:
+        logCallback(text)
+
+
+def _versionTuple(text: str) -> tuple:
+    from packaging.version import Version
+
+    return Version(text.split("+")[0]).release
+
+
+def ensureTorch(*, interactive: bool = True, logCallback: Optional[Callable[[str], None]] = None):
+    """Import torch, installing it first when missing; return the module.
+
+    Raises
+    ------
+    InstallError
+        If the user declines, the install fails, or the installed torch is older than :data:`MINIMUM_TORCH`.
+    """
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            _log(logCallback, "Installing PyTorch through the PyTorch extension (this can take several minutes)...")
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=interactive, torchVersionRequirement=f">={MINIMUM_TORCH}"
+            )
+            if torch is None:
+                raise InstallError("PyTorch is required by CondNet and was not installed.")
+        else:
+            if interactive and not slicer.util.confirmOkCancelDisplay(
+                "CondNet needs PyTorch, which is not installed. Install it now with pip (CPU/CUDA wheel chosen by pip; "
+                "installing the 'PyTorch' extension first picks the right CUDA build)? This can take several minutes."
+            ):
+                raise InstallError("PyTorch is required by CondNet; the installation was declined.")
+            _log(logCallback, "Installing PyTorch with pip (this can take several minutes)...")
+            slicer.util.pip_install(f"torch>={MINIMUM_TORCH}")
+            importlib.invalidate_caches()
+            import torch
+    if _versionTuple(torch.__version__) < _versionTuple(MINIMUM_TORCH):
+        raise InstallError(
+            f"CondNet needs PyTorch >= {MINIMUM_TORCH}; PyTorch {torch.__version__} is installed. Update it in the "
+            "'PyTorch Utils' module and restart Slicer.",
+            restartRequired=True,
+        )
+    return torch
+
+
+def _readRequirements(path: Path) -> List[str]:
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and not line.startswith("-"):
+            lines.append(line)
+    return lines
+
+
+def missingRequirements(path: Path) -> List[str]:
+    """Requirements of ``path`` that are not installed at an acceptable version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for text in _readRequirements(path):
+        requirement = Requirement(text)
+        try:
+            if version(requirement.name) in requirement.specifier:
+                continue
+        except PackageNotFoundError:
+            pass
+        missing.append(text)
+    return missing
+
+
+def ensureRequirements(
+    requirementsPath, *, interactive: bool = True, logCallback: Optional[Callable[[str], None]] = None
+) -> None:
+    """Make torch and every package of ``requirementsPath`` importable (see the module docstring).
+
+    Raises
+    ------
+    InstallError
+        If an installation is declined or fails.
+    """
+    ensureTorch(interactive=interactive, logCallback=logCallback)
+    requirementsPath = Path(requirementsPath)
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is not None and hasattr(packaging, "pip_ensure"):
+        try:
+            packaging.pip_ensure(
+                packaging.load_requirements(requirementsPath), prompt_install=interactive, requester="CondNet"
+            )
+        except RuntimeError as err:  # declined
+            raise InstallError(f"CondNet's Python packages were not installed: {err}") from err
+        return
+    missing = missingRequirements(requirementsPath)
+    if not missing:
+        return
+    if interactive and not slicer.util.confirmOkCancelDisplay(
+        "CondNet needs these Python packages: " + ", ".join(missing) + ". Install them now?"
+    ):
+        raise InstallError("CondNet's Python packages were not installed: the installation was declined.")
+    _log(logCallback, "Installing " + ", ".join(missing) + "...")
+    try:
+        slicer.util.pip_install(missing)
+    except Exception as err:
+        raise InstallError(f"installing {', '.join(missing)} failed: {err}", restartRequired=True) from err
+    importlib.invalidate_caches()
+
+
+def deviceReport(device: str = "auto") -> dict:
+    """What ``device`` resolves to: name, torch and CUDA versions, free and total GPU memory (GiB)."""
+    import torch
+
+    report = {
+        "requested": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": bool(torch.cuda.is_available()),
+    }
+    useCuda = device in ("auto", "cuda") and report["cuda_available"]
+    if device == "cuda" and not report["cuda_available"]:
+        raise ValueError("device 'cuda' was chosen but no CUDA GPU is usable by PyTorch; choose 'cpu' or 'auto'")
+    if useCuda:
+        free, total = torch.cuda.mem_get_info()
+        report.update(device="cuda", name=torch.cuda.get_device_name(0), free_gib=free / 2**30, total_gib=total / 2**30)
+    else:
+        # Apple MPS stays off until our kernels are tested on it (float64 and some scatter ops are missing there).
+        report.update(device="cpu", name="CPU")
+    return report

@@ -1,0 +1,982 @@
+"""``CondNetSlicerLogic``: the module's logic, usable without the GUI.
+
+It takes and returns MRML nodes, converts them with :mod:`.adapters` and calls the ``CondNetLogic``
+package for all numerics.  It works on the scene it is given (default ``slicer.mrmlScene``), reads
+and writes files only through MRML storage nodes, raises exceptions (never shows dialogs), and leaves
+the scene as it was when a step fails or is cancelled: results are computed first and nodes are added
+only at the end, inside a block that removes them again on error.
+
+Output nodes carry the attribute ``CondNet.Role`` (``conductivity``, ``uncertainty``,
+``efield-vector``, ``efield-magnitude``, ``efield-statistics``, ``coil-model``, ``coil-transform``,
+``coil-markup``).  The logic updates an existing node in place only when it carries that attribute, so
+a node the user made is never overwritten.
+"""
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import vtk
+
+import slicer
+
+from . import adapters, geometry
+
+try:
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # slicer-core without the application (pytest): the logic needs none of it
+    ScriptedLoadableModuleLogic = object
+
+__all__ = ["CondNetSlicerLogic", "ROLE", "TABLE_CHOICES"]
+
+#: Node attribute naming what CondNet made a node for.
+ROLE = "CondNet.Role"
+#: Conductivity-set choices of the panel -> table names (``custom`` reads a user table file).
+TABLE_CHOICES = {"A": ("A",), "B": ("B",), "A+B": ("A", "B"), "custom": ()}
+#: Colour maps by preference; the first present in the scene is used.  Viridis/Inferno ship with the
+#: Slicer application (colour files); a bare MRML scene has only the built-in tables after them.
+CONDUCTIVITY_COLORS = ("Viridis", "Rainbow")
+EFIELD_COLORS = ("Inferno", "Iron")
+UNCERTAINTY_COLORS = ("Magma", "Warm1")
+
+Progress = Optional[Callable[[float, str], None]]
+Cancel = Optional[Callable[[], bool]]
+
+
+def _role(node) -> str:
+    return (node.GetAttribute(ROLE) or "") if node is not None else ""
+
+
+class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
+    """Conductivity estimation, coil placement, E-field simulation and export on MRML nodes.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene, optional
+        Scene to work on; default ``slicer.mrmlScene`` at call time.
+    """
+
+    def __init__(self, scene=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._scene = scene
+        self._simulation = None
+        self._simulationKey = None
+        self._uniformSimulation = None
+        self._uniformKey = None
+        self.logCallback: Optional[Callable[[str], None]] = None
+
+    # ------------------------------------------------------------------------------------ basics
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    def log(self, text: str) -> None:
+        logging.info(text)
+        if self.logCallback:
+            self.logCallback(text)
+
+    def _checkOutputNode(self, node, role: str):
+        """Return ``node`` if CondNet may overwrite it for ``role``; raise if it is a user's node."""
+        if node is None:
+            return None
+        if _role(node) != role:
+            raise ValueError(
+                f"refusing to overwrite {node.GetName()}: it was not made by CondNet as a {role} node; "
+                "choose 'Create new' as output"
+            )
+        return node
+
+    # ------------------------------------------------------------------------- conductivity (CNN)
+    @staticmethod
+    def tablesFor(choice: str, customTablePath: str = "") -> List[str]:
+        """Table names the panel's conductivity-set ``choice`` asks for (``custom``: the file's table).
+
+        Raises
+        ------
+        ValueError
+            For an unknown choice or an unreadable custom table.
+        """
+        if choice not in TABLE_CHOICES:
+            raise ValueError(f"unknown conductivity set {choice!r}; choose one of {', '.join(TABLE_CHOICES)}")
+        if choice != "custom":
+            return list(TABLE_CHOICES[choice])
+        from CondNetLogic.conductivity import load_table
+
+        if not customTablePath:
+            raise ValueError("choose a conductivity table file (JSON or CSV) for the custom conductivity set")
+        return [load_table(customTablePath).name]
+
+    def estimateConductivity(
+        self,
+        t1Node,
+        t2Node=None,
+        *,
+        tables: Sequence[str] = ("A",),
+        weightsPath: str = "",
+        device: str = "auto",
+        register: bool = False,
+        progress: Progress = None,
+        cancel: Cancel = None,
+        show: bool = True,
+    ) -> Dict[str, Dict[str, object]]:
+        """Run CondNet in this process and add conductivity and uncertainty volumes on the T1 grid.
+
+        Parameters
+        ----------
+        t1Node, t2Node : vtkMRMLScalarVolumeNode
+            Input scans (T2 optional for T1-only weights).  Outputs go under the T1's parent transform.
+        tables : sequence of str
+            Table names to keep (they must be among the weights' tables).
+        weightsPath : str
+            Weights file; empty = the shipped default weights.
+        device : {"auto", "cpu", "cuda"}
+        register : bool
+            Rigidly register T2 to T1 first.
+        progress, cancel : callable, optional
+            ``progress(fraction, message)``; ``cancel() -> bool``.
+        show : bool
+            Show the first conductivity as a foreground overlay over the T1.
+
+        Returns
+        -------
+        dict
+            ``{"conductivity": {table: node}, "uncertainty": {table: node}}``.
+
+        Raises
+        ------
+        ValueError, WeightsError, Cancelled
+            Nothing is added to the scene then.
+        """
+        from CondNetLogic.inference import predict_conductivity
+
+        t1 = adapters.volumeFromNode(t1Node, what="T1")
+        t2 = adapters.volumeFromNode(t2Node, what="T2") if t2Node is not None else None
+        t2ToT1 = self._relativeMatrix(t2Node, t1Node) if t2Node is not None else None
+        if t2 is not None and not np.allclose(t2ToT1, np.eye(4)):
+            t2 = t2.__class__(t2.array, t2ToT1 @ t2.ijk_to_ras)
+        weights = self.checkWeightsTables(weightsPath, tables)
+        self.log(f"CondNet: estimating conductivity of {t1Node.GetName()} on device '{device}'")
+        prediction = predict_conductivity(
+            t1, t2, weights=weights, device=device, register=register, progress=progress, cancel=cancel
+        )
+        return self._addPrediction(
+            t1Node, prediction.conductivity, prediction.uncertainty, prediction.info, tables, show=show
+        )
+
+    @staticmethod
+    def checkWeightsTables(weightsPath: str, tables: Sequence[str]):
+        """Load the weights (default: the shipped ones) and check they predict ``tables``; return them.
+
+        Raises
+        ------
+        WeightsError
+            If the weights are missing or corrupt.
+        ValueError
+            If a requested table is not among the weights' tables (checked before any work is done).
+        """
+        from CondNetLogic.weights import load_weights
+
+        weights = load_weights(weightsPath or None)
+        available = [table.name for table in weights.tables]
+        missing = [name for name in tables if name not in available]
+        if missing:
+            raise ValueError(
+                f"the weights {weights.path.name} predict tables {', '.join(available)}, not {', '.join(missing)}; "
+                "choose another conductivity set or other weights"
+            )
+        return weights
+
+    def _relativeMatrix(self, fromNode, toNode) -> np.ndarray:
+        """Matrix from ``fromNode``'s local RAS to ``toNode``'s local RAS (through world)."""
+        fromToWorld = np.linalg.inv(adapters.worldToLocalMatrix(fromNode))
+        return adapters.worldToLocalMatrix(toNode) @ fromToWorld
+
+    def _addPrediction(self, t1Node, conductivity: dict, uncertainty: dict, info: dict, tables, *, show: bool):
+        tables = list(tables)
+        missing = [name for name in tables if name not in conductivity]
+        if missing:
+            raise ValueError(
+                f"the weights predict tables {', '.join(sorted(conductivity))}, not {', '.join(missing)}; "
+                "choose another conductivity set or other weights"
+            )
+        t1Geometry = adapters.ijkToRasFromNode(t1Node)
+        for name in tables:
+            if not np.allclose(conductivity[name].ijk_to_ras, t1Geometry, atol=1e-4):
+                raise ValueError(f"conductivity {name} is not on the T1 grid (internal error)")
+        parent = t1Node.GetParentTransformNode()
+        infoText = json.dumps(info, default=str)
+        created: List[object] = []
+        result = {"conductivity": {}, "uncertainty": {}}
+        try:
+            for name in tables:
+                sigma = conductivity[name].with_array(np.asarray(conductivity[name].array, dtype=np.float32))
+                node = adapters.addVolumeNode(
+                    self.scene,
+                    sigma,
+                    f"{t1Node.GetName()}_conductivity_{name}",
+                    parentTransformNode=parent,
+                    attributes={
+                        ROLE: "conductivity",
+                        "CondNet.Table": name,
+                        "CondNet.T1": t1Node.GetID(),
+                        "CondNet.Info": infoText,
+                        "CondNet.Units": "S/m",
+                    },
+                )
+                created.append(node)
+                self._styleScalar(node, CONDUCTIVITY_COLORS, f"Conductivity {name} (S/m)")
+                result["conductivity"][name] = node
+                if name in uncertainty:
+                    sd = uncertainty[name].with_array(np.asarray(uncertainty[name].array, dtype=np.float32))
+                    unode = adapters.addVolumeNode(
+                        self.scene,
+                        sd,
+                        f"{t1Node.GetName()}_uncertainty_{name}",
+                        parentTransformNode=parent,
+                        attributes={
+                            ROLE: "uncertainty",
+                            "CondNet.Table": name,
+                            "CondNet.T1": t1Node.GetID(),
+                            "CondNet.Units": "S/m",
+                        },
+                    )
+                    created.append(unode)
+                    self._styleScalar(unode, UNCERTAINTY_COLORS, f"Uncertainty {name} (S/m, SD)", legend=False)
+                    result["uncertainty"][name] = unode
+        except Exception:
+            adapters.removeNodes(self.scene, created)
+            raise
+        if show and tables:
+            self.showOverlay(t1Node, result["conductivity"][tables[0]])
+        return result
+
+    # -- background process (GUI path) --------------------------------------------------------
+    def predictCommand(
+        self,
+        t1Path: str,
+        t2Path: str,
+        outDir: str,
+        *,
+        weightsPath: str = "",
+        device: str = "auto",
+        register: bool = False,
+    ) -> List[str]:
+        """The ``condnet predict`` command line run by :meth:`startConductivityProcess`."""
+        from .process import pythonCommand
+
+        args = ["predict", "--t1", t1Path, "--out", str(Path(outDir) / "sigma.nii.gz"), "--device", device]
+        if t2Path:
+            args += ["--t2", t2Path]
+        if weightsPath:
+            args += ["--weights", weightsPath]
+        if register:
+            args += ["--register"]
+        return pythonCommand(*args)
+
+    def writeVolumeNode(self, node, path: str, *, overwrite: bool = False) -> Path:
+        """Write a volume node through a storage node (NRRD or NIfTI by suffix), without changing the scene.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is false.
+        OSError
+            If writing fails.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; refusing to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = node.CreateDefaultStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(1)
+        if not storage.WriteData(node):
+            raise OSError(f"could not write {node.GetName()} to {path}")
+        return path
+
+    def startConductivityProcess(
+        self,
+        t1Node,
+        t2Node=None,
+        *,
+        weightsPath: str = "",
+        device: str = "auto",
+        register: bool = False,
+        logCallback=None,
+        progressCallback=None,
+        completedCallback=None,
+        workDir: Optional[str] = None,
+        tables: Optional[Sequence[str]] = None,
+    ):
+        """Write the inputs to a temporary folder and start ``condnet predict`` in the background.
+
+        Returns the started :class:`~.process.BackgroundProcess`; its ``workDir`` and ``outDir``
+        attributes say where the files are (delete ``workDir`` when done: it holds copies of the scans).
+        Load the results with :meth:`loadConductivityResults` once it ends with return code 0.  The
+        files hold local coordinates, so T1 and T2 must be under the same parent transform.
+        """
+        import shutil
+
+        from .process import BackgroundProcess
+
+        adapters.volumeFromNode(t1Node, what="T1")  # validates before anything is written
+        if tables is not None:
+            self.checkWeightsTables(weightsPath, tables)
+        if t2Node is not None:
+            adapters.volumeFromNode(t2Node, what="T2")
+            if not np.allclose(self._relativeMatrix(t2Node, t1Node), np.eye(4)):
+                raise ValueError("T2 is under a different transform than T1: harden both transforms first")
+        ownDir = workDir is None
+        workDir = workDir or tempfile.mkdtemp(prefix="CondNet-")
+        try:
+            t1Path = str(Path(workDir) / "t1.nii.gz")
+            self.writeVolumeNode(t1Node, t1Path, overwrite=True)
+            t2Path = ""
+            if t2Node is not None:
+                t2Path = str(Path(workDir) / "t2.nii.gz")
+                self.writeVolumeNode(t2Node, t2Path, overwrite=True)
+            outDir = str(Path(workDir) / "out")
+            command = self.predictCommand(
+                t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, register=register
+            )
+            process = BackgroundProcess(
+                command, logCallback=logCallback, progressCallback=progressCallback, completedCallback=completedCallback
+            )
+            process.workDir = workDir
+            process.outDir = outDir
+            return process.start()
+        except Exception:
+            if ownDir:
+                shutil.rmtree(workDir, ignore_errors=True)
+            raise
+
+    def readVolumeFile(self, path: str, name: str, *, className: str = "vtkMRMLScalarVolumeNode"):
+        """Read a volume file into a new node through a storage node; on failure nothing is added.
+
+        Raises
+        ------
+        OSError
+            If the file is missing or unreadable.
+        """
+        if not Path(path).is_file():
+            raise OSError(f"{path}: no such file")
+        node = self.scene.AddNewNodeByClass(className, self.scene.GenerateUniqueName(name))
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        try:
+            if not storage.ReadData(node) or node.GetImageData() is None:
+                raise OSError(f"could not read {path}")
+        except Exception:
+            adapters.removeNodes(self.scene, [node])
+            raise
+        return node
+
+    def loadConductivityResults(self, outDir: str, t1Node, tables: Sequence[str] = ("A",), *, show: bool = True):
+        """Load what ``condnet predict --out <outDir>/sigma.nii.gz`` wrote (listed in its ``sigma.json``).
+
+        The files must lie on the T1 grid (to 1e-3 mm); the nodes get the T1's exact IJK-to-RAS matrix.
+
+        Raises
+        ------
+        OSError
+            If the sidecar or a listed file is missing or unreadable.
+        ValueError
+            If a result is not on the T1 grid or a requested table is absent.
+        """
+        sidecarPath = Path(outDir) / "sigma.json"
+        if not sidecarPath.is_file():
+            raise OSError(f"{sidecarPath}: no such file (did condnet predict fail?)")
+        sidecar = json.loads(sidecarPath.read_text(encoding="utf-8"))
+        outputs = sidecar.get("outputs", {})
+        t1Geometry = adapters.ijkToRasFromNode(t1Node)
+        t1Shape = adapters.volumeFromNode(t1Node, what="T1").shape
+        loaded = {"conductivity": {}, "uncertainty": {}}
+        for kind in loaded:
+            for name, path in outputs.get(kind, {}).items():
+                if name not in tables:
+                    continue
+                node = self.readVolumeFile(str(path), f"CondNetTemp_{kind}_{name}")
+                try:
+                    volume = adapters.volumeFromNode(node)
+                finally:
+                    adapters.removeNodes(self.scene, [node])
+                try:
+                    loaded[kind][name] = adapters.onGrid(volume, t1Geometry, t1Shape)
+                except ValueError as err:
+                    raise ValueError(f"{path} is not on the T1 grid") from err
+        info = {key: value for key, value in sidecar.items() if key not in ("outputs",)}
+        return self._addPrediction(t1Node, loaded["conductivity"], loaded["uncertainty"], info, tables, show=show)
+
+    # ------------------------------------------------------------------------------------ display
+    def _colorNodeID(self, preferred: Sequence[str]) -> Optional[str]:
+        for name in preferred:
+            node = self.scene.GetFirstNode(name, "vtkMRMLColorNode")
+            if node is not None:
+                return node.GetID()
+        return None
+
+    def _styleScalar(
+        self, node, colors: Sequence[str], title: str, *, legend: bool = True, window: Optional[tuple] = None
+    ) -> None:
+        """Colour map, fixed window on the robust range, transparent air, and a colour legend."""
+        display = node.GetDisplayNode()
+        if display is None:
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+        colorID = self._colorNodeID(colors)
+        if colorID:
+            display.SetAndObserveColorNodeID(colorID)
+        values = slicer.util.arrayFromVolume(node)
+        if window is None:
+            positive = values[values > 0]
+            high = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+            window = (0.0, high if high > 0 else 1.0)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(float(window[0]), float(window[1]))
+        # Air (0 S/m, 0 V/m) stays transparent in the foreground overlay.
+        display.SetApplyThreshold(1)
+        display.SetAutoThreshold(0)
+        display.SetLowerThreshold(1e-9)
+        display.SetUpperThreshold(float(max(values.max(), window[1])) * 10.0 + 1.0)
+        if legend:
+            legendNode = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
+            if legendNode is not None:
+                legendNode.SetTitleText(title)
+                legendNode.SetVisibility(1)
+
+    def showOverlay(self, backgroundNode, foregroundNode, *, opacity: float = 0.6) -> None:
+        """Show ``foregroundNode`` over ``backgroundNode`` in every slice view of the scene."""
+        composites = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        for index in range(composites.GetNumberOfItems()):
+            composite = composites.GetItemAsObject(index)
+            if backgroundNode is not None:
+                composite.SetBackgroundVolumeID(backgroundNode.GetID())
+            composite.SetForegroundVolumeID(foregroundNode.GetID() if foregroundNode is not None else None)
+            composite.SetForegroundOpacity(float(opacity))
+
+    # --------------------------------------------------------------------------------------- coil
+    @staticmethod
+    def coilNames() -> List[str]:
+        """Names of the shipped coils."""
+        from CondNetLogic.coil import list_coils
+
+        return list_coils()
+
+    def createCoilMarkup(self, name: str = "CondNet coil"):
+        """A single-point fiducial node for the coil: position = scalp point, orientation = coil axes."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self.scene.GenerateUniqueName(name))
+        node.SetAttribute(ROLE, "coil-markup")
+        node.SetMaximumNumberOfControlPoints(1)
+        node.SetMarkupLabelFormat("coil")
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetHandlesInteractive(True)
+            display.SetRotationHandleVisibility(True)
+            display.SetTranslationHandleVisibility(True)
+            display.SetScaleHandleVisibility(False)
+        return node
+
+    def _headMask(self, conductivityNode):
+        if conductivityNode is None:
+            raise ValueError(
+                "estimate (or select) a conductivity volume first: the coil is snapped to its head surface"
+            )
+        return geometry.headMask(adapters.volumeFromNode(conductivityNode, what="conductivity"))
+
+    def _markupFrame(self, markupNode, localNode):
+        """Point and axes (3, 3) of the coil markup's control point in ``localNode``'s local RAS."""
+        if markupNode is None or markupNode.GetNumberOfControlPoints() < 1:
+            raise ValueError("place the coil first: the coil markup has no point")
+        point = np.zeros(3)
+        markupNode.GetNthControlPointPositionWorld(0, point)
+        orientation = vtk.vtkMatrix3x3()
+        markupNode.GetNthControlPointOrientationMatrixWorld(0, orientation)
+        axes = np.array([[orientation.GetElement(i, j) for j in range(3)] for i in range(3)])
+        worldToLocal = adapters.worldToLocalMatrix(localNode)
+        return worldToLocal[:3, :3] @ point + worldToLocal[:3, 3], worldToLocal[:3, :3] @ axes
+
+    def _setMarkupFrame(self, markupNode, localNode, point, axes) -> None:
+        localToWorld = np.linalg.inv(adapters.worldToLocalMatrix(localNode))
+        worldPoint = localToWorld[:3, :3] @ point + localToWorld[:3, 3]
+        worldAxes = localToWorld[:3, :3] @ axes
+        orientation = vtk.vtkMatrix3x3()
+        for i in range(3):
+            for j in range(3):
+                orientation.SetElement(i, j, float(worldAxes[i, j]))
+        wasModifying = markupNode.StartModify()
+        if markupNode.GetNumberOfControlPoints() < 1:
+            markupNode.AddControlPointWorld(vtk.vtkVector3d(*worldPoint), "coil")
+        else:
+            markupNode.SetNthControlPointPositionWorld(0, *worldPoint)
+        markupNode.SetNthControlPointOrientationMatrixWorld(0, orientation)
+        markupNode.EndModify(wasModifying)
+
+    def snapCoilMarkup(self, markupNode, conductivityNode, *, keepHandle: bool = True):
+        """Move the coil markup onto the scalp and align its axes: z along the inward surface normal,
+        y (handle) the previous handle projected onto the scalp's tangent plane.
+
+        Returns ``(scalpPoint, axes)`` in the conductivity node's local RAS (mm).
+        """
+        mask = self._headMask(conductivityNode)
+        point, axes = self._markupFrame(markupNode, conductivityNode)
+        # Cast towards the head centre, not along the old normal: after a drag to the other side of the
+        # head the old normal points outwards.
+        scalpPoint, normal = geometry.snapToScalp(mask, point)
+        keep = keepHandle and self.coilMarkupHasOrientation(markupNode)
+        frame = geometry.coilFrame(normal, axes[:, 1] if keep else None)
+        self._setMarkupFrame(markupNode, conductivityNode, scalpPoint, frame)
+        return scalpPoint, frame
+
+    @staticmethod
+    def coilMarkupHasOrientation(markupNode) -> bool:
+        """False for a freshly placed point (identity orientation), True once CondNet has aligned it."""
+        if markupNode is None or markupNode.GetNumberOfControlPoints() < 1:
+            return False
+        orientation = vtk.vtkMatrix3x3()
+        markupNode.GetNthControlPointOrientationMatrix(0, orientation)
+        return not np.allclose([[orientation.GetElement(i, j) for j in range(3)] for i in range(3)], np.eye(3))
+
+    def setCoilHandleAngle(self, markupNode, conductivityNode, angleDeg: float) -> np.ndarray:
+        """Turn the handle to ``angleDeg``: 0 = posterior (projected on the scalp), counter-clockwise
+        seen from outside the head (right-hand rule about the outward normal).  Returns the axes."""
+        point, axes = self._markupFrame(markupNode, conductivityNode)
+        reference = geometry.coilFrame(axes[:, 2])[:, 1]
+        handle = geometry.rotateAbout(reference, -axes[:, 2], angleDeg)
+        frame = geometry.coilFrame(axes[:, 2], handle)
+        self._setMarkupFrame(markupNode, conductivityNode, point, frame)
+        return frame
+
+    def coilHandleAngle(self, markupNode, conductivityNode) -> float:
+        """The handle angle (degrees, see :meth:`setCoilHandleAngle`) of the coil markup."""
+        _, axes = self._markupFrame(markupNode, conductivityNode)
+        reference = geometry.coilFrame(axes[:, 2])[:, 1]
+        outward = -axes[:, 2]
+        angle = np.degrees(np.arctan2(np.dot(np.cross(reference, axes[:, 1]), outward), np.dot(reference, axes[:, 1])))
+        return float(angle)
+
+    def coilToRas(self, markupNode, conductivityNode, *, scalpOffsetMm: float = 4.0) -> np.ndarray:
+        """``coil_to_ras`` (4x4, mm, in the conductivity node's local RAS) from the coil markup:
+        the coil centre ``scalpOffsetMm`` outside the markup point along -z."""
+        from CondNetLogic.coil import coil_pose
+
+        point, axes = self._markupFrame(markupNode, conductivityNode)
+        return coil_pose(point, axes[:, 2], axes[:, 1], scalp_offset_mm=scalpOffsetMm)
+
+    def landmarkPoints(self, landmarksNode) -> Dict[str, np.ndarray]:
+        """``{label: world RAS}`` of a markups node's control points."""
+        if landmarksNode is None:
+            raise ValueError("select a landmarks markup (control points labelled Nz, Iz, LPA, RPA) for EEG presets")
+        points = {}
+        for index in range(landmarksNode.GetNumberOfControlPoints()):
+            position = np.zeros(3)
+            landmarksNode.GetNthControlPointPositionWorld(index, position)
+            points[landmarksNode.GetNthControlPointLabel(index)] = position
+        return points
+
+    def placeCoilAtPreset(
+        self, markupNode, landmarksNode, conductivityNode, position: str = "C3", *, handleAngleDeg: float = 45.0
+    ):
+        """Put the coil markup on the 10-10 position ``position`` (e.g. ``C3``), snapped to the scalp."""
+        mask = self._headMask(conductivityNode)
+        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
+        landmarks = {
+            label: worldToLocal[:3, :3] @ p + worldToLocal[:3, 3]
+            for label, p in self.landmarkPoints(landmarksNode).items()
+        }
+        target = geometry.eegPositions(mask, landmarks, [position])[position]
+        scalpPoint, normal = geometry.snapToScalp(mask, target)
+        self._setMarkupFrame(markupNode, conductivityNode, scalpPoint, geometry.coilFrame(normal))
+        self.setCoilHandleAngle(markupNode, conductivityNode, handleAngleDeg)
+        return scalpPoint
+
+    def updateCoilModel(
+        self, coilName: str, coilToRas: np.ndarray, conductivityNode=None, modelNode=None, transformNode=None
+    ):
+        """Show the coil's wire as a polyline model placed by ``coil_to_ras``.
+
+        The polyline stays in the coil frame; a linear transform node (``coil-transform``) holds
+        ``coil_to_ras`` and sits under the conductivity's parent transform, so moving the coil only
+        changes one matrix.  Returns ``(modelNode, transformNode)``.
+        """
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+
+        pose = check_coil_to_ras(coilToRas)
+        coil = load_coil(coilName)
+        modelNode = self._checkOutputNode(modelNode, "coil-model")
+        transformNode = self._checkOutputNode(transformNode, "coil-transform")
+        created = []
+        try:
+            if transformNode is None:
+                transformNode = self.scene.AddNewNodeByClass(
+                    "vtkMRMLLinearTransformNode", self.scene.GenerateUniqueName("CondNet coil_to_ras")
+                )
+                transformNode.SetAttribute(ROLE, "coil-transform")
+                created.append(transformNode)
+            parent = conductivityNode.GetParentTransformNode() if conductivityNode is not None else None
+            transformNode.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
+            transformNode.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(pose))
+            transformNode.SetAttribute("CondNet.Coil", coil.name)
+            if modelNode is None or modelNode.GetAttribute("CondNet.Coil") != coil.name:
+                points = vtk.vtkPoints()
+                lines = vtk.vtkCellArray()
+                for line in coil.polylines_mm:
+                    ids = vtk.vtkIdList()
+                    for vertex in np.asarray(line, dtype=float):
+                        ids.InsertNextId(points.InsertNextPoint(*vertex))
+                    lines.InsertNextCell(ids)
+                polyData = vtk.vtkPolyData()
+                polyData.SetPoints(points)
+                polyData.SetLines(lines)
+                if modelNode is None:
+                    modelNode = self.scene.AddNewNodeByClass(
+                        "vtkMRMLModelNode", self.scene.GenerateUniqueName("CondNet coil")
+                    )
+                    modelNode.SetAttribute(ROLE, "coil-model")
+                    created.append(modelNode)
+                modelNode.SetAndObservePolyData(polyData)
+                modelNode.SetAttribute("CondNet.Coil", coil.name)
+                modelNode.CreateDefaultDisplayNodes()
+                display = modelNode.GetDisplayNode()
+                display.SetColor(0.95, 0.55, 0.1)
+                display.SetLineWidth(3)
+                display.SetVisibility2D(True)
+            modelNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        except Exception:
+            adapters.removeNodes(self.scene, created)
+            raise
+        return modelNode, transformNode
+
+    # ------------------------------------------------------------------------------------ E-field
+    def _simulationFor(self, conductivityNode, *, device: str, tol: float, progress: Progress = None):
+        """The cached :class:`EFieldSimulation` of this conductivity (rebuilt when it changed)."""
+        from CondNetLogic.efield import EFieldSimulation
+
+        image = conductivityNode.GetImageData()
+        # Rebuild only when the voxels or the grid change (renaming or restyling the node does not count).
+        key = (
+            conductivityNode.GetID(),
+            image.GetMTime(),
+            tuple(adapters.ijkToRasFromNode(conductivityNode).ravel()),
+            device,
+            float(tol),
+        )
+        if self._simulation is None or self._simulationKey != key:
+            self._simulation = None
+            volume = adapters.volumeFromNode(conductivityNode, what="conductivity")
+            self.log(f"CondNet: preparing the E-field solver for {conductivityNode.GetName()}")
+            self._simulation = EFieldSimulation(volume, device=device, tol=tol, progress=progress)
+            self._simulationKey = key
+        return self._simulation
+
+    def computeEField(
+        self,
+        conductivityNode,
+        coilName: str,
+        coilToRas: np.ndarray,
+        didt: float,
+        *,
+        device: str = "auto",
+        tol: float = 1e-6,
+        labelNode=None,
+        labelMapping: str = "samseg",
+        uniformTable: str = "",
+        primaryField: str = "auto",
+        eVectorNode=None,
+        eMagnitudeNode=None,
+        tableNode=None,
+        progress: Progress = None,
+        cancel: Cancel = None,
+        show: bool = True,
+    ) -> Dict[str, object]:
+        """Solve the E-field for one coil pose and write |E|, E and a statistics table into nodes.
+
+        The solver (operator, multigrid hierarchy) is kept between calls with the same conductivity,
+        so moving the coil and solving again only redoes the right-hand side and the solve.
+
+        Parameters
+        ----------
+        conductivityNode : vtkMRMLScalarVolumeNode
+            Conductivity in S/m.
+        coilName : str
+            Shipped coil name or coil file.
+        coilToRas : ndarray (4, 4)
+            Coil pose in the conductivity node's local RAS, mm (see :meth:`coilToRas`).
+        didt : float
+            Coil current slope, A/s.
+        labelNode : vtkMRMLLabelMapVolumeNode, optional
+            Label map on the conductivity grid; adds grey-matter statistics and the generalized error
+            against the uniform-conductivity model of that label map (paper Eq. 6).
+        labelMapping : str
+            ``samseg``, ``synthseg`` (shipped label -> tissue tables) or a CSV path.
+        uniformTable : str
+            Table of the uniform model: ``A``, ``B`` or a file; default the conductivity's table.
+        primaryField : {"auto", "direct", "grid"}
+            How the coil's primary field is evaluated (:data:`CondNetLogic.efield.PRIMARY_FIELD_MODES`).
+            ``grid`` costs one slow precomputation per coil, then makes every coil move fast: use it
+            when the coil will be moved and solved many times.
+        eVectorNode, eMagnitudeNode, tableNode : optional
+            CondNet-made nodes to update in place (for re-solving after a coil move).
+
+        Returns
+        -------
+        dict
+            ``{"eVector": node, "eMagnitude": node, "table": node, "stats": dict, "info": dict}``.
+        """
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+
+        eVectorNode = self._checkOutputNode(eVectorNode, "efield-vector")
+        eMagnitudeNode = self._checkOutputNode(eMagnitudeNode, "efield-magnitude")
+        tableNode = self._checkOutputNode(tableNode, "efield-statistics")
+        if not np.isfinite(didt) or didt == 0:
+            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
+        pose = check_coil_to_ras(coilToRas)
+        coil = load_coil(coilName)
+        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        uniform = None
+        if labelNode is not None:
+            uniform, tissues = self._uniformModel(conductivityNode, conductivity, labelNode, labelMapping, uniformTable)
+        from CondNetLogic.efield import PRIMARY_FIELD_MODES
+
+        if primaryField not in PRIMARY_FIELD_MODES:
+            raise ValueError(f"primaryField must be one of {PRIMARY_FIELD_MODES}, got {primaryField!r}")
+        try:
+            simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress)
+            simulation.primary_field = primaryField  # a per-solve choice; the built solver does not depend on it
+            self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s")
+            result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
+        except RuntimeError as err:
+            if "out of memory" not in str(err).lower():
+                raise
+            self._simulation = None  # free the GPU copy of the operator
+            raise RuntimeError(
+                f"the {device} device ran out of memory while solving the E-field; choose device 'cpu' (slower, uses "
+                "main memory) or crop/resample the conductivity to a coarser grid"
+            ) from err
+        stats = self._statistics(
+            result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
+        )
+        if uniform is not None:
+            uniformKey = (
+                labelNode.GetID(),
+                labelNode.GetImageData().GetMTime(),
+                labelMapping,
+                uniformTable,
+                conductivityNode.GetAttribute("CondNet.Table"),
+                device,
+                float(tol),
+            )
+            for region, entries in self._generalizedError(
+                result, uniform, uniformKey, pose, coil, didt, device, tol, tissues, progress, cancel
+            ).items():
+                stats.setdefault(region, {}).update(entries)
+        return self._writeEField(
+            conductivityNode, result, stats, coil, pose, didt, eVectorNode, eMagnitudeNode, tableNode, show=show
+        )
+
+    def _uniformModel(self, conductivityNode, conductivity, labelNode, labelMapping, uniformTable):
+        from CondNetLogic.conductivity import get_table, labels_to_tissues, read_label_mapping, resource_path
+
+        labels = adapters.volumeFromNode(labelNode, what="label map")
+        if not conductivity.same_grid(labels):
+            raise ValueError(f"the label map {labelNode.GetName()} is not on the conductivity grid; resample it first")
+        mappingPath = labelMapping
+        if labelMapping in ("samseg", "synthseg"):
+            mappingPath = str(resource_path("tissue_maps", f"{labelMapping}_labels.csv"))
+        tissues = labels_to_tissues(labels.array, read_label_mapping(mappingPath))
+        tableName = uniformTable or conductivityNode.GetAttribute("CondNet.Table") or "A"
+        from CondNetLogic.conductivity import tissues_to_conductivity
+
+        sigma = tissues_to_conductivity(tissues, get_table(tableName))
+        return conductivity.with_array(sigma.astype(np.float32)), tissues
+
+    def _statistics(self, eMagnitude, conductivity, labelNode, tissues) -> dict:
+        """``{region: roi_stats}`` for the head (conductivity > 0) and, with a label map, grey matter."""
+        from CondNetLogic.conductivity import TISSUES
+        from CondNetLogic.metrics import roi_stats
+
+        stats = {"head": roi_stats(eMagnitude, np.asarray(conductivity.array) > 0)}
+        if tissues is not None:
+            gm = tissues == TISSUES.index("gm")
+            if gm.any():
+                stats["gm"] = roi_stats(eMagnitude, gm)
+        return stats
+
+    def _generalizedError(
+        self, result, uniform, uniformKey, pose, coil, didt, device, tol, tissues, progress, cancel
+    ) -> dict:
+        """GE (%, paper Eq. 6) of |E| against the uniform-conductivity model, in grey matter (else the head)."""
+        from CondNetLogic.conductivity import TISSUES
+        from CondNetLogic.efield import EFieldSimulation
+        from CondNetLogic.metrics import generalized_error
+
+        if self._uniformSimulation is None or self._uniformKey != uniformKey:
+            self._uniformSimulation = None
+            self.log("CondNet: preparing the solver of the uniform-conductivity model")
+            self._uniformSimulation = EFieldSimulation(uniform, device=device, tol=tol)
+            self._uniformKey = uniformKey
+        reference = self._uniformSimulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
+        gm = tissues == TISSUES.index("gm")
+        region = "gm" if gm.any() else "head"
+        roi = gm if gm.any() else np.asarray(uniform.array) > 0
+        ge = generalized_error(np.asarray(reference.e_magnitude.array), np.asarray(result.e_magnitude.array), roi)
+        return {region: {"ge_vs_uniform_percent": ge}}
+
+    def _writeEField(
+        self, conductivityNode, result, stats, coil, pose, didt, eVectorNode, eMagnitudeNode, tableNode, *, show: bool
+    ):
+        parent = conductivityNode.GetParentTransformNode()
+        name = conductivityNode.GetName()
+        info = dict(result.info)
+        info.update(
+            {
+                "coil": coil.name,
+                "coil_sha256": coil.sha256,
+                "coil_to_ras": np.asarray(pose).tolist(),
+                "didt_a_per_s": float(didt),
+                "conductivity": name,
+            }
+        )
+        infoText = json.dumps(info, default=str)
+        magnitude = result.e_magnitude.with_array(np.asarray(result.e_magnitude.array, dtype=np.float32))
+        vector = result.e_vector.with_array(np.asarray(result.e_vector.array, dtype=np.float32))
+        created = []
+        try:
+            if eMagnitudeNode is None:
+                eMagnitudeNode = adapters.addVolumeNode(
+                    self.scene,
+                    magnitude,
+                    f"{name}_Emag",
+                    parentTransformNode=parent,
+                    attributes={ROLE: "efield-magnitude", "CondNet.Units": "V/m"},
+                )
+                created.append(eMagnitudeNode)
+            else:
+                adapters.updateNodeFromVolume(eMagnitudeNode, magnitude)
+            if eVectorNode is None:
+                eVectorNode = adapters.addVolumeNode(
+                    self.scene,
+                    vector,
+                    f"{name}_Evector",
+                    parentTransformNode=parent,
+                    attributes={ROLE: "efield-vector", "CondNet.Units": "V/m", "CondNet.Frame": "RAS"},
+                )
+                created.append(eVectorNode)
+            else:
+                adapters.updateNodeFromVolume(eVectorNode, vector)
+            for node in (eMagnitudeNode, eVectorNode):
+                node.SetAttribute("CondNet.Info", infoText)
+            if tableNode is None:
+                tableNode = self.scene.AddNewNodeByClass(
+                    "vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{name}_Estats")
+                )
+                tableNode.SetAttribute(ROLE, "efield-statistics")
+                created.append(tableNode)
+            self._fillTable(tableNode, stats)
+            self._styleScalar(eMagnitudeNode, EFIELD_COLORS, "|E| (V/m)")
+        except Exception:
+            adapters.removeNodes(self.scene, created)
+            raise
+        if show:
+            t1 = self.scene.GetNodeByID(conductivityNode.GetAttribute("CondNet.T1") or "")
+            self.showOverlay(t1, eMagnitudeNode)
+        return {"eVector": eVectorNode, "eMagnitude": eMagnitudeNode, "table": tableNode, "stats": stats, "info": info}
+
+    @staticmethod
+    def _fillTable(tableNode, stats: dict) -> None:
+        """Long format: one row per (region, statistic) with its value and unit."""
+        rows = [
+            (region, name, float(value), _unitOf(name))
+            for region, entries in stats.items()
+            for name, value in entries.items()
+        ]
+        table = tableNode.GetTable()
+        wasModifying = tableNode.StartModify()
+        table.Initialize()
+        for index, (columnName, arrayClass) in enumerate(
+            (
+                ("Region", vtk.vtkStringArray),
+                ("Statistic", vtk.vtkStringArray),
+                ("Value", vtk.vtkDoubleArray),
+                ("Unit", vtk.vtkStringArray),
+            )
+        ):
+            column = arrayClass()
+            column.SetName(columnName)
+            for row in rows:
+                column.InsertNextValue(row[index])
+            table.AddColumn(column)
+        tableNode.EndModify(wasModifying)
+        tableNode.Modified()
+
+    # ------------------------------------------------------------------------------------ export
+    def exportResults(
+        self,
+        folder: str,
+        nodes: Dict[str, object],
+        *,
+        coilToRas: Optional[np.ndarray] = None,
+        extension: str = ".nii.gz",
+        overwrite: bool = False,
+        metadata: Optional[dict] = None,
+    ) -> List[Path]:
+        """Write result volumes (``{file stem: node}``) and the coil matrix into ``folder``.
+
+        Files: ``<stem><extension>`` for each node (NIfTI ``.nii.gz`` or NRRD ``.nrrd``), plus
+        ``coil_to_ras.txt`` (4x4, RAS mm, in the volumes' frame) and ``condnet_export.json`` (node names,
+        units, coil pose, the solver and prediction info) when ``coilToRas`` is given.
+
+        Raises
+        ------
+        FileExistsError
+            Listing every file that exists, before anything is written, unless ``overwrite``.
+        ValueError
+            For an unsupported extension or no nodes.
+        """
+        if extension not in (".nii.gz", ".nii", ".nrrd"):
+            raise ValueError(f"export format must be .nii.gz, .nii or .nrrd, got {extension!r}")
+        nodes = {stem: node for stem, node in nodes.items() if node is not None}
+        if not nodes and coilToRas is None:
+            raise ValueError("nothing to export: compute a conductivity or E-field first")
+        folder = Path(folder)
+        targets = {stem: folder / f"{stem}{extension}" for stem in nodes}
+        extra = [folder / "coil_to_ras.txt"] if coilToRas is not None else []
+        sidecar = folder / "condnet_export.json"
+        existing = [str(p) for p in list(targets.values()) + extra + [sidecar] if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError("these files exist already: " + ", ".join(existing))
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        description = {"files": {}, "frame": "RAS", "units_length": "mm"}
+        for stem, node in nodes.items():
+            written.append(self.writeVolumeNode(node, str(targets[stem]), overwrite=True))
+            description["files"][targets[stem].name] = {
+                "node": node.GetName(),
+                "units": node.GetAttribute("CondNet.Units"),
+                "role": _role(node),
+                "ijk_to_ras": adapters.ijkToRasFromNode(node).tolist(),
+                "info": json.loads(node.GetAttribute("CondNet.Info") or "{}"),
+            }
+        if coilToRas is not None:
+            pose = np.asarray(coilToRas, dtype=float)
+            np.savetxt(extra[0], pose, fmt="%.10g", header="coil_to_ras: coil frame -> RAS, mm (4x4)")
+            written.append(extra[0])
+            description["coil_to_ras"] = pose.tolist()
+        description.update(metadata or {})
+        sidecar.write_text(json.dumps(description, indent=2, default=str) + "\n", encoding="utf-8")
+        written.append(sidecar)
+        return written
+
+
+def _unitOf(statistic: str) -> str:
+    """Unit of a :func:`CondNetLogic.metrics.roi_stats` entry (or of the GE)."""
+    if statistic.endswith("_mm3"):
+        return "mm^3"
+    if statistic.endswith("_percent"):
+        return "%"
+    if statistic.startswith("n_"):
+        return "voxels"
+    return "V/m"

@@ -1,0 +1,379 @@
+"""The Slicer module's logic on a real MRML scene (slicer-core, no Qt): adapters, the whole workflow,
+error paths that must leave the scene unchanged."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+pytest.importorskip("torch")
+
+import slicer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "CondNetSlicer"))
+
+from CondNetLogic.conductivity import TISSUES  # noqa: E402
+from CondNetLogic.errors import Cancelled, WeightsError  # noqa: E402
+from CondNetLogic.phantom import make_head_phantom  # noqa: E402
+from CondNetLogic.volume import Volume  # noqa: E402
+from CondNetSlicerLib import adapters, testing  # noqa: E402
+from CondNetSlicerLib.logic import ROLE, CondNetSlicerLogic  # noqa: E402
+
+
+def relabel(volume: Volume, perm, flips) -> Volume:
+    """The same voxels on re-ordered/flipped voxel axes: new axis d = old axis perm[d] (flipped if flips[d])."""
+    array = np.transpose(volume.array, tuple(perm) + tuple(range(3, volume.array.ndim)))
+    index_map = np.zeros((4, 4))
+    index_map[3, 3] = 1.0
+    for d, (old, flip) in enumerate(zip(perm, flips)):
+        if flip:
+            array = np.flip(array, axis=d)
+            index_map[old, d] = -1.0
+            index_map[old, 3] = volume.shape[old] - 1
+        else:
+            index_map[old, d] = 1.0
+    return Volume(np.ascontiguousarray(array), volume.ijk_to_ras @ index_map)
+
+
+def rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    a = np.deg2rad(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    m = np.eye(4)
+    m[:3, :3] = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+    return m
+
+
+#: L-I-A voxel axes (as the SynthSeg maps), then tilted 15 degrees about an oblique axis, and shifted.
+OBLIQUE = rotation([1.0, 0.3, 0.2], 15.0)
+OBLIQUE[:3, 3] = [12.5, -7.0, 30.0]
+
+
+@pytest.fixture(scope="module")
+def head():
+    phantom = make_head_phantom((48, 48, 48), seed=0, spacing_mm=1.25)
+
+    def lia(volume):
+        out = relabel(volume, (0, 2, 1), (True, True, False))
+        return Volume(out.array, OBLIQUE @ out.ijk_to_ras)
+
+    return {"t1": lia(phantom.t1), "t2": lia(phantom.t2), "tissues": lia(phantom.tissues)}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return testing.makeTinyWeights(str(tmp_path_factory.mktemp("weights") / "tiny.safetensors"), size=64)
+
+
+def add_volume(scene, volume, name, className=None):
+    return adapters.addVolumeNode(scene, volume, name, className=className)
+
+
+def check(condition, message):
+    assert condition, message
+
+
+def node_ids(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+# ------------------------------------------------------------------------------------------ adapters
+def test_head_fixture_is_lia_and_oblique(head):
+    from CondNetLogic._resample import closest_axes
+
+    direction = head["t1"].direction
+    assert not np.allclose(np.abs(direction), np.eye(3)[:, list(closest_axes(direction)[0])], atol=0.05)
+    assert head["t1"].is_isotropic
+
+
+def test_swap_ik_is_the_kji_order_of_array_from_volume(mrml_scene):
+    array = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)  # (I, J, K)
+    node = add_volume(mrml_scene, Volume(array, np.diag([1.0, 2.0, 3.0, 1.0])), "v")
+    assert node.GetImageData().GetDimensions() == (2, 3, 4)  # VTK: I fastest
+    kji = slicer.util.arrayFromVolume(node)
+    assert kji.shape == (4, 3, 2)
+    assert kji[3, 2, 1] == array[1, 2, 3]
+    np.testing.assert_array_equal(adapters.swapIK(kji), array)
+    with pytest.raises(ValueError, match="3D"):
+        adapters.swapIK(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_volume_round_trip_keeps_values_and_geometry(mrml_scene, head, vector):
+    t1 = head["t1"]
+    array = np.stack([t1.array, -t1.array, 2 * t1.array], axis=-1) if vector else t1.array
+    node = add_volume(mrml_scene, t1.with_array(array), "rt")
+    assert node.IsA("vtkMRMLVectorVolumeNode") == vector
+    back = adapters.volumeFromNode(node)
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.ijk_to_ras, t1.ijk_to_ras, atol=1e-12)
+    # Voxel (i, j, k) sits where the affine says: compare with the node's own IJK->RAS.
+    ijk = np.array([5, 17, 30, 1.0])
+    np.testing.assert_allclose(adapters.ijkToRasFromNode(node) @ ijk, t1.ijk_to_ras @ ijk)
+    assert back.array.flags.c_contiguous
+    assert not np.shares_memory(back.array, slicer.util.arrayFromVolume(node))
+
+
+def test_adapters_reject_bad_input(mrml_scene):
+    with pytest.raises(ValueError, match="no volume selected"):
+        adapters.volumeFromNode(None, what="T1")
+    empty = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="no voxels"):
+        adapters.volumeFromNode(empty)
+    markup = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "m")
+    with pytest.raises(TypeError, match="volume node"):
+        adapters.volumeFromNode(markup)
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.5
+    before = mrml_scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="not orthogonal"):
+        adapters.addVolumeNode(mrml_scene, Volume(np.zeros((2, 2, 2)), sheared), "sheared")
+    scalar = add_volume(mrml_scene, Volume(np.zeros((2, 2, 2)), np.eye(4)), "s")
+    with pytest.raises(TypeError, match="vector volume"):
+        adapters.updateNodeFromVolume(scalar, Volume(np.zeros((2, 2, 2, 3)), np.eye(4)))
+    assert mrml_scene.GetNumberOfNodes() == before + 2  # the scalar node and its display node, nothing else
+
+
+def test_world_to_local_follows_parent_transform(mrml_scene):
+    node = add_volume(mrml_scene, Volume(np.ones((2, 2, 2)), np.eye(4)), "t")
+    assert np.allclose(adapters.worldToLocalMatrix(node), np.eye(4))
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = rotation([0, 0, 1], 30)
+    matrix[:3, 3] = [1, 2, 3]
+    transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(matrix))
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    np.testing.assert_allclose(adapters.worldToLocalMatrix(node), np.linalg.inv(matrix), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ workflow
+def test_whole_workflow_on_an_oblique_lia_head(mrml_scene, head, weights, tmp_path):
+    t1Node = add_volume(mrml_scene, head["t1"], "T1")
+    t2Node = add_volume(mrml_scene, head["t2"], "T2")
+    labels = add_volume(
+        mrml_scene,
+        head["tissues"].with_array(head["tissues"].array.astype(np.int16)),
+        "labels",
+        className="vtkMRMLLabelMapVolumeNode",
+    )
+    mapping = tmp_path / "identity.csv"
+    mapping.write_text("label,tissue\n" + "".join(f"{i},{name}\n" for i, name in enumerate(TISSUES)))
+    logic = CondNetSlicerLogic(mrml_scene)
+    result = testing.runWorkflow(
+        logic,
+        t1Node,
+        t2Node,
+        str(tmp_path / "export"),
+        check,
+        weightsPath=weights,
+        tables=("A", "B"),
+        labelNode=labels,
+        labelMapping=str(mapping),
+    )
+    stats = result["efield"]["stats"]
+    assert set(stats) == {"head", "gm"}
+    assert 0.0 <= stats["gm"]["ge_vs_uniform_percent"] <= 100.0
+    # Exported files agree with the package reader too (RAS/LPS handled the same way by both stacks).
+    from CondNetLogic.io import read_volume
+
+    exported = read_volume(tmp_path / "export" / "efield_vector.nii.gz", allow_vector=True)
+    np.testing.assert_allclose(exported.ijk_to_ras, head["t1"].ijk_to_ras, atol=1e-4)
+    np.testing.assert_allclose(exported.array, adapters.volumeFromNode(result["efield"]["eVector"]).array)
+    table = result["efield"]["table"]
+    rows = {(table.GetCellText(r, 0), table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())}
+    assert {("head", "p99"), ("gm", "p99"), ("gm", "ge_vs_uniform_percent"), ("head", "focality_mm3")} <= rows
+
+
+def test_outputs_follow_the_t1_parent_transform(mrml_scene, head, weights):
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(rotation([0, 1, 0], 20)))
+    t1Node = add_volume(mrml_scene, head["t1"], "T1")
+    t2Node = add_volume(mrml_scene, head["t2"], "T2")
+    for node in (t1Node, t2Node):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    logic = CondNetSlicerLogic(mrml_scene)
+    sigma = logic.estimateConductivity(t1Node, t2Node, weightsPath=weights, device="cpu", show=False)
+    node = sigma["conductivity"]["A"]
+    assert node.GetTransformNodeID() == transform.GetID()
+    assert testing.sameGeometry(node, t1Node, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ error paths
+def test_failed_or_cancelled_steps_leave_the_scene_unchanged(mrml_scene, head, weights, tmp_path):
+    t1Node = add_volume(mrml_scene, head["t1"], "T1")
+    t2Node = add_volume(mrml_scene, head["t2"], "T2")
+    logic = CondNetSlicerLogic(mrml_scene)
+    before = node_ids(mrml_scene)
+    with pytest.raises(Cancelled):
+        logic.estimateConductivity(t1Node, t2Node, weightsPath=weights, device="cpu", cancel=lambda: True)
+    with pytest.raises(WeightsError):
+        logic.estimateConductivity(t1Node, t2Node, weightsPath=str(tmp_path / "missing.safetensors"), device="cpu")
+    with pytest.raises(ValueError, match="not C"):
+        logic.estimateConductivity(t1Node, t2Node, weightsPath=weights, tables=("C",), device="cpu")
+    with pytest.raises(ValueError, match="T2"):
+        logic.estimateConductivity(t1Node, None, weightsPath=weights, device="cpu")
+    assert node_ids(mrml_scene) == before
+
+    sigmaNode = logic.estimateConductivity(t1Node, t2Node, weightsPath=weights, device="cpu")["conductivity"]["A"]
+    markup = logic.createCoilMarkup()
+    before = node_ids(mrml_scene)
+    coil = logic.coilNames()[0]
+    with pytest.raises(ValueError, match="no point"):
+        logic.coilToRas(markup, sigmaNode)
+    centre = adapters.volumeFromNode(sigmaNode).ijk_to_ras_points(np.array([24.0, 24.0, 24.0]))
+    markup.AddControlPointWorld(*centre, "coil")
+    markup.SetNthControlPointOrientation(0, 90, 0, 0, 1)
+    inside = logic.coilToRas(markup, sigmaNode)  # coil centre in the middle of the head
+    before = node_ids(mrml_scene)
+    with pytest.raises(ValueError, match="passes through the head"):
+        logic.computeEField(sigmaNode, coil, inside, 1e8, device="cpu")
+    with pytest.raises(ValueError, match="dI/dt"):
+        logic.computeEField(sigmaNode, coil, inside, 0.0, device="cpu")
+    with pytest.raises(ValueError, match="orthonormal"):
+        logic.computeEField(sigmaNode, coil, np.diag([2.0, 1.0, 1.0, 1.0]), 1e8, device="cpu")
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        logic.computeEField(sigmaNode, coil, inside, 1e8, device="cpu", eMagnitudeNode=t1Node)
+    labels = head["tissues"]
+    coarse = add_volume(
+        mrml_scene,
+        Volume(labels.array[::2, ::2, ::2].astype(np.int16), labels.ijk_to_ras @ np.diag([2, 2, 2, 1.0])),
+        "coarse",
+        className="vtkMRMLLabelMapVolumeNode",
+    )
+    before = node_ids(mrml_scene)
+    logic.snapCoilMarkup(markup, sigmaNode)
+    pose = logic.coilToRas(markup, sigmaNode)
+    with pytest.raises(ValueError, match="not on the conductivity grid"):
+        logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", labelNode=coarse)
+    with pytest.raises(Cancelled):
+        logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", cancel=lambda: True)
+    assert node_ids(mrml_scene) == before
+
+
+def test_export_refuses_to_overwrite_and_writes_nothing(mrml_scene, tmp_path):
+    logic = CondNetSlicerLogic(mrml_scene)
+    node = add_volume(mrml_scene, Volume(np.ones((3, 4, 5), np.float32), OBLIQUE), "v")
+    other = add_volume(mrml_scene, Volume(np.zeros((3, 4, 5), np.float32), OBLIQUE), "w")
+    (tmp_path / "b.nrrd").write_text("user data")
+    with pytest.raises(FileExistsError, match="b.nrrd"):
+        logic.exportResults(str(tmp_path), {"a": node, "b": other}, extension=".nrrd")
+    assert not (tmp_path / "a.nrrd").exists()
+    assert (tmp_path / "b.nrrd").read_text() == "user data"
+    written = logic.exportResults(str(tmp_path), {"a": node, "b": other}, extension=".nrrd", overwrite=True)
+    assert [p.name for p in written] == ["a.nrrd", "b.nrrd", "condnet_export.json"]
+    back = logic.readVolumeFile(str(tmp_path / "a.nrrd"), "back")
+    assert testing.sameGeometry(back, node, atol=1e-9)
+    with pytest.raises(ValueError, match="format"):
+        logic.exportResults(str(tmp_path / "x"), {"a": node}, extension=".png")
+    with pytest.raises(ValueError, match="nothing to export"):
+        logic.exportResults(str(tmp_path / "x"), {})
+
+
+def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    sigma = add_volume(mrml_scene, tissues.with_array((tissues.array > 0).astype(np.float32)), "sigma")
+    mask = tissues.array > 0
+    # Landmarks on the phantom: extremes of the head along its own R/A axes through the centre (RAS).
+    centre = tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0))
+    from CondNetLogic import scalp
+
+    marks = {}
+    for label, direction in (("Nz", [0, 1, 0]), ("Iz", [0, -1, 0]), ("LPA", [-1, 0, 0]), ("RPA", [1, 0, 0])):
+        marks[label] = scalp.scalp_point_along_ray(tissues.with_array(mask), centre, OBLIQUE[:3, :3] @ direction)
+    landmarks = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    for label, point in marks.items():
+        landmarks.AddControlPointWorld(*point, label)
+    markup = logic.createCoilMarkup()
+    assert markup.GetAttribute(ROLE) == "coil-markup"
+    assert markup.GetMaximumNumberOfControlPoints() == 1
+    point = logic.placeCoilAtPreset(markup, landmarks, sigma, "C3", handleAngleDeg=45.0)
+    expected = scalp.eeg_position("C3", marks, tissues.with_array(mask))
+    assert np.linalg.norm(point - expected) < 4.0  # snapping moves it by at most a few voxels
+    assert abs(logic.coilHandleAngle(markup, sigma) - 45.0) < 1e-6
+    # C3 is on the left: the coil normal points right (into the head), in the head's own frame.
+    _, axes = logic._markupFrame(markup, sigma)
+    assert (OBLIQUE[:3, :3].T @ axes[:, 2])[0] > 0.3
+
+
+def test_on_grid_undoes_axis_reordering_exactly_and_rejects_resampling(head):
+    t1 = head["t1"]
+    for perm, flips in (((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))):
+        moved = relabel(t1, perm, flips)
+        back = adapters.onGrid(moved, t1.ijk_to_ras, t1.shape)
+        np.testing.assert_array_equal(back.array, t1.array)
+    shifted = Volume(t1.array, t1.ijk_to_ras @ np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    with pytest.raises(ValueError, match="resampling"):
+        adapters.onGrid(shifted, t1.ijk_to_ras, t1.shape)
+    with pytest.raises(ValueError, match="shape"):
+        adapters.onGrid(Volume(t1.array[:-1], t1.ijk_to_ras), t1.ijk_to_ras, t1.shape)
+
+
+def test_slicer_reader_keeps_the_voxel_centres_of_a_left_handed_file(mrml_scene, head, tmp_path):
+    """Slicer stores an L-I-A file with its third axis reversed; onGrid maps it back without resampling."""
+    from CondNetLogic.io import write_volume
+
+    path = write_volume(head["t1"], tmp_path / "lia.nii.gz")
+    node = CondNetSlicerLogic(mrml_scene).readVolumeFile(str(path), "lia")
+    loaded = adapters.volumeFromNode(node)
+    np.testing.assert_array_equal(
+        adapters.onGrid(loaded, head["t1"].ijk_to_ras, head["t1"].shape).array, head["t1"].array
+    )
+
+
+def test_small_logic_errors_are_clear(mrml_scene, tmp_path):
+    from CondNetSlicerLib import geometry
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    assert logic.tablesFor("A+B") == ["A", "B"]
+    table = tmp_path / "mine.json"
+    table.write_text('{"name": "mine", "values": {"gm": 0.2, "wm": 0.1}}')
+    assert logic.tablesFor("custom", str(table)) == ["mine"]
+    with pytest.raises(ValueError, match="table file"):
+        logic.tablesFor("custom", "")
+    with pytest.raises(ValueError, match="unknown conductivity set"):
+        logic.tablesFor("C")
+    before = node_ids(mrml_scene)
+    with pytest.raises(OSError, match="no such file"):
+        logic.readVolumeFile(str(tmp_path / "missing.nrrd"), "x")
+    (tmp_path / "broken.nrrd").write_text("NRRD0004\nnot a header\n")
+    with pytest.raises(OSError, match="could not read"):
+        logic.readVolumeFile(str(tmp_path / "broken.nrrd"), "x")
+    assert node_ids(mrml_scene) == before
+    with pytest.raises(ValueError, match="landmarks"):
+        logic.landmarkPoints(None)
+    with pytest.raises(ValueError, match="missing Iz, RPA"):
+        geometry.findLandmarks({"nasion": [0, 1, 0], "LPA": [-1, 0, 0]})
+    empty = add_volume(mrml_scene, Volume(np.zeros((4, 4, 4), np.float32), np.eye(4)), "zero")
+    with pytest.raises(ValueError, match="zero everywhere"):
+        logic.snapCoilMarkup(logic.createCoilMarkup(), empty)
+    with pytest.raises(ValueError, match="estimate"):
+        logic.snapCoilMarkup(logic.createCoilMarkup(), None)
+    sigma = add_volume(mrml_scene, Volume(np.ones((8, 8, 8), np.float32), np.eye(4)), "one")
+    with pytest.raises(ValueError, match="primaryField"):
+        logic.computeEField(sigma, logic.coilNames()[0], np.eye(4), 1e8, primaryField="fast")
+    frame = geometry.coilFrame([0, -1, 0])  # normal along the default handle: falls back to superior
+    assert np.allclose(frame[:, 1], [0, 0, 1])
+    assert np.isclose(np.linalg.det(frame), 1.0)
+
+
+def test_out_of_memory_during_the_solve_tells_the_user_what_to_do(mrml_scene, head, monkeypatch):
+    from CondNetLogic import efield
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(efield.EFieldSimulation, "solve", out_of_memory)
+    tissues = head["tissues"]
+    sigma = add_volume(mrml_scene, tissues.with_array((tissues.array > 0).astype(np.float32)), "sigma")
+    logic = CondNetSlicerLogic(mrml_scene)
+    markup = logic.createCoilMarkup()
+    centre = tissues.ijk_to_ras_points(np.array([24.0, 24.0, 24.0]))
+    markup.AddControlPointWorld(centre[0], centre[1], centre[2] + 200.0, "coil")
+    logic.snapCoilMarkup(markup, sigma)
+    before = node_ids(mrml_scene)
+    with pytest.raises(RuntimeError, match="choose device 'cpu'"):
+        logic.computeEField(sigma, logic.coilNames()[0], logic.coilToRas(markup, sigma), 1e8, device="cpu")
+    assert logic._simulation is None
+    assert node_ids(mrml_scene) == before

@@ -1,0 +1,214 @@
+"""Static checks of the Slicer extension: CMake file lists, the .ui file against the widget code and the
+parameter node, Python 3.9 syntax, startup imports, requirements and sample-data checksums."""
+
+import ast
+import hashlib
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "CondNetSlicer"
+MODULE_FILE = MODULE_DIR / "CondNetSlicer.py"
+UI_FILE = ROOT / "Resources" / "UI" / "CondNetSlicer.ui"
+SHARED_MNI = ROOT.parent / "shared" / "data" / "mni152"
+
+
+def cmake_list(text: str, variable: str) -> list:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} not found"
+    return [line.strip() for line in match.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def project_files(folder: Path) -> set:
+    """Files under ``folder`` that git would ship (tracked or not ignored), relative to the root."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", str(folder.relative_to(ROOT))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        files = {name for name in listed if (ROOT / name).is_file()}
+    except (OSError, subprocess.CalledProcessError):
+        files = {str(p.relative_to(ROOT)) for p in folder.rglob("*") if p.is_file()}
+    return {name for name in files if "__pycache__" not in name and not Path(name).name.startswith(".")}
+
+
+# ------------------------------------------------------------------------------------------ CMake
+def paste_ready(entries) -> str:
+    return "\n".join(f"  {entry}" for entry in sorted(entries))
+
+
+def test_module_cmake_lists_every_python_file_of_the_module_and_the_package():
+    listed = cmake_list((MODULE_DIR / "CMakeLists.txt").read_text(), "MODULE_PYTHON_SCRIPTS")
+    assert len(listed) == len(set(listed)), "duplicate entries"
+    listed = {entry.replace("${MODULE_NAME}", "CondNetSlicer") for entry in listed}
+    expected = {"CondNetSlicer.py"}
+    lib = project_files(MODULE_DIR / "CondNetSlicerLib")
+    expected |= {str(Path(name).relative_to("CondNetSlicer")) for name in lib if name.endswith(".py")}
+    expected |= {"../" + name for name in project_files(ROOT / "CondNetLogic") if name.endswith(".py")}
+    assert listed == expected, (
+        f"missing: {sorted(expected - listed)}; not on disk: {sorted(listed - expected)}. "
+        f"MODULE_PYTHON_SCRIPTS in CondNetSlicer/CMakeLists.txt should hold:\n{paste_ready(expected)}"
+    )
+
+
+def test_module_cmake_lists_every_resource():
+    listed = cmake_list((MODULE_DIR / "CMakeLists.txt").read_text(), "MODULE_PYTHON_RESOURCES")
+    assert len(listed) == len(set(listed)), "duplicate entries"
+    expected = {"../" + name for name in project_files(ROOT / "Resources")}
+    assert set(listed) == expected, (
+        f"missing: {sorted(expected - set(listed))}; not on disk: {sorted(set(listed) - expected)}. "
+        f"MODULE_PYTHON_RESOURCES in CondNetSlicer/CMakeLists.txt should hold:\n{paste_ready(expected)}"
+    )
+    assert "../Resources/UI/CondNetSlicer.ui" in listed
+    assert "../Resources/Icons/CondNetSlicer.png" in listed
+
+
+def test_module_cmake_builds_with_generic_tests_and_the_unittest():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS.*\)", text, re.S)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_extension_cmake_metadata():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    assert "add_subdirectory(CondNetSlicer)" in text
+    assert "find_package(Slicer REQUIRED)" in text
+
+
+# ------------------------------------------------------------------------------------------ .ui file
+def ui_widgets() -> dict:
+    tree = ET.parse(UI_FILE)  # raises on malformed XML
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def parameter_fields() -> dict:
+    """Field name -> annotation source of CondNetSlicerParameterNode."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "CondNetSlicerParameterNode":
+            return {item.target.id: item for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("CondNetSlicerParameterNode not found")
+
+
+def test_ui_is_well_formed_and_names_are_unique():
+    tree = ET.parse(UI_FILE)
+    names = [w.get("name") for w in tree.iter("widget")]
+    assert len(names) == len(set(names))
+    assert tree.getroot().find("class").text == "CondNetSlicer"
+    custom = {c.find("class").text for c in tree.getroot().iter("customwidget")}
+    used = {w.get("class") for w in tree.iter("widget")}
+    assert {cls for cls in used if not cls.startswith("Q")} <= custom
+    for connection in tree.getroot().iter("connection"):
+        assert connection.find("receiver").text in names
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    missing = used - set(ui_widgets())
+    assert not missing, f"widgets used by CondNetSlicer.py but absent from the .ui: {sorted(missing)}"
+    assert {"estimateButton", "computeEFieldButton", "exportButton", "cancelButton", "progressBar"} <= used
+
+
+def test_parameter_names_in_the_ui_match_the_parameter_node():
+    fields = parameter_fields()
+    bound = {}
+    for widget in ui_widgets().values():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = widget
+    assert set(bound) <= set(fields), f"unknown parameters in the .ui: {sorted(set(bound) - set(fields))}"
+    # Set by code (not by a widget): the coil choice (filled at runtime) and the nodes made for the coil.
+    assert set(fields) - set(bound) == {"coilName", "coilModel", "coilTransform"}
+    for name, widget in bound.items():
+        annotation = ast.unparse(fields[name].annotation)
+        if "Choice(" in annotation:
+            choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", annotation, re.S).group(1))
+            items = [item.find("property/string").text for item in widget.findall("item")]
+            assert widget.get("class") == "QComboBox", name
+            assert items == choices, name
+        if annotation.startswith("vtkMRML"):
+            node_types = [s.text for s in widget.find("property[@name='nodeTypes']/stringlist")]
+            assert widget.get("class") == "qMRMLNodeComboBox", name
+            assert node_types == [annotation], name
+        # The widget classes Slicer's parameterNodeWrapper GUI connectors accept for each type.
+        if annotation == "pathlib.Path":
+            assert widget.get("class") == "ctkPathLineEdit", name
+        if annotation == "bool":
+            assert widget.get("class") == "QCheckBox", name
+        if annotation.startswith("Annotated[float"):
+            assert widget.get("class") in ("QDoubleSpinBox", "ctkSliderWidget"), name
+
+
+def test_eeg_choices_are_positions_the_package_knows():
+    from CondNetLogic.scalp import EEG_1010_CENTRAL
+
+    annotation = ast.unparse(parameter_fields()["eegPosition"].annotation)
+    choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", annotation, re.S).group(1))
+    assert set(choices) == set(EEG_1010_CENTRAL)
+    assert choices[0] == "C3"
+
+
+# ------------------------------------------------------------------------------------------ Python files
+def slicer_python_files() -> list:
+    """Every Python file Slicer imports: the module, its Lib, and the package."""
+    files = [MODULE_FILE, *sorted((MODULE_DIR / "CondNetSlicerLib").glob("*.py"))]
+    return files + sorted(p for p in (ROOT / "CondNetLogic").rglob("*.py") if "__pycache__" not in p.parts)
+
+
+@pytest.mark.parametrize("path", slicer_python_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_files_slicer_imports_are_python_3_9(path):
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def test_module_file_imports_only_stdlib_slicer_vtk_qt_at_top_level():
+    allowed = set(sys.stdlib_module_names) | {"slicer", "vtk", "qt"}
+    for node in ast.parse(MODULE_FILE.read_text()).body:
+        if isinstance(node, ast.Import):
+            roots = {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {node.module.split(".")[0]}
+        else:
+            continue
+        assert roots <= allowed, f"top-level import of {roots - allowed} in CondNetSlicer.py (line {node.lineno})"
+
+
+def test_no_print_or_dialog_in_the_logic():
+    text = (MODULE_DIR / "CondNetSlicerLib" / "logic.py").read_text()
+    assert "errorDisplay" not in text
+    assert "confirm" not in text
+    assert "print(" not in text
+
+
+# ------------------------------------------------------------------------------------------ dependencies, data
+def test_requirements_match_pyproject_minus_what_slicer_bundles():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project}
+    lines = [line.strip() for line in (ROOT / "Resources" / "requirements.txt").read_text().splitlines()]
+    listed = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in lines if r and not r.startswith("#")}
+    not_installed = {"torch", "numpy", "scipy", "simpleitk", "matplotlib"}
+    assert listed == {name: spec for name, spec in declared.items() if name not in not_installed}
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_MNI.is_dir(), reason="../shared/data/mni152 is absent")
+def test_sample_data_checksums_match_the_mni152_files():
+    text = MODULE_FILE.read_text()
+    for key, name in (("MNI152_T1_SHA256", "MNI152_T1_2mm.nii.gz"), ("MNI152_T2_SHA256", "MNI152_T2_2mm.nii.gz")):
+        declared = re.search(rf'{key} = "([0-9a-f]{{64}})"', text).group(1)
+        assert hashlib.sha256((SHARED_MNI / name).read_bytes()).hexdigest() == declared
+        assert f'"{name}"' in text or f'+ "{name}"' in text

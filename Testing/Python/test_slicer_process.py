@@ -1,0 +1,160 @@
+"""The background-process runner and the GUI's conductivity path (``condnet predict`` in a subprocess)."""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "CondNetSlicer"))
+
+from CondNetSlicerLib.process import CANCELLED, BackgroundProcess  # noqa: E402
+
+PY = sys.executable
+
+
+def test_output_progress_and_return_code_are_reported():
+    lines, progress, done = [], [], []
+    script = (
+        "import sys\nfor p in (10, 55.5, 100):\n    print(f'step {p}%', flush=True)\n"
+        "sys.stderr.write('bar 75%\\r')\nsys.exit(3)"
+    )
+    process = BackgroundProcess(
+        [PY, "-c", script],
+        logCallback=lines.append,
+        progressCallback=lambda f, m: progress.append(f),
+        completedCallback=done.append,
+    )
+    assert process.start().waitForCompletion(timeout=60) == 3
+    assert lines[:3] == ["step 10%", "step 55.5%", "step 100%"]
+    assert "bar 75%" in lines
+    assert progress[:3] == [0.10, 0.555, 1.0]
+    assert 0.75 in progress
+    assert done == [3]
+    assert not process.isRunning()
+    assert process.poll() == 3
+    assert done == [3]
+
+
+def test_cancel_kills_the_process_tree(tmp_path):
+    marker = tmp_path / "child_alive"
+    child = f"import time, pathlib\ntime.sleep(3)\npathlib.Path({str(marker)!r}).write_text('x')"
+    script = (
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "print('started', flush=True)\ntime.sleep(60)"
+    )
+    done = []
+    process = BackgroundProcess([PY, "-c", script], completedCallback=done.append).start()
+    deadline = time.monotonic() + 30
+    while "started" not in process.output and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.05)
+    started = time.monotonic()
+    process.cancel()
+    assert process.returnCode == CANCELLED
+    assert done == [CANCELLED]
+    assert time.monotonic() - started < 10
+    time.sleep(4)
+    assert not marker.exists(), "the child process survived the cancel"
+
+
+def test_start_twice_and_poll_before_start_raise():
+    process = BackgroundProcess([PY, "-c", "pass"])
+    with pytest.raises(RuntimeError, match="not started"):
+        process.poll()
+    process.start()
+    with pytest.raises(RuntimeError, match="already"):
+        process.start()
+    assert process.waitForCompletion(timeout=60) == 0
+
+
+def test_timeout_cancels():
+    process = BackgroundProcess([PY, "-c", "import time; time.sleep(30)"]).start()
+    with pytest.raises(TimeoutError):
+        process.waitForCompletion(timeout=0.5)
+    assert process.returnCode == CANCELLED
+
+
+@pytest.fixture
+def logic_and_head(mrml_scene, tmp_path):
+    pytest.importorskip("torch")
+    from test_slicer_logic import OBLIQUE, relabel
+
+    from CondNetLogic.phantom import make_head_phantom
+    from CondNetLogic.volume import Volume
+    from CondNetSlicerLib import adapters, testing
+    from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+    phantom = make_head_phantom((48, 48, 48), seed=1, spacing_mm=1.25)
+
+    def lia(volume):
+        out = relabel(volume, (0, 2, 1), (True, True, False))
+        return Volume(out.array, OBLIQUE @ out.ijk_to_ras)
+
+    t1 = adapters.addVolumeNode(mrml_scene, lia(phantom.t1), "T1")
+    t2 = adapters.addVolumeNode(mrml_scene, lia(phantom.t2), "T2")
+    weights = testing.makeTinyWeights(str(tmp_path / "tiny.safetensors"), size=64)
+    return CondNetSlicerLogic(mrml_scene), t1, t2, weights
+
+
+def test_conductivity_in_a_background_process_matches_the_in_process_result(logic_and_head, tmp_path):
+    from CondNetSlicerLib import adapters, testing
+
+    logic, t1, t2, weights = logic_and_head
+    scene = logic.scene
+    progress = []
+    process = logic.startConductivityProcess(
+        t1,
+        t2,
+        weightsPath=weights,
+        device="cpu",
+        workDir=str(tmp_path / "work"),
+        progressCallback=lambda f, m: progress.append(f),
+    )
+    assert process.waitForCompletion(timeout=300) == 0, "\n".join(process.output)
+    assert progress
+    assert max(progress) == 1.0
+    before = scene.GetNumberOfNodes()
+    result = logic.loadConductivityResults(process.outDir, t1, ("A", "B"))
+    sigma = result["conductivity"]["A"]
+    assert testing.sameGeometry(sigma, t1, atol=1e-9)
+    inProcess = logic.estimateConductivity(t1, t2, tables=("A", "B"), weightsPath=weights, device="cpu")
+    for name in ("A", "B"):
+        np.testing.assert_allclose(
+            adapters.volumeFromNode(result["conductivity"][name]).array,
+            adapters.volumeFromNode(inProcess["conductivity"][name]).array,
+            atol=1e-5,
+        )
+    assert scene.GetNumberOfNodes() > before
+
+
+def test_failed_background_run_leaves_the_scene_unchanged(logic_and_head, tmp_path):
+    logic, t1, t2, weights = logic_and_head
+    scene = logic.scene
+    before = scene.GetNumberOfNodes()
+    process = logic.startConductivityProcess(t1, None, weightsPath=weights, device="cpu", workDir=str(tmp_path / "w"))
+    assert process.waitForCompletion(timeout=300) != 0
+    assert any("T2" in line for line in process.output)
+    with pytest.raises(OSError, match="sigma.json"):
+        logic.loadConductivityResults(process.outDir, t1)
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_background_run_refuses_t2_under_another_transform(logic_and_head, tmp_path):
+    from CondNetSlicerLib import adapters
+
+    logic, t1, t2, weights = logic_and_head
+    transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = np.eye(4)
+    matrix[:3, 3] = [5.0, 0.0, 0.0]
+    transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(matrix))
+    t2.SetAndObserveTransformNodeID(transform.GetID())
+    before = logic.scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="harden"):
+        logic.startConductivityProcess(t1, t2, weightsPath=weights, workDir=str(tmp_path / "w"))
+    assert logic.scene.GetNumberOfNodes() == before
+    assert not (tmp_path / "w").exists()  # nothing was written
+    with pytest.raises(ValueError, match="not C"):
+        logic.startConductivityProcess(t1, None, weightsPath=weights, tables=("C",), workDir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
