@@ -195,7 +195,7 @@ def benchmark(size: int, skip=()) -> list:
         psi[index >= 0] = x
         result["psi"] = psi
         results[name] = result
-    for name, result in results.items():
+    for result in results.values():
         psi = result.pop("psi")
         x = psi[index >= 0].astype(np.float64)
         result["residual"] = float(np.linalg.norm(b - matrix @ x) / b_norm)

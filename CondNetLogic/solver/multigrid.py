@@ -52,7 +52,6 @@ from .spfd import (
     _check_spacing,
     conductor_components,
     face_conductances,
-    solver_dtype,
     validate_dadt_faces,
     validate_sigma,
 )
@@ -561,7 +560,8 @@ class PotentialSolver:
     """
 
     def __init__(self, sigma, spacing_m: float, *, device="cpu", dtype=np.float64,
-                 smoother=("sor", {"omega": 1.15, "sweeps": 2}), cycle: str = "auto", accel="cg", coarse_scale: float = 0.5,
+                 smoother=("sor", {"omega": 1.15, "sweeps": 2}), cycle: str = "auto", accel="cg",
+                 coarse_scale: float = 0.5,
                  max_coarse: int = 1000, backend: str = "auto", compile: bool = False):
         start = time.perf_counter()
         sigma = validate_sigma(sigma)
@@ -625,7 +625,8 @@ class PotentialSolver:
     @staticmethod
     def _parse_smoother(smoother) -> dict:
         if not (isinstance(smoother, (tuple, list)) and len(smoother) == 2 and isinstance(smoother[1], dict)):
-            raise TypeError(f"smoother must be a (name, kwargs) pair such as ('sor', {{'omega': 1.15}}); got {smoother!r}")
+            raise TypeError("smoother must be a (name, kwargs) pair such as ('sor', {'omega': 1.15}); "
+                            f"got {smoother!r}")
         name, kwargs = smoother
         if name not in _SMOOTHERS:
             raise ValueError(f"smoother must be one of {_SMOOTHERS}; got {name!r}")

@@ -66,7 +66,8 @@ def validate_sigma(sigma) -> np.ndarray:
     if sigma.dtype.kind != "f":
         sigma = sigma.astype(np.float64)
     if not np.all(np.isfinite(sigma)):
-        raise ValueError(f"sigma holds {int(np.count_nonzero(~np.isfinite(sigma)))} NaN/inf voxels; expected finite S/m")
+        bad = int(np.count_nonzero(~np.isfinite(sigma)))
+        raise ValueError(f"sigma holds {bad} NaN/inf voxels; expected finite S/m")
     if sigma.size and sigma.min() < 0:
         raise ValueError(f"sigma must be >= 0 S/m (0 = air); got minimum {float(sigma.min())}")
     if not np.any(sigma > 0):

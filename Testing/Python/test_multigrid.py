@@ -148,7 +148,9 @@ def test_cycle_variants_converge(cycle, accel, coarse_scale):
     history = []
     psi, info = solver.solve(faces, tol=1e-8, maxiter=200, residuals=history)
     assert info["converged"], info["residuals"][-5:]
-    assert history == info["residuals"] and history[-1] <= 1e-8 and len(history) == info["iterations"] + 1
+    assert history == info["residuals"]
+    assert history[-1] <= 1e-8
+    assert len(history) == info["iterations"] + 1
     np.testing.assert_allclose(psi, direct_solve(sigma, faces), atol=1e-6 * np.abs(psi).max())
 
 
@@ -168,10 +170,12 @@ def test_warm_start_and_zero_rhs():
     solver = PotentialSolver(sigma, H)
     psi, _ = solver.solve(faces, tol=1e-10)
     again, info = solver.solve(faces, tol=1e-8, x0=psi)
-    assert info["iterations"] == 0 and info["converged"]
+    assert info["iterations"] == 0
+    assert info["converged"]
     np.testing.assert_allclose(again, psi, atol=1e-12 * np.abs(psi).max())
     zero, info = solver.solve(tuple(np.zeros_like(face) for face in faces))
-    assert info["converged"] and np.all(zero == 0)
+    assert info["converged"]
+    assert np.all(zero == 0)
 
 
 def test_callback_and_cancel():
@@ -190,7 +194,9 @@ def test_non_convergence_warns_and_reports():
     sigma = shell_sigma(16)
     with pytest.warns(RuntimeWarning, match="did not converge"):
         _, info = PotentialSolver(sigma, H).solve(smooth_faces(sigma.shape), tol=1e-12, maxiter=2)
-    assert not info["converged"] and info["iterations"] == 2 and info["residual"] > 1e-12
+    assert not info["converged"]
+    assert info["iterations"] == 2
+    assert info["residual"] > 1e-12
 
 
 def test_repr_lists_levels():
@@ -198,7 +204,8 @@ def test_repr_lists_levels():
     text = repr(solver)
     assert f"Number of levels: {len(solver.levels)}" in text
     for level in solver.levels:
-        assert "x".join(map(str, level.shape)) in text and str(level.unknowns) in text
+        assert "x".join(map(str, level.shape)) in text
+        assert str(level.unknowns) in text
 
 
 def test_info_fields_and_float32_agreement():
@@ -208,7 +215,8 @@ def test_info_fields_and_float32_agreement():
     psi32, info32 = solve_potential(sigma.astype(np.float32), faces, H, dtype=np.float32, tol=1e-6)
     for key in ("iterations", "residual", "converged", "residuals", "time_setup_s", "time_solve_s", "device"):
         assert key in info
-    assert info["device"] == "cpu" and info32["converged"]
+    assert info["device"] == "cpu"
+    assert info32["converged"]
     assert np.linalg.norm(psi32 - psi64) / np.linalg.norm(psi64) < 1e-5
 
 
@@ -245,7 +253,8 @@ class TestBadInput:
         ({"accel": "gmres"}, ValueError), ({"smoother": "sor"}, TypeError),
         ({"smoother": ("jacobi", {})}, ValueError), ({"smoother": ("sor", {"omega": 2.5})}, ValueError),
         ({"smoother": ("gauss_seidel", {"omega": 1.2})}, ValueError), ({"coarse_scale": 0}, ValueError),
-        ({"max_coarse": 0}, ValueError), ({"max_coarse": 10**6}, ValueError), ({"device": "tpu"}, ValueError), ({"backend": "cupy"}, ValueError),
+        ({"max_coarse": 0}, ValueError), ({"max_coarse": 10**6}, ValueError), ({"device": "tpu"}, ValueError),
+        ({"backend": "cupy"}, ValueError),
         ({"device": "cuda", "backend": "numba"}, ValueError), ({"compile": True}, ValueError),
     ])
     def test_bad_options(self, options, error):
@@ -264,7 +273,8 @@ def test_auto_device_without_cuda_runs_numba():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: auto picks it (covered by the GPU tests)")
     solver = PotentialSolver(shell_sigma(8), H, device="auto")
-    assert solver.device == "cpu" and solver.backend_name == "numba"
+    assert solver.device == "cpu"
+    assert solver.backend_name == "numba"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _, info = solver.solve(smooth_faces((8, 8, 8)))

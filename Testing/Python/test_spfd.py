@@ -49,7 +49,9 @@ def face_value(faces, axis, p, q, sign):
 def test_face_conductances_match_loop():
     sigma = random_sigma()
     gx, gy, gz = face_conductances(sigma)
-    assert gx.shape == (5, 7, 5) and gy.shape == (6, 6, 5) and gz.shape == (6, 7, 4)
+    assert gx.shape == (5, 7, 5)
+    assert gy.shape == (6, 6, 5)
+    assert gz.shape == (6, 7, 4)
     for axis, g in enumerate((gx, gy, gz)):
         for p in np.ndindex(*g.shape):
             q = tuple(np.add(p, AXES[axis]))

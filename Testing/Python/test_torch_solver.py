@@ -120,8 +120,10 @@ def test_full_solve_matches_numba(dtype, cycle):
         solver = PotentialSolver(sigma, H, dtype=dtype, backend=backend, cycle=cycle, max_coarse=30)
         results[backend] = solver.solve(faces, tol=1e-6)
     (psi_numba, info_numba), (psi_torch, info_torch) = results["numba"], results["torch"]
-    assert info_torch["backend"] == "torch" and info_torch["device"] == "cpu"
-    assert psi_torch.dtype == dtype and info_torch["converged"]
+    assert info_torch["backend"] == "torch"
+    assert info_torch["device"] == "cpu"
+    assert psi_torch.dtype == dtype
+    assert info_torch["converged"]
     assert abs(info_torch["iterations"] - info_numba["iterations"]) <= (1 if dtype == np.float32 else 0)
     error = np.abs(psi_torch - psi_numba).max() / np.abs(psi_numba).max()
     assert error < (1e-5 if dtype == np.float32 else 1e-12)
@@ -142,7 +144,8 @@ def test_cuda_matches_numba():
     faces = faces_for(sigma.shape)
     psi_gpu, info = PotentialSolver(sigma, H, dtype=np.float32, device="cuda").solve(faces)
     psi_cpu, _ = PotentialSolver(sigma, H, dtype=np.float32, backend="numba").solve(faces)
-    assert info["device"].startswith("cuda") and info["converged"]
+    assert info["device"].startswith("cuda")
+    assert info["converged"]
     assert np.abs(psi_gpu - psi_cpu).max() / np.abs(psi_cpu).max() < 1e-5
 
 
