@@ -37,3 +37,13 @@ def mrml_scene():
     slicer.mrmlScene = previous
     app.SetSliceLogics(vtk.vtkCollection())
     scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module: on a shared 2-core machine two threads run several times slower."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -10,13 +10,7 @@ from CondNetLogic.training import deep_supervision_loss
 TINY = CondNetConfig(depth=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:

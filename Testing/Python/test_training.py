@@ -24,13 +24,7 @@ NET = CondNetConfig(depth=3)
 TINY = TrainingConfig(epochs=2, slices_per_epoch=8, val_slices=4, size=MODEL_SIZE, seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
