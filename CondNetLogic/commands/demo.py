@@ -49,7 +49,6 @@ def _cortex_target(tissues, mask, scalp_point, normal):
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print a summary; everything is written to ``--out``."""
     import numpy as np
-    from tqdm import tqdm
 
     from ..coil import coil_pose, load_coil
     from ..conductivity import TABLE_A, TISSUE_INDEX, labels_to_tissues, read_label_mapping, resource_path
@@ -62,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..primary_field import cached_grid, default_cache_dir
     from ..scalp import eeg_position, scalp_normal
     from ..synth import SynthOptions, synthesize_pair
+    from ._progress import ProgressBar
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -72,54 +72,45 @@ def run(args: argparse.Namespace) -> int:
     def save(volume, name):
         write_volume(volume, out / name, overwrite=args.overwrite)
 
-    bar = tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]")
+    with ProgressBar("demo") as bar:
+        labels = read_volume(resource_path("sample", f"{SAMPLE}.nii.gz"))
+        mapping = read_label_mapping(resource_path("tissue_maps", "synthseg_labels.csv"))
+        tissues = labels_to_tissues(labels.array, mapping)
+        bar.stage(0, 5)(0.0, "synthesising T1/T2")
+        t1_array, t2_array, _ = synthesize_pair(
+            tissues, rng=np.random.default_rng(DEMO_SEED), options=SynthOptions.randomised(), labels=labels.array
+        )
+        t1, t2 = labels.with_array(t1_array), labels.with_array(t2_array)
+        reference = labels.with_array(tissues_to_conductivity(tissues, TABLE_A))
+        for volume, name in ((t1, "t1.nii.gz"), (t2, "t2.nii.gz"), (reference, "conductivity_reference_A.nii.gz")):
+            save(volume, name)
 
-    def stage(low, high):
-        def report(fraction, message):
-            bar.n = low + (high - low) * float(fraction)
-            bar.set_postfix_str(message[:40])
-            bar.refresh()
-        return report
+        prediction = predict_conductivity(t1, t2, weights=args.weights, device=args.device, progress=bar.stage(5, 60))
+        condnet = prediction.conductivity["A"]
+        save(condnet, "conductivity_A.nii.gz")
+        save(prediction.uncertainty["A"], "uncertainty_A.nii.gz")
+        evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
+        write_report(evaluation, prediction, out, t1=t1, t2=t2, overwrite=args.overwrite)
 
-    labels = read_volume(resource_path("sample", f"{SAMPLE}.nii.gz"))
-    mapping = read_label_mapping(resource_path("tissue_maps", "synthseg_labels.csv"))
-    tissues = labels_to_tissues(labels.array, mapping)
-    stage(0, 5)(0.0, "synthesising T1/T2")
-    t1_array, t2_array, _ = synthesize_pair(
-        tissues, rng=np.random.default_rng(DEMO_SEED), options=SynthOptions.randomised(), labels=labels.array
-    )
-    t1, t2 = labels.with_array(t1_array), labels.with_array(t2_array)
-    reference = labels.with_array(tissues_to_conductivity(tissues, TABLE_A))
-    for volume, name in ((t1, "t1.nii.gz"), (t2, "t2.nii.gz"), (reference, "conductivity_reference_A.nii.gz")):
-        save(volume, name)
+        landmarks = json.loads(resource_path("sample", f"{SAMPLE}_landmarks.json").read_text())["landmarks"]
+        head = labels.with_array((tissues > 0).astype(np.uint8))
+        c3 = eeg_position("C3", {k: np.asarray(v) for k, v in landmarks.items()}, head)
+        normal = scalp_normal(head, c3)
+        handle = np.array([-1.0, -1.0, 0.0]) / np.sqrt(2.0)  # posterior and lateral (left), 45 degrees
+        coil = load_coil(args.coil)
+        coil_to_ras = coil_pose(c3, normal, handle)
+        target = _cortex_target(tissues, head, c3, normal)
+        roi = spherical_roi(labels, target, ROI_RADIUS_MM) & (tissues == TISSUE_INDEX["gm"])
+        brain = np.isin(tissues, [TISSUE_INDEX[t] for t in ("gm", "wm")])
 
-    prediction = predict_conductivity(t1, t2, weights=args.weights, device=args.device, progress=stage(5, 60))
-    condnet = prediction.conductivity["A"]
-    save(condnet, "conductivity_A.nii.gz")
-    save(prediction.uncertainty["A"], "uncertainty_A.nii.gz")
-    evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
-    write_report(evaluation, prediction, out, t1=t1, t2=t2, overwrite=args.overwrite)
-
-    landmarks = json.loads(resource_path("sample", f"{SAMPLE}_landmarks.json").read_text())["landmarks"]
-    head = labels.with_array((tissues > 0).astype(np.uint8))
-    c3 = eeg_position("C3", {k: np.asarray(v) for k, v in landmarks.items()}, head)
-    normal = scalp_normal(head, c3)
-    handle = np.array([-1.0, -1.0, 0.0]) / np.sqrt(2.0)  # posterior and lateral (left), 45 degrees
-    coil = load_coil(args.coil)
-    coil_to_ras = coil_pose(c3, normal, handle)
-    target = _cortex_target(tissues, head, c3, normal)
-    roi = spherical_roi(labels, target, ROI_RADIUS_MM) & (tissues == TISSUE_INDEX["gm"])
-    brain = np.isin(tissues, [TISSUE_INDEX[t] for t in ("gm", "wm")])
-
-    grid = cached_grid(coil, default_cache_dir(), progress=stage(60, 70))
-    fields = {}
-    for name, sigma, (low, high) in (("condnet", condnet, (70, 85)), ("reference", reference, (85, 100))):
-        simulation = EFieldSimulation(sigma, device=args.device, grid=grid, progress=stage(low, low + 5))
-        result = simulation.solve(coil, coil_to_ras, coil.didt_max, progress=stage(low + 5, high))
-        save(result.e_vector, f"efield_{name}.nii.gz")
-        save(result.e_magnitude, f"efield_{name}_magnitude.nii.gz")
-        fields[name] = result
-    bar.close()
+        grid = cached_grid(coil, default_cache_dir(), progress=bar.stage(60, 70))
+        fields = {}
+        for name, sigma, (low, high) in (("condnet", condnet, (70, 85)), ("reference", reference, (85, 100))):
+            simulation = EFieldSimulation(sigma, device=args.device, grid=grid, progress=bar.stage(low, low + 5))
+            result = simulation.solve(coil, coil_to_ras, coil.didt_max, progress=bar.stage(low + 5, high))
+            save(result.e_vector, f"efield_{name}.nii.gz")
+            save(result.e_magnitude, f"efield_{name}_magnitude.nii.gz")
+            fields[name] = result
 
     condnet_e = fields["condnet"].e_magnitude.array
     reference_e = fields["reference"].e_magnitude.array

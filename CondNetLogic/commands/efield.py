@@ -68,10 +68,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _log_progress(fraction: float, message: str) -> None:
-    logger.info("%3.0f%% %s", 100.0 * fraction, message)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one simulation and write the outputs; returns the exit status."""
     import numpy as np
@@ -82,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_volume, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
+    from ._progress import ProgressBar
 
     outputs = [args.out / name for name in OUTPUT_NAMES]
     existing = [str(path) for path in outputs if path.exists()]
@@ -91,33 +88,34 @@ def run(args: argparse.Namespace) -> int:
     coil = load_coil(path)
     didt = coil.didt_max if args.didt is None else float(args.didt)
     conductivity = read_volume(args.conductivity)
-    grid = None
-    if args.grid is not None:
-        if args.grid.exists():
-            grid = PrimaryFieldGrid.load(args.grid, coil)
+    with ProgressBar("efield") as bar:
+        grid = None
+        if args.grid is not None:
+            if args.grid.exists():
+                grid = PrimaryFieldGrid.load(args.grid, coil)
+            else:
+                grid = PrimaryFieldGrid(coil, progress=bar.stage(0, 30))
+                grid.save(args.grid)
+                logger.info("saved the coil grid to %s", args.grid)
+        simulation = EFieldSimulation(
+            conductivity,
+            device=args.device,
+            tol=args.tol,
+            dtype=np.dtype(args.dtype),
+            primary_field="grid" if grid is not None else args.primary_field,
+            grid=grid,
+            grid_cache_dir=None if grid is not None else default_cache_dir(),
+            progress=bar.stage(30, 40),
+        )
+        center = np.asarray(args.coil_center, dtype=float)
+        if args.normal is None:
+            normal = simulation.head_center_ras - center
+            if np.linalg.norm(normal) == 0:
+                raise ValueError("--coil-center is the head centre; give --normal explicitly")
         else:
-            grid = PrimaryFieldGrid(coil, progress=_log_progress)
-            grid.save(args.grid)
-            logger.info("saved the coil grid to %s", args.grid)
-    simulation = EFieldSimulation(
-        conductivity,
-        device=args.device,
-        tol=args.tol,
-        dtype=np.dtype(args.dtype),
-        primary_field="grid" if grid is not None else args.primary_field,
-        grid=grid,
-        grid_cache_dir=None if grid is not None else default_cache_dir(),
-        progress=_log_progress,
-    )
-    center = np.asarray(args.coil_center, dtype=float)
-    if args.normal is None:
-        normal = simulation.head_center_ras - center
-        if np.linalg.norm(normal) == 0:
-            raise ValueError("--coil-center is the head centre; give --normal explicitly")
-    else:
-        normal = np.asarray(args.normal, dtype=float)
-    pose = coil_pose(center, normal, args.coil_direction, scalp_offset_mm=args.scalp_offset)
-    result = simulation.solve(coil, pose, didt, progress=_log_progress)
+            normal = np.asarray(args.normal, dtype=float)
+        pose = coil_pose(center, normal, args.coil_direction, scalp_offset_mm=args.scalp_offset)
+        result = simulation.solve(coil, pose, didt, progress=bar.stage(40, 100))
     summary = {
         "condnet_version": __version__,
         "conductivity": {"path": str(args.conductivity), "sha256": _sha256(args.conductivity)},

@@ -49,11 +49,10 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from tqdm.auto import tqdm
-
     from ..inference import predict_conductivity
     from ..io import read_volume, write_volume
     from ..weights import load_weights
+    from ._progress import ProgressBar
 
     weights = load_weights(args.weights)
     paths = output_paths(args.out, [t.name for t in weights.tables])
@@ -63,18 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"output files exist: {existing}; pass --overwrite to replace them")
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
-    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = 100 * fraction
-        bar.set_postfix_str(message)
-
     started = time.perf_counter()
-    try:
+    with ProgressBar("predict") as progress:
         prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
                                           register=args.register, progress=progress)
-    finally:
-        bar.close()
     written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
     for kind in ("conductivity", "uncertainty"):
         for table, volume in getattr(prediction, kind).items():
