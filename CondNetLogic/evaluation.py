@@ -75,13 +75,16 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
     >>> head = np.zeros((11, 11, 11), bool); head[1:10, 1:10, 1:10] = True
     >>> skin_shell(head, (1, 1, 1))[5, 5].astype(int).tolist()
     [0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0]
+    >>> skin_shell(head, (4, 4, 4))[5, 5].astype(int).tolist()
+    [0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]
     """
     from scipy import ndimage
 
     head = np.asarray(head, dtype=bool)
     distance = ndimage.distance_transform_edt(head, sampling=np.asarray(spacing_mm, dtype=float))
     # A voxel next to air has distance 1 voxel from the air voxel's centre, i.e. 0.5 voxel of tissue outside it.
-    return head & (distance - 0.5 * float(np.min(spacing_mm)) < depth_mm)
+    # "<=" keeps the outermost layer even when one voxel is as thick as the shell (4 mm voxels, 2 mm skin).
+    return head & (distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm)
 
 
 @dataclass
