@@ -307,8 +307,8 @@ def _downsample_notes(downsample_mm: Optional[float]) -> List[str]:
     text = (f"**Downsampled run ({downsample_mm:g} mm inputs): a quick check with coarser statistics, not the "
             "numbers for the record.**")
     if downsample_mm >= 2 * SKIN_DEPTH_MM:
-        text += (f"  At {downsample_mm:g} mm the {SKIN_DEPTH_MM:g} mm skin shell is thinner than half a voxel, so "
-                 "heads without a skin label (SAMSEG) have no skin voxels.")
+        text += (f"  At {downsample_mm:g} mm the skin row is the outermost voxel layer, thicker than the "
+                 f"{SKIN_DEPTH_MM:g} mm shell of the full-resolution check.")
     return [text, ""]
 
 
