@@ -37,7 +37,7 @@ import numpy as np
 from .conductivity import DEFAULT_TAU, get_table
 from .dataset import Augmentation, SliceDataset, load_training_set, slice_split, subject_slices
 from .errors import Cancelled
-from .weights import DIRECTIONS, save_weights
+from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
     "PRESETS",
@@ -100,6 +100,8 @@ class TrainingConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
     amp: bool = True
+    #: sha256 of the weights the networks start from (fine-tuning, ``train(init_weights=...)``); None: random init
+    init_weights_sha256: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "size"):
@@ -314,6 +316,7 @@ def _train_direction(
     show_bar: bool,
     histories: Dict[str, List[dict]],
     max_minutes: Optional[float],
+    init_state: Optional[Mapping] = None,
 ) -> dict:
     import torch
     from tqdm.auto import tqdm
@@ -336,6 +339,8 @@ def _train_direction(
 
     torch.manual_seed(config.seed)
     model = CondNet(network_config).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -464,6 +469,7 @@ def train(
     cancel: Optional[Callable[[], bool]] = None,
     show_bar: bool = True,
     max_minutes: Optional[float] = None,
+    init_weights: Optional[PathLike] = None,
 ) -> TrainingResult:
     """Train CondNet networks for the given slicing directions and write one weights file.
 
@@ -497,6 +503,10 @@ def train(
     max_minutes : float, optional
         Time limit per direction: training stops after the epoch at which another epoch (as long as the
         last one) would exceed it; the best model so far is kept and ``stopped_early`` is recorded.
+    init_weights : path-like, optional
+        Start every direction from these weights instead of a random initialisation (fine-tuning); they
+        must have the same network and hold every direction trained.  Their sha256 becomes part of the
+        training configuration, so checkpoints of other starts are not resumed by mistake.
 
     Returns
     -------
@@ -514,6 +524,17 @@ def train(
     from .network import CondNetConfig
 
     config = config if config is not None else PRESETS["paper"]
+    init = None
+    if init_weights is not None:
+        init = load_weights(init_weights)
+        network_config = init.config if network_config is None else network_config
+        if init.config != network_config:
+            raise ValueError(f"{init_weights}: its network ({init.config}) differs from the one to train "
+                             f"({network_config})")
+        absent = [d for d in directions if d not in init.state_dicts]
+        if absent:
+            raise ValueError(f"{init_weights} has no network for the directions {absent}")
+        config = replace(config, init_weights_sha256=init.sha256)
     if network_config is None:
         network_config = CondNetConfig(out_channels=len(config.tables))
     if network_config.out_channels != len(config.tables):
@@ -550,6 +571,7 @@ def train(
             direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
             resume=resume, progress=sub_progress(0.05 + n * share, 0.05 + (n + 1) * share), cancel=cancel,
             show_bar=show_bar, histories=histories, max_minutes=max_minutes,
+            init_state=None if init is None else init.state_dicts[direction],
         )
     results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config, histories))
     split = json.loads((Path(data_dir) / "split.json").read_text())

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-version", default="1", help="version recorded with --register")
     parser.add_argument("--max-minutes", type=float,
                         help="time limit per direction: stop after the epoch that would overrun it (best kept)")
+    parser.add_argument("--init-weights", metavar="W",
+                        help="start from these weights (fine-tuning) instead of a random initialisation")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's choice; 1 is faster when the CPU is shared)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.out, weights_path=weights_path, network_config=CondNetConfig(**network), config=config,
         directions=args.directions, device=args.device, cache_dir=args.cache, resume=not args.no_resume,
         overwrite=args.overwrite, show_bar=not args.quiet, max_minutes=args.max_minutes,
+        init_weights=args.init_weights,
     )
     for direction, best in result.best.items():
         print(f"{direction}: best validation loss {best['loss']:.5f} at epoch {best['epoch']}")

@@ -115,6 +115,29 @@ def test_directions_trained_separately_are_combined(training_set, tmp_path):
     assert load_weights(both.weights_path).directions == ("sagittal", "axial")
 
 
+def test_fine_tuning_starts_from_the_given_weights(training_set, tmp_path):
+    kwargs = {"network_config": NET, "directions": ["axial"], "device": "cpu", "show_bar": False}
+    first = train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors",
+                  config=with_overrides(TINY, epochs=1), **kwargs)
+    start = load_weights(first.weights_path)
+    # A learning rate of 1e-12 keeps every parameter where the given weights put it.
+    tuned = train(training_set, tmp_path / "b", weights_path=tmp_path / "b.safetensors",
+                  config=with_overrides(TINY, epochs=1, learning_rate=1e-12), init_weights=first.weights_path,
+                  **kwargs)
+    result = load_weights(tuned.weights_path)
+    parameters = [name for name, _ in result.build("axial").named_parameters()]
+    for name in parameters:
+        torch.testing.assert_close(result.state_dicts["axial"][name], start.state_dicts["axial"][name],
+                                   atol=1e-6, rtol=0)
+    assert result.header["training"]["config"]["init_weights_sha256"] == start.sha256
+    with pytest.raises(ValueError, match="no network for the directions"):
+        train(training_set, tmp_path / "c", weights_path=tmp_path / "c.safetensors", config=TINY,
+              init_weights=first.weights_path, **{**kwargs, "directions": ["coronal"]})
+    with pytest.raises(ValueError, match="differs"):
+        train(training_set, tmp_path / "d", weights_path=tmp_path / "d.safetensors", config=TINY,
+              init_weights=first.weights_path, **{**kwargs, "network_config": CondNetConfig(depth=2)})
+
+
 def test_time_limit_stops_early_and_is_recorded(training_set, tmp_path):
     result = train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
                    config=with_overrides(TINY, epochs=5), directions=["axial"], device="cpu", show_bar=False,
