@@ -6,6 +6,7 @@ the one place where that is converted to the package convention (``(I, J, K[, C]
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -16,7 +17,7 @@ import numpy as np
 from .errors import VolumeReadError
 from .volume import LPS_TO_RAS, Volume
 
-__all__ = ["SUPPORTED_SUFFIXES", "check_finite", "read_volume", "write_volume"]
+__all__ = ["SUPPORTED_SUFFIXES", "check_finite", "file_sha256", "read_volume", "write_volume"]
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -171,3 +172,12 @@ def check_finite(volume: Volume, *, name: str = "volume") -> None:
     if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
         bad = int(np.count_nonzero(~np.isfinite(volume.array)))
         raise ValueError(f"{name}: {bad} voxels are NaN or infinite")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks (weights, coil and input files in sidecars)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

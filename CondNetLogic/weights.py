@@ -24,7 +24,6 @@ are verified whenever a listed file is loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .conductivity import ConductivityTable, resource_path
 from .errors import WeightsError
+from .io import file_sha256
 
 __all__ = [
     "DIRECTIONS",
@@ -54,15 +54,6 @@ FORMAT_VERSION = 1
 _FORMAT = "condnet-weights"
 _META_KEY = "condnet"
 PathLike = Union[str, os.PathLike]
-
-
-def file_sha256(path: PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -10,7 +10,6 @@ writes ``run1/efield.nii.gz`` (vector, V/m, RAS components), ``run1/efield_magni
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -60,14 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one simulation and write the outputs; returns the exit status."""
     import numpy as np
@@ -75,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..coil import coil_file, coil_pose, load_coil
     from ..efield import EFieldSimulation
-    from ..io import read_volume, write_volume
+    from ..io import file_sha256, read_volume, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
     from ._progress import ProgressBar
@@ -118,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         result = simulation.solve(coil, pose, didt, progress=bar.stage(40, 100))
     summary = {
         "condnet_version": __version__,
-        "conductivity": {"path": str(args.conductivity), "sha256": _sha256(args.conductivity)},
-        "coil": {"name": coil.name, "file": str(path), "file_sha256": _sha256(path), "sha256": coil.sha256},
+        "conductivity": {"path": str(args.conductivity), "sha256": file_sha256(args.conductivity)},
+        "coil": {"name": coil.name, "file": str(path), "file_sha256": file_sha256(path), "sha256": coil.sha256},
         "coil_to_ras": pose.tolist(),
         "coil_center_scalp_ras_mm": center.tolist(),
         "normal_into_head_ras": (normal / np.linalg.norm(normal)).tolist(),
