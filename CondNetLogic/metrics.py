@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .volume import Volume
+from .volume import Volume, check_mask
 
 __all__ = [
     "HAND_KNOB_MNI",
@@ -113,11 +113,7 @@ def generalized_error(e, e_hat, mask=None) -> float:
     """
     e, e_hat = _pair(e, e_hat)
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != np.bool_:
-            raise TypeError(f"mask must be a bool array; got dtype {mask.dtype}")
-        if mask.shape != e.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from the field shape {e.shape}")
+        mask = check_mask(mask, e.shape)
         e, e_hat = e[mask], e_hat[mask]
     if e.size == 0:
         raise ValueError("the region (mask) is empty")
@@ -181,12 +177,7 @@ def roi_stats(e_magnitude: Volume, mask: Optional[np.ndarray] = None) -> dict:
     values = np.asarray(e_magnitude.array, dtype=np.float64)
     if mask is None:
         mask = values > 0
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be a bool array; got dtype {mask.dtype}")
-    if mask.shape != values.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from the volume shape {values.shape}")
-    selected = values[mask]
+    selected = values[check_mask(mask, values.shape)]
     if selected.size == 0:
         raise ValueError("the region of interest is empty (no voxel in the mask)")
     voxel_mm3 = float(abs(np.linalg.det(e_magnitude.ijk_to_ras[:3, :3])))

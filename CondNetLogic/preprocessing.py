@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _resample
 from .errors import Cancelled
-from .volume import LPS_TO_RAS, Volume
+from .volume import LPS_TO_RAS, Volume, check_mask
 
 __all__ = [
     "ModelGrid",
@@ -414,11 +414,7 @@ def zscore_unit(array: np.ndarray, mask: np.ndarray | None = None, *, percentile
     if mask is None:
         values = array.ravel()
     else:
-        mask = np.asarray(mask)
-        if mask.dtype != np.bool_:
-            raise TypeError(f"mask must be boolean; got dtype {mask.dtype}")
-        if mask.shape != array.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from the image shape {array.shape}")
+        mask = check_mask(mask, array.shape)
         values = array[mask]
         if values.size == 0:
             raise ValueError("zscore_unit: the mask is empty")

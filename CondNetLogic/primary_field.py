@@ -39,7 +39,7 @@ import numpy as np
 
 from .coil import Coil, check_coil_to_ras
 from .errors import Cancelled
-from .volume import Volume
+from .volume import Volume, check_mask
 
 __all__ = [
     "cached_grid",
@@ -386,12 +386,7 @@ def _geometry(volume: Volume):
 def _check_mask(mask, shape) -> np.ndarray:
     if mask is None:
         return np.ones(shape, dtype=bool)
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be a bool array; got dtype {mask.dtype}")
-    if mask.shape != tuple(shape):
-        raise ValueError(f"mask shape {mask.shape} differs from the volume shape {tuple(shape)}")
-    return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(check_mask(mask, shape))
 
 
 def dadt_faces(

@@ -17,6 +17,7 @@ __all__ = [
     "LPS_TO_RAS",
     "Volume",
     "affine_from_geometry",
+    "check_mask",
     "lps_to_ras_affine",
     "lps_to_ras_points",
     "ras_to_lps_affine",
@@ -51,6 +52,24 @@ def ras_to_lps_points(points_ras: np.ndarray) -> np.ndarray:
 def lps_to_ras_points(points_lps: np.ndarray) -> np.ndarray:
     """Convert points (..., 3) from LPS to RAS (mm)."""
     return ras_to_lps_points(points_lps)
+
+
+def check_mask(mask, shape) -> np.ndarray:
+    """Return ``mask`` as a boolean array, checking it has the given spatial ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If the mask is not boolean (masks are never guessed from numbers).
+    ValueError
+        If its shape differs from ``shape``.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be boolean (a bool array); got dtype {mask.dtype}")
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask shape {mask.shape} differs from the volume shape {tuple(shape)}")
+    return mask
 
 
 def affine_from_geometry(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -85,3 +85,13 @@ def test_affine_is_read_only_and_same_grid():
     shifted = np.eye(4)
     shifted[0, 3] = 0.5
     assert not vol.same_grid(Volume(np.ones((3, 4, 5)), shifted))
+
+
+def test_check_mask():
+    from CondNetLogic.volume import check_mask
+
+    assert check_mask(np.zeros((2, 3, 4), dtype=bool), (2, 3, 4)).shape == (2, 3, 4)
+    with pytest.raises(TypeError, match="boolean"):
+        check_mask(np.zeros((2, 3, 4), dtype=np.uint8), (2, 3, 4))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 3, 4\) differs"):
+        check_mask(np.zeros((2, 3, 4), dtype=bool), (2, 3, 5))
