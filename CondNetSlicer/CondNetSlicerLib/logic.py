@@ -654,6 +654,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def _simulationFor(self, conductivityNode, *, device: str, tol: float, progress: Progress = None):
         """The cached :class:`EFieldSimulation` of this conductivity (rebuilt when it changed)."""
         from CondNetLogic.efield import EFieldSimulation
+        from CondNetLogic.primary_field import default_cache_dir
 
         image = conductivityNode.GetImageData()
         # Rebuild only when the voxels or the grid change (renaming or restyling the node does not count).
@@ -668,7 +669,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             self._simulation = None
             volume = adapters.volumeFromNode(conductivityNode, what="conductivity")
             self.log(f"CondNet: preparing the E-field solver for {conductivityNode.GetName()}")
-            self._simulation = EFieldSimulation(volume, device=device, tol=tol, progress=progress)
+            # Coil grids are kept on disk, so only the first coil move of the first session builds one.
+            self._simulation = EFieldSimulation(
+                volume, device=device, tol=tol, grid_cache_dir=default_cache_dir(), progress=progress
+            )
             self._simulationKey = key
         return self._simulation
 
@@ -812,11 +816,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         from CondNetLogic.conductivity import TISSUES
         from CondNetLogic.efield import EFieldSimulation
         from CondNetLogic.metrics import generalized_error
+        from CondNetLogic.primary_field import default_cache_dir
 
         if self._uniformSimulation is None or self._uniformKey != uniformKey:
             self._uniformSimulation = None
             self.log("CondNet: preparing the solver of the uniform-conductivity model")
-            self._uniformSimulation = EFieldSimulation(uniform, device=device, tol=tol)
+            self._uniformSimulation = EFieldSimulation(
+                uniform, device=device, tol=tol, grid_cache_dir=default_cache_dir()
+            )
             self._uniformKey = uniformKey
         reference = self._uniformSimulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
         gm = tissues == TISSUES.index("gm")

@@ -3,6 +3,15 @@
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_condnet_cache(tmp_path_factory):
+    """Coil grids built by the tests go to a temporary folder, never to the user's ``~/.cache``."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CONDNET_CACHE_DIR", str(tmp_path_factory.mktemp("condnet_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def mrml_scene():
     """A fresh MRML scene set up as the Slicer application does, installed as ``slicer.mrmlScene``.
