@@ -22,10 +22,11 @@ import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._types import PathLike
 from .conductivity import ConductivityTable, normalise
 from .errors import Cancelled
 
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 _CACHE_VERSION = 1
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from ._types import PathLike
 from .conductivity import TISSUE_INDEX, ConductivityTable, labels_to_tissues, tissues_to_conductivity
 from .volume import Volume
 
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 
 #: Outer layer of the head taken as skin (mm).
 SKIN_DEPTH_MM = 2.0

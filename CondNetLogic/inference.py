@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
+from ._types import Progress
 from .conductivity import denormalise
 from .errors import Cancelled, WeightsError
 from .volume import Volume
@@ -29,7 +30,6 @@ from .weights import DIRECTIONS, CondNetWeights, load_weights
 __all__ = ["Prediction", "predict_conductivity", "predict_levels"]
 
 logger = logging.getLogger(__name__)
-Progress = Optional[Callable[[float, str], None]]
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _resample
+from ._types import Progress
 from .errors import Cancelled
 from .volume import LPS_TO_RAS, Volume, check_mask
 
@@ -51,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Progress = Optional[Callable[[float, str], None]]
 
 _REGISTRATION_SAMPLES = 50_000
 

@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ._types import ProgressCallback
 from .conductivity import TABLE_A, TISSUE_INDEX, TISSUES, labels_to_tissues, tissues_to_conductivity
 from .errors import Cancelled
 from .volume import Volume
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 #: Path of the shipped intensity priors.
 DEFAULT_PRIORS = Path(__file__).resolve().parent.parent / "Resources" / "mri_priors.json"
 
-ProgressCallback = Callable[[float, str], None]
 
 # Brain tissues whose contrast ordering is kept: T1w descending, T2w ascending in this order.
 _ORDERED = (TISSUE_INDEX["wm"], TISSUE_INDEX["gm"], TISSUE_INDEX["csf"])

@@ -30,10 +30,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._types import PathLike, Progress
 from .conductivity import DEFAULT_TAU, get_table
 from .dataset import Augmentation, SliceDataset, load_training_set, slice_split, subject_slices
 from .errors import Cancelled
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
-Progress = Optional[Callable[[float, str], None]]
 _CHECKPOINT_VERSION = 1
 
 

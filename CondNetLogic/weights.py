@@ -29,8 +29,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+from ._types import PathLike
 from .conductivity import ConductivityTable, resource_path
 from .errors import WeightsError
 from .io import file_sha256
@@ -53,7 +54,6 @@ DIRECTIONS: Dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 FORMAT_VERSION = 1
 _FORMAT = "condnet-weights"
 _META_KEY = "condnet"
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass

@@ -1,9 +1,7 @@
 """A terminal progress bar fed by the package's ``progress(fraction, message)`` callbacks."""
 from __future__ import annotations
 
-from typing import Callable
-
-ProgressCallback = Callable[[float, str], None]
+from .._types import ProgressCallback
 
 
 class ProgressBar:
