@@ -210,42 +210,26 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         infoText = json.dumps(info, default=str)
         created: List[object] = []
         result = {"conductivity": {}, "uncertainty": {}}
+        def addScalar(kind: str, name: str, volume, colors, title: str, legend: bool, extra: dict):
+            node = adapters.addVolumeNode(
+                self.scene,
+                volume.with_array(np.asarray(volume.array, dtype=np.float32)),
+                f"{t1Node.GetName()}_{kind}_{name}",
+                parentTransformNode=parent,
+                attributes={ROLE: kind, "CondNet.Table": name, "CondNet.T1": t1Node.GetID(),
+                            "CondNet.Units": "S/m", **extra},
+            )
+            created.append(node)
+            self._styleScalar(node, colors, title, legend=legend)
+            result[kind][name] = node
+
         try:
             for name in tables:
-                sigma = conductivity[name].with_array(np.asarray(conductivity[name].array, dtype=np.float32))
-                node = adapters.addVolumeNode(
-                    self.scene,
-                    sigma,
-                    f"{t1Node.GetName()}_conductivity_{name}",
-                    parentTransformNode=parent,
-                    attributes={
-                        ROLE: "conductivity",
-                        "CondNet.Table": name,
-                        "CondNet.T1": t1Node.GetID(),
-                        "CondNet.Info": infoText,
-                        "CondNet.Units": "S/m",
-                    },
-                )
-                created.append(node)
-                self._styleScalar(node, CONDUCTIVITY_COLORS, f"Conductivity {name} (S/m)")
-                result["conductivity"][name] = node
+                addScalar("conductivity", name, conductivity[name], CONDUCTIVITY_COLORS,
+                          f"Conductivity {name} (S/m)", True, {"CondNet.Info": infoText})
                 if name in uncertainty:
-                    sd = uncertainty[name].with_array(np.asarray(uncertainty[name].array, dtype=np.float32))
-                    unode = adapters.addVolumeNode(
-                        self.scene,
-                        sd,
-                        f"{t1Node.GetName()}_uncertainty_{name}",
-                        parentTransformNode=parent,
-                        attributes={
-                            ROLE: "uncertainty",
-                            "CondNet.Table": name,
-                            "CondNet.T1": t1Node.GetID(),
-                            "CondNet.Units": "S/m",
-                        },
-                    )
-                    created.append(unode)
-                    self._styleScalar(unode, UNCERTAINTY_COLORS, f"Uncertainty {name} (S/m, SD)", legend=False)
-                    result["uncertainty"][name] = unode
+                    addScalar("uncertainty", name, uncertainty[name], UNCERTAINTY_COLORS,
+                              f"Uncertainty {name} (S/m, SD)", False, {})
         except Exception:
             adapters.removeNodes(self.scene, created)
             raise
