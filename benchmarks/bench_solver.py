@@ -11,12 +11,13 @@ The conductivity is ``CondNetLogic.phantom.make_head_phantom((n, n, n))`` (a 256
 voxels) mapped through Table I (A): 200x jumps between CSF (2.0 S/m) and cortical bone (0.01-0.02 S/m).
 dA/dt is that of a uniform dB/dt of 1e4 T/s tilted from the head axis, ``a = dB/dt x r / 2``, plus a
 gradient term; the iteration counts barely depend on it.  Every method solves the same singular system to
-the same relative residual ``tol`` (default 1e-6, relative to ``||b||``); the table gives setup and solve
-wall time, iterations, the final relative residual recomputed in float64, the peak memory traced by
-``tracemalloc`` (numpy allocations; torch CUDA memory from ``torch.cuda.max_memory_allocated``), the
-difference of the potential from our float64 solution, and the ratio of each solve time to ours
-(float32, numba).  Targets (issue 4): 256^3 in <= 2 s on a 2-core CPU and >= 10x faster than pyamg;
-<= 50 ms on an H100.
+the same relative residual ``tol`` (default 1e-6, relative to ``||b||``).  The table gives setup and solve
+wall time (solve: median of 3 runs with the same setup; scipy CG: one run), iterations, the final relative
+residual recomputed in float64, the peak memory traced by ``tracemalloc`` (numpy allocations; torch CUDA
+memory from ``torch.cuda.max_memory_allocated``), the difference of the potential from the solution with
+float64 cycles, and the ratio of each solve time to ours (the default: float64 CG preconditioned by
+float32 multigrid cycles, numba).  Targets (issue 4): 256^3 in <= 2 s on a 2-core CPU and >= 10x faster
+than pyamg; <= 50 ms on an H100.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.solver import PotentialSolver, assemble_operator, assemble_rhs
 
 TOL = 1e-6
+#: The default solver: float64 CG with float32 multigrid cycles.
+OURS = "condnet f64 numba"
+#: Solves timed per method (the table gives the median); the scipy CG baseline runs once.
+REPEAT = 3
 
 
 def head_conductivity(size: int) -> tuple:
@@ -65,21 +70,24 @@ def _peak() -> float:
     return tracemalloc.get_traced_memory()[1] / 2**20
 
 
-def run_condnet(sigma, faces, spacing_m, dtype, device="cpu") -> dict:
+def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", repeat=REPEAT) -> dict:
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     tracemalloc.start()
     start = time.perf_counter()
-    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, device=device)
+    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device)
     setup = time.perf_counter() - start
     solver.solve(faces, tol=TOL, maxiter=1)  # warm-up: kernel compilation / CUDA context, not timed
-    start = time.perf_counter()
-    psi, info = solver.solve(faces, tol=TOL, maxiter=200)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    solve = time.perf_counter() - start
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        psi, info = solver.solve(faces, tol=TOL, maxiter=200)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    solve = float(np.median(times))
     peak = _peak()
     tracemalloc.stop()
     if device.startswith("cuda"):
@@ -109,17 +117,20 @@ def _system(sigma, faces, spacing_m):
     return matrix, pinned_matrix, b, b_pinned, index, labels
 
 
-def run_pyamg(matrix, b, maxiter=400) -> dict:
+def run_pyamg(matrix, b, maxiter=400, repeat=REPEAT) -> dict:
     import pyamg
 
     tracemalloc.start()
     start = time.perf_counter()
     ml = pyamg.smoothed_aggregation_solver(matrix, B=np.ones((matrix.shape[0], 1)), symmetry="symmetric")
     setup = time.perf_counter() - start
-    residuals = []
-    start = time.perf_counter()
-    x = ml.solve(b, tol=TOL, accel="cg", maxiter=maxiter, residuals=residuals)
-    solve = time.perf_counter() - start
+    times = []
+    for _ in range(repeat):
+        residuals = []
+        start = time.perf_counter()
+        x = ml.solve(b, tol=TOL, accel="cg", maxiter=maxiter, residuals=residuals)
+        times.append(time.perf_counter() - start)
+    solve = float(np.median(times))
     peak = _peak()
     tracemalloc.stop()
     return {"setup_s": setup, "solve_s": solve, "iterations": len(residuals) - 1, "x": x, "peak_mib": peak,
@@ -171,18 +182,21 @@ def benchmark(size: int, skip=()) -> list:
     sigma, spacing_m = head_conductivity(size)
     faces = dadt_faces(sigma.shape, spacing_m)
     rows = []
-    methods = [("condnet f32 numba", np.float32, "cpu"), ("condnet f64 numba", np.float64, "cpu")]
+    # (name, dtype of CG and solution, dtype of the multigrid cycles, device); the first is the default.
+    methods = [(OURS, np.float64, np.float32, "cpu"), ("condnet f64 numba f64cyc", np.float64, np.float64, "cpu"),
+               ("condnet f32 numba", np.float32, np.float32, "cpu")]
     import torch
 
     if torch.cuda.is_available():
-        methods.append(("condnet f32 torch cuda", np.float32, "cuda"))
+        methods += [("condnet f64 torch cuda", np.float64, np.float32, "cuda"),
+                    ("condnet f32 torch cuda", np.float32, np.float32, "cuda")]
     results = {}
-    for name, dtype, device in methods:
+    for name, dtype, cycle_dtype, device in methods:
         if name.split()[0] + "-" + device in skip:
             continue
-        results[name] = run_condnet(sigma, faces, spacing_m, dtype, device)
+        results[name] = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device)
     matrix, pinned_matrix, b, b_pinned, index, labels = _system(sigma, faces, spacing_m)
-    reference = results["condnet f64 numba"]["psi"] if "condnet f64 numba" in results else None
+    reference = results["condnet f64 numba f64cyc"]["psi"] if "condnet f64 numba f64cyc" in results else None
     b_norm = np.linalg.norm(b)
     for name, runner in (("pyamg SA+CG", run_pyamg), ("scipy CG (Jacobi)", run_scipy_cg)):
         if name.split()[0].lower() + ("-cg" if "scipy" in name else "") in skip:
@@ -201,7 +215,7 @@ def benchmark(size: int, skip=()) -> list:
         result["residual"] = float(np.linalg.norm(b - matrix @ x) / b_norm)
         result["diff"] = (float(np.linalg.norm(psi - reference) / np.linalg.norm(reference))
                           if reference is not None else float("nan"))
-    ours = results.get("condnet f32 numba", next(iter(results.values())))["solve_s"]
+    ours = results.get(OURS, next(iter(results.values())))["solve_s"]
     for name, result in results.items():
         rows.append({"size": size, "unknowns": int(matrix.shape[0]), "method": name, **result,
                      "ratio": result["solve_s"] / ours})
@@ -263,8 +277,8 @@ def main(argv=None) -> int:
         return 0
     header = (f"{'n':>4} {'unknowns':>9} {'method':24s} {'setup s':>8} {'solve s':>8} {'iters':>5} "
               f"{'rel.res':>8} {'conv':>4} {'peak MiB':>8} {'diff':>8} {'solve/ours':>10}")
-    print(f"tolerance {TOL:g} (relative to ||b||); 'diff' = ||psi - psi_f64|| / ||psi_f64||; "
-          "ours = condnet f32 numba")
+    print(f"tolerance {TOL:g} (relative to ||b||); 'diff' = ||psi - psi_f64|| / ||psi_f64|| against float64 "
+          f"cycles (f64cyc); ours = {OURS} (the default: float64 CG, float32 cycles)")
     print(header)
     for size in args.sizes:
         for row in benchmark(size, skip=set(args.skip)):

@@ -29,8 +29,10 @@ __all__ = [
     "cg_direction",
     "cg_update",
     "coarsen_faces",
+    "copy_spans",
     "dense_matvec",
     "dot",
+    "dot_pair",
     "prolong_add",
     "rb_sor_sweep",
     "residual",
@@ -215,6 +217,35 @@ def dot(a, b):  # pragma: no cover - compiled
                 part += np.float64(a[i, j, k]) * np.float64(b[i, j, k])
         total += part
     return total
+
+
+@njit(cache=True, parallel=True)
+def dot_pair(a, b, c):  # pragma: no cover - compiled
+    """``(a . b, c . b)`` in one pass, accumulated in float64 (the two products of flexible CG)."""
+    n0, n1, n2 = a.shape
+    first = 0.0
+    second = 0.0
+    for i in prange(n0):
+        part_first = 0.0
+        part_second = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                value = np.float64(b[i, j, k])
+                part_first += np.float64(a[i, j, k]) * value
+                part_second += np.float64(c[i, j, k]) * value
+        first += part_first
+        second += part_second
+    return first, second
+
+
+@njit(cache=True, parallel=True)
+def copy_spans(source, target, rows):  # pragma: no cover - compiled
+    """``target = source`` on each row's conductive span, converting to the dtype of ``target`` (in place)."""
+    n0, n1, n2 = source.shape
+    for i in prange(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(rows[0, i, j], rows[1, i, j]):
+                target[i, j, k] = source[i, j, k]
 
 
 @njit(cache=True, parallel=True)

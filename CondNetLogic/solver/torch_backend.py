@@ -63,9 +63,9 @@ class TorchBackend:
         The hierarchy built on the host (face conductances as numpy arrays).
     dtype : np.dtype
         float32 or float64.
-    cells, pinv : ndarray
+    cells, pinv : ndarray, optional
         Coarsest-level unknowns (flat indices) and the pseudo-inverse (float64), see
-        ``multigrid.coarse_pseudo_inverse``.
+        ``multigrid.coarse_pseudo_inverse``; omitted for a backend that only applies the operator.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     compile : bool
@@ -74,7 +74,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, levels: list, dtype, cells: np.ndarray, pinv: np.ndarray, device: str, *,
+    def __init__(self, levels: list, dtype, cells: np.ndarray | None, pinv: np.ndarray | None, device: str, *,
                  compile: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -82,8 +82,8 @@ class TorchBackend:
         self.dtype = np.dtype(dtype)
         self.torch_dtype = torch.float32 if self.dtype == np.float32 else torch.float64
         self.levels = [_TorchLevel(level.w, self.device, self.torch_dtype) for level in levels]
-        self.cells = torch.as_tensor(cells, device=self.device, dtype=torch.int64)
-        self.pinv = torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
+        self.cells = None if cells is None else torch.as_tensor(cells, device=self.device, dtype=torch.int64)
+        self.pinv = None if pinv is None else torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
         self._residual = torch.compile(_residual, dynamic=True) if compile else _residual
 
@@ -143,6 +143,22 @@ class TorchBackend:
     @staticmethod
     def dot(a, b):
         return float(torch.sum(a * b, dtype=torch.float64))
+
+    @staticmethod
+    def dot_pair(a, b, c):
+        """``(a . b, c . b)``."""
+        pair = torch.stack((torch.sum(a * b, dtype=torch.float64), torch.sum(c * b, dtype=torch.float64)))
+        first, second = pair.tolist()
+        return first, second
+
+    @staticmethod
+    def cast(level, source, target):
+        """``target = source`` in the dtype of ``target``, over the whole grid.
+
+        The numba backend copies only the conductive spans; the cells outside them differ, but no face
+        couples them to the unknowns and the solver zeroes them in the result.
+        """
+        target.copy_(source)
 
     def cg_update(self, x, r, p, q, alpha):
         x.add_(p, alpha=alpha)

@@ -70,12 +70,13 @@ def random_sigma_with_holes(shape, seed=0):
     return sigma
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_equals_sparse_direct_solve(dtype):
+@pytest.mark.parametrize(("dtype", "cycle_dtype"), [(np.float64, np.float32), (np.float64, np.float64),
+                                                    (np.float32, np.float32)])
+def test_equals_sparse_direct_solve(dtype, cycle_dtype):
     sigma = random_sigma_with_holes((14, 17, 12))
     faces = smooth_faces(sigma.shape)
     expected = direct_solve(sigma, faces)
-    solver = PotentialSolver(sigma, H, dtype=dtype, max_coarse=50)
+    solver = PotentialSolver(sigma, H, dtype=dtype, cycle_dtype=cycle_dtype, max_coarse=50)
     assert len(solver.levels) >= 3
     psi, info = solver.solve(faces, tol=1e-10 if dtype == np.float64 else 1e-7, maxiter=200)
     assert psi.dtype == dtype
@@ -118,7 +119,7 @@ def test_coarse_pseudo_inverse_is_moore_penrose():
     sigma[1:3, 1:5, 1:4] = 1.0
     sigma[4:6, 1:5, 1:4] = np.linspace(0.01, 2.0, 24).reshape(2, 4, 3)
     solver = PotentialSolver(sigma, H, max_coarse=5000)
-    w = solver.levels[0].w
+    w = solver.operator.w
     cells, pinv = coarse_pseudo_inverse(w)
     matrix, index = assemble_operator(np.pad(sigma, 1), H)
     assert np.array_equal(np.sort(index[index >= 0]), np.arange(cells.size))
@@ -199,9 +200,21 @@ def test_non_convergence_warns_and_reports():
     assert info["residual"] > 1e-12
 
 
+def test_float32_cycles_cost_no_iterations():
+    """Mixed precision (float64 CG, float32 cycles) converges like float64 cycles, far below float32 rounding."""
+    sigma = shell_sigma(24)
+    faces = smooth_faces(sigma.shape)
+    mixed = PotentialSolver(sigma, H, max_coarse=100).solve(faces, tol=1e-11)
+    double = PotentialSolver(sigma, H, cycle_dtype=np.float64, max_coarse=100).solve(faces, tol=1e-11)
+    assert mixed[1]["converged"] and mixed[1]["true_residual"] < 1e-10
+    assert mixed[1]["iterations"] <= double[1]["iterations"] + 1
+    assert np.linalg.norm(mixed[0] - double[0]) / np.linalg.norm(double[0]) < 1e-9
+
+
 def test_repr_lists_levels():
     solver = PotentialSolver(shell_sigma(20), H, max_coarse=100)
     text = repr(solver)
+    assert "float64 (float32 cycles)" in text
     assert f"Number of levels: {len(solver.levels)}" in text
     for level in solver.levels:
         assert "x".join(map(str, level.shape)) in text
@@ -249,7 +262,8 @@ class TestBadInput:
             solver.solve(faces, x0=np.zeros((8, 8, 7), dtype=np.float32))
 
     @pytest.mark.parametrize(("options", "error"), [
-        ({"dtype": np.int32}, TypeError), ({"dtype": np.float16}, TypeError), ({"cycle": "F"}, ValueError),
+        ({"dtype": np.int32}, TypeError), ({"dtype": np.float16}, TypeError), ({"cycle_dtype": "half"}, TypeError),
+        ({"cycle_dtype": np.float16}, TypeError), ({"cycle": "F"}, ValueError),
         ({"accel": "gmres"}, ValueError), ({"smoother": "sor"}, TypeError),
         ({"smoother": ("jacobi", {})}, ValueError), ({"smoother": ("sor", {"omega": 2.5})}, ValueError),
         ({"smoother": ("gauss_seidel", {"omega": 1.2})}, ValueError), ({"coarse_scale": 0}, ValueError),

@@ -42,7 +42,7 @@ def faces_for(shape, seed=1):
 
 def backends(dtype, shape=(11, 9, 8)):
     """A numba and a torch-on-CPU backend over the same hierarchy."""
-    solver = PotentialSolver(sigma_with_jumps(shape), H, dtype=dtype, max_coarse=20)
+    solver = PotentialSolver(sigma_with_jumps(shape), H, dtype=dtype, cycle_dtype=dtype, max_coarse=20)
     cells, pinv = mg.coarse_pseudo_inverse(solver.levels[-1].w)
     return (solver, mg.NumbaBackend(solver.levels, solver.dtype, cells, pinv),
             TorchBackend(solver.levels, solver.dtype, cells, pinv, "cpu"))
@@ -117,7 +117,8 @@ def test_full_solve_matches_numba(dtype, cycle):
     faces = faces_for(sigma.shape)
     results = {}
     for backend in ("numba", "torch"):
-        solver = PotentialSolver(sigma, H, dtype=dtype, backend=backend, cycle=cycle, max_coarse=30)
+        solver = PotentialSolver(sigma, H, dtype=dtype, cycle_dtype=dtype, backend=backend, cycle=cycle,
+                                 max_coarse=30)
         results[backend] = solver.solve(faces, tol=1e-6)
     (psi_numba, info_numba), (psi_torch, info_torch) = results["numba"], results["torch"]
     assert info_torch["backend"] == "torch"
@@ -127,6 +128,36 @@ def test_full_solve_matches_numba(dtype, cycle):
     assert abs(info_torch["iterations"] - info_numba["iterations"]) <= (1 if dtype == np.float32 else 0)
     error = np.abs(psi_torch - psi_numba).max() / np.abs(psi_numba).max()
     assert error < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_mixed_precision_matches_numba():
+    """float64 CG with float32 cycles: both backends reach the same float64 solution."""
+    sigma = sigma_with_jumps()
+    faces = faces_for(sigma.shape)
+    solutions = [PotentialSolver(sigma, H, backend=backend, max_coarse=30).solve(faces, tol=1e-10)
+                 for backend in ("numba", "torch")]
+    (psi_numba, info_numba), (psi_torch, info_torch) = solutions
+    assert psi_torch.dtype == np.float64 and info_torch["converged"] and info_numba["converged"]
+    assert abs(info_torch["iterations"] - info_numba["iterations"]) <= 1
+    assert np.abs(psi_torch - psi_numba).max() / np.abs(psi_numba).max() < 1e-8
+
+
+def test_cast_and_dot_pair_match_numba():
+    solver, numba_backend, torch_backend = backends(np.float64)
+    rng = np.random.default_rng(5)
+    shape = solver.levels[0].shape
+    conductive = mg._conductive_cells(solver.levels[0].w)
+    a, b, c = (rng.standard_normal(shape) * conductive for _ in range(3))
+    expected = (float(np.sum(a * b)), float(np.sum(c * b)))
+    assert numba_backend.dot_pair(a, b, c) == pytest.approx(expected, rel=1e-12)
+    assert torch_backend.dot_pair(*(torch_backend.from_numpy(v) for v in (a, b, c))) == pytest.approx(expected,
+                                                                                                      rel=1e-12)
+    host = np.zeros(shape, dtype=np.float32)
+    numba_backend.cast(0, a, host)
+    device = torch.zeros(shape, dtype=torch.float32)
+    torch_backend.cast(0, torch_backend.from_numpy(a), device)
+    np.testing.assert_array_equal(host, a.astype(np.float32))
+    np.testing.assert_array_equal(device.numpy(), host)
 
 
 def test_cuda_request_without_device_raises():
