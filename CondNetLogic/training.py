@@ -49,6 +49,7 @@ __all__ = [
     "scale_weights",
     "select_device",
     "train",
+    "train_step",
     "with_overrides",
 ]
 
@@ -222,6 +223,32 @@ def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[flo
     return total
 
 
+def train_step(model, optimiser, scaler, x, y) -> float:
+    """One optimiser step of the deep-supervised BCE on a batch; returns the loss.
+
+    The forward pass runs under float16 autocast when ``scaler`` is enabled (``torch.amp.GradScaler``,
+    CUDA), which also scales the loss against float16 gradient underflow; the loss itself is computed in
+    float32.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss is NaN or infinite (nothing is updated then).
+    """
+    import torch
+
+    optimiser.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        maps = model(x, deep_supervision=True)
+    loss = deep_supervision_loss(maps, y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}")
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+    return loss.item()
+
+
 @dataclass
 class TrainingResult:
     """What :func:`train` produced."""
@@ -389,16 +416,11 @@ def _train_direction(
             chunk = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = train_set.batch(chunk)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                maps = model(x, deep_supervision=True)
-            loss = deep_supervision_loss(maps, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{direction}: loss became {loss.item()} at epoch {epoch}, step {step + 1}")
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            running += loss.item() * len(chunk)
+            try:
+                loss = train_step(model, optimiser, scaler, x, y)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
+            running += loss * len(chunk)
             seen += len(chunk)
             bar.set_postfix(loss=f"{running / seen:.4f}")
             if progress is not None:

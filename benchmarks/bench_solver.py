@@ -161,9 +161,15 @@ def run_scipy_cg(matrix, b, maxiter=4000) -> dict:
 
 def machine() -> str:
     import numba
-    import pyamg
     import scipy
     import torch
+
+    try:
+        import pyamg
+
+        pyamg_version = pyamg.__version__
+    except ImportError:
+        pyamg_version = "not installed"
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -174,7 +180,7 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{cpu}, {os.cpu_count()} CPUs (numba threads {numba.get_num_threads()}), GPU {gpu}; "
             f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-            f"numba {numba.__version__}, torch {torch.__version__}, pyamg {pyamg.__version__}; "
+            f"numba {numba.__version__}, torch {torch.__version__}, pyamg {pyamg_version}; "
             f"load average {os.getloadavg()[0]:.1f}")
 
 

@@ -149,6 +149,18 @@ def test_progress_and_cancel(phantom, weights):
         predict_conductivity(phantom.t1, phantom.t2, weights=weights, cancel=lambda: len(seen) > 0)
 
 
+@pytest.mark.gpu
+def test_cuda_prediction_matches_cpu(phantom, weights):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
+    gpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cuda")
+    assert gpu.info["device"].startswith("cuda") and not gpu.info["fallbacks"]
+    # TF32 convolutions on the GPU round differently from float32 on the CPU.
+    np.testing.assert_allclose(gpu.conductivity["A"].array, cpu.conductivity["A"].array, atol=1e-2)
+    np.testing.assert_array_equal(gpu.head_mask.array, cpu.head_mask.array)
+
+
 class FakeRunner:
     """Identity 'network' (level = first input channel) that runs out of memory on demand."""
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 from _condnet_data import MODEL_SIZE, write_training_set
 
 from CondNetLogic.errors import Cancelled
-from CondNetLogic.network import CondNetConfig
+from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.training import (
     PRESETS,
     TrainingConfig,
@@ -16,6 +17,7 @@ from CondNetLogic.training import (
     scale_weights,
     select_device,
     train,
+    train_step,
     with_overrides,
 )
 from CondNetLogic.weights import load_weights
@@ -42,6 +44,39 @@ def test_loss_uses_pooled_targets_with_documented_weights():
     assert scale_weights(2) == pytest.approx([2 / 3, 1 / 3])
     with pytest.raises(ValueError, match="2 maps but 1 weights"):
         deep_supervision_loss([fine, coarse], target, weights=[1.0])
+
+
+def test_train_step_updates_and_rejects_a_non_finite_loss():
+    torch.manual_seed(0)
+    model = CondNet(NET)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.rand(2, 2, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="nan"):
+        train_step(model, optimiser, scaler, x, torch.full((2, 1, 32, 32), float("nan")))
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and "running" not in key:  # BN statistics move in any forward pass
+            torch.testing.assert_close(value, before[key])
+    loss = train_step(model, optimiser, scaler, x, torch.rand(2, 1, 32, 32) * 0.9)
+    assert isinstance(loss, float) and np.isfinite(loss)
+    assert not torch.equal(model.decoder_1.level_1.map.weight, before["decoder_1.level_1.map.weight"])
+
+
+@pytest.mark.gpu
+def test_cuda_step_with_mixed_precision_learns():
+    """float16 autocast with gradient scaling on a real GPU: the loss falls on a fixed batch."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    model = CondNet(NET).cuda()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.rand(4, 2, 64, 64, device="cuda")
+    y = torch.rand(4, 1, 64, 64, device="cuda") * 0.9
+    losses = [train_step(model, optimiser, scaler, x, y) for _ in range(20)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
 
 
 def test_presets_and_config_validation():
