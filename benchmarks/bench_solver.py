@@ -70,14 +70,14 @@ def _peak() -> float:
     return tracemalloc.get_traced_memory()[1] / 2**20
 
 
-def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", repeat=REPEAT) -> dict:
+def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compile=False, repeat=REPEAT) -> dict:
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     tracemalloc.start()
     start = time.perf_counter()
-    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device)
+    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device, compile=compile)
     setup = time.perf_counter() - start
     solver.solve(faces, tol=TOL, maxiter=1)  # warm-up: kernel compilation / CUDA context, not timed
     times = []
@@ -188,19 +188,27 @@ def benchmark(size: int, skip=()) -> list:
     sigma, spacing_m = head_conductivity(size)
     faces = dadt_faces(sigma.shape, spacing_m)
     rows = []
-    # (name, dtype of CG and solution, dtype of the multigrid cycles, device); the first is the default.
-    methods = [(OURS, np.float64, np.float32, "cpu"), ("condnet f64 numba f64cyc", np.float64, np.float64, "cpu"),
-               ("condnet f32 numba", np.float32, np.float32, "cpu")]
+    # (name, dtype of CG and solution, dtype of the multigrid cycles, device, torch.compile); the first is
+    # the default.
+    methods = [(OURS, np.float64, np.float32, "cpu", False),
+               ("condnet f64 numba f64cyc", np.float64, np.float64, "cpu", False),
+               ("condnet f32 numba", np.float32, np.float32, "cpu", False)]
     import torch
 
     if torch.cuda.is_available():
-        methods += [("condnet f64 torch cuda", np.float64, np.float32, "cuda"),
-                    ("condnet f32 torch cuda", np.float32, np.float32, "cuda")]
+        methods += [("condnet f64 torch cuda", np.float64, np.float32, "cuda", False),
+                    ("condnet f32 torch cuda", np.float32, np.float32, "cuda", False),
+                    ("condnet f32 torch cuda compiled", np.float32, np.float32, "cuda", True)]
     results = {}
-    for name, dtype, cycle_dtype, device in methods:
+    for name, dtype, cycle_dtype, device, compile in methods:
         if name.split()[0] + "-" + device in skip:
             continue
-        results[name] = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device)
+        try:
+            results[name] = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile)
+        except Exception as err:  # noqa: BLE001 - a failed GPU variant (compiler missing, out of memory) is reported
+            if device == "cpu":
+                raise
+            print(f"{size:4d} {name}: failed: {type(err).__name__}: {err}", flush=True)
     matrix, pinned_matrix, b, b_pinned, index, labels = _system(sigma, faces, spacing_m)
     reference = results["condnet f64 numba f64cyc"]["psi"] if "condnet f64 numba f64cyc" in results else None
     b_norm = np.linalg.norm(b)
@@ -281,14 +289,14 @@ def main(argv=None) -> int:
     if args.study:
         study(args.study)
         return 0
-    header = (f"{'n':>4} {'unknowns':>9} {'method':24s} {'setup s':>8} {'solve s':>8} {'iters':>5} "
+    header = (f"{'n':>4} {'unknowns':>9} {'method':32s} {'setup s':>8} {'solve s':>8} {'iters':>5} "
               f"{'rel.res':>8} {'conv':>4} {'peak MiB':>8} {'diff':>8} {'solve/ours':>10}")
     print(f"tolerance {TOL:g} (relative to ||b||); 'diff' = ||psi - psi_f64|| / ||psi_f64|| against float64 "
           f"cycles (f64cyc); ours = {OURS} (the default: float64 CG, float32 cycles)")
     print(header)
     for size in args.sizes:
         for row in benchmark(size, skip=set(args.skip)):
-            print(f"{row['size']:4d} {row['unknowns']:9d} {row['method']:24s} {row['setup_s']:8.3f} "
+            print(f"{row['size']:4d} {row['unknowns']:9d} {row['method']:32s} {row['setup_s']:8.3f} "
                   f"{row['solve_s']:8.3f} {row['iterations']:5d} {row['residual']:8.1e} "
                   f"{'yes' if row['converged'] else 'NO':>4} {row['peak_mib']:8.0f} {row['diff']:8.1e} "
                   f"{row['ratio']:10.2f}", flush=True)
