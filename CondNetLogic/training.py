@@ -491,6 +491,7 @@ def train(
     show_bar: bool = True,
     max_minutes: Optional[float] = None,
     init_weights: Optional[PathLike] = None,
+    combine_only: bool = False,
 ) -> TrainingResult:
     """Train CondNet networks for the given slicing directions and write one weights file.
 
@@ -528,6 +529,9 @@ def train(
         Start every direction from these weights instead of a random initialisation (fine-tuning); they
         must have the same network and hold every direction trained.  Their sha256 becomes part of the
         training configuration, so checkpoints of other starts are not resumed by mistake.
+    combine_only : bool
+        Train nothing: write the best networks of ``directions`` from their finished checkpoints in
+        ``out_dir`` (directions trained by separate commands, e.g. in parallel, with these settings).
 
     Returns
     -------
@@ -536,8 +540,9 @@ def train(
     Raises
     ------
     ValueError
-        For unknown directions, a network whose output count differs from the number of tables, or
-        a slice size the network cannot take.
+        For unknown directions, a network whose output count differs from the number of tables, a slice
+        size the network cannot take, or (``combine_only``) a direction without a finished checkpoint of
+        these settings.
     FileExistsError
         If ``weights_path`` exists and ``overwrite`` is false (checked before training starts).
     """
@@ -582,11 +587,18 @@ def train(
             return None
         return lambda f, m: progress(low + (high - low) * f, m)
 
-    subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size, progress=sub_progress(0, 0.05),
-                                 cancel=cancel)
     histories: Dict[str, List[dict]] = {}
     results: Dict[str, dict] = {}
-    for n, direction in enumerate(directions):
+    if combine_only:
+        results = _finished_elsewhere(out_dir, directions, network_config, config, histories)
+        missing = [d for d in directions if d not in results]
+        if missing:
+            raise ValueError(f"{out_dir} holds no finished checkpoint with these settings for {missing}: train "
+                             "them first, or pass the options they were trained with")
+    else:
+        subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size,
+                                     progress=sub_progress(0, 0.05), cancel=cancel)
+    for n, direction in enumerate([] if combine_only else directions):
         share = 0.95 / len(directions)
         results[direction] = _train_direction(
             direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
@@ -594,7 +606,9 @@ def train(
             show_bar=show_bar, histories=histories, max_minutes=max_minutes,
             init_state=None if init is None else init.state_dicts[direction],
         )
-    results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config, histories))
+    if not combine_only:
+        results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config,
+                                           histories))
     split = json.loads((Path(data_dir) / "split.json").read_text())
     training = {
         "data": {"dir": str(Path(data_dir).resolve()), "source": split.get("source"), "train": split["train"],

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's choice; 1 is faster when the CPU is shared)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--combine", action="store_true",
+                        help="train nothing: write the finished DIRECTIONS in OUT (each trained by its own command "
+                             "with these options) into one weights file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.out, weights_path=weights_path, network_config=CondNetConfig(**network), config=config,
         directions=args.directions, device=args.device, cache_dir=args.cache, resume=not args.no_resume,
         overwrite=args.overwrite, show_bar=not args.quiet, max_minutes=args.max_minutes,
-        init_weights=args.init_weights,
+        init_weights=args.init_weights, combine_only=args.combine,
     )
     for direction, best in result.best.items():
         print(f"{direction}: best validation loss {best['loss']:.5f} at epoch {best['epoch']}")

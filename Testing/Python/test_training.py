@@ -150,6 +150,32 @@ def test_directions_trained_separately_are_combined(training_set, tmp_path):
     assert load_weights(both.weights_path).directions == ("sagittal", "axial")
 
 
+def test_directions_trained_by_parallel_commands_are_combined(training_set, tmp_path):
+    from CondNetLogic.cli import main
+
+    kwargs = {"network_config": NET, "config": with_overrides(TINY, epochs=1), "device": "cpu", "show_bar": False}
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="no finished checkpoint"):
+        train(training_set, run, weights_path=tmp_path / "none.safetensors", directions=["axial"],
+              combine_only=True, **kwargs)
+    alone = {d: load_weights(train(training_set, run, weights_path=tmp_path / f"{d}.safetensors", directions=[d],
+                                   **kwargs).weights_path) for d in ("sagittal", "axial")}
+    options = ["train", "--data", str(training_set), "--out", str(run), "--depth", "3", "--epochs", "1",
+               "--slices-per-epoch", "8", "--val-slices", "4", "--size", str(MODEL_SIZE), "--seed", "3",
+               "--device", "cpu", "--quiet", "--combine", "--directions", "sagittal", "axial"]
+    assert main(options + ["--weights", str(tmp_path / "both.safetensors")]) == 0
+    both = load_weights(tmp_path / "both.safetensors")
+    assert set(both.directions) == {"sagittal", "axial"}
+    for direction, weights in alone.items():
+        for key, tensor in weights.state_dicts[direction].items():
+            torch.testing.assert_close(both.state_dicts[direction][key], tensor)
+    assert set(both.header["training"]["best_epoch"]) == {"sagittal", "axial"}
+    # Other settings (another seed) match no checkpoint: nothing is written.
+    assert main(options[:-4] + ["--seed", "4", "--combine", "--directions", "axial", "--weights",
+                                str(tmp_path / "other.safetensors")]) != 0
+    assert not (tmp_path / "other.safetensors").exists()
+
+
 def test_fine_tuning_starts_from_the_given_weights(training_set, tmp_path):
     kwargs = {"network_config": NET, "directions": ["axial"], "device": "cpu", "show_bar": False}
     first = train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors",
