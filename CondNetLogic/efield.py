@@ -49,7 +49,8 @@ class EFieldResult:
     e_magnitude : Volume (I, J, K) float32
         ``|E|`` in V/m.
     info : dict
-        ``iterations``, ``residual``, ``true_residual``, ``converged``, ``device``, ``tol``, ``didt``
+        ``iterations``, ``residual``, ``true_residual``, ``converged``, ``device``, ``fallbacks`` (CUDA
+        out-of-memory messages; the solve then ran on the CPU), ``tol``, ``didt``
         (A/s), ``coil_name``, ``coil_sha256``, ``coil_to_ras`` (nested list, mm), ``primary_field``
         (mode used) and ``timings`` (seconds: ``primary_field``, ``solve``, ``total``).
     """
@@ -328,6 +329,7 @@ class EFieldSimulation:
             "true_residual": float(solve_info["true_residual"]),
             "converged": bool(solve_info["converged"]),
             "device": str(solve_info["device"]),
+            "fallbacks": list(solve_info["fallbacks"]),
             "tol": self.tol,
             "didt": didt,
             "coil_name": coil.name,

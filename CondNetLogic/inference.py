@@ -23,7 +23,7 @@ import numpy as np
 
 from ._types import Progress
 from .conductivity import denormalise
-from .errors import Cancelled, WeightsError
+from .errors import Cancelled, WeightsError, is_out_of_memory
 from .volume import Volume
 from .weights import DIRECTIONS, CondNetWeights, load_weights
 
@@ -52,12 +52,6 @@ class Prediction:
     uncertainty: Dict[str, Volume]
     head_mask: Volume
     info: dict = field(default_factory=dict)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class _TorchRunner:
@@ -107,7 +101,7 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
         try:
             out = runner.forward(batch)
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             if state["batch_size"] > 1:
                 state["batch_size"] = max(1, state["batch_size"] // 2)

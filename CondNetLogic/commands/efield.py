@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         "didt_a_per_s": didt,
         "solver": {
             key: result.info[key]
-            for key in ("tol", "iterations", "residual", "true_residual", "converged", "device", "primary_field")
+            for key in ("tol", "iterations", "residual", "true_residual", "converged", "device", "fallbacks",
+                        "primary_field")
         },
         "dtype": args.dtype,
         "timings_s": result.info["timings"],

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import Cancelled
+from ..errors import Cancelled, is_out_of_memory
 from .spfd import (
     _check_spacing,
     conductor_components,
@@ -544,7 +544,9 @@ class PotentialSolver:
     spacing_m : float
         Isotropic voxel size in metres.
     device : {"cpu", "cuda", "auto"} or torch device string
-        ``"auto"`` picks CUDA when torch sees a device, else the CPU.
+        ``"auto"`` picks CUDA when torch sees a device, else the CPU.  When CUDA runs out of memory (while
+        setting up or solving) the solver goes on with the numba backend on the CPU, logs a warning and
+        lists the message in ``fallbacks`` and in each solve's ``info``.
     dtype : np.float64 or np.float32
         Precision of the solution: of the operator, the CG vectors and the residual tested against ``tol``
         (default float64).
@@ -632,9 +634,27 @@ class PotentialSolver:
         while self.levels[-1].unknowns > self.max_coarse and len(self.levels) < 24:
             wc = coarsen_faces(self.levels[-1].w, self.coarse_scale)
             self.levels.append(Level(wc, int(np.count_nonzero(_conductive_cells(wc))), row_bounds(wc)))
-        cells, pinv = coarse_pseudo_inverse(self.levels[-1].w)
+        self._coarse = coarse_pseudo_inverse(self.levels[-1].w)
         self.device = self._pick_device(device, backend)
-        if cycle == "auto":
+        if compile and self.backend_name != "torch":
+            raise ValueError("compile=True needs the torch backend")
+        self._cycle_requested = cycle
+        #: What happened instead of the request (a CUDA out-of-memory error moved the work to the CPU).
+        self.fallbacks: list = []
+        try:
+            self._build_backends(compile)
+        except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
+            self._fall_back_if_out_of_memory(err, "setting up")
+        self.time_setup_s = time.perf_counter() - start
+        logger.info("PotentialSolver: %d levels, %d unknowns, %d component(s), %s/%s %s, setup %.3f s",
+                    len(self.levels), self.levels[0].unknowns, self.components, self.backend_name, self.device,
+                    self.dtype, self.time_setup_s)
+
+    def _build_backends(self, compile: bool) -> None:
+        """The cycle backend (``cycle_dtype``, every level) and the CG one (``dtype``, level 0) for the device."""
+        cells, pinv = self._coarse
+        self._backend = self._outer = self._work = None
+        if self._cycle_requested == "auto":
             self.cycle = "V" if self.backend_name == "torch" else "W"
         if self.backend_name == "torch":
             from .torch_backend import TorchBackend
@@ -643,15 +663,23 @@ class PotentialSolver:
             self._outer = self._backend if self._same_dtypes else \
                 TorchBackend([self.operator], self.dtype, None, None, self.device)
         else:
-            if compile:
-                raise ValueError("compile=True needs the torch backend")
             self._backend = NumbaBackend(self.levels, self.cycle_dtype, cells, pinv)
             self._outer = self._backend if self._same_dtypes else NumbaBackend([self.operator], self.dtype)
-        self._work = None
-        self.time_setup_s = time.perf_counter() - start
-        logger.info("PotentialSolver: %d levels, %d unknowns, %d component(s), %s/%s %s, setup %.3f s",
-                    len(self.levels), self.levels[0].unknowns, self.components, self.backend_name, self.device,
-                    self.dtype, self.time_setup_s)
+
+    def _fall_back_if_out_of_memory(self, error: Exception, stage: str) -> None:
+        """Re-raise ``error`` unless it is a CUDA out-of-memory error; then go on with the numba backend (CPU)."""
+        if self.backend_name != "torch" or not self.device.startswith("cuda") or not is_out_of_memory(error):
+            raise error
+        message = (f"CUDA out of memory while {stage} the solver ({self.levels[0].unknowns} unknowns): "
+                   "continuing on the CPU (slower)")
+        logger.warning(message)
+        self.fallbacks.append(message)
+        self._backend = self._outer = self._work = None
+        import torch
+
+        torch.cuda.empty_cache()
+        self.device, self.backend_name = "cpu", "numba"
+        self._build_backends(compile=False)
 
     @property
     def _same_dtypes(self) -> bool:
@@ -810,7 +838,8 @@ class PotentialSolver:
         info : dict
             ``iterations``, ``residual`` (final relative residual of the iteration), ``true_residual``
             (recomputed from ``psi``), ``converged``, ``residuals`` (history), ``time_setup_s``,
-            ``time_solve_s``, ``device``, ``backend``, ``levels``, ``components``.
+            ``time_solve_s``, ``device``, ``backend``, ``levels``, ``components``, ``fallbacks`` (messages
+            for CUDA out-of-memory errors that moved the work to the CPU).
 
         Raises
         ------
@@ -830,10 +859,8 @@ class PotentialSolver:
         if int(maxiter) < 1:
             raise ValueError(f"maxiter must be >= 1; got {maxiter}")
         history = residuals if residuals is not None else []
+        first_entry = len(history)
         b_host = self.rhs(dadt_faces)
-        outer = self._outer
-        if self._work is None:
-            self._allocate()
         x_host = np.zeros(self._work_shape, dtype=self.dtype)
         if x0 is not None:
             if not isinstance(x0, np.ndarray) or x0.dtype != self.dtype:
@@ -850,10 +877,13 @@ class PotentialSolver:
             history.append(0.0)
             x_host.fill(0)
         else:
-            x = outer.from_numpy(x_host)
-            iterations, relative = self._iterate(x, outer.from_numpy(b_host), b_norm, tol, int(maxiter), callback,
-                                                 history, cancel)
-            x_host = np.ascontiguousarray(outer.to_numpy(x))
+            arguments = (x_host, b_host, b_norm, tol, int(maxiter), callback, history, cancel)
+            try:
+                iterations, relative, x_host = self._solve_on_backend(*arguments)
+            except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
+                self._fall_back_if_out_of_memory(err, "running")
+                del history[first_entry:]
+                iterations, relative, x_host = self._solve_on_backend(*arguments)
         project_components(x_host, self._labels, self.components)
         true_relative = self._true_residual(x_host, b_host, b_norm)
         psi = np.zeros(self.shape, dtype=self.dtype)
@@ -869,11 +899,24 @@ class PotentialSolver:
             "iterations": iterations, "residual": relative, "true_residual": true_relative,
             "converged": converged, "residuals": list(history), "time_setup_s": self.time_setup_s,
             "time_solve_s": time.perf_counter() - start, "device": self.device, "backend": self.backend_name,
-            "levels": len(self.levels), "components": self.components,
+            "levels": len(self.levels), "components": self.components, "fallbacks": list(self.fallbacks),
         }
         logger.info("SPFD solve: %d iterations, relative residual %.3g, %.3f s on %s", iterations, relative,
                     info["time_solve_s"], self.device)
         return psi, info
+
+    def _solve_on_backend(self, x_host, b_host, b_norm, tol, maxiter, callback, history, cancel) -> tuple:
+        """Copy to the backend, iterate, copy back: ``(iterations, relative residual, x on the host)``.
+
+        ``x_host`` may be overwritten (numba works in place); ``b_host`` is not modified.
+        """
+        outer = self._outer
+        if self._work is None:
+            self._allocate()
+        x = outer.from_numpy(x_host)
+        iterations, relative = self._iterate(x, outer.from_numpy(b_host), b_norm, tol, maxiter, callback, history,
+                                             cancel)
+        return iterations, relative, np.ascontiguousarray(outer.to_numpy(x))
 
     def _true_residual(self, x: np.ndarray, b: np.ndarray, b_norm: float) -> float:
         """``||b - L x|| / ||b||`` recomputed on the host in the solver dtype.

@@ -736,14 +736,18 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             simulation.primary_field = primaryField  # a per-solve choice; the built solver does not depend on it
             self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
-        except RuntimeError as err:
-            if "out of memory" not in str(err).lower():
+        except (RuntimeError, MemoryError) as err:
+            from CondNetLogic.errors import is_out_of_memory
+
+            if not is_out_of_memory(err):
                 raise
-            self._simulation = None  # free the GPU copy of the operator
+            self._simulation = None  # free the operator and its work arrays
             raise RuntimeError(
-                f"the {device} device ran out of memory while solving the E-field; choose device 'cpu' (slower, uses "
-                "main memory) or crop/resample the conductivity to a coarser grid"
+                f"out of memory while solving the E-field (device '{device}'; a GPU that runs out goes on on the "
+                "CPU by itself): close other programs, or crop/resample the conductivity to a coarser grid"
             ) from err
+        for note in result.info.get("fallbacks", []):
+            self.log(f"CondNet: {note}")
         stats = self._statistics(
             result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
         )

@@ -227,6 +227,16 @@ def test_out_of_memory_halves_the_batch_then_uses_the_cpu(error):
     assert "continuing on the CPU" in state["notes"][-1]
 
 
+def test_is_out_of_memory_recognises_torch_and_numpy_errors():
+    from CondNetLogic.errors import is_out_of_memory
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: ... out of memory"))
+    assert is_out_of_memory(MemoryError("Unable to allocate 2.00 GiB for an array"))
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
 def test_out_of_memory_on_cpu_at_batch_one_is_reported():
     class CpuOom(FakeRunner):
         def forward(self, batch):

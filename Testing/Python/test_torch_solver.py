@@ -160,6 +160,58 @@ def test_cast_and_dot_pair_match_numba():
     np.testing.assert_array_equal(device.numpy(), host)
 
 
+class _OutOfMemoryOnCuda(TorchBackend):
+    """The torch backend on the CPU, posing as CUDA: runs out of memory where ``fail_in`` says."""
+
+    fail_in = "init"
+
+    def __init__(self, levels, dtype, cells, pinv, device, *, compile=False):
+        assert device == "cuda"
+        if self.fail_in == "init":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        super().__init__(levels, dtype, cells, pinv, "cpu", compile=compile)
+
+    def sweep(self, level, x, b, omega, color):
+        if self.fail_in == "sweep":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+        super().sweep(level, x, b, omega, color)
+
+
+@pytest.mark.parametrize("fail_in", ["init", "sweep"])
+def test_cuda_out_of_memory_falls_back_to_the_cpu(monkeypatch, fail_in):
+    from CondNetLogic.solver import torch_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(_OutOfMemoryOnCuda, "fail_in", fail_in)
+    monkeypatch.setattr(torch_backend, "TorchBackend", _OutOfMemoryOnCuda)
+    sigma = sigma_with_jumps()
+    faces = faces_for(sigma.shape)
+    reference, _ = PotentialSolver(sigma, H, max_coarse=30).solve(faces, tol=1e-8)
+    solver = PotentialSolver(sigma, H, device="auto", max_coarse=30)
+    assert (solver.device, solver.backend_name) == (("cpu", "numba") if fail_in == "init" else ("cuda", "torch"))
+    residuals = []
+    psi, info = solver.solve(faces, tol=1e-8, residuals=residuals)
+    assert (info["device"], info["backend"], solver.cycle) == ("cpu", "numba", "W")
+    assert info["converged"] and len(info["fallbacks"]) == 1
+    assert "CUDA out of memory" in info["fallbacks"][0] and "continuing on the CPU" in info["fallbacks"][0]
+    assert residuals == info["residuals"] and residuals[0] == pytest.approx(1.0)  # one history, from the start
+    np.testing.assert_allclose(psi, reference, atol=1e-9 * np.abs(reference).max())
+
+
+def test_errors_other_than_out_of_memory_are_not_swallowed(monkeypatch):
+    from CondNetLogic.solver import torch_backend
+
+    class Broken(TorchBackend):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch_backend, "TorchBackend", Broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        PotentialSolver(sigma_with_jumps(), H, device="auto", max_coarse=30)
+
+
 def test_cuda_request_without_device_raises():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
