@@ -934,8 +934,8 @@ class PotentialSolver:
 
         CG uses the Polak-Ribiere form ``beta = z_new . (r_new - r_old) / (z_old . r_old)``
         ``= -alpha (z_new . q) / (z_old . r_old)`` (Notay 2000), which stays convergent when the
-        preconditioner is not exactly symmetric (float32 cycles; the torch and numba sweeps round
-        differently); for an exactly symmetric one it equals the classical ``r_new . z_new / r_old . z_old``.
+        preconditioner is not exactly symmetric (float32 cycles); for an exactly symmetric one it equals the
+        classical ``r_new . z_new / r_old . z_old``.
         """
         outer = self._outer
         work = self._work
