@@ -41,12 +41,14 @@ from .errors import Cancelled
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
+    "LR_SCHEDULES",
     "PRESETS",
     "TrainingConfig",
     "TrainingResult",
     "deep_supervision_loss",
     "plot_loss_curves",
     "scale_weights",
+    "scheduled_lr",
     "select_device",
     "train",
     "train_step",
@@ -55,6 +57,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_VERSION = 1
+
+
+#: Step-size schedules of :class:`TrainingConfig`.
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(config: "TrainingConfig", step: int, total_steps: int) -> float:
+    """Adam step size for step ``step`` (0-based) of ``total_steps`` under ``config.lr_schedule``.
+
+    >>> scheduled_lr(TrainingConfig(learning_rate=1e-3, lr_schedule="cosine"), 50, 100)
+    0.0005
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return 0.5 * config.learning_rate * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,10 @@ class TrainingConfig:
         Slices per step; paper: 4.
     learning_rate : float
         Adam step size (the paper does not give one; 1e-3 is Adam's default).
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"`` lowers the step size from ``learning_rate`` to 0 along a half cosine over all steps of
+        ``epochs`` (set per step from the step number, so a resumed run continues the same curve);
+        the paper gives none (constant).
     slices_per_epoch : int or None
         Random subset of training slices drawn afresh each epoch; None = all (paper).
     val_slices : int or None
@@ -91,6 +112,7 @@ class TrainingConfig:
     epochs: int = 50
     batch_size: int = 4
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     slices_per_epoch: Optional[int] = None
     val_slices: Optional[int] = None
     val_fraction: float = 0.1
@@ -115,6 +137,8 @@ class TrainingConfig:
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {self.lr_schedule!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if not 0 <= self.tau < 1:
@@ -416,6 +440,8 @@ def _train_direction(
             chunk = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = train_set.batch(chunk)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            for group in optimiser.param_groups:
+                group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
             try:
                 loss = train_step(model, optimiser, scaler, x, y)
             except FloatingPointError as err:

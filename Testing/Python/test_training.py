@@ -15,6 +15,7 @@ from CondNetLogic.training import (
     TrainingConfig,
     deep_supervision_loss,
     scale_weights,
+    scheduled_lr,
     select_device,
     train,
     train_step,
@@ -95,6 +96,24 @@ def test_presets_and_config_validation():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             select_device("cuda")
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run(training_set, tmp_path):
+    cosine = with_overrides(TINY, learning_rate=1e-3, lr_schedule="cosine")
+    assert scheduled_lr(cosine, 0, 10) == pytest.approx(1e-3)
+    assert scheduled_lr(cosine, 5, 10) == pytest.approx(5e-4)
+    assert scheduled_lr(cosine, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(TINY, 7, 10) == TINY.learning_rate
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainingConfig(lr_schedule="linear")
+    result = train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+                   config=cosine, directions=["axial"], device="cpu", show_bar=False)
+    steps = result.history["axial"][-1]["steps"]
+    checkpoint = torch.load(tmp_path / "run" / "axial" / "checkpoint.pt", weights_only=True)
+    last_lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(scheduled_lr(cosine, cosine.epochs * steps - 1, cosine.epochs * steps))
+    assert last_lr < 0.5 * cosine.learning_rate
+    assert load_weights(result.weights_path).header["training"]["config"]["lr_schedule"] == "cosine"
 
 
 def test_tiny_run_resume_and_outputs(training_set, tmp_path):
