@@ -28,7 +28,7 @@ Design (paper Sec. III-C solves Eq. 4 "based on a multi-grid method with success
 * Mixed precision: CG, the operator it applies and the returned potential are in ``dtype`` (float64 by
   default) while the cycles run in ``cycle_dtype`` (float32 by default), on their own copy of the level
   conductances; the residual is cast down before a cycle and the correction cast up after it.  The
-  smoother is memory bound, so float32 cycles take about 0.7x the time, and the float64 residual keeps
+  smoother is memory bound, so float32 cycles take less time (0.75-0.9x), and the float64 residual keeps
   falling to 1e-11 and below (a float32 solve stalls near 1e-5).  CG is the flexible (Polak-Ribiere) form,
   which tolerates the slightly non-symmetric rounding of such a preconditioner (Notay 2000).
 * Pure Neumann problem: the right-hand side is projected onto the range of the operator (zero sum per
@@ -554,9 +554,8 @@ class PotentialSolver:
         Precision of the multigrid preconditioner (default float32).  A preconditioner only has to
         approximate the inverse, so float32 cycles cost half the memory traffic of float64 ones while CG in
         ``dtype`` still reaches its residual (mixed-precision MG-PCG; flexible CG absorbs the rounding
-        asymmetry of the cycle).  Measured at 256^3: 1.4x faster than float64 cycles for the same
-        iterations (``benchmarks/bench_solver.py``, 256^3 head phantom: 0.97 s against 1.32 s, 8 iterations
-        each, on a 2-core CPU).
+        asymmetry of the cycle).  Measured with ``benchmarks/bench_solver.py`` on a 256^3 head phantom
+        (2-core CPU, 8 iterations each): 0.97 s against 1.11-1.32 s with float64 cycles.
     smoother : (name, kwargs)
         ``("sor", {"omega": 1.15, "sweeps": 2})`` red-black SOR with ``sweeps`` pre- and post-smoothing
         steps (default); ``("gauss_seidel", {"sweeps": 2})`` is the same with ``omega = 1``.
