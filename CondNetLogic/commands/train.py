@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = with_overrides(
         PRESETS[args.preset], epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        lr_schedule=args.lr_schedule, slices_per_epoch=args.slices_per_epoch, val_slices=args.val_slices, seed=args.seed, size=args.size,
-        tables=tuple(args.tables) if args.tables else None,
+        lr_schedule=args.lr_schedule, slices_per_epoch=args.slices_per_epoch, val_slices=args.val_slices,
+        seed=args.seed, size=args.size, tables=tuple(args.tables) if args.tables else None,
     )
     network = {"in_channels": 1 if args.t1_only else 2, "out_channels": len(config.tables)}
     if args.depth is not None:
