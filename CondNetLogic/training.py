@@ -63,7 +63,7 @@ _CHECKPOINT_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def scheduled_lr(config: "TrainingConfig", step: int, total_steps: int) -> float:
+def scheduled_lr(config: TrainingConfig, step: int, total_steps: int) -> float:
     """Adam step size for step ``step`` (0-based) of ``total_steps`` under ``config.lr_schedule``.
 
     >>> scheduled_lr(TrainingConfig(learning_rate=1e-3, lr_schedule="cosine"), 50, 100)

@@ -155,7 +155,8 @@ def test_cuda_prediction_matches_cpu(phantom, weights):
         pytest.skip("needs a CUDA device")
     cpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
     gpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cuda")
-    assert gpu.info["device"].startswith("cuda") and not gpu.info["fallbacks"]
+    assert gpu.info["device"].startswith("cuda")
+    assert not gpu.info["fallbacks"]
     # TF32 convolutions on the GPU round differently from float32 on the CPU.
     np.testing.assert_allclose(gpu.conductivity["A"].array, cpu.conductivity["A"].array, atol=1e-2)
     np.testing.assert_array_equal(gpu.head_mask.array, cpu.head_mask.array)

@@ -137,7 +137,9 @@ def test_mixed_precision_matches_numba():
     solutions = [PotentialSolver(sigma, H, backend=backend, max_coarse=30).solve(faces, tol=1e-10)
                  for backend in ("numba", "torch")]
     (psi_numba, info_numba), (psi_torch, info_torch) = solutions
-    assert psi_torch.dtype == np.float64 and info_torch["converged"] and info_numba["converged"]
+    assert psi_torch.dtype == np.float64
+    assert info_torch["converged"]
+    assert info_numba["converged"]
     assert abs(info_torch["iterations"] - info_numba["iterations"]) <= 1
     assert np.abs(psi_torch - psi_numba).max() / np.abs(psi_numba).max() < 1e-8
 
@@ -193,9 +195,12 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu(monkeypatch, fail_in):
     residuals = []
     psi, info = solver.solve(faces, tol=1e-8, residuals=residuals)
     assert (info["device"], info["backend"], solver.cycle) == ("cpu", "numba", "W")
-    assert info["converged"] and len(info["fallbacks"]) == 1
-    assert "CUDA out of memory" in info["fallbacks"][0] and "continuing on the CPU" in info["fallbacks"][0]
-    assert residuals == info["residuals"] and residuals[0] == pytest.approx(1.0)  # one history, from the start
+    assert info["converged"]
+    assert len(info["fallbacks"]) == 1
+    assert "CUDA out of memory" in info["fallbacks"][0]
+    assert "continuing on the CPU" in info["fallbacks"][0]
+    assert residuals == info["residuals"]
+    assert residuals[0] == pytest.approx(1.0)
     np.testing.assert_allclose(psi, reference, atol=1e-9 * np.abs(reference).max())
 
 
