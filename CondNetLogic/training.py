@@ -624,15 +624,14 @@ def train(
     else:
         subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size,
                                      progress=sub_progress(0, 0.05), cancel=cancel)
-    for n, direction in enumerate([] if combine_only else directions):
-        share = 0.95 / len(directions)
-        results[direction] = _train_direction(
-            direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
-            resume=resume, progress=sub_progress(0.05 + n * share, 0.05 + (n + 1) * share), cancel=cancel,
-            show_bar=show_bar, histories=histories, max_minutes=max_minutes,
-            init_state=None if init is None else init.state_dicts[direction],
-        )
-    if not combine_only:
+        for n, direction in enumerate(directions):
+            share = 0.95 / len(directions)
+            results[direction] = _train_direction(
+                direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
+                resume=resume, progress=sub_progress(0.05 + n * share, 0.05 + (n + 1) * share), cancel=cancel,
+                show_bar=show_bar, histories=histories, max_minutes=max_minutes,
+                init_state=None if init is None else init.state_dicts[direction],
+            )
         results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config,
                                            histories))
     split = json.loads((Path(data_dir) / "split.json").read_text())

@@ -440,7 +440,7 @@ class NumbaBackend:
         self.rows = [level.rows for level in levels]
         self.cells = cells
         # The coarsest solve reads the whole dense matrix each time: keep it in the working dtype.
-        self.pinv = None if pinv is None else pinv.astype(self.dtype)
+        self.pinv = None if pinv is None else pinv.astype(self.dtype, copy=False)
         self._coarse_r = np.zeros(levels[-1].shape, dtype=dtype) if pinv is not None else None
         self._set_threads = numba.set_num_threads
         most = numba.get_num_threads()
