@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = sub_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: missing, existing or unreadable files
         print(f"condnet {known.command}: error: {err}", file=sys.stderr)
         return 2
 

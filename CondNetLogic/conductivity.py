@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_TAU",
+    "SHIPPED_MAPPINGS",
     "TABLE_A",
     "TABLE_B",
     "TABLES",
@@ -30,6 +31,7 @@ __all__ = [
     "ConductivityTable",
     "denormalise",
     "get_table",
+    "label_mapping_path",
     "labels_to_tissues",
     "load_table",
     "normalise",
@@ -89,6 +91,8 @@ class ConductivityTable:
                 raise ValueError(f"table {self.name!r}: conductivity of {tissue} must be >= 0 S/m, got {value}")
             values[tissue] = value
         values["air"] = 0.0
+        if max(values.values()) <= 0:
+            raise ValueError(f"table {self.name!r}: no tissue has a positive conductivity (Eq. 3 needs max(sigma) > 0)")
         object.__setattr__(self, "values", values)
 
     @property
@@ -160,10 +164,42 @@ def load_table(path: str | os.PathLike) -> ConductivityTable:
 
 
 def get_table(name_or_path: str | os.PathLike) -> ConductivityTable:
-    """``"A"`` or ``"B"`` (Table I) or the path of a user table."""
+    """``"A"`` or ``"B"`` (Table I) or the path of a user table.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is neither A, B nor an existing file.
+    ValueError
+        If the file is malformed (:func:`load_table`).
+    """
     if str(name_or_path).upper() in TABLES:
         return TABLES[str(name_or_path).upper()]
+    if not Path(name_or_path).is_file():
+        raise FileNotFoundError(f"conductivity table {str(name_or_path)!r} is neither 'A', 'B' nor an existing "
+                                "JSON/CSV table file")
     return load_table(name_or_path)
+
+
+#: Names of the shipped label mappings (``Resources/tissue_maps/<name>_labels.csv``).
+SHIPPED_MAPPINGS = ("synthseg", "samseg")
+
+
+def label_mapping_path(name_or_path: str | os.PathLike) -> Path:
+    """Path of a label mapping: a shipped one by name (:data:`SHIPPED_MAPPINGS`) or a CSV file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is neither a shipped name nor an existing file.
+    """
+    if str(name_or_path) in SHIPPED_MAPPINGS:
+        return resource_path("tissue_maps", f"{name_or_path}_labels.csv")
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label mapping {str(name_or_path)!r} is neither "
+                                f"{' nor '.join(repr(n) for n in SHIPPED_MAPPINGS)} nor an existing CSV file")
+    return path
 
 
 def read_label_mapping(path: str | os.PathLike) -> dict:

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ._types import PathLike
-from .conductivity import ConductivityTable, normalise
+from .conductivity import TISSUES, ConductivityTable, normalise
 from .errors import Cancelled
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "CachedSubject",
     "SliceDataset",
     "SliceIndex",
+    "check_table_coverage",
     "level_lookup",
     "load_subject",
     "load_training_set",
@@ -171,8 +172,27 @@ def load_subject(
     return CachedSubject(subject_dir.name, *arrays)
 
 
+def check_table_coverage(subjects: Sequence[CachedSubject], tables: Sequence[ConductivityTable]) -> None:
+    """Raise ``ValueError`` naming the tissues of ``subjects`` that a table lacks (never a silent 0 S/m target)."""
+    present = np.zeros(len(TISSUES), dtype=bool)
+    for subject in subjects:
+        counts = np.bincount(np.asarray(subject.tissues).ravel(), minlength=len(TISSUES))
+        if len(counts) > len(TISSUES):
+            raise ValueError(f"{subject.subject_id}: tissue index {len(counts) - 1} out of range "
+                             f"(0..{len(TISSUES) - 1})")
+        present |= counts > 0
+    for table in tables:
+        lacking = [TISSUES[t] for t in np.flatnonzero(present & np.isnan(table.lookup()))]
+        if lacking:
+            raise ValueError(f"conductivity table {table.name!r} has no value for tissues {lacking} of the "
+                             "training maps; add them to the table")
+
+
 def level_lookup(tables: Sequence[ConductivityTable], tau: float) -> np.ndarray:
-    """Target lookup: float32 array (V, n_tissues) of normalised levels (Sec. III-A) per tissue index."""
+    """Target lookup: float32 array (V, n_tissues) of normalised levels (Sec. III-A) per tissue index.
+
+    Tissues a table lacks get level 0; :func:`check_table_coverage` rejects data that holds them.
+    """
     rows = []
     for table in tables:
         sigma = np.nan_to_num(table.lookup(), nan=0.0)

@@ -25,7 +25,13 @@ from .errors import Cancelled
 from .primary_field import MM_TO_M, PrimaryFieldGrid, cached_grid, dadt_faces
 from .volume import Volume
 
-__all__ = ["PRIMARY_FIELD_MODES", "EFieldResult", "EFieldSimulation"]
+__all__ = [
+    "PRIMARY_FIELD_MODES",
+    "EFieldResult",
+    "EFieldSimulation",
+    "check_wire_outside",
+    "validate_conductivity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,43 @@ PRIMARY_FIELD_MODES = ("auto", "direct", "grid")
 
 #: Wires closer than this to a conducting face midpoint are rejected (mm).
 MIN_WIRE_DISTANCE_MM = 1.0
+
+
+def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) -> None:
+    """Raise ``ValueError`` if a coil wire runs through a conducting voxel (wires sampled every quarter voxel).
+
+    Parameters
+    ----------
+    coil : Coil
+    coil_to_ras : array (4, 4)
+        Coil pose, mm.
+    conducting : Volume of bool (I, J, K)
+        True where the conductivity is > 0 (isotropic voxels).
+
+    Notes
+    -----
+    A cheap test, run before any solver is built.  :func:`~CondNetLogic.primary_field.dadt_faces` then also
+    rejects wires within ``MIN_WIRE_DISTANCE_MM`` of a conducting face midpoint.
+    """
+    segments = coil.segments_ras_mm(coil_to_ras)
+    step_mm = 0.25 * float(conducting.spacing[0])
+    lengths = np.linalg.norm(segments[:, 1] - segments[:, 0], axis=1)
+    counts = np.maximum(np.ceil(lengths / step_mm).astype(np.int64), 1)
+    fractions = np.concatenate([np.arange(n + 1) / n for n in counts])
+    starts = np.repeat(segments[:, 0], counts + 1, axis=0)
+    ends = np.repeat(segments[:, 1], counts + 1, axis=0)
+    points = starts + fractions[:, None] * (ends - starts)
+    ijk = np.rint(conducting.ras_to_ijk_points(points)).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < np.array(conducting.shape)), axis=1)
+    hits = inside.copy()
+    hits[inside] = conducting.array[tuple(ijk[inside].T)]
+    if np.any(hits):
+        where = points[np.argmax(hits)]
+        raise ValueError(
+            f"the coil wire passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
+            f"{where[2]:.1f}) mm: place the coil outside the scalp (check the normal points into the head "
+            "and the scalp offset)"
+        )
 
 
 @dataclass
@@ -60,7 +103,17 @@ class EFieldResult:
     info: dict = field(default_factory=dict)
 
 
-def _validate_conductivity(conductivity: Volume) -> np.ndarray:
+def validate_conductivity(conductivity: Volume) -> np.ndarray:
+    """Check a conductivity volume for the solver; returns its values as float64 (S/m).
+
+    Raises
+    ------
+    TypeError
+        If it is not a :class:`Volume` of real numbers.
+    ValueError
+        If it is not 3D scalar, holds NaN/inf or negative values, has anisotropic or sheared voxels, or no
+        voxel conducts.
+    """
     if not isinstance(conductivity, Volume):
         raise TypeError(f"conductivity must be a Volume; got {type(conductivity).__name__}")
     sigma = conductivity.array
@@ -155,7 +208,7 @@ class EFieldSimulation:
         from .solver import PotentialSolver
 
         start = time.perf_counter()
-        sigma = _validate_conductivity(conductivity)
+        sigma = validate_conductivity(conductivity)
         if primary_field not in PRIMARY_FIELD_MODES:
             raise ValueError(f"primary_field must be one of {PRIMARY_FIELD_MODES}; got {primary_field!r}")
         if not 0 < tol < 1:
@@ -205,35 +258,14 @@ class EFieldSimulation:
         m = self._mask
         return int((m[1:] & m[:-1]).sum() + (m[:, 1:] & m[:, :-1]).sum() + (m[:, :, 1:] & m[:, :, :-1]).sum())
 
-    def _check_wire_outside(self, coil: Coil, coil_to_ras: np.ndarray) -> None:
-        """Raise if a wire runs through a conducting voxel (sampled at a quarter voxel)."""
-        segments = coil.segments_ras_mm(coil_to_ras)
-        step_mm = 0.25 * self.spacing_m / MM_TO_M
-        lengths = np.linalg.norm(segments[:, 1] - segments[:, 0], axis=1)
-        counts = np.maximum(np.ceil(lengths / step_mm).astype(np.int64), 1)
-        fractions = np.concatenate([np.arange(n + 1) / n for n in counts])
-        starts = np.repeat(segments[:, 0], counts + 1, axis=0)
-        ends = np.repeat(segments[:, 1], counts + 1, axis=0)
-        points = starts + fractions[:, None] * (ends - starts)
-        ijk = np.rint(self._geometry.ras_to_ijk_points(points)).astype(np.int64)
-        inside = np.all((ijk >= 0) & (ijk < np.array(self._sigma.shape)), axis=1)
-        hits = inside.copy()
-        hits[inside] = self._mask[tuple(ijk[inside].T)]
-        if np.any(hits):
-            where = points[np.argmax(hits)]
-            raise ValueError(
-                f"the coil wire passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
-                f"{where[2]:.1f}) mm: place the coil outside the scalp (check the normal points into the head "
-                "and the scalp offset)"
-            )
-
-    def _grid_for(self, coil: Coil, progress) -> PrimaryFieldGrid:
+    def _grid_for(self, coil: Coil, progress, cancel) -> PrimaryFieldGrid:
         grid = self._grids.get(coil.sha256)
         if grid is None:
             if self.grid_cache_dir is None:
-                grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress)
+                grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress, cancel=cancel)
             else:
-                grid = cached_grid(coil, self.grid_cache_dir, spacing_mm=self.grid_spacing_mm, progress=progress)
+                grid = cached_grid(coil, self.grid_cache_dir, spacing_mm=self.grid_spacing_mm, progress=progress,
+                                   cancel=cancel)
             self._grids[coil.sha256] = grid
         return grid
 
@@ -269,7 +301,9 @@ class EFieldSimulation:
         TypeError
             If ``coil`` is not a :class:`Coil`.
         ValueError
-            For a bad pose or ``didt``, or a coil wire inside the head or within 1 mm of it.
+            For a bad pose or ``didt``, or a coil wire inside the head or within ``MIN_WIRE_DISTANCE_MM``
+            (1 mm) of a conducting face midpoint (faces lie on voxel-centre planes, so a wire may come up to
+            half a voxel closer to the staircase surface of the head).
         Cancelled
             When ``cancel()`` returns true.
         """
@@ -291,18 +325,19 @@ class EFieldSimulation:
                 raise Cancelled("E-field simulation cancelled")
 
         start = time.perf_counter()
-        self._check_wire_outside(coil, pose)
+        check_wire_outside(coil, pose, Volume(self._mask, self._geometry.ijk_to_ras))
         mode = self.primary_field
         if mode == "auto":
             grid_nodes = int(np.prod(PrimaryFieldGrid.grid_shape(self.grid_spacing_mm)))
             mode = "grid" if coil.sha256 in self._grids or self.n_faces > grid_nodes else "direct"
         grid = None
         if mode == "grid":
-            grid = self._grid_for(coil, lambda f, m: report(0.25 * f, m))
+            grid = self._grid_for(coil, lambda f, m: report(0.25 * f, m), cancel)
         check_cancel()
         report(0.25, f"primary field ({mode})")
         faces = dadt_faces(
-            self._geometry, coil, pose, didt, mask=self._mask, grid=grid, min_distance_mm=MIN_WIRE_DISTANCE_MM
+            self._geometry, coil, pose, didt, mask=self._mask, grid=grid, min_distance_mm=MIN_WIRE_DISTANCE_MM,
+            progress=lambda f, m: report(0.25 + 0.05 * f, m), cancel=cancel,
         )
         time_primary = time.perf_counter() - start
         check_cancel()

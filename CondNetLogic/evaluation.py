@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ __all__ = [
     "comparison_figure",
     "evaluate_prediction",
     "markdown_table",
+    "report_paths",
     "skin_shell",
     "write_report",
 ]
@@ -262,6 +263,20 @@ def comparison_figure(t1: Volume, t2: Optional[Volume], uniform: Volume, condnet
     return path
 
 
+def report_paths(out_dir: PathLike, table_names: Sequence[str], *, overwrite: bool = False) -> Dict[str, Path]:
+    """Paths :func:`write_report` writes for these tables; ``FileExistsError`` if one exists and not ``overwrite``.
+
+    Call it before a long prediction, so existing results are refused before any work is done.
+    """
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md",
+             **{f"figure_{n}": out_dir / f"comparison_{n}.png" for n in table_names}}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"outputs exist: {existing}; pass overwrite=True (--overwrite) to replace them")
+    return paths
+
+
 def write_report(evaluation: Evaluation, prediction, out_dir: PathLike, *, t1: Volume, t2: Optional[Volume],
                  extra: Optional[dict] = None, overwrite: bool = False) -> Dict[str, Path]:
     """Write ``evaluation.json``, ``evaluation.md`` and ``comparison_<table>.png`` into ``out_dir``.
@@ -273,11 +288,7 @@ def write_report(evaluation: Evaluation, prediction, out_dir: PathLike, *, t1: V
     """
     out_dir = Path(out_dir)
     names = list(evaluation.report["tables"])
-    paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md",
-             **{f"figure_{n}": out_dir / f"comparison_{n}.png" for n in names}}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"outputs exist: {existing}; pass overwrite=True (--overwrite) to replace them")
+    paths = report_paths(out_dir, names, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**evaluation.report, "prediction": prediction.info, **(extra or {})}
     paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")

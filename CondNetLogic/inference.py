@@ -308,6 +308,7 @@ def predict_conductivity(
         "tables": [t.name for t in weights.tables],
         "table_values": {t.name: dict(t.values) for t in weights.tables},
         "t2_used": t2 is not None,
+        "t2_head_coverage": pair.t2_coverage,
         "register": register,
         "model_grid": pair.grid.to_dict(),
         "timings_s": timings,

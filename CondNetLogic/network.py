@@ -30,7 +30,9 @@ states it here (``N`` = slice size, 256 in the paper; level ``i`` works at ``N /
   but its finest output is a single ``[2**8]**2`` image; one channel per level and track is the only
   reading that gives one conductivity map per table.
 * All convolutions use "same" zero padding, so the slice size must be divisible by ``2**(I-1)``
-  (checked in :meth:`CondNet.forward`; 256 and any multiple of 32 work for ``I = 6``).
+  (checked in :meth:`CondNet.forward`; 256 and any multiple of 32 work for ``I = 6``).  Training needs at
+  least ``2**I`` (the deepest level at 2 x 2: batch statistics of a single 1 x 1 value are undefined), and
+  so does instance normalisation at any time.
 
 ``forward`` returns logits; the sigmoid is applied by the loss (``BCEWithLogitsLoss``) and by
 inference.
@@ -298,6 +300,9 @@ class CondNet(nn.Module):
             raise ValueError(
                 f"slice size {tuple(x.shape[2:])} must be divisible by 2**(depth-1) = {multiple}"
             )
+        if config.norm == "instance" and min(x.shape[2:]) < 2 * multiple:
+            raise ValueError(f"slice size {tuple(x.shape[2:])}: instance normalisation needs at least 2**depth = "
+                             f"{2 * multiple} pixels per side (the deepest level at 2 x 2)")
         tracks = [getattr(self, f"encoder_{u}")(x[:, u - 1:u]) for u in range(1, config.in_channels + 1)]
         hub = torch.cat([track[-1] for track in tracks], dim=1)
         skips_per_level = [[track[level] for track in tracks] for level in range(config.depth - 1)]

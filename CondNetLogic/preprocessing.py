@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 
 _REGISTRATION_SAMPLES = 50_000
+#: Below this share of the head inside the T2's field of view, :func:`prepare_pair` refuses the pair.
+MIN_T2_HEAD_COVERAGE = 0.5
+#: Head-mask share of the T1's field of view above which the image is taken to have no air around the head.
+MAX_HEAD_FILL = 0.95
 
 
 def validate_mri(volume: Volume, *, name: str) -> None:
@@ -358,6 +362,8 @@ def head_mask(volume: Volume) -> np.ndarray:
     validate_mri(volume, name="image for the head mask")
     array = volume.array.astype(np.float32)
     low, high = array.min(), np.percentile(array, 99.5)
+    if high <= low:  # fewer than 0.5 % of the voxels above the darkest value: clip at the maximum instead
+        high = array.max()
     threshold = low + 0.5 * (_resample.otsu_threshold(np.minimum(array, high).ravel()) - low)
     labels, _ = ndimage.label(array > threshold)
     sizes = np.bincount(labels.ravel())
@@ -645,12 +651,37 @@ class PreparedPair:
         Head mask on the model grid.
     grid : ModelGrid
         The model grid; ``grid.to_reference`` puts results back onto the T1 grid.
+    t2_coverage : float or None
+        Share of the head mask inside the T2's field of view (1.0: all of it); None without a T2.
     """
 
     t1: np.ndarray
     t2: Optional[np.ndarray]
     mask: np.ndarray
     grid: ModelGrid
+    t2_coverage: Optional[float] = None
+
+
+def _head_fill(t1: Volume, max_size: int = 64) -> float:
+    """Share of the T1's field of view that :func:`head_mask` calls head, on a copy subsampled to ``max_size``."""
+    step = max(1, -(-max(t1.shape) // max_size))
+    small = t1.array[::step, ::step, ::step]
+    if min(small.shape) < 2 or small.min() == small.max():
+        return 0.0  # too little left to judge; the full-resolution checks still apply
+    return float(head_mask(Volume(small, t1.ijk_to_ras @ np.diag([step, step, step, 1.0]))).mean())
+
+
+def _head_coverage(mask: np.ndarray, grid: ModelGrid, other: Volume, step: int = 2) -> float:
+    """Share of the head mask (sampled every ``step`` voxels) that lies inside ``other``'s field of view."""
+    ijk = np.argwhere(mask[::step, ::step, ::step]) * step
+    if len(ijk) == 0:
+        return 0.0
+    return float(_inside(ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3], other).mean())
+
+
+def _inside(points_ras: np.ndarray, volume: Volume) -> np.ndarray:
+    ijk = volume.ras_to_ijk_points(points_ras)
+    return np.all((ijk >= -0.5) & (ijk <= np.asarray(volume.shape[:3]) - 0.5), axis=1)
 
 
 def prepare_pair(
@@ -689,9 +720,16 @@ def prepare_pair(
     Raises
     ------
     ValueError
-        If a scan fails :func:`validate_mri` or T1 and T2 do not overlap (:func:`check_overlap`).
+        If a scan fails :func:`validate_mri`, T1 and T2 do not overlap (:func:`check_overlap`), the T1's head
+        mask fills more than ``MAX_HEAD_FILL`` of its field of view (no air around the head: not a head
+        scan), or less than ``MIN_T2_HEAD_COVERAGE`` of the head lies inside the T2's field of view.
     Cancelled
         If ``cancel()`` returned true.
+
+    Notes
+    -----
+    A T2 that covers between ``MIN_T2_HEAD_COVERAGE`` and 99 % of the head is used with a logged warning:
+    the network sees no T2 signal in the rest of the head, so the conductivity there is unreliable.
     """
     def step(fraction: float, message: str) -> None:
         if cancel is not None and cancel():
@@ -726,7 +764,25 @@ def prepare_pair(
         t2_model = grid.to_model(t2)
     step(0.9, "head mask and intensity scaling")
     mask = head_mask(grid.as_volume(t1_model))
+    fill = _head_fill(t1)
+    if fill > MAX_HEAD_FILL:
+        raise ValueError(
+            f"T1: the head mask fills {100 * fill:.0f}% of the field of view, so no air was found around the head. "
+            "Expected a head scan with background around it (not noise, a brain-extracted image or a crop inside "
+            "the head)"
+        )
+    coverage = None
+    if t2 is not None:
+        coverage = _head_coverage(mask, grid, t2)
+        message = (f"only {100 * coverage:.0f}% of the head lies inside the T2's field of view "
+                   f"({_resample.ras_bounds(t2)}; T1: {_resample.ras_bounds(t1)})")
+        if coverage < MIN_T2_HEAD_COVERAGE:
+            raise ValueError(f"{message}: CondNet needs a T2 of the whole head. Check that both scans come from the "
+                             "same subject and session, or pass the T1 alone with T1-only weights")
+        if coverage < 0.99:
+            logger.warning("%s; CondNet sees no T2 signal in the rest, so the conductivity there is unreliable",
+                           message)
     t1_unit = zscore_unit(t1_model, mask)
     t2_unit = None if t2_model is None else zscore_unit(t2_model, mask)
     step(1.0, "preprocessing done")
-    return PreparedPair(t1=t1_unit, t2=t2_unit, mask=mask, grid=grid)
+    return PreparedPair(t1=t1_unit, t2=t2_unit, mask=mask, grid=grid, t2_coverage=coverage)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -355,11 +356,34 @@ class PrimaryFieldGrid:
         )
 
 
-def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid, min_distance_m) -> np.ndarray:
+def _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m, report,
+                            cancel) -> np.ndarray:
+    """:func:`_lattice_direct` in slabs along the first axis, calling ``report(fraction)`` and ``cancel()``."""
+    import numba
+
+    n = mask.shape[0]
+    chunk = max(-(-n // 10), 4 * numba.get_num_threads())  # the kernel runs rows in parallel: keep threads busy
+    out = np.zeros(mask.shape + (projection.shape[0],))
+    for first in range(0, n, chunk):
+        if cancel is not None and cancel():
+            raise Cancelled("primary-field evaluation cancelled")
+        last = min(n, first + chunk)
+        origin = np.asarray(origin_m, dtype=np.float64) + first * np.asarray(steps_m)[0]
+        out[first:last] = _lattice_direct(origin, steps_m, np.ascontiguousarray(mask[first:last]), projection,
+                                          segments_m, didt, min_distance_m)
+        report(last / n)
+    return out
+
+
+def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid, min_distance_m,
+             report=None, cancel=None) -> np.ndarray:
     """``dA/dt`` projected by ``projection`` (P, 3) on a RAS lattice, direct or through ``grid``."""
     segments_m = coil.segments_ras_mm(coil_to_ras) * MM_TO_M
     if grid is None:
-        return _lattice_direct(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m)
+        if report is None and cancel is None:
+            return _lattice_direct(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m)
+        return _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m,
+                                       report or (lambda fraction: None), cancel)
     if not isinstance(grid, PrimaryFieldGrid):
         raise TypeError(f"grid must be a PrimaryFieldGrid or None; got {type(grid).__name__}")
     if grid.coil_sha256 != coil.sha256:
@@ -398,6 +422,8 @@ def dadt_faces(
     mask: Optional[np.ndarray] = None,
     grid: Optional[PrimaryFieldGrid] = None,
     min_distance_mm: float = DEFAULT_MIN_DISTANCE_MM,
+    progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> tuple:
     """``dA/dt`` along each voxel axis at the voxel-face midpoints: the solver's ``dadt_faces``.
 
@@ -417,6 +443,9 @@ def dadt_faces(
         Resample this precomputed grid instead of evaluating directly (built for the same coil).
     min_distance_mm : float
         Faces closer than this to a wire raise (direct evaluation and points outside the grid).
+    progress, cancel : callable, optional
+        ``progress(fraction, message)`` after each slab of the direct evaluation; ``cancel() -> bool`` polled
+        before each slab raises :class:`~CondNetLogic.errors.Cancelled` when true.
 
     Returns
     -------
@@ -447,9 +476,13 @@ def dadt_faces(
         high[axis] = slice(1, None)
         face_mask = np.ascontiguousarray(mask[tuple(low)] & mask[tuple(high)])
         projection = direction[:, axis][None, :]
-        out = _lattice(
-            origin_m, steps_m, face_mask, projection, coil, coil_to_ras, didt, grid, min_distance_mm * MM_TO_M
-        )
+
+        def report(fraction: float, axis: int = axis) -> None:
+            if progress is not None:
+                progress((axis + fraction) / 3, f"primary field: faces along axis {'IJK'[axis]}, {fraction:.0%}")
+
+        out = _lattice(origin_m, steps_m, face_mask, projection, coil, coil_to_ras, didt, grid,
+                       min_distance_mm * MM_TO_M, report, cancel)
         faces.append(out[..., 0])
     return tuple(faces)
 
@@ -494,20 +527,23 @@ def cached_grid(
     *,
     spacing_mm: float = 2.0,
     progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> PrimaryFieldGrid:
     """The coil's :class:`PrimaryFieldGrid`, read from ``cache_dir`` or built once and stored there.
 
-    The file is named by the coil's sha256 and the spacing, so an edited coil file gets a new grid; a
-    damaged or foreign file is rebuilt (with a warning), never trusted.
+    The file is named by the coil's sha256 and the spacing (plus the coil name with anything but letters,
+    digits, ``_``, ``.`` and ``-`` replaced, so it always lands inside ``cache_dir``), so an edited coil file
+    gets a new grid; a damaged or foreign file is rebuilt (with a warning), never trusted.
     """
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{coil.name}-{coil.sha256[:16]}-{spacing_mm:g}mm.npz"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", coil.name)
+    path = cache_dir / f"{name}-{coil.sha256[:16]}-{spacing_mm:g}mm.npz"
     if path.is_file():
         try:
             return PrimaryFieldGrid.load(path, coil)
         except (ValueError, OSError, KeyError) as err:
             logger.warning("ignoring the cached coil grid %s (%s); rebuilding it", path, err)
-    grid = PrimaryFieldGrid(coil, spacing_mm=spacing_mm, progress=progress)
+    grid = PrimaryFieldGrid(coil, spacing_mm=spacing_mm, progress=progress, cancel=cancel)
     cache_dir.mkdir(parents=True, exist_ok=True)
     grid.save(path, overwrite=True)
     logger.info("stored the coil grid in %s", path)

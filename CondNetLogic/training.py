@@ -36,7 +36,14 @@ import numpy as np
 
 from ._types import PathLike, Progress
 from .conductivity import DEFAULT_TAU, get_table
-from .dataset import Augmentation, SliceDataset, load_training_set, slice_split, subject_slices
+from .dataset import (
+    Augmentation,
+    SliceDataset,
+    check_table_coverage,
+    load_training_set,
+    slice_split,
+    subject_slices,
+)
 from .errors import Cancelled
 from .weights import DIRECTIONS, load_weights, save_weights
 
@@ -414,7 +421,8 @@ def _train_direction(
             )
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if amp and checkpoint["scaler"]:  # empty when the run so far had no AMP (CPU): start a fresh scale
+            scaler.load_state_dict(checkpoint["scaler"])
         history = json.loads(checkpoint["history"])
         best = {"loss": float(checkpoint["best_loss"]), "epoch": int(checkpoint["best_epoch"]),
                 "state": checkpoint["best_state"]}
@@ -592,8 +600,10 @@ def train(
     if network_config.out_channels != len(config.tables):
         raise ValueError(f"network has V={network_config.out_channels} outputs but tables {config.tables} are "
                          f"{len(config.tables)}")
-    if config.size % network_config.size_multiple:
-        raise ValueError(f"size {config.size} is not divisible by 2**(depth-1) = {network_config.size_multiple}")
+    if config.size % network_config.size_multiple or config.size < 2 * network_config.size_multiple:
+        raise ValueError(f"size {config.size} must be a multiple of 2**(depth-1) = {network_config.size_multiple} "
+                         f"and at least 2**depth = {2 * network_config.size_multiple} (the deepest level needs 2 x 2 "
+                         "pixels for batch statistics)")
     directions = list(dict.fromkeys(directions))
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:
@@ -624,6 +634,7 @@ def train(
     else:
         subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size,
                                      progress=sub_progress(0, 0.05), cancel=cancel)
+        check_table_coverage(subjects["train"] + subjects["val"], [get_table(name) for name in config.tables])
         for n, direction in enumerate(directions):
             share = 0.95 / len(directions)
             results[direction] = _train_direction(

@@ -218,7 +218,9 @@ def _read_header(path: Path) -> dict:
         header = json.loads(metadata[_META_KEY])
     except json.JSONDecodeError as err:
         raise WeightsError(f"{path}: CondNet header is not valid JSON: {err}") from err
-    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: CondNet header is a JSON {type(header).__name__}, expected an object")
+    if header.get("format") != _FORMAT:
         raise WeightsError(f"{path}: header format is {header.get('format')!r}, expected {_FORMAT!r}")
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -228,6 +230,13 @@ def _read_header(path: Path) -> dict:
     missing = [k for k in ("config", "directions", "tables", "tau", "input") if k not in header]
     if missing:
         raise WeightsError(f"{path}: header lacks {missing}")
+    if not isinstance(header["input"], dict):
+        raise WeightsError(f"{path}: header 'input' must be an object, got {header['input']!r}")
+    tau = header["tau"]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau < 1.0:
+        raise WeightsError(f"{path}: header tau must be a number in [0, 1), got {tau!r}")
+    if not isinstance(header["directions"], list):
+        raise WeightsError(f"{path}: header directions must be a list, got {header['directions']!r}")
     return header
 
 

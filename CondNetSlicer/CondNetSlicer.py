@@ -118,8 +118,10 @@ class CondNetSlicerParameterNode:
     """State of the panel; widgets bind to these fields through their ``SlicerParameterName`` property.
 
     t1Volume, t2Volume: input scans.  conductivitySet: table(s) of Table I to produce.  weightsPath: empty
-    (".") = the shipped weights.  handleAngleDeg: 0 = handle posterior, counter-clockwise seen from outside.
-    didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are the nodes CondNet made last.
+    (".") = the shipped weights.  handleAngleDeg: 0 = handle posterior, positive towards lateral (away from
+    the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline positive turns
+    towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are
+    the nodes CondNet made last.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -263,9 +265,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if p.coilName and self.ui.coilComboBox.currentText != p.coilName:
             self.ui.coilComboBox.setCurrentText(p.coilName)
-        self._observeCoilMarkup(p.coilMarkup)
+        # Only a CondNet coil markup is snapped and turned: another point list selected here is left alone.
+        isCoil = self.logic.isCoilMarkup(p.coilMarkup)
+        self._observeCoilMarkup(p.coilMarkup if isCoil else None)
         self.ui.statisticsTableView.setMRMLTableNode(p.statisticsTable)
-        hasPoint = bool(p.coilMarkup and p.coilMarkup.GetNumberOfControlPoints() > 0)
+        hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
         idle = not self._busy
         self.ui.customTablePathLineEdit.enabled = p.conductivitySet == "custom"
         self.ui.estimateButton.enabled = idle and bool(p.t1Volume)
@@ -287,8 +291,16 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             and not self._updatingCoil
             and self.logic.coilMarkupHasOrientation(p.coilMarkup)
         ):
-            if self._appliedHandleAngle is None:  # e.g. a coil from a loaded scene
-                self._appliedHandleAngle = self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume)
+            if self._appliedHandleAngle is None:
+                # A coil the panel has not turned yet (e.g. from a loaded scene): the coil is the truth, so
+                # show its angle instead of turning it to the stored one (which an older convention may have set).
+                self._appliedHandleAngle = round(self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume), 6)
+                if abs(p.handleAngleDeg - self._appliedHandleAngle) > 1e-6:
+                    self._updatingCoil = True
+                    try:
+                        p.handleAngleDeg = self._appliedHandleAngle
+                    finally:
+                        self._updatingCoil = False
             if abs(p.handleAngleDeg - self._appliedHandleAngle) > 1e-6:
                 with slicer.util.tryWithErrorDisplay(_("Failed to turn the coil."), waitCursor=True):
                     self._appliedHandleAngle = p.handleAngleDeg
@@ -408,11 +420,17 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     detailedText=details,
                 )
                 return
+            if not slicer.mrmlScene.IsNodePresent(t1Node):  # e.g. the scene was closed meanwhile
+                self._log(f"{t1Node.GetName()} was removed from the scene: the conductivity was not loaded.")
+                return
             with slicer.util.tryWithErrorDisplay(_("Failed to load the conductivity."), waitCursor=True):
                 result = self.logic.loadConductivityResults(process.outDir, t1Node, tables)
-                self._parameterNode.conductivityVolume = result["conductivity"][tables[0]]
+                # The panel may have been left (exit() drops self._parameterNode) while the process ran:
+                # store the result in the module's parameter node itself, which the panel shows on entry.
+                parameterNode = CondNetSlicerParameterNode(self.logic.getParameterNode())
+                parameterNode.conductivityVolume = result["conductivity"][tables[0]]
                 if tables[0] in result["uncertainty"]:
-                    self._parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
+                    parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
                 self._log("Conductivity ready: " + ", ".join(n.GetName() for n in result["conductivity"].values()))
         finally:
             # The folder holds copies of the patient's scans: do not leave them in the temporary folder.
@@ -425,10 +443,12 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------- coil
     def _ensureCoilMarkup(self):
+        """The selected coil markup if CondNet made it, else a new one (a user's point list is never reused)."""
         p = self._parameterNode
-        if not p.coilMarkup:
-            p.coilMarkup = self.logic.createCoilMarkup()
-        return p.coilMarkup
+        markup = self.logic.coilMarkupForPlacing(p.coilMarkup)
+        if markup is not p.coilMarkup:
+            p.coilMarkup = markup
+        return markup
 
     def onPlaceCoilButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start placing the coil."), waitCursor=True):
@@ -569,7 +589,14 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if p.conductivityVolume:
                 table = p.conductivityVolume.GetAttribute("CondNet.Table") or "custom"
                 nodes[f"conductivity_{table}"] = p.conductivityVolume
-            pose = self._coilToRas() if (p.coilMarkup and p.coilMarkup.GetNumberOfControlPoints()) else None
+            # The pose the E-field was solved with, not the coil markup's, which may have moved since.
+            solved = self.logic.solvedCoilToRas(p.eMagnitudeVolume or p.eVectorVolume)
+            current = None
+            if p.conductivityVolume and p.coilMarkup and p.coilMarkup.GetNumberOfControlPoints():
+                current = self._coilToRas()
+            pose = solved if solved is not None else current
+            if solved is not None and current is not None and not self.logic.samePose(solved, current):
+                self._log("The coil has moved since the E-field was computed: exporting the pose of the E-field.")
             folder = _pathText(p.exportFolder)
             try:
                 written = self.logic.exportResults(folder, nodes, coilToRas=pose, extension=p.exportFormat)

@@ -31,16 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..conductivity import resource_path
+    from ..conductivity import label_mapping_path
     from ..synth import SynthOptions
     from ..training_set import DEFAULT_VAL_MAPS, build_training_set
 
     if args.val_maps and args.val_count is not None:
         raise ValueError("give either --val-maps or --val-count, not both")
     val_maps = args.val_count if args.val_count is not None else (args.val_maps or DEFAULT_VAL_MAPS)
-    mapping = args.mapping
-    if args.mapping in ("synthseg", "samseg"):
-        mapping = resource_path("tissue_maps", f"{args.mapping}_labels.csv")
+    mapping = label_mapping_path(args.mapping)
     start = time.perf_counter()
     with tqdm(total=1.0, unit="set", disable=args.quiet,
               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:

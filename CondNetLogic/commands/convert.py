@@ -23,19 +23,17 @@ def run(args: argparse.Namespace) -> int:
     """Convert the label map and write the conductivity volume."""
     from ..conductivity import (
         get_table,
+        label_mapping_path,
         labels_to_tissues,
         read_label_mapping,
-        resource_path,
         tissues_to_conductivity,
     )
     from ..io import read_volume, write_volume
 
-    mapping_path = args.mapping
-    if args.mapping in ("synthseg", "samseg"):
-        mapping_path = resource_path("tissue_maps", f"{args.mapping}_labels.csv")
-    labels = read_volume(args.labels)
-    tissues = labels_to_tissues(labels.array, read_label_mapping(mapping_path))
+    mapping = read_label_mapping(label_mapping_path(args.mapping))
     table = get_table(args.table)
+    labels = read_volume(args.labels)
+    tissues = labels_to_tissues(labels.array, mapping)
     sigma = labels.with_array(tissues_to_conductivity(tissues, table))
     path = write_volume(sigma, args.out, overwrite=args.overwrite)
     print(f"wrote {path}: conductivity (S/m, table {table.name}) on the label map's grid {labels.shape}")

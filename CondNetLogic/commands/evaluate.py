@@ -23,20 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict, compare and write the report."""
-    from ..conductivity import read_label_mapping, resource_path
-    from ..evaluation import evaluate_prediction, markdown_table, write_report
+    from ..conductivity import label_mapping_path, read_label_mapping
+    from ..evaluation import evaluate_prediction, markdown_table, report_paths, write_report
     from ..inference import predict_conductivity
     from ..io import read_volume
-    from ..weights import file_sha256
+    from ..weights import file_sha256, load_weights
 
-    mapping_path = args.mapping
-    if args.mapping in ("synthseg", "samseg"):
-        mapping_path = resource_path("tissue_maps", f"{args.mapping}_labels.csv")
+    mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
     labels = read_volume(args.labels)
-    prediction = predict_conductivity(t1, t2, weights=args.weights, device=args.device, batch_size=args.batch_size,
+    weights = load_weights(args.weights)
+    report_paths(args.out, [table.name for table in weights.tables], overwrite=args.overwrite)  # before the work
+    prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
                                       register=args.register)
     evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
     extra = {"inputs": {"t1": args.t1, "t2": args.t2, "labels": args.labels, "mapping": str(mapping_path),

@@ -27,14 +27,12 @@ def run(args: argparse.Namespace) -> int:
     """Synthesise and write the pairs."""
     from pathlib import Path
 
-    from ..conductivity import read_label_mapping, resource_path
+    from ..conductivity import label_mapping_path, read_label_mapping
     from ..io import read_volume
     from ..synth import SynthOptions, synthesize_subject
     from ..training_set import map_id
 
-    mapping_path = args.mapping
-    if args.mapping in ("synthseg", "samseg"):
-        mapping_path = resource_path("tissue_maps", f"{args.mapping}_labels.csv")
+    mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
     labels_path = Path(args.labels)
     labels = read_volume(labels_path)

@@ -8,6 +8,13 @@ control-point labels).  Pure numpy on RAS millimetres; runs without Slicer.
 Coil frame (as in :mod:`CondNetLogic.coil`): origin at the coil centre, +z = normal pointing INTO the
 head, +y = handle direction, +x = y cross z.  The coil markup's control point stores the same axes as
 its orientation matrix (columns x, y, z), so rotating the point in a 3D view turns the handle.
+
+Handle angle (:func:`handleDirection`, :func:`handleAngle`): measured on the scalp's tangent plane from
+the posterior direction, positive towards lateral (away from the midline), so that +45 degrees is the
+usual motor-cortex orientation (handle posterior-lateral at 45 degrees to the midline) on either
+hemisphere.  Seen from outside the head, positive angles turn the handle clockwise on the left
+hemisphere and counter-clockwise on the right.  On the midline (outward normal within 5 degrees of the
+mid-sagittal plane) the left-hemisphere sense is used: positive turns towards the subject's left.
 """
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -17,7 +24,19 @@ import numpy as np
 from CondNetLogic import scalp
 from CondNetLogic.volume import Volume
 
-__all__ = ["LANDMARK_ALIASES", "coilFrame", "eegPositions", "findLandmarks", "headMask", "rotateAbout", "snapToScalp"]
+__all__ = [
+    "LANDMARK_ALIASES",
+    "MIDLINE_SINE",
+    "coilFrame",
+    "eegPositions",
+    "findLandmarks",
+    "handleAngle",
+    "handleDirection",
+    "headMask",
+    "lateralSense",
+    "rotateAbout",
+    "snapToScalp",
+]
 
 #: Accepted control-point labels for the four landmarks (compared case-insensitively).
 LANDMARK_ALIASES = {
@@ -26,6 +45,9 @@ LANDMARK_ALIASES = {
     "LPA": ("lpa", "al", "left preauricular"),
     "RPA": ("rpa", "ar", "right preauricular"),
 }
+
+#: Outward normals whose left-right (R) component is below this (the sine of 5 degrees) are on the midline.
+MIDLINE_SINE = float(np.sin(np.deg2rad(5.0)))
 
 
 def _unit(vector, what: str) -> np.ndarray:
@@ -121,6 +143,34 @@ def coilFrame(normalIntoHead, handleHint=None) -> np.ndarray:
             y = y / np.linalg.norm(y)
             break
     return np.column_stack([np.cross(y, z), y, z])
+
+
+def lateralSense(normalIntoHead) -> float:
+    """Sense, about the outward normal (right-hand rule), in which positive handle angles turn the handle.
+
+    +1 (counter-clockwise seen from outside) on the right hemisphere, where the outward normal points
+    to the subject's right (+R); -1 (clockwise) on the left hemisphere and on the midline (see
+    :data:`MIDLINE_SINE`).  Either way a positive angle turns the handle from posterior towards lateral.
+    """
+    outward = -_unit(normalIntoHead, "the coil normal")
+    return 1.0 if outward[0] > MIDLINE_SINE else -1.0
+
+
+def handleDirection(normalIntoHead, angleDeg: float) -> np.ndarray:
+    """Unit handle direction on the tangent plane: ``angleDeg`` from posterior, positive towards lateral."""
+    z = _unit(normalIntoHead, "the coil normal")
+    reference = coilFrame(z)[:, 1]
+    return rotateAbout(reference, -z, lateralSense(z) * float(angleDeg))
+
+
+def handleAngle(normalIntoHead, handle) -> float:
+    """Angle (degrees, in (-180, 180]) of ``handle`` on the tangent plane; inverse of :func:`handleDirection`."""
+    z = _unit(normalIntoHead, "the coil normal")
+    reference = coilFrame(z)[:, 1]
+    handle = np.asarray(handle, dtype=float).reshape(3)
+    counterClockwise = np.degrees(np.arctan2(np.dot(np.cross(reference, handle), -z), np.dot(reference, handle)))
+    angle = float(lateralSense(z) * counterClockwise)
+    return angle + 360.0 if angle <= -180.0 else angle
 
 
 def findLandmarks(labelled: Dict[str, Sequence[float]]) -> Dict[str, np.ndarray]:

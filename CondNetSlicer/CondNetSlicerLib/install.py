@@ -3,19 +3,32 @@
 torch comes from the SlicerPyTorch extension (``PyTorchUtils``), which picks the wheel matching the
 computer's CUDA; without that extension it falls back to ``slicer.util.pip_install``.  The other
 packages are listed in ``Resources/requirements.txt`` and installed with ``slicer.packaging.pip_ensure``
-(Slicer >= 5.12: asks first, detects when a restart is needed, skipped under testing) or, in older
-Slicer, with ``slicer.util.pip_install`` after a confirmation.  Packages Slicer bundles (numpy, scipy,
-SimpleITK) are never listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).
+and ``slicer.packaging.load_requirements`` (Slicer >= 5.12, Slicer pull request #9010: asks first,
+detects when a restart is needed, skipped under testing) or, in older Slicer, with
+``slicer.util.pip_install`` after a confirmation.  ``slicer.packaging`` is a submodule that ``import
+slicer`` does not bind, so it is imported explicitly; development builds before 5.12 called it
+``slicer.pydeps``, which is tried next.  Packages Slicer bundles (numpy, scipy, SimpleITK) are never
+listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).
 """
 
 import importlib
 import logging
+import subprocess
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import slicer
 
-__all__ = ["MINIMUM_TORCH", "InstallError", "deviceReport", "ensureRequirements", "ensureTorch", "missingRequirements"]
+__all__ = [
+    "MINIMUM_TORCH",
+    "SLICER_PACKAGING_MODULES",
+    "InstallError",
+    "deviceReport",
+    "ensureRequirements",
+    "ensureTorch",
+    "missingRequirements",
+    "slicerPackaging",
+]
 
 #: Oldest torch the package is tested with (pyproject.toml: torch>=2.1).
 MINIMUM_TORCH = "2.1"
@@ -111,6 +124,23 @@ def missingRequirements(path: Path) -> List[str]:
     return missing
 
 
+#: Slicer's package-management module, by preference: the released name, then the pre-release one.
+SLICER_PACKAGING_MODULES = ("slicer.packaging", "slicer.pydeps")
+
+
+def slicerPackaging():
+    """Slicer's module with ``pip_ensure`` and ``load_requirements`` (Slicer >= 5.12), or None in older Slicer."""
+    for name in SLICER_PACKAGING_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # absent (ModuleNotFoundError) or broken: fall back to the next one
+            logging.debug("CondNet: %s is not usable", name, exc_info=True)
+            continue
+        if callable(getattr(module, "pip_ensure", None)) and callable(getattr(module, "load_requirements", None)):
+            return module
+    return None
+
+
 def ensureRequirements(
     requirementsPath, *, interactive: bool = True, logCallback: Optional[Callable[[str], None]] = None
 ) -> None:
@@ -123,14 +153,17 @@ def ensureRequirements(
     """
     ensureTorch(interactive=interactive, logCallback=logCallback)
     requirementsPath = Path(requirementsPath)
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
+    packaging = slicerPackaging()
+    if packaging is not None:
         try:
             packaging.pip_ensure(
                 packaging.load_requirements(requirementsPath), prompt_install=interactive, requester="CondNet"
             )
         except RuntimeError as err:  # declined
             raise InstallError(f"CondNet's Python packages were not installed: {err}") from err
+        except subprocess.CalledProcessError as err:
+            raise InstallError(f"installing CondNet's Python packages failed: {err}", restartRequired=True) from err
+        importlib.invalidate_caches()
         return
     missing = missingRequirements(requirementsPath)
     if not missing:

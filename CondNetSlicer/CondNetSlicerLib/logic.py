@@ -9,7 +9,9 @@ only at the end, inside a block that removes them again on error.
 Output nodes carry the attribute ``CondNet.Role`` (``conductivity``, ``uncertainty``,
 ``efield-vector``, ``efield-magnitude``, ``efield-statistics``, ``coil-model``, ``coil-transform``,
 ``coil-markup``).  The logic updates an existing node in place only when it carries that attribute, so
-a node the user made is never overwritten.
+a node the user made is never overwritten; E-field outputs are updated in place only by a solve on the
+conductivity node they were made from (attribute ``CondNet.Conductivity``), so solving on another
+conductivity never replaces earlier results.
 """
 
 import json
@@ -30,10 +32,12 @@ try:
 except ImportError:  # slicer-core without the application (pytest): the logic needs none of it
     ScriptedLoadableModuleLogic = object
 
-__all__ = ["CondNetSlicerLogic", "ROLE", "TABLE_CHOICES"]
+__all__ = ["CONDUCTIVITY_ATTRIBUTE", "CondNetSlicerLogic", "ROLE", "TABLE_CHOICES"]
 
 #: Node attribute naming what CondNet made a node for.
 ROLE = "CondNet.Role"
+#: Node attribute of E-field outputs: the ID of the conductivity node they were computed from.
+CONDUCTIVITY_ATTRIBUTE = "CondNet.Conductivity"
 #: Conductivity-set choices of the panel -> table names (``custom`` reads a user table file).
 TABLE_CHOICES = {"A": ("A",), "B": ("B",), "A+B": ("A", "B"), "custom": ()}
 #: Colour maps by preference; the first present in the scene is used.  Viridis/Inferno ship with the
@@ -85,7 +89,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if _role(node) != role:
             raise ValueError(
                 f"refusing to overwrite {node.GetName()}: it was not made by CondNet as a {role} node; "
-                "choose 'Create new' as output"
+                "set that output to 'None' so that CondNet makes a new node, or choose a node CondNet made"
             )
         return node
 
@@ -464,6 +468,33 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             display.SetScaleHandleVisibility(False)
         return node
 
+    @staticmethod
+    def isCoilMarkup(markupNode) -> bool:
+        """True for a markups node CondNet made as the coil markup (see :meth:`createCoilMarkup`)."""
+        return markupNode is not None and _role(markupNode) == "coil-markup"
+
+    def coilMarkupForPlacing(self, markupNode=None):
+        """The node to place the coil in: ``markupNode`` if it is a CondNet coil markup, else a new one.
+
+        Placing the coil replaces the node's points, so any other point list (landmarks, a user's
+        targets) is left alone and a new coil markup is made instead.
+        """
+        if self.isCoilMarkup(markupNode):
+            return markupNode
+        if markupNode is not None:
+            self.log(f"CondNet: {markupNode.GetName()} is not a CondNet coil markup; making a new one")
+        return self.createCoilMarkup()
+
+    def _checkCoilMarkup(self, markupNode) -> None:
+        """Raise unless ``markupNode`` is a CondNet coil markup (the only markups node CondNet moves)."""
+        if markupNode is None:
+            raise ValueError("no coil markup: press 'Place coil' to make one")
+        if not self.isCoilMarkup(markupNode):
+            raise ValueError(
+                f"refusing to move the points of {markupNode.GetName()}: it is not a CondNet coil markup; "
+                "press 'Place coil' to make one"
+            )
+
     def _headMask(self, conductivityNode):
         if conductivityNode is None:
             raise ValueError(
@@ -505,6 +536,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(scalpPoint, axes)`` in the conductivity node's local RAS (mm).
         """
+        self._checkCoilMarkup(markupNode)
         mask = self._headMask(conductivityNode)
         point, axes = self._markupFrame(markupNode, conductivityNode)
         # Cast towards the head centre, not along the old normal: after a drag to the other side of the
@@ -525,22 +557,20 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return not np.allclose([[orientation.GetElement(i, j) for j in range(3)] for i in range(3)], np.eye(3))
 
     def setCoilHandleAngle(self, markupNode, conductivityNode, angleDeg: float) -> np.ndarray:
-        """Turn the handle to ``angleDeg``: 0 = posterior (projected on the scalp), counter-clockwise
-        seen from outside the head (right-hand rule about the outward normal).  Returns the axes."""
+        """Turn the handle to ``angleDeg``: 0 = posterior (projected on the scalp), positive towards
+        lateral, so 45 = posterior-lateral at 45 degrees to the midline on either hemisphere (on the
+        midline positive turns towards the subject's left; see :func:`.geometry.handleDirection`).
+        Directions are those of the conductivity node's RAS axes.  Returns the axes."""
+        self._checkCoilMarkup(markupNode)
         point, axes = self._markupFrame(markupNode, conductivityNode)
-        reference = geometry.coilFrame(axes[:, 2])[:, 1]
-        handle = geometry.rotateAbout(reference, -axes[:, 2], angleDeg)
-        frame = geometry.coilFrame(axes[:, 2], handle)
+        frame = geometry.coilFrame(axes[:, 2], geometry.handleDirection(axes[:, 2], angleDeg))
         self._setMarkupFrame(markupNode, conductivityNode, point, frame)
         return frame
 
     def coilHandleAngle(self, markupNode, conductivityNode) -> float:
         """The handle angle (degrees, see :meth:`setCoilHandleAngle`) of the coil markup."""
         _, axes = self._markupFrame(markupNode, conductivityNode)
-        reference = geometry.coilFrame(axes[:, 2])[:, 1]
-        outward = -axes[:, 2]
-        angle = np.degrees(np.arctan2(np.dot(np.cross(reference, axes[:, 1]), outward), np.dot(reference, axes[:, 1])))
-        return float(angle)
+        return geometry.handleAngle(axes[:, 2], axes[:, 1])
 
     def coilToRas(self, markupNode, conductivityNode, *, scalpOffsetMm: float = 4.0) -> np.ndarray:
         """``coil_to_ras`` (4x4, mm, in the conductivity node's local RAS) from the coil markup:
@@ -564,7 +594,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def placeCoilAtPreset(
         self, markupNode, landmarksNode, conductivityNode, position: str = "C3", *, handleAngleDeg: float = 45.0
     ):
-        """Put the coil markup on the 10-10 position ``position`` (e.g. ``C3``), snapped to the scalp."""
+        """Put the coil markup on the 10-10 position ``position`` (e.g. ``C3``), snapped to the scalp, with
+        the handle at ``handleAngleDeg`` (default 45: posterior-lateral, see :meth:`setCoilHandleAngle`)."""
+        self._checkCoilMarkup(markupNode)
         mask = self._headMask(conductivityNode)
         worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
         landmarks = {
@@ -707,7 +739,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             ``grid`` costs one slow precomputation per coil, then makes every coil move fast: use it
             when the coil will be moved and solved many times.
         eVectorNode, eMagnitudeNode, tableNode : optional
-            CondNet-made nodes to update in place (for re-solving after a coil move).
+            CondNet-made nodes to update in place (for re-solving after a coil move).  A node made from
+            another conductivity node (attribute ``CondNet.Conductivity``) is left as it is, and a new
+            node named after this conductivity is made instead.
 
         Returns
         -------
@@ -716,9 +750,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """
         from CondNetLogic.coil import check_coil_to_ras, load_coil
 
-        eVectorNode = self._checkOutputNode(eVectorNode, "efield-vector")
-        eMagnitudeNode = self._checkOutputNode(eMagnitudeNode, "efield-magnitude")
-        tableNode = self._checkOutputNode(tableNode, "efield-statistics")
+        eVectorNode = self._reusableEFieldNode(eVectorNode, "efield-vector", conductivityNode)
+        eMagnitudeNode = self._reusableEFieldNode(eMagnitudeNode, "efield-magnitude", conductivityNode)
+        tableNode = self._reusableEFieldNode(tableNode, "efield-statistics", conductivityNode)
         if not np.isfinite(didt) or didt == 0:
             raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
         pose = check_coil_to_ras(coilToRas)
@@ -767,6 +801,50 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 stats.setdefault(region, {}).update(entries)
         return self._writeEField(
             conductivityNode, result, stats, coil, pose, didt, eVectorNode, eMagnitudeNode, tableNode, show=show
+        )
+
+    def _reusableEFieldNode(self, node, role: str, conductivityNode):
+        """``node`` if it may be updated with an E-field of ``conductivityNode``, else None (a new node).
+
+        Raises (as :meth:`_checkOutputNode`) for a node CondNet did not make; a CondNet node made from
+        another conductivity (or of unknown origin) keeps its results: the caller gets None.
+        """
+        node = self._checkOutputNode(node, role)
+        if node is None or conductivityNode is None:
+            return node
+        if node.GetAttribute(CONDUCTIVITY_ATTRIBUTE) == conductivityNode.GetID():
+            return node
+        self.log(
+            f"CondNet: {node.GetName()} was not computed from {conductivityNode.GetName()}; "
+            "keeping it as it is and making a new node"
+        )
+        return None
+
+    @staticmethod
+    def solvedCoilToRas(eFieldNode) -> Optional[np.ndarray]:
+        """The coil pose (4x4, conductivity local RAS, mm) an E-field node was computed with, or None.
+
+        Read from the node's ``CondNet.Info``; use it (not the coil markup, which may have moved since)
+        to report or export the pose that belongs to the field.
+        """
+        if eFieldNode is None:
+            return None
+        try:
+            pose = json.loads(eFieldNode.GetAttribute("CondNet.Info") or "{}").get("coil_to_ras")
+        except (ValueError, AttributeError):
+            return None
+        if pose is None:
+            return None
+        pose = np.asarray(pose, dtype=float)
+        return pose if pose.shape == (4, 4) and np.all(np.isfinite(pose)) else None
+
+    @staticmethod
+    def samePose(pose, otherPose, *, atolMm: float = 1e-3) -> bool:
+        """True when two 4x4 coil poses agree (rotation to ``atolMm``/1000, translation to ``atolMm``)."""
+        pose, otherPose = np.asarray(pose, dtype=float), np.asarray(otherPose, dtype=float)
+        return bool(
+            np.allclose(pose[:3, :3], otherPose[:3, :3], atol=atolMm * 1e-3, rtol=0)
+            and np.allclose(pose[:3, 3], otherPose[:3, 3], atol=atolMm, rtol=0)
         )
 
     def _uniformModel(self, conductivityNode, conductivity, labelNode, labelMapping, uniformTable):
@@ -833,6 +911,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 "coil_to_ras": np.asarray(pose).tolist(),
                 "didt_a_per_s": float(didt),
                 "conductivity": name,
+                "conductivity_node_id": conductivityNode.GetID(),
             }
         )
         infoText = json.dumps(info, default=str)
@@ -870,6 +949,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 )
                 tableNode.SetAttribute(ROLE, "efield-statistics")
                 created.append(tableNode)
+            for node in (eMagnitudeNode, eVectorNode, tableNode):
+                node.SetAttribute(CONDUCTIVITY_ATTRIBUTE, conductivityNode.GetID())
             self._fillTable(tableNode, stats)
             self._styleScalar(eMagnitudeNode, EFIELD_COLORS, "|E| (V/m)")
         except Exception:

@@ -47,6 +47,24 @@ def test_convert_unmapped_label_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "s.nii.gz").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--table", "C", "conductivity table 'C' is neither 'A', 'B' nor an existing"),
+        ("--table", "DIR", "is neither 'A', 'B' nor an existing"),
+        ("--mapping", "foo", "label mapping 'foo' is neither 'synthseg' nor 'samseg' nor an existing CSV"),
+    ],
+)
+def test_convert_names_an_unknown_table_or_mapping(tmp_path, capsys, option, value, message):
+    write_volume(Volume(np.ones((2, 2, 2), dtype=np.int16), np.eye(4)), tmp_path / "l.nii.gz")
+    value = str(tmp_path) if value == "DIR" else value
+    code = main(["convert", "--labels", str(tmp_path / "l.nii.gz"), "--out", str(tmp_path / "s.nii.gz"), option,
+                 value])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
 def test_unknown_option_exits_with_usage():
     with pytest.raises(SystemExit) as exc:
         main(["convert", "--bogus"])

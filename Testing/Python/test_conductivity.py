@@ -75,6 +75,8 @@ def test_table_lacking_a_tissue_is_an_error_not_zero():
     partial = ConductivityTable("partial", {"wm": 0.1})
     with pytest.raises(ValueError, match="gm"):
         tissues_to_conductivity(np.array([TISSUE_INDEX["wm"], TISSUE_INDEX["gm"]]), partial)
+    with pytest.raises(ValueError, match="no tissue has a positive conductivity"):
+        ConductivityTable("zeros", {"wm": 0.0, "gm": 0.0})
 
 
 def test_user_tables_json_and_csv(tmp_path):

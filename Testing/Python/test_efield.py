@@ -131,6 +131,12 @@ def test_progress_and_cancel(coil):
     assert seen == sorted(seen)
     with pytest.raises(Cancelled):
         simulation.solve(coil, _top_pose(), 1e8, cancel=lambda: True)
+    # Cancel while the primary field is evaluated (the Slicer panel's Cancel button during the longest step).
+    messages = []
+    with pytest.raises(Cancelled, match="primary-field"):
+        simulation.solve(coil, _top_pose(), 1e8, progress=lambda fraction, message: messages.append(message),
+                         cancel=lambda: any(m.startswith("primary field: faces") for m in messages))
+    assert not any(m.startswith("solving") for m in messages)
 
 
 def _with(volume, array):
@@ -273,6 +279,39 @@ def test_cli_builds_then_reuses_a_grid_cache(sigma_file, tmp_path, monkeypatch):
     second = json.loads((tmp_path / "b" / "efield.json").read_text())
     assert first["solver"]["primary_field"] == second["solver"]["primary_field"] == "grid"
     assert first["stats"]["head"]["max"] == pytest.approx(second["stats"]["head"]["max"], rel=1e-6)
+
+
+def test_cli_default_normal_is_the_scalp_normal(tmp_path, capsys):
+    # A flat-topped box: at a point on the top face far from the centre, the scalp normal is straight down,
+    # while the direction to the head centre is tilted by 51 degrees (and its coil would cut the box).
+    sigma = np.zeros((50, 50, 30), dtype=np.float32)
+    sigma[5:45, 5:45, 5:25] = 0.3
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-49.0, -49.0, -29.0]  # voxel centres; the box spans -40..40, -40..40, -20..20 mm
+    path = tmp_path / "box.nii.gz"
+    write_volume(Volume(sigma, affine), path)
+    out = tmp_path / "run"
+    assert main(["efield", "--conductivity", str(path), "--out", str(out), "--device", "cpu", "--coil-center",
+                 "25", "0", "20", "--coil-direction", "0", "1", "0", "--primary-field", "direct"]) == 0
+    summary = json.loads((out / "efield.json").read_text())
+    np.testing.assert_allclose(summary["normal_into_head_ras"], [0, 0, -1], atol=0.05)
+
+
+def test_cli_warns_that_float32_cannot_reach_a_tight_tolerance(sigma_file, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="CondNetLogic.commands.efield"):
+        assert main(_cli_args(sigma_file, tmp_path / "out", "--dtype", "float32")) == 0
+    assert "--tol 1e-06 is tighter" in caplog.text
+
+
+def test_cli_checks_the_coil_before_building_the_solver(sigma_file, tmp_path, capsys, monkeypatch):
+    import CondNetLogic.solver as solver
+
+    def never(*args, **kwargs):
+        raise AssertionError("the solver was built for a coil inside the head")
+
+    monkeypatch.setattr(solver, "PotentialSolver", never)
+    assert main(_cli_args(sigma_file, tmp_path / "out", "--normal", "0", "0", "1")) == 2
+    assert "passes through the head" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

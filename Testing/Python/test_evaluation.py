@@ -10,6 +10,7 @@ from CondNetLogic.conductivity import TABLE_A, TISSUE_INDEX, TISSUES, tissues_to
 from CondNetLogic.evaluation import GROUPS, evaluate_prediction, markdown_table, skin_shell, write_report
 from CondNetLogic.inference import Prediction
 from CondNetLogic.phantom import make_head_phantom
+from CondNetLogic.volume import Volume
 
 IDENTITY = {i: i for i in range(len(TISSUES))}
 
@@ -130,3 +131,26 @@ def test_evaluate_cli(phantom, tmp_path):
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["prediction"]["weights"]["sha256"]
     assert (tmp_path / "eval" / "comparison_A.png").exists()
+
+
+def test_evaluate_cli_refuses_existing_outputs_before_predicting(tmp_path, monkeypatch, capsys):
+    from CondNetLogic import inference
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import write_volume
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "evaluation.json").write_text("{}")
+    volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4))
+    for name in ("t1", "labels"):
+        write_volume(volume, tmp_path / f"{name}.nii.gz")
+
+    def never(*args, **kwargs):
+        raise AssertionError("predict_conductivity ran although the outputs exist")
+
+    monkeypatch.setattr(inference, "predict_conductivity", never)
+    code = main(["evaluate", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t1.nii.gz"),
+                 "--labels", str(tmp_path / "labels.nii.gz"), "--mapping", "synthseg", "--out", str(out)])
+    assert code == 2
+    assert "outputs exist" in capsys.readouterr().err
+    assert (out / "evaluation.json").read_text() == "{}"

@@ -96,6 +96,8 @@ def test_config_round_trip_and_validation():
         CondNetConfig.from_dict({"depth": 3, "width": 2})
     with pytest.raises(TypeError, match="config must be a CondNetConfig"):
         CondNet({"depth": 3})
+    with pytest.raises(ValueError, match="instance normalisation needs at least 2\\*\\*depth = 16"):
+        CondNet(config)(torch.zeros(1, 1, 8, 8))
 
 
 def test_tiny_network_trains_on_one_batch():

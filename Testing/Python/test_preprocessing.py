@@ -505,6 +505,32 @@ def test_prepare_pair_errors_and_cancel():
         pp.prepare_pair(t1, None, size=24, cancel=lambda: True)
 
 
+def test_prepare_pair_refuses_a_t2_slab_and_warns_on_partial_cover(caplog):
+    t1 = phantom((40, 40, 40))
+    slab = phantom((40, 40, 3), contrast="t2", head_at=(0, 0, 0))  # 3 axial slices through the centre
+    with pytest.raises(ValueError, match=r"only \d+% of the head lies inside the T2's field of view"):
+        pp.prepare_pair(t1, slab, size=48)
+    partial = phantom((40, 40, 16), centre=(0, 0, 4), head_at=(0, 0, 0), contrast="t2")
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        pair = pp.prepare_pair(t1, partial, size=48)
+    assert 0.5 < pair.t2_coverage < 0.99
+    assert "the conductivity there is unreliable" in caplog.text
+    assert pp.prepare_pair(t1, phantom((40, 40, 40), contrast="t2"), size=48).t2_coverage == 1.0
+
+
+def test_prepare_pair_refuses_an_image_without_air_around_the_head():
+    noise = Volume(np.random.default_rng(0).rayleigh(size=(30, 30, 30)).astype(np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="no air was found around the head"):
+        pp.prepare_pair(noise, None, size=48)
+
+
+def test_head_mask_of_a_nearly_empty_image_is_its_bright_part():
+    array = np.zeros((32, 32, 32), dtype=np.float32)
+    array[10:14, 10:14, 10:14] = 50.0  # 64 voxels: 0.2 % of the image, below the 99.5th percentile
+    mask = pp.head_mask(Volume(array, np.eye(4)))
+    np.testing.assert_array_equal(mask, array > 0)
+
+
 @pytest.mark.shared
 @pytest.mark.skipif(not MNI.is_dir(), reason=f"{MNI} is absent")
 def test_prepare_pair_mni152():

@@ -1,6 +1,7 @@
 """Primary field dA/dt: closed forms, face/centre lattices, the precomputed grid, bad input."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy.integrate import quad
@@ -104,6 +105,31 @@ def test_faces_are_axis_components_at_face_midpoints():
         points_m = volume.ijk_to_ras_points(midpoints) * 1e-3
         vectors = dadt_at_points(points_m, segments_m, 1e8)
         np.testing.assert_allclose(face.reshape(-1), vectors @ volume.direction[:, axis], rtol=1e-12, atol=1e-9)
+
+
+def test_faces_in_slabs_report_progress_cancel_and_match_one_pass():
+    from CondNetLogic.errors import Cancelled
+
+    volume = Volume(np.zeros((21, 5, 4), dtype=np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
+    coil = _small_coil()
+    pose = coil_pose([20.0, 4.0, 40.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0])
+    seen, calls = [], []
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # slabs of 4 rows: 5 slabs along I whatever the machine's core count
+    try:
+        faces = dadt_faces(volume, coil, pose, 1e8, progress=lambda f, m: seen.append((f, m)))
+        with pytest.raises(Cancelled):
+            dadt_faces(volume, coil, pose, 1e8, cancel=lambda: calls.append(1) or len(calls) > 1)
+    finally:
+        numba.set_num_threads(threads)
+    for sliced, whole in zip(faces, dadt_faces(volume, coil, pose, 1e8)):
+        np.testing.assert_allclose(sliced, whole, rtol=1e-12, atol=1e-12)  # slab origins round differently
+    fractions = [f for f, _ in seen]
+    assert len(fractions) == 5 + 6 + 6  # 20, 21 and 21 face rows along I, J and K
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert "primary field" in seen[0][1]
+    assert len(calls) == 2  # stopped at the second slab
 
 
 def test_centres_are_ras_vectors_and_mask_zeroes_the_rest():
@@ -267,5 +293,10 @@ def test_cached_grid_builds_once_then_loads(tmp_path, monkeypatch):
     files[0].write_bytes(b"not a grid")
     third = cached_grid(coil, tmp_path, spacing_mm=30.0)
     np.testing.assert_array_equal(third.values, first.values)
+    # A coil named like a path still caches inside the cache folder.
+    odd = Coil.from_dict({**coil.to_dict(), "name": "../sub/dir coil"})
+    cached_grid(odd, tmp_path / "cache", spacing_mm=30.0)
+    assert [p.parent for p in (tmp_path / "cache").iterdir()] == [tmp_path / "cache"]
+    assert not list(tmp_path.glob("sub*"))
     monkeypatch.setenv("CONDNET_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert default_cache_dir() == tmp_path / "elsewhere" / "primary_field"

@@ -1,6 +1,7 @@
 """The Slicer module's logic on a real MRML scene (slicer-core, no Qt): adapters, the whole workflow,
 error paths that must leave the scene unchanged."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -270,21 +271,31 @@ def test_export_refuses_to_overwrite_and_writes_nothing(mrml_scene, tmp_path):
         logic.exportResults(str(tmp_path / "x"), {})
 
 
-def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
-    logic = CondNetSlicerLogic(mrml_scene)
+def labelled_head(scene, head):
+    """Conductivity (1 S/m in the head) and a landmarks node (Nz, Iz, LPA, RPA) on the phantom head."""
+    from CondNetLogic import scalp
+
     tissues = head["tissues"]
-    sigma = add_volume(mrml_scene, tissues.with_array((tissues.array > 0).astype(np.float32)), "sigma")
+    sigma = add_volume(scene, tissues.with_array((tissues.array > 0).astype(np.float32)), "sigma")
     mask = tissues.array > 0
     # Landmarks on the phantom: extremes of the head along its own R/A axes through the centre (RAS).
     centre = tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0))
-    from CondNetLogic import scalp
-
     marks = {}
     for label, direction in (("Nz", [0, 1, 0]), ("Iz", [0, -1, 0]), ("LPA", [-1, 0, 0]), ("RPA", [1, 0, 0])):
         marks[label] = scalp.scalp_point_along_ray(tissues.with_array(mask), centre, OBLIQUE[:3, :3] @ direction)
-    landmarks = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    landmarks = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
     for label, point in marks.items():
         landmarks.AddControlPointWorld(*point, label)
+    return sigma, landmarks, marks
+
+
+def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    mask = tissues.array > 0
+    sigma, landmarks, marks = labelled_head(mrml_scene, head)
+    from CondNetLogic import scalp
+
     markup = logic.createCoilMarkup()
     assert markup.GetAttribute(ROLE) == "coil-markup"
     assert markup.GetMaximumNumberOfControlPoints() == 1
@@ -295,6 +306,218 @@ def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
     # C3 is on the left: the coil normal points right (into the head), in the head's own frame.
     _, axes = logic._markupFrame(markup, sigma)
     assert (OBLIQUE[:3, :3].T @ axes[:, 2])[0] > 0.3
+
+
+def panel_default(field: str):
+    """Default value of a CondNetSlicerParameterNode field, read from CondNetSlicer.py (it imports Qt)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "CondNetSlicer" / "CondNetSlicer.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "CondNetSlicerParameterNode":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and item.target.id == field:
+                    return ast.literal_eval(item.value)
+    raise AssertionError(f"{field} not found")
+
+
+def test_default_handle_angle_is_posterior_lateral_on_either_hemisphere(mrml_scene, head):
+    """The panel's default 45 degrees is the usual motor-cortex orientation: handle posterior-lateral at
+    45 degrees to the midline (the demo's (-1, -1, 0)/sqrt(2) at C3); lateral is -R on the left."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    sigma, landmarks, _ = labelled_head(mrml_scene, head)
+    default = panel_default("handleAngleDeg")
+    assert default == 45.0
+    markup = logic.createCoilMarkup()
+
+    def handle_in_head_frame(position, angle):
+        logic.placeCoilAtPreset(markup, landmarks, sigma, position, handleAngleDeg=angle)
+        assert abs(logic.coilHandleAngle(markup, sigma) - angle) < 1e-6
+        _, axes = logic._markupFrame(markup, sigma)
+        return OBLIQUE[:3, :3].T @ axes[:, 1]  # (R, A, S) of the phantom's own axes
+
+    handle = handle_in_head_frame("C3", default)
+    assert handle[1] < -0.4, f"C3 handle {handle} is not posterior"
+    assert handle[0] < -0.3, f"C3 handle {handle} is not lateral (-R)"
+    handle = handle_in_head_frame("C4", default)
+    assert handle[1] < -0.4, f"C4 handle {handle} is not posterior"
+    assert handle[0] > 0.3, f"C4 handle {handle} is not lateral (+R)"
+    handle = handle_in_head_frame("C3", -default)
+    assert handle[1] < -0.4, f"C3 handle {handle} at -45 is not posterior"
+    assert handle[0] > 0.2, f"C3 handle {handle} at -45 is not medial (+R)"
+    handle = handle_in_head_frame("C3", 0.0)
+    assert handle[1] < -0.9, f"C3 handle {handle} at 0 is not posterior"
+    # The placeCoilAtPreset default is the panel's.
+    logic.placeCoilAtPreset(markup, landmarks, sigma, "C3")
+    assert abs(logic.coilHandleAngle(markup, sigma) - default) < 1e-6
+
+
+def test_handle_angle_convention_in_the_tangent_plane():
+    from CondNetSlicerLib import geometry
+
+    # (outward normal, where +90 degrees points): away from the midline along the surface (at C3/C4 lateral and
+    # down, at T7 straight down); on the midline (within 5 degrees) towards the subject's left.
+    cases = (
+        ([-1, 0, 1], [-1, 0, -1]),  # C3
+        ([1, 0, 1], [1, 0, -1]),  # C4
+        ([-1, 0, 0], [0, 0, -1]),  # T7
+        ([0, 0, 1], [-1, 0, 0]),  # Cz
+        ([0.03, 0, 1], [-1, 0, 0.03]),  # Cz, slightly right of the midline
+    )
+    for outward, expected in cases:
+        normal = -np.asarray(outward, float) / np.linalg.norm(outward)
+        for angle in (-170.0, -45.0, 0.0, 30.0, 45.0, 90.0, 180.0):
+            handle = geometry.handleDirection(normal, angle)
+            assert abs(np.dot(handle, normal)) < 1e-12
+            assert np.isclose(np.linalg.norm(handle), 1.0)
+            assert np.isclose(geometry.handleAngle(normal, handle), angle)
+        np.testing.assert_allclose(geometry.handleDirection(normal, 0.0), [0, -1, 0], atol=1e-12)
+        expected = np.asarray(expected, float) / np.linalg.norm(expected)
+        np.testing.assert_allclose(geometry.handleDirection(normal, 90.0), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="zero length"):
+        geometry.handleDirection([0, 0, 0], 45.0)
+
+
+def test_placing_the_coil_never_reuses_another_point_list(mrml_scene, head):
+    logic = CondNetSlicerLogic(mrml_scene)
+    sigma, landmarks, marks = labelled_head(mrml_scene, head)
+
+    def points(node):
+        out = []
+        for i in range(node.GetNumberOfControlPoints()):
+            p = np.zeros(3)
+            node.GetNthControlPointPositionWorld(i, p)
+            out.append((node.GetNthControlPointLabel(i), tuple(p)))
+        return out
+
+    before = points(landmarks)
+    made = logic.coilMarkupForPlacing(landmarks)  # the landmarks were selected as the coil markup
+    assert made is not landmarks
+    assert logic.isCoilMarkup(made)
+    assert logic.coilMarkupForPlacing(made) is made
+    assert logic.coilMarkupForPlacing(None) is not made
+    for move in (
+        lambda: logic.snapCoilMarkup(landmarks, sigma),
+        lambda: logic.setCoilHandleAngle(landmarks, sigma, 10.0),
+        lambda: logic.placeCoilAtPreset(landmarks, landmarks, sigma, "C3"),
+    ):
+        with pytest.raises(ValueError, match="not a CondNet coil markup"):
+            move()
+    with pytest.raises(ValueError, match="Place coil"):
+        logic.placeCoilAtPreset(None, landmarks, sigma, "C3")
+    assert points(landmarks) == before
+    logic.placeCoilAtPreset(made, landmarks, sigma, "C3")
+    assert made.GetNumberOfControlPoints() == 1
+
+
+def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, head):
+    """Re-solving updates the E-field nodes of the same conductivity; another conductivity gets new nodes."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    mask = tissues.array > 0
+    first = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "first")
+    second = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.6, 0.0).astype(np.float32)), "second")
+    markup = logic.createCoilMarkup()
+    top = tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + np.array([0.0, 0.0, 150.0])
+    markup.AddControlPointWorld(*top, "coil")
+    logic.snapCoilMarkup(markup, first)
+    coil = logic.coilNames()[0]
+    pose = logic.coilToRas(markup, first)
+
+    def solve(sigma, previous=None):
+        previous = previous or {}
+        return logic.computeEField(
+            sigma,
+            coil,
+            pose,
+            1e8,
+            device="cpu",
+            tol=1e-3,
+            show=False,
+            eVectorNode=previous.get("eVector"),
+            eMagnitudeNode=previous.get("eMagnitude"),
+            tableNode=previous.get("table"),
+        )
+
+    old = solve(first)
+    kept = {key: adapters.volumeFromNode(old[key]).array.copy() for key in ("eVector", "eMagnitude")}
+    rows = old["table"].GetNumberOfRows()
+    new = solve(second, old)  # the panel passes the previous outputs
+    for key in ("eVector", "eMagnitude", "table"):
+        assert new[key] is not old[key], key
+        assert new[key].GetName().startswith("second_"), new[key].GetName()
+        assert new[key].GetAttribute("CondNet.Conductivity") == second.GetID()
+        assert old[key].GetAttribute("CondNet.Conductivity") == first.GetID()
+    for key, array in kept.items():
+        np.testing.assert_array_equal(adapters.volumeFromNode(old[key]).array, array)
+    assert old["table"].GetNumberOfRows() == rows
+    assert json.loads(old["eMagnitude"].GetAttribute("CondNet.Info"))["conductivity"] == "first"
+    # The same conductivity again: its own nodes are updated in place, nothing is added.
+    count = mrml_scene.GetNumberOfNodes()
+    again = solve(first, old)
+    assert all(again[key] is old[key] for key in ("eVector", "eMagnitude", "table"))
+    assert mrml_scene.GetNumberOfNodes() == count
+    # A CondNet node without the conductivity attribute (unknown origin) is not overwritten either.
+    old["eMagnitude"].RemoveAttribute("CondNet.Conductivity")
+    assert solve(first, {"eMagnitude": old["eMagnitude"]})["eMagnitude"] is not old["eMagnitude"]
+
+    # Export reads the pose the field was solved with, not the coil's current one.
+    np.testing.assert_array_equal(logic.solvedCoilToRas(old["eMagnitude"]), pose)
+    logic.setCoilHandleAngle(markup, first, 120.0)
+    moved = logic.coilToRas(markup, first)
+    assert not logic.samePose(moved, pose)
+    assert logic.samePose(logic.solvedCoilToRas(old["eVector"]), pose)
+    assert logic.solvedCoilToRas(first) is None
+    assert logic.solvedCoilToRas(None) is None
+
+
+def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tmp_path):
+    """Slicer >= 5.12: slicer.packaging.pip_ensure (a submodule, imported explicitly); older: pip_install."""
+    import types
+
+    from CondNetSlicerLib import install
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nsafetensors>=0.4\n")
+    monkeypatch.setattr(install, "ensureTorch", lambda **kwargs: None)
+    calls = []
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.load_requirements = lambda path: install._readRequirements(path)
+    packaging.pip_ensure = lambda requirements, **kwargs: calls.append((requirements, kwargs))
+    monkeypatch.delattr(slicer, "packaging", raising=False)  # not bound by "import slicer"
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    install.ensureRequirements(requirements, interactive=False)
+    assert calls == [(["safetensors>=0.4"], {"prompt_install": False, "requester": "CondNet"})]
+
+    def decline(requirements, **kwargs):
+        raise RuntimeError("the user declined")
+
+    packaging.pip_ensure = decline
+    with pytest.raises(install.InstallError, match="declined"):
+        install.ensureRequirements(requirements, interactive=False)
+
+    # Older Slicer: neither slicer.packaging nor slicer.pydeps; what is missing goes to slicer.util.pip_install.
+    for name in install.SLICER_PACKAGING_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # "import" raises ImportError
+    assert install.slicerPackaging() is None
+    installed = []
+    monkeypatch.setattr(install, "missingRequirements", lambda path: ["safetensors>=0.4"])
+    monkeypatch.setattr(slicer.util, "pip_install", installed.append, raising=False)
+    install.ensureRequirements(requirements, interactive=False)
+    assert installed == [["safetensors>=0.4"]]
+
+
+def test_every_logic_method_the_widget_calls_exists():
+    """The Widget needs the Slicer application to run; at least its calls into the logic must resolve."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "CondNetSlicer" / "CondNetSlicer.py").read_text()
+    called = set(re.findall(r"self\.logic\.(\w+)", text))
+    assert {"coilMarkupForPlacing", "isCoilMarkup", "solvedCoilToRas", "samePose", "getParameterNode"} <= called
+    called.discard("getParameterNode")  # ScriptedLoadableModuleLogic's, absent without the application
+    called.discard("logCallback")  # an attribute set by the widget
+    missing = sorted(name for name in called if not hasattr(CondNetSlicerLogic, name))
+    assert not missing, f"CondNetSlicer.py calls logic methods that do not exist: {missing}"
 
 
 def test_on_grid_undoes_axis_reordering_exactly_and_rejects_resampling(head):

@@ -3,7 +3,9 @@ parameter node, Python 3.9 syntax, startup imports, requirements and sample-data
 
 import ast
 import hashlib
+import os
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -79,11 +81,140 @@ def test_module_cmake_builds_with_generic_tests_and_the_unittest():
 
 def test_extension_cmake_metadata():
     text = (ROOT / "CMakeLists.txt").read_text()
-    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
+    assert re.search(r'set\(EXTENSION_SCREENSHOTURLS "[^"]*"\)', text)  # may be empty: no screenshot yet
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert "add_subdirectory(CondNetSlicer)" in text
     assert "find_package(Slicer REQUIRED)" in text
+
+
+#: URLs into this repository's main branch: raw files and GitHub's file view.
+REPO_URL = re.compile(
+    r"https://(?:raw\.githubusercontent\.com/condnet-slicer/condnet-slicer/main|"
+    r"github\.com/condnet-slicer/condnet-slicer/blob/main)/([^\s\"';]+)"
+)
+
+
+@pytest.mark.parametrize("name", ["CMakeLists.txt", "CondNetSlicer/CMakeLists.txt", "CondNetSlicer/CondNetSlicer.py"])
+def test_every_url_into_the_repository_names_a_file_that_exists(name):
+    text = (ROOT / name).read_text()
+    paths = REPO_URL.findall(text)
+    if name == "CMakeLists.txt":
+        assert len(paths) >= 2  # the homepage and the icon at least
+    missing = [path for path in paths if not (ROOT / path).is_file()]
+    assert not missing, f"{name} links to files that are not in the repository: {missing}"
+
+
+def test_extension_screenshots_are_repository_images():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"\)', text).group(1).split()
+    for url in urls:
+        match = REPO_URL.fullmatch(url)
+        assert match, url
+        assert match.group(1).startswith("docs/images/"), url
+        assert (ROOT / match.group(1)).is_file(), url
+
+
+# ------------------------------------------------------------------------------------------ install tree
+SLICER_SCRIPTED = "lib/Slicer-5.8/qt-scripted-modules"
+
+
+def test_module_cmake_installs_the_package_and_resources_beside_the_module():
+    """Text-level check: slicerMacroBuildScriptedModule installs only qt-scripted-modules/, so the "../"
+    entries (CondNetLogic/, Resources/) need their own install rule, into the folder above it."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert re.search(
+        r'get_filename_component\((\w+) "\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}" DIRECTORY\)', text
+    )
+    parent = re.search(r'get_filename_component\((\w+) "\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}"', text)
+    loop = re.search(
+        r"foreach\(\w+ IN LISTS MODULE_PYTHON_SCRIPTS MODULE_PYTHON_RESOURCES\)(.*?)endforeach\(\)", text, re.S
+    )
+    assert loop, "no install loop over the two file lists"
+    body = loop.group(1)
+    assert "install(FILES" in body
+    assert f'DESTINATION "${{{parent.group(1)}}}/' in body
+    listed = cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    outside = {entry.split("/")[1] for entry in listed if entry.startswith("../")}
+    assert outside == {"CondNetLogic", "Resources"}
+
+
+STUB_SLICER = """
+cmake_minimum_required(VERSION 3.16)
+project(CondNetInstallCheck NONE)
+# What Slicer's extension build defines, for a Linux extension (Slicer_INSTALL_ROOT "./").
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "{scripted}")
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "./${{Slicer_QTSCRIPTEDMODULES_LIB_DIR}}")
+# slicerMacroBuildScriptedModule -> ctkMacroCompilePythonScript(... NO_INSTALL_SUBDIR): each listed file is
+# copied to <build>/<scripted dir>/<entry>, and only <build>/<scripted dir>/ is installed.
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${{ARGN}})
+  set(_dest "${{CMAKE_BINARY_DIR}}/${{Slicer_QTSCRIPTEDMODULES_LIB_DIR}}")
+  foreach(_file IN LISTS MY_SCRIPTS MY_RESOURCES)
+    get_filename_component(_target "${{_dest}}/${{_file}}" ABSOLUTE)
+    configure_file("${{CMAKE_CURRENT_SOURCE_DIR}}/${{_file}}" "${{_target}}" COPYONLY)
+  endforeach()
+  install(DIRECTORY "${{_dest}}/" DESTINATION "${{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}}"
+    COMPONENT RuntimeLibraries USE_SOURCE_PERMISSIONS)
+endmacro()
+macro(slicer_add_python_unittest)
+endmacro()
+set(BUILD_TESTING OFF)
+add_subdirectory("{module}" CondNetSlicer)
+"""
+
+
+def tree(folder: Path) -> set:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_install_tree_has_the_build_tree_layout_and_the_package_runs_from_it(tmp_path):
+    """Configure the module with stand-ins for Slicer's macros, install it, and import the package from the
+    install tree: CondNetLogic/ and Resources/ must sit beside qt-scripted-modules/ as in the build tree."""
+    source = tmp_path / "stub"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text(STUB_SLICER.format(scripted=SLICER_SCRIPTED, module=MODULE_DIR.as_posix()))
+    build, prefix = tmp_path / "build", tmp_path / "install"
+    for command in (
+        ["cmake", "-S", str(source), "-B", str(build)],
+        ["cmake", "--install", str(build), "--prefix", str(prefix)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    built = tree(build / "lib" / "Slicer-5.8")
+    installed = tree(prefix / "lib" / "Slicer-5.8")
+    assert installed == built
+    assert {
+        "qt-scripted-modules/CondNetSlicer.py",
+        "qt-scripted-modules/CondNetSlicerLib/logic.py",
+        "CondNetLogic/__init__.py",
+        "CondNetLogic/solver/spfd.py",
+        "Resources/UI/CondNetSlicer.ui",
+        "Resources/weights.json",
+    } <= installed
+    # The package and its resources resolve inside the install tree, as CondNetSlicer.py's PACKAGE_PARENT
+    # (the folder above the module's) and CondNetSlicerLib.process put it on sys.path / PYTHONPATH.
+    parent = prefix / "lib" / "Slicer-5.8"
+    script = (
+        "import CondNetLogic, CondNetLogic.conductivity as c, pathlib\n"
+        "ui = c.resource_path('UI', 'CondNetSlicer.ui')\n"
+        "print(pathlib.Path(CondNetLogic.__file__).resolve())\n"
+        "print(ui.resolve(), ui.is_file())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(parent), "PYTHONSAFEPATH": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    package, ui = done.stdout.splitlines()
+    assert Path(package) == (parent / "CondNetLogic" / "__init__.py").resolve()
+    assert ui == f"{(parent / 'Resources' / 'UI' / 'CondNetSlicer.ui').resolve()} True"
 
 
 # ------------------------------------------------------------------------------------------ .ui file

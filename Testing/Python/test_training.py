@@ -161,6 +161,18 @@ def test_resume_matches_uninterrupted_run(training_set, tmp_path):
         train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", **kwargs)
 
 
+@pytest.mark.gpu
+def test_run_started_on_cpu_resumes_on_cuda_with_mixed_precision(training_set, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    kwargs = {"network_config": NET, "config": TINY, "directions": ["axial"], "show_bar": False}
+    with pytest.raises(Cancelled):
+        train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", device="cpu",
+              cancel=lambda: (tmp_path / "a" / "axial" / "checkpoint.pt").exists(), **kwargs)
+    resumed = train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", device="cuda", **kwargs)
+    assert [r["epoch"] for r in resumed.history["axial"]] == [1, 2]
+
+
 def test_directions_trained_separately_are_combined(training_set, tmp_path):
     kwargs = {"network_config": NET, "config": with_overrides(TINY, epochs=1), "device": "cpu", "show_bar": False}
     train(training_set, tmp_path / "run", weights_path=tmp_path / "sag.safetensors", directions=["sagittal"],
@@ -242,9 +254,17 @@ def test_bad_arguments(training_set, tmp_path):
     with pytest.raises(ValueError, match="V=2 outputs"):
         train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors",
               network_config=CondNetConfig(depth=3, out_channels=2), config=TINY)
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match=r"at least 2\*\*depth = 8"):
+        train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=NET,
+              config=with_overrides(TINY, size=4))
+    with pytest.raises(ValueError, match="must be a multiple"):
         train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=CondNetConfig(depth=6),
               config=with_overrides(TINY, size=48))
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"name": "partial", "values": {"wm": 0.1, "gm": 0.2}}')
+    with pytest.raises(ValueError, match=r"'partial' has no value for tissues \['csf'"):
+        train(training_set, tmp_path / "p", weights_path=tmp_path / "p.safetensors", network_config=NET,
+              config=with_overrides(TINY, tables=(str(partial),)), directions=["axial"], device="cpu")
     (tmp_path / "w.safetensors").write_bytes(b"")
     with pytest.raises(FileExistsError, match="overwrite"):
         train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY)

@@ -95,6 +95,10 @@ def _rewrite_header(source, target, edit):
         (lambda h, t: h["input"].update(channels=["t1"]), "do not fit U=2"),
         (lambda h, t: t.pop("axial.decoder_1.level_1.map.bias"), "axial tensors do not match"),
         (lambda h, t: h.pop("tau"), "header lacks"),
+        (lambda h, t: h.update(tau=1.0), r"tau must be a number in \[0, 1\), got 1.0"),
+        (lambda h, t: h.update(tau=float("nan")), "tau must be a number"),
+        (lambda h, t: h.update(input=["t1", "t2"]), "'input' must be an object"),
+        (lambda h, t: h.update(directions="axial"), "directions must be a list"),
     ],
 )
 def test_mismatched_header_raises(weights_file, tmp_path, edit, message):
@@ -110,6 +114,9 @@ def test_file_without_condnet_header(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(WeightsError, match="no CondNet header"):
+        load_weights(path)
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"condnet": "[1, 2]"})
+    with pytest.raises(WeightsError, match="CondNet header is a JSON list, expected an object"):
         load_weights(path)
 
 
