@@ -162,9 +162,11 @@ def test_resume_matches_uninterrupted_run(training_set, tmp_path):
 
 
 @pytest.mark.gpu
-def test_run_started_on_cpu_resumes_on_cuda_with_mixed_precision(training_set, tmp_path):
+def test_run_started_on_cpu_resumes_on_cuda_with_mixed_precision(request, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    pytest.importorskip("SimpleITK", reason="writing the training set needs SimpleITK")
+    training_set = request.getfixturevalue("training_set")
     kwargs = {"network_config": NET, "config": TINY, "directions": ["axial"], "show_bar": False}
     with pytest.raises(Cancelled):
         train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", device="cpu",
