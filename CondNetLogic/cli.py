@@ -22,6 +22,7 @@ COMMANDS = {
     "evaluate": ("CondNetLogic.commands.evaluate", "CondNet vs a label map: per-tissue table, MAE, figures"),
     "demo": ("CondNetLogic.commands.demo", "whole pipeline on the shipped sample head"),
     "efield": ("CondNetLogic.commands.efield", "TMS E-field for one coil position (vector, |E|, JSON sidecar)"),
+    "resample": ("CondNetLogic.commands.resample", "a volume onto isotropic voxels (e.g. before efield)"),
 }
 
 
@@ -56,6 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, RuntimeError) as err:  # OSError: missing, existing or unreadable files
         print(f"condnet {known.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (rerun the same command to resume from the last finished epoch)" if known.command == "train" else ""
+        print(f"condnet {known.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -259,6 +259,9 @@ def labels_to_tissues(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndar
         labels = rounded.astype(np.int64)
     present = np.unique(labels)
     missing = [int(label) for label in present if int(label) not in mapping]
+    if len(missing) > 20:  # an intensity image passed as labels: say so instead of listing every value
+        raise ValueError(f"{len(missing)} labels are not in the label-to-tissue mapping (the first: {missing[:10]}); "
+                         "is it an intensity image rather than a label map, or the wrong mapping?")
     if missing:
         raise ValueError(f"labels {missing} are not in the label-to-tissue mapping")
     lookup_labels = np.array(sorted(mapping), dtype=np.int64)

@@ -155,21 +155,45 @@ def load_subject(
     subject_dir = Path(subject_dir)
     files = [subject_dir / name for name in ("t1.nii.gz", "t2.nii.gz", "tissues.nii.gz")]
     folder = Path(cache_dir) / f"{subject_dir.name}-{_cache_key(files, size, register, n4)}"
-    names = ("t1.npy", "t2.npy", "tissues.npy")
-    if not all((folder / name).is_file() for name in names):
+    arrays = _read_cache(folder, size) if all((folder / name).is_file() for name in _CACHE_FILES) else None
+    if arrays is None:
         t1, t2, tissues = (read_volume(path) for path in files)
         if not np.issubdtype(tissues.array.dtype, np.integer):
             raise ValueError(f"{files[2]} must hold integer tissue indices; got dtype {tissues.array.dtype}")
         pair = prepare_pair(t1, t2, size=size, register=register, n4=n4)
         tissue_model = pair.grid.to_model(tissues.with_array(tissues.array.astype(np.uint8)), interpolation="nearest")
         folder.mkdir(parents=True, exist_ok=True)
-        for name, array, dtype in zip(names, (pair.t1, pair.t2, tissue_model), (np.float16, np.float16, np.uint8)):
+        for name, array in zip(_CACHE_FILES, (pair.t1, pair.t2, tissue_model)):
             tmp = folder / (name + ".part.npy")
-            np.save(tmp, np.ascontiguousarray(array, dtype=dtype))
+            np.save(tmp, np.ascontiguousarray(array, dtype=_CACHE_FILES[name]))
             os.replace(tmp, folder / name)
         logger.info("cached %s in %s", subject_dir.name, folder)
-    arrays = [np.load(folder / name, mmap_mode="r") for name in names]
+        arrays = _read_cache(folder, size)
+        if arrays is None:
+            raise OSError(f"the preprocessed copy of {subject_dir.name} in {folder} cannot be read back right "
+                          "after writing it: check the disk (space, permissions)")
     return CachedSubject(subject_dir.name, *arrays)
+
+
+#: Cached arrays of a subject and their dtypes.
+_CACHE_FILES = {"t1.npy": np.float16, "t2.npy": np.float16, "tissues.npy": np.uint8}
+
+
+def _read_cache(folder: Path, size: int) -> Optional[List[np.ndarray]]:
+    """Memory-mapped cached arrays, or None (with a warning) when one is damaged, truncated or foreign."""
+    arrays = []
+    for name, dtype in _CACHE_FILES.items():
+        try:
+            array = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            logger.warning("the cached %s is damaged (%s); preprocessing the subject again", folder / name, err)
+            return None
+        if array.shape != (size,) * 3 or array.dtype != dtype:
+            logger.warning("the cached %s holds %s %s, expected %s %s; preprocessing the subject again",
+                           folder / name, array.dtype, array.shape, np.dtype(dtype), (size,) * 3)
+            return None
+        arrays.append(array)
+    return arrays
 
 
 def check_table_coverage(subjects: Sequence[CachedSubject], tables: Sequence[ConductivityTable]) -> None:

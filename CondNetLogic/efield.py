@@ -134,7 +134,8 @@ def validate_conductivity(conductivity: Volume) -> np.ndarray:
         spacing = ", ".join(f"{s:.4g}" for s in conductivity.spacing)
         raise ValueError(
             f"the E-field solver needs isotropic voxels; the conductivity has spacing ({spacing}) mm: "
-            "resample it to an isotropic grid first (e.g. 1 mm)"
+            "resample it to an isotropic grid first (e.g. `condnet resample --input sigma.nii.gz --out "
+            "sigma_1mm.nii.gz --spacing 1`)"
         )
     direction = conductivity.direction
     if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:

@@ -264,16 +264,17 @@ def comparison_figure(t1: Volume, t2: Optional[Volume], uniform: Volume, condnet
 
 
 def report_paths(out_dir: PathLike, table_names: Sequence[str], *, overwrite: bool = False) -> Dict[str, Path]:
-    """Paths :func:`write_report` writes for these tables; ``FileExistsError`` if one exists and not ``overwrite``.
+    """Paths :func:`write_report` writes for these tables, checked by :func:`~CondNetLogic.io.check_outputs`.
 
-    Call it before a long prediction, so existing results are refused before any work is done.
+    Call it before a long prediction, so existing results and unwritable folders are refused before any
+    work is done (``FileExistsError`` if an output exists and not ``overwrite``).
     """
+    from .io import check_outputs
+
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md",
              **{f"figure_{n}": out_dir / f"comparison_{n}.png" for n in table_names}}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"outputs exist: {existing}; pass overwrite=True (--overwrite) to replace them")
+    check_outputs(paths.values(), overwrite=overwrite)
     return paths
 
 
@@ -289,11 +290,17 @@ def write_report(evaluation: Evaluation, prediction, out_dir: PathLike, *, t1: V
     out_dir = Path(out_dir)
     names = list(evaluation.report["tables"])
     paths = report_paths(out_dir, names, overwrite=overwrite)
+    from .io import removed_on_error, write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**evaluation.report, "prediction": prediction.info, **(extra or {})}
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    paths["markdown"].write_text("# CondNet evaluation\n\n" + markdown_table(evaluation.report))
-    for name in names:
-        comparison_figure(t1, t2, evaluation.uniform[name], prediction.conductivity[name],
-                          prediction.uncertainty[name], paths[f"figure_{name}"], title=f"Table I ({name})")
+    with removed_on_error() as files:  # all outputs or none
+        files.append(write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n",
+                                overwrite=overwrite))
+        files.append(write_text(paths["markdown"], "# CondNet evaluation\n\n" + markdown_table(evaluation.report),
+                                overwrite=overwrite))
+        for name in names:
+            files.append(paths[f"figure_{name}"])
+            comparison_figure(t1, t2, evaluation.uniform[name], prediction.conductivity[name],
+                              prediction.uncertainty[name], paths[f"figure_{name}"], title=f"Table I ({name})")
     return paths

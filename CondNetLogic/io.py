@@ -10,14 +10,29 @@ import hashlib
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator, List
 
 import numpy as np
 
 from .errors import VolumeReadError
 from .volume import LPS_TO_RAS, Volume
 
-__all__ = ["SUPPORTED_SUFFIXES", "check_finite", "file_sha256", "read_volume", "write_volume"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "check_finite",
+    "check_outputs",
+    "file_sha256",
+    "read_volume",
+    "removed_on_error",
+    "write_text",
+    "write_volume",
+]
+
+#: Formats written to a temporary file and renamed into place (the others keep data in a second file
+#: whose name the header records, so they are written directly).
+_SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -83,11 +98,16 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
     return Volume(array, LPS_TO_RAS @ ijk_to_lps)
 
 
+#: NIfTI datatype codes of floating-point voxels (float32, float64) -> numpy type characters.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
 def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file holds fewer data bytes than its header promises.
+    """Raise if a NIfTI file holds fewer data bytes than its header promises, or NaN/inf voxels.
 
     ITK's NIfTI reader fills missing bytes of a truncated file with zeros without an error, so a partly
-    copied or interrupted download would otherwise load as a silently damaged volume.
+    copied or interrupted download would otherwise load as a silently damaged volume; it also turns NaN and
+    infinite voxels into 0 (ITK 5.4), so they are counted here, in the file's own bytes.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
@@ -103,21 +123,55 @@ def _check_nifti_complete(path: Path) -> None:
                 raise VolumeReadError(f"{path}: not a NIfTI file (header size field {header[:4]!r})")
             if size == 348:
                 dims = struct.unpack(order + "8h", header[40:56])
-                bitpix = struct.unpack(order + "h", header[72:74])[0]
+                datatype, bitpix = struct.unpack(order + "2h", header[70:74])
                 vox_offset = struct.unpack(order + "f", header[108:112])[0]
             else:
                 dims = struct.unpack(order + "8q", header[16:80])
-                bitpix = struct.unpack(order + "h", header[14:16])[0]
+                datatype, bitpix = struct.unpack(order + "2h", header[12:16])
                 vox_offset = struct.unpack(order + "q", header[168:176])[0]
             n_voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(int(dims[0]), 1)]]))
             expected = int(vox_offset) + n_voxels * int(bitpix) // 8
+            counter = _NonFiniteCounter(order + _NIFTI_FLOATS[datatype], int(vox_offset), n_voxels) \
+                if datatype in _NIFTI_FLOATS else None
             available = len(header)
+            if counter is not None:
+                counter.feed(header)
             while chunk := handle.read(1 << 22):
                 available += len(chunk)
+                if counter is not None:
+                    counter.feed(chunk)
     except (EOFError, OSError, zlib.error) as err:
         raise VolumeReadError(f"{path}: cannot read the file (truncated or corrupt?): {err}") from err
     if available < expected:
         raise VolumeReadError(f"{path}: truncated NIfTI file: {available} bytes, the header promises {expected}")
+    if counter is not None and counter.count:
+        raise VolumeReadError(f"{path}: {counter.count} of {n_voxels} voxels are NaN or infinite; expected finite "
+                              "values (replace them, e.g. by 0 outside the head, before using the file)")
+
+
+class _NonFiniteCounter:
+    """Counts NaN/inf values in a stream of file bytes whose voxel data start at ``offset``."""
+
+    def __init__(self, dtype: str, offset: int, n_values: int) -> None:
+        self.dtype = np.dtype(dtype)
+        self.skip = offset
+        self.left = n_values
+        self.pending = b""
+        self.count = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Consume the next bytes of the file."""
+        if self.skip:
+            dropped = min(self.skip, len(chunk))
+            chunk, self.skip = chunk[dropped:], self.skip - dropped
+        if not chunk or self.left <= 0:
+            return
+        data = self.pending + chunk
+        usable = min(len(data) // self.dtype.itemsize, self.left)
+        values = np.frombuffer(data, dtype=self.dtype, count=usable)
+        self.count += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self.left -= usable
+        self.pending = data[usable * self.dtype.itemsize:]
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -144,11 +198,14 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
         If ``path`` exists and ``overwrite`` is false.
     ValueError
         If the suffix is not supported.
+    OSError
+        If the file cannot be written completely (disk full, no permission); nothing is left at ``path``
+        then (single-file formats are written to a temporary file in the same folder and renamed).
     """
     import SimpleITK as sitk
 
     path = Path(path)
-    _suffix(path)
+    suffix = _suffix(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     array = volume.array
@@ -163,8 +220,81 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     image.SetOrigin(tuple(float(o) for o in ijk_to_lps[:3, 3]))
     image.SetDirection(tuple(float(d) for d in (ijk_to_lps[:3, :3] / spacing[np.newaxis, :]).ravel()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    if suffix not in _SINGLE_FILE_SUFFIXES:
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return path
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.part{suffix}")
+    try:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as err:
+            raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[-1]}") from err
+        if suffix in (".nii", ".nii.gz"):  # ITK does not report a short write (e.g. a full disk)
+            try:
+                _check_nifti_complete(tmp)
+            except VolumeReadError as err:
+                raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write a text file (a JSON sidecar) through a temporary file, so a failed write leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False) -> None:
+    """Check output paths before long work: none exists (unless ``overwrite``) and each folder is writable.
+
+    Raises
+    ------
+    FileExistsError
+        If an output exists and ``overwrite`` is false.
+    NotADirectoryError, PermissionError
+        If an output's folder lies below a file, or cannot be created or written (read-only, no permission).
+    """
+    paths = [Path(p) for p in paths]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        what = "an output exists" if len(existing) == 1 else "outputs exist"
+        raise FileExistsError(f"{what}: {', '.join(existing)}; pass --overwrite to replace")
+    for folder in dict.fromkeys(p.parent for p in paths):
+        ancestor = folder
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"cannot write into {folder}: {ancestor} is a file, not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write into {folder}: {ancestor} is not writable (read-only or no "
+                                  "permission)")
+
+
+@contextmanager
+def removed_on_error() -> Iterator[List[Path]]:
+    """Collect the paths a block writes; if the block raises, remove them again (outputs written together).
+
+    >>> with removed_on_error() as written:  # doctest: +SKIP
+    ...     written.append(write_volume(volume, "sigma.nii.gz"))
+    """
+    written: List[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
 
 
 def check_finite(volume: Volume, *, name: str = "volume") -> None:

@@ -45,6 +45,7 @@ from .dataset import (
     subject_slices,
 )
 from .errors import Cancelled
+from .io import file_sha256
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
@@ -373,6 +374,7 @@ def _train_direction(
     show_bar: bool,
     histories: Dict[str, List[dict]],
     max_minutes: Optional[float],
+    data_sha256: str,
     init_state: Optional[Mapping] = None,
 ) -> dict:
     import torch
@@ -404,7 +406,7 @@ def _train_direction(
     folder = out_dir / direction
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / "checkpoint.pt"
-    identity = {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()), "direction": direction}
+    identity = _identity(network_config, config, direction, data_sha256)
     history: List[dict] = []
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     start_epoch = 1
@@ -416,8 +418,9 @@ def _train_direction(
         stored = json.loads(checkpoint["identity"])
         if stored != identity:
             raise ValueError(
-                f"{checkpoint_path} was made with other settings ({stored}) than this run ({identity}); "
-                "use a new output folder or the original settings"
+                f"{checkpoint_path} was made with other settings than this run: "
+                f"{_identity_differences(stored, identity)}; use a new output folder or the original settings "
+                "and training set"
             )
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimizer"])
@@ -473,7 +476,7 @@ def _train_direction(
         elapsed_min = (time.perf_counter() - direction_started) / 60
         if max_minutes is not None and epoch < config.epochs and elapsed_min + row["seconds"] / 60 > max_minutes:
             stopped_early = True
-            logger.warning("%s: stopping after epoch %d of %d: another epoch would exceed the %.1f min time limit",
+            logger.warning("%s: stopping after epoch %d of %d: another epoch would exceed the %g min time limit",
                            direction, epoch, config.epochs, max_minutes)
         if monitored < best["loss"]:
             best = {"loss": monitored, "epoch": epoch,
@@ -610,6 +613,11 @@ def train(
         raise ValueError(f"directions must be a non-empty subset of {sorted(DIRECTIONS)}; got {directions}")
     if max_minutes is not None and not max_minutes > 0:
         raise ValueError(f"max_minutes must be a positive number of minutes; got {max_minutes}")
+    split_path = Path(data_dir) / "split.json"
+    if not split_path.is_file():
+        raise FileNotFoundError(f"{split_path} not found: --data must be a training-set folder "
+                                "(condnet build-training-set)")
+    data_sha256 = file_sha256(split_path)  # resuming or combining on another training set is refused
     weights_path = Path(weights_path)
     if weights_path.exists() and not overwrite:
         raise FileExistsError(f"{weights_path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -626,7 +634,7 @@ def train(
     histories: Dict[str, List[dict]] = {}
     results: Dict[str, dict] = {}
     if combine_only:
-        results = _finished_elsewhere(out_dir, directions, network_config, config, histories)
+        results = _finished_elsewhere(out_dir, directions, network_config, config, histories, data_sha256)
         missing = [d for d in directions if d not in results]
         if missing:
             raise ValueError(f"{out_dir} holds no finished checkpoint with these settings for {missing}: train "
@@ -640,11 +648,11 @@ def train(
             results[direction] = _train_direction(
                 direction, subjects, network_config=network_config, config=config, out_dir=out_dir, device=dev,
                 resume=resume, progress=sub_progress(0.05 + n * share, 0.05 + (n + 1) * share), cancel=cancel,
-                show_bar=show_bar, histories=histories, max_minutes=max_minutes,
+                show_bar=show_bar, histories=histories, max_minutes=max_minutes, data_sha256=data_sha256,
                 init_state=None if init is None else init.state_dicts[direction],
             )
         results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config,
-                                           histories))
+                                           histories, data_sha256))
     split = json.loads((Path(data_dir) / "split.json").read_text())
     training = {
         "data": {"dir": str(Path(data_dir).resolve()), "source": split.get("source"), "train": split["train"],
@@ -676,8 +684,27 @@ def train(
                           {d: {"epoch": r["best_epoch"], "loss": r["best_loss"]} for d, r in results.items()})
 
 
+def _identity(network_config, config: TrainingConfig, direction: str, data_sha256: str) -> dict:
+    """What a checkpoint must match to be resumed or combined: network, settings, direction, training set."""
+    return {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()), "direction": direction,
+            "split_sha256": data_sha256}
+
+
+def _identity_differences(stored: Mapping, current: Mapping, prefix: str = "") -> str:
+    """``key: stored -> current`` for every differing (nested) key, e.g. ``training.learning_rate: ...``."""
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            nested = _identity_differences(old, new, f"{prefix}{key}.")
+            changes.extend([nested] if nested else [])
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return ", ".join(changes)
+
+
 def _finished_elsewhere(out_dir: Path, directions, network_config, config: TrainingConfig,
-                        histories: Dict[str, List[dict]]) -> Dict[str, dict]:
+                        histories: Dict[str, List[dict]], data_sha256: str) -> Dict[str, dict]:
     """Best states of directions whose checkpoint in ``out_dir`` has the same settings and all epochs."""
     import torch
 
@@ -687,8 +714,7 @@ def _finished_elsewhere(out_dir: Path, directions, network_config, config: Train
         if not path.exists():
             continue
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        identity = {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()),
-                    "direction": direction}
+        identity = _identity(network_config, config, direction, data_sha256)
         finished = int(checkpoint["epoch"]) >= config.epochs or bool(checkpoint.get("stopped_early", False))
         if json.loads(checkpoint["identity"]) != identity or not finished:
             logger.warning("not including %s: its settings differ or it is unfinished", path)

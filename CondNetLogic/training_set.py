@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -90,18 +91,33 @@ def _synthesize_map(task: dict) -> list:
     from .io import read_volume
 
     labels = read_volume(task["path"])
-    folders = synthesize_subject(
-        labels,
-        task["mapping"],
-        n=task["pairs"],
-        seed=task["seed"],
-        out_dir=task["out_dir"],
-        prefix=task["id"],
-        preview=task["preview"],
-        options=SynthOptions.from_dict(task["options"]),
-        seed_key=(task["index"],),
-    )
+    try:
+        folders = synthesize_subject(
+            labels,
+            task["mapping"],
+            n=task["pairs"],
+            seed=task["seed"],
+            out_dir=task["out_dir"],
+            prefix=task["id"],
+            preview=task["preview"],
+            options=SynthOptions.from_dict(task["options"]),
+            seed_key=(task["index"],),
+        )
+    except ValueError as err:
+        raise ValueError(f"{Path(task['path']).name}: {err}") from err
     return [folder.name for folder in folders]
+
+
+def _check_labels(maps: Sequence[Path], mapping: Mapping[int, int]) -> None:
+    """Raise ``ValueError`` naming the first map with a label the mapping lacks (before any synthesis)."""
+    from .conductivity import labels_to_tissues
+    from .io import read_volume
+
+    for path in maps:
+        try:
+            labels_to_tissues(read_volume(path).array, mapping)
+        except ValueError as err:
+            raise ValueError(f"{path.name}: {err}") from err
 
 
 def build_training_set(
@@ -160,8 +176,14 @@ def build_training_set(
     FileNotFoundError
         If ``labels_dir`` does not exist.
     ValueError
-        No label maps, bad ``pairs_per_map``/``workers``/``seed``, unknown validation maps, and every
-        error of :func:`CondNetLogic.synth.synthesize_subject` (labels missing from the mapping, empty map).
+        No label maps, bad ``pairs_per_map``/``workers``/``seed``, unknown validation maps, a map with labels
+        the mapping lacks (every map is checked before any synthesis; the message names the file), and
+        every error of :func:`CondNetLogic.synth.synthesize_subject` (empty map; prefixed with the file).
+
+    Notes
+    -----
+    When the build fails or is cancelled (including Ctrl-C), what it wrote is removed again, leaving
+    ``out_dir`` as it was (empty or absent).
     """
     from .conductivity import read_label_mapping, resource_path
 
@@ -190,9 +212,27 @@ def build_training_set(
         }
         for index, (path, stem) in enumerate(zip(maps, stems))
     ]
+    _check_labels(maps, mapping_dict)
     logger.info("building %d pairs from %d maps (%d train, %d val) in %s with %d worker(s)",
                 len(maps) * pairs_per_map, len(maps), len(train), len(val), out_dir, workers)
+    existed = out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _synthesize_all(tasks, workers, progress, cancel, out_dir, train, val, seed, labels_dir, mapping_name,
+                        pairs_per_map, options)
+    except BaseException:
+        # The folder was empty or absent before this call: remove the incomplete set rather than leave a
+        # folder that training refuses (no split.json) and a rerun refuses (not empty).
+        for child in list(out_dir.iterdir()) if existed else [out_dir]:
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        logger.warning("removed the incomplete training set in %s", out_dir)
+        raise
+    return out_dir
+
+
+def _synthesize_all(tasks, workers, progress, cancel, out_dir: Path, train, val, seed, labels_dir: Path,
+                    mapping_name: str, pairs_per_map: int, options: SynthOptions) -> None:
+    """Run the map tasks (serially or in processes), then write ``split.json``."""
     pair_ids: dict = {}
 
     def done(task: dict, ids: list) -> None:
@@ -232,4 +272,3 @@ def build_training_set(
         "note": "subject-level split: all pairs of a label map are in the same subset",
     }
     (out_dir / "split.json").write_text(json.dumps(split, indent=1))
-    return out_dir

@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
         read_label_mapping,
         tissues_to_conductivity,
     )
-    from ..io import read_volume, write_volume
+    from ..io import check_outputs, read_volume, write_volume
 
+    check_outputs([args.out], overwrite=args.overwrite)
     mapping = read_label_mapping(label_mapping_path(args.mapping))
     table = get_table(args.table)
     labels = read_volume(args.labels)

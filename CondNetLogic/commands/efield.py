@@ -77,7 +77,8 @@ def default_normal(conducting, center_ras):
     try:
         return scalp_normal(conducting, center_ras)
     except ValueError as err:
-        logger.info("--coil-center is not on the scalp (%s): the normal points at the head centre", err)
+        logger.warning("--coil-center is not on the scalp (%s): the coil normal points at the head centre; check "
+                       "the coordinates (RAS mm, the scalp point under the coil centre)", err)
     normal = head_centre(conducting) - np.asarray(center_ras, dtype=float)
     if np.linalg.norm(normal) == 0:
         raise ValueError("--coil-center is the head centre; give --normal explicitly")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..coil import coil_file, coil_pose, load_coil
     from ..efield import EFieldSimulation, check_wire_outside, validate_conductivity
-    from ..io import file_sha256, read_volume, write_volume
+    from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
     from ._progress import ProgressBar
@@ -100,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("--dtype float32 reaches a true relative residual of about %g at best; --tol %g is tighter "
                        "than that (use float64 for a tighter solve)", FLOAT32_TOL_FLOOR, args.tol)
     outputs = [args.out / name for name in OUTPUT_NAMES]
-    existing = [str(path) for path in outputs if path.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+    check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
     path = coil_file(args.coil)
     coil = load_coil(path)
     didt = coil.didt_max if args.didt is None else float(args.didt)
@@ -162,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
             "radius_mm": args.roi_radius,
             **roi_stats(result.e_magnitude, roi),
         }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_volume(result.e_vector, outputs[0], overwrite=args.overwrite)
-    write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite)
-    outputs[2].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    with removed_on_error() as files:  # all outputs or none
+        files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite))
+        files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite))
+        files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
     head = summary["stats"]["head"]
     print(
         f"E-field: max {head['max']:.1f} V/m, 99.9th percentile {head['p99_9']:.1f} V/m, "

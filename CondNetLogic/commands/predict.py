@@ -50,16 +50,14 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..inference import predict_conductivity
-    from ..io import read_volume, write_volume
+    from ..io import check_outputs, read_volume, removed_on_error, write_text, write_volume
     from ..weights import load_weights
     from ._progress import ProgressBar
 
     weights = load_weights(args.weights)
     paths = output_paths(args.out, [t.name for t in weights.tables])
     every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
-    existing = [str(p) for p in every if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"output files exist: {existing}; pass --overwrite to replace them")
+    check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
     started = time.perf_counter()
@@ -67,19 +65,22 @@ def run(args: argparse.Namespace) -> int:
         prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
                                           register=args.register, progress=progress)
     written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
-    for kind in ("conductivity", "uncertainty"):
-        for table, volume in getattr(prediction, kind).items():
-            written[kind][table] = str(write_volume(volume, paths[kind][table], overwrite=args.overwrite))
-    written["head_mask"] = str(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite))
-    sidecar = {
-        "command": "condnet predict",
-        "inputs": {"t1": str(args.t1), "t2": args.t2, "register": args.register},
-        "outputs": written,
-        "units": {"conductivity": "S/m", "uncertainty": "S/m (sd across slicing directions)"},
-        **prediction.info,
-        "wall_time_s": time.perf_counter() - started,
-    }
-    paths["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
+    with removed_on_error() as files:  # all outputs or none (a full disk leaves no half set behind)
+        for kind in ("conductivity", "uncertainty"):
+            for table, volume in getattr(prediction, kind).items():
+                files.append(write_volume(volume, paths[kind][table], overwrite=args.overwrite))
+                written[kind][table] = str(files[-1])
+        files.append(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite))
+        written["head_mask"] = str(files[-1])
+        sidecar = {
+            "command": "condnet predict",
+            "inputs": {"t1": str(args.t1), "t2": args.t2, "register": args.register},
+            "outputs": written,
+            "units": {"conductivity": "S/m", "uncertainty": "S/m (sd across slicing directions)"},
+            **prediction.info,
+            "wall_time_s": time.perf_counter() - started,
+        }
+        files.append(write_text(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n", overwrite=args.overwrite))
     for table, path in written["conductivity"].items():
         print(f"wrote {path} (table {table}, S/m)")
     print(f"wrote {paths['sidecar']} (device {prediction.info['device']}, "

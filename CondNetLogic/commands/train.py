@@ -10,7 +10,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``condnet train``."""
     parser.add_argument("--data", required=True, help="training-set folder (split.json + subject folders)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, history.csv, loss_curves.png")
-    parser.add_argument("--weights", help="output weights (.safetensors); default OUT/condnet.safetensors")
+    parser.add_argument("--weights", help="output weights (.safetensors); default OUT/condnet.safetensors, or "
+                                          "OUT/condnet_<directions>.safetensors when --directions names only some "
+                                          "(so directions trained by parallel commands do not collide)")
     parser.add_argument("--preset", choices=("paper", "cpu"), default="paper",
                         help="paper: 50 epochs, all slices (Sec. IV-A); cpu: sized for ~45-60 min on 2 cores")
     parser.add_argument("--directions", nargs="+", choices=("axial", "sagittal", "coronal"),
@@ -47,6 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with these options) into one weights file")
 
 
+def default_weights_path(out, directions, *, combine: bool = False):
+    """``OUT/condnet.safetensors`` for all directions or ``--combine``, else ``OUT/condnet_<dirs>.safetensors``."""
+    from pathlib import Path
+
+    from ..weights import DIRECTIONS
+
+    chosen = [d for d in DIRECTIONS if d in set(directions)]
+    if combine or len(chosen) == len(DIRECTIONS):
+        return Path(out) / "condnet.safetensors"
+    return Path(out) / f"condnet_{'_'.join(chosen)}.safetensors"
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, write the weights file and (optionally) register it."""
     from pathlib import Path
@@ -69,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     network = {"in_channels": 1 if args.t1_only else 2, "out_channels": len(config.tables)}
     if args.depth is not None:
         network["depth"] = args.depth
-    weights_path = Path(args.weights) if args.weights else Path(args.out) / "condnet.safetensors"
+    weights_path = Path(args.weights) if args.weights else default_weights_path(args.out, args.directions,
+                                                                                 combine=args.combine)
     result = train(
         args.data, args.out, weights_path=weights_path, network_config=CondNetConfig(**network), config=config,
         directions=args.directions, device=args.device, cache_dir=args.cache, resume=not args.no_resume,

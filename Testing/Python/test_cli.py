@@ -69,3 +69,31 @@ def test_unknown_option_exits_with_usage():
     with pytest.raises(SystemExit) as exc:
         main(["convert", "--bogus"])
     assert exc.value.code == 2
+
+
+def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
+    from CondNetLogic.commands import info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "run", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "condnet info: interrupted\n"
+
+
+def test_resample_makes_an_anisotropic_conductivity_isotropic(tmp_path, capsys):
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    sigma = Volume(np.full((8, 8, 4), 0.3, dtype=np.float32), affine)
+    write_volume(sigma, tmp_path / "sigma.nii.gz")
+    out = tmp_path / "sigma_1mm.nii.gz"
+    argv = ["resample", "--input", str(tmp_path / "sigma.nii.gz"), "--out", str(out), "--interpolation", "nearest"]
+    assert main(argv) == 0
+    resampled = read_volume(out)
+    assert resampled.shape == (8, 8, 12)
+    np.testing.assert_allclose(resampled.spacing, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(resampled.array, 0.3)
+    # The outer faces of the field of view stay where they were (first voxel centre 1 mm lower along S).
+    np.testing.assert_allclose(resampled.ijk_to_ras[:3, 3], [0.0, 0.0, -1.0])
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -67,6 +67,8 @@ def test_labels_to_conductivity_including_float_labels():
 def test_unmapped_label_is_named():
     with pytest.raises(ValueError, match=r"\[99\]"):
         labels_to_tissues(np.array([0, 99]), {0: 0})
+    with pytest.raises(ValueError, match=r"^500 labels are not .* \(the first: \[1, 2, .*intensity image"):
+        labels_to_tissues(np.arange(501), {0: 0})
     with pytest.raises(ValueError, match="non-integer"):
         labels_to_tissues(np.array([0.5]), {0: 0})
 

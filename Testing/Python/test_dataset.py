@@ -62,6 +62,30 @@ def test_cache_is_reused_and_matches_preprocessing(training_set, subjects, tmp_p
     assert isinstance(again.t1, np.memmap)  # read from the cache, not recomputed
 
 
+@pytest.mark.parametrize("damage", ["truncate", "empty", "pickle", "shape"])
+def test_damaged_cache_is_rebuilt_with_a_warning(training_set, tmp_path, caplog, damage):
+    folder = training_set / "s2"
+    cache = tmp_path / "cache"
+    first = load_subject(folder, cache_dir=cache, size=MODEL_SIZE)
+    reference = np.array(first.t1)
+    (cached,) = cache.iterdir()
+    target = cached / "t1.npy"
+    del first
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "empty":
+        target.write_bytes(b"")
+    elif damage == "pickle":
+        np.save(target, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(target, np.zeros((4, 4, 4), np.float16))
+    with caplog.at_level("WARNING", logger="CondNetLogic.dataset"):
+        again = load_subject(folder, cache_dir=cache, size=MODEL_SIZE)
+    assert str(target) in caplog.text
+    assert "preprocessing the subject again" in caplog.text
+    np.testing.assert_array_equal(again.t1, reference)
+
+
 def test_targets_are_normalised_table_values(subjects):
     lookup = level_lookup([TABLE_A, TABLE_B], 0.1)
     assert lookup.shape == (2, 14)

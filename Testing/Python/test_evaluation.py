@@ -152,5 +152,5 @@ def test_evaluate_cli_refuses_existing_outputs_before_predicting(tmp_path, monke
     code = main(["evaluate", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t1.nii.gz"),
                  "--labels", str(tmp_path / "labels.nii.gz"), "--mapping", "synthseg", "--out", str(out)])
     assert code == 2
-    assert "outputs exist" in capsys.readouterr().err
+    assert "an output exists" in capsys.readouterr().err
     assert (out / "evaluation.json").read_text() == "{}"

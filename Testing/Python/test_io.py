@@ -1,12 +1,13 @@
 """Volume IO keeps geometry for every format; bad files give clear errors."""
 import gzip
+import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from CondNetLogic.errors import VolumeReadError
-from CondNetLogic.io import check_finite, read_volume, write_volume
+from CondNetLogic.io import check_finite, check_outputs, read_volume, removed_on_error, write_text, write_volume
 from CondNetLogic.volume import Volume, affine_from_geometry
 
 SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -79,6 +80,21 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         read_volume(gz)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_or_inf_in_a_nifti_file_is_an_error_not_zero(tmp_path, suffix, dtype):
+    # ITK's NIfTI reader turns NaN and inf into 0; the raw bytes are checked instead.
+    array = np.ones((6, 5, 40), dtype=dtype)  # the data start inside the 540-byte header read (float64: mid-value)
+    array[1, 2, 3] = np.nan
+    array[5, 4, 39] = -np.inf
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(VolumeReadError, match="2 of 1200 voxels are NaN or infinite"):
+        read_volume(path)
+    sitk.WriteImage(sitk.GetImageFromArray(np.nan_to_num(array, posinf=0, neginf=0)), str(path))
+    assert read_volume(path).shape == (40, 5, 6)
+
+
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(VolumeReadError, match="no such file"):
         read_volume(tmp_path / "absent.nii.gz")
@@ -103,3 +119,53 @@ def test_check_finite_names_the_volume():
     with pytest.raises(ValueError, match="T1: 1 voxels"):
         check_finite(vol.with_array(array), name="T1")
     check_finite(vol, name="T1")
+
+
+def test_a_short_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import CondNetLogic.io as io
+
+    def disk_full(path):
+        raise VolumeReadError(f"{path}: truncated NIfTI file: 100 bytes, the header promises 4000")
+
+    monkeypatch.setattr(io, "_check_nifti_complete", disk_full)
+    with pytest.raises(OSError, match="cannot write .*v.nii.gz completely"):
+        write_volume(make_volume(), tmp_path / "v.nii.gz")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary file
+
+
+def test_check_outputs_before_the_work(tmp_path):
+    (tmp_path / "old.nii.gz").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="an output exists: .*old.nii.gz; pass --overwrite"):
+        check_outputs([tmp_path / "old.nii.gz", tmp_path / "new.nii.gz"])
+    check_outputs([tmp_path / "old.nii.gz"], overwrite=True)
+    check_outputs([tmp_path / "not" / "yet" / "there.nii.gz"])  # folders are created when writing
+    with pytest.raises(NotADirectoryError, match="old.nii.gz is a file, not a folder"):
+        check_outputs([tmp_path / "old.nii.gz" / "x.nii.gz"])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_check_outputs_refuses_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="is not writable"):
+            check_outputs([folder / "sub" / "x.nii.gz"])
+    finally:
+        folder.chmod(0o755)
+
+
+def test_outputs_written_together_are_removed_on_error(tmp_path):
+    kept = write_text(tmp_path / "earlier.json", "{}")
+
+    def write_two_then_fail():
+        with removed_on_error() as written:
+            written.append(write_volume(make_volume(), tmp_path / "a.nii.gz"))
+            written.append(write_text(tmp_path / "a.json", "{}"))
+            raise RuntimeError("solver failed")
+
+    with pytest.raises(RuntimeError, match="solver failed"):
+        write_two_then_fail()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+    with pytest.raises(FileExistsError):
+        write_text(kept, "{}")

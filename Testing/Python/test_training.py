@@ -136,9 +136,16 @@ def test_tiny_run_resume_and_outputs(training_set, tmp_path):
 
     # Resume: two more epochs continue from the checkpoint; an uninterrupted 4-epoch run gives the same model.
     longer = with_overrides(TINY, epochs=4)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings than this run: training.epochs: 2 -> 4;"):
         train(training_set, out, weights_path=tmp_path / "w4.safetensors", network_config=NET, config=longer,
               directions=["axial"], device="cpu", show_bar=False)
+    # The same settings on another training set (here: the split swapped) are refused too.
+    swapped = write_training_set(tmp_path / "swapped", train=(3,), val=(1, 2))
+    with pytest.raises(ValueError, match="split_sha256"):
+        train(swapped, out, weights_path=tmp_path / "w5.safetensors", network_config=NET, config=TINY,
+              directions=["axial"], device="cpu", show_bar=False)
+    with pytest.raises(FileNotFoundError, match="must be a training-set folder"):
+        train(tmp_path / "nothing", out, weights_path=tmp_path / "w6.safetensors", network_config=NET, config=TINY)
 
 
 def test_resume_matches_uninterrupted_run(training_set, tmp_path):
@@ -192,13 +199,15 @@ def test_directions_trained_by_parallel_commands_are_combined(training_set, tmp_
     with pytest.raises(ValueError, match="no finished checkpoint"):
         train(training_set, run, weights_path=tmp_path / "none.safetensors", directions=["axial"],
               combine_only=True, **kwargs)
-    alone = {d: load_weights(train(training_set, run, weights_path=tmp_path / f"{d}.safetensors", directions=[d],
-                                   **kwargs).weights_path) for d in ("sagittal", "axial")}
     options = ["train", "--data", str(training_set), "--out", str(run), "--depth", "3", "--epochs", "1",
                "--slices-per-epoch", "8", "--val-slices", "4", "--size", str(MODEL_SIZE), "--seed", "3",
                "--device", "cpu", "--quiet", "--combine", "--directions", "sagittal", "axial"]
-    assert main(options + ["--weights", str(tmp_path / "both.safetensors")]) == 0
-    both = load_weights(tmp_path / "both.safetensors")
+    # The README's recipe: one command per direction, no --weights, then --combine.
+    for direction in ("sagittal", "axial"):
+        assert main(options[:-4] + ["--directions", direction]) == 0
+    alone = {d: load_weights(run / f"condnet_{d}.safetensors") for d in ("sagittal", "axial")}
+    assert main(options) == 0
+    both = load_weights(run / "condnet.safetensors")
     assert set(both.directions) == {"sagittal", "axial"}
     for direction, weights in alone.items():
         for key, tensor in weights.state_dicts[direction].items():

@@ -139,15 +139,22 @@ def test_missing_or_empty_labels_dir(tmp_path):
         build_training_set(tmp_path / "empty", tmp_path / "set", pairs_per_map=1)
 
 
-def test_unmapped_label(tmp_path):
+def test_unmapped_label_in_any_map_is_named_before_any_synthesis(tmp_path, monkeypatch):
+    import CondNetLogic.training_set as training_set
+
     folder = tmp_path / "labels"
-    array = phantom_labels(0)
+    array = phantom_labels(1)
     array[2, 2, 2] = 4242
-    write_volume(Volume(array, LIA), folder / "training_seg_01.nii.gz")
-    write_volume(Volume(phantom_labels(1), LIA), folder / "training_seg_02.nii.gz")
-    with pytest.raises(ValueError, match="4242"):
+    write_volume(Volume(phantom_labels(0), LIA), folder / "training_seg_01.nii.gz")
+    write_volume(Volume(array, LIA), folder / "training_seg_02.nii.gz")  # the last map
+
+    def never(task):
+        raise AssertionError("synthesis started before every map was checked")
+
+    monkeypatch.setattr(training_set, "_synthesize_map", never)
+    with pytest.raises(ValueError, match=r"training_seg_02.nii.gz: labels \[4242\]"):
         build_training_set(folder, tmp_path / "set", pairs_per_map=1, val_maps=("training_seg_02",), options=FAST)
-    assert not (tmp_path / "set" / "split.json").exists()
+    assert not (tmp_path / "set").exists()
 
 
 def test_malformed_mapping(tmp_path, labels_dir):
@@ -158,11 +165,19 @@ def test_malformed_mapping(tmp_path, labels_dir):
     assert not (tmp_path / "set").exists()
 
 
-def test_cancel(tmp_path, labels_dir):
-    with pytest.raises(Cancelled):
+def test_cancel_or_failure_leaves_the_output_folder_as_it_was(tmp_path, labels_dir):
+    calls = []
+    with pytest.raises(Cancelled):  # cancelled after the first map was written
         build_training_set(labels_dir, tmp_path / "set", pairs_per_map=1, val_maps=1, options=FAST,
-                           cancel=lambda: True)
-    assert not (tmp_path / "set" / "split.json").exists()
+                           cancel=lambda: calls.append(1) or len(calls) > 1)
+    assert not (tmp_path / "set").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Cancelled):
+        build_training_set(labels_dir, empty, pairs_per_map=1, val_maps=1, options=FAST,
+                           cancel=lambda: calls.append(1) or len(calls) > 3)
+    assert empty.is_dir()
+    assert not any(empty.iterdir())
 
 
 def test_cli_build_and_refuse(tmp_path, labels_dir, capsys):
