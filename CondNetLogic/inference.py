@@ -27,7 +27,7 @@ from .errors import Cancelled, WeightsError, is_out_of_memory
 from .volume import Volume
 from .weights import DIRECTIONS, CondNetWeights, load_weights
 
-__all__ = ["Prediction", "predict_conductivity", "predict_levels"]
+__all__ = ["Prediction", "inside_out_score", "predict_conductivity", "predict_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class Prediction:
     head_mask : Volume
         uint8 (1 = head) on the T1 grid.
     info : dict
-        Device, timings (s), weights id/sha256, directions used, batch size, fallbacks.
+        Device, timings (s), weights id/sha256, directions used, batch size, fallbacks, ``warnings``
+        (plausibility checks, e.g. :func:`inside_out_score` for T1 and T2 passed the wrong way round).
     """
 
     conductivity: Dict[str, Volume]
@@ -185,6 +186,45 @@ def predict_levels(
     return results
 
 
+def inside_out_score(sigma: np.ndarray, mask: np.ndarray, sigma_max: float, spacing_mm: float) -> dict:
+    """Check that the CSF-like conductivity lies around the brain, as in a head, not inside it.
+
+    In a head the high-conductivity voxels (CSF, above ``sigma_max / 2``) include the sulcal CSF under the
+    skull, so many lie within 15 mm of the scalp and their median depth is below that of the deep
+    low-conductivity tissue (``0.015 .. 0.1 sigma_max``, deeper than 15 mm: mostly WM and GM).  With T1
+    and T2 swapped the network puts CSF-like values into the white matter: almost none lie near the scalp
+    and they lie deeper than the rest.  Measured with the shipped weights (depth ratio / shallow fraction,
+    on the 3 mm grid used here): MNI152 0.72 / 0.10 and synthetic pairs of maps 17, 18 and 05 0.74-0.81 /
+    0.07-0.27 as given; the same with T1 and T2 swapped 1.05-1.37 / 0.00-0.01.
+
+    Parameters
+    ----------
+    sigma : float array (I, J, K)
+        Conductivity, S/m, on an isotropic grid of ``spacing_mm``.
+    mask : bool array (I, J, K)
+        Head mask.
+    sigma_max : float
+        Largest conductivity of the table (S/m).
+
+    Returns
+    -------
+    dict
+        ``depth_ratio``, ``shallow_fraction`` and ``suspect`` (ratio > 0.95 and fraction < 0.05).
+    """
+    from scipy import ndimage
+
+    step = max(1, int(round(3.0 / spacing_mm)))  # a 3 mm grid is enough: 0.05 s for a 256^3 model grid
+    sigma, mask = sigma[::step, ::step, ::step], mask[::step, ::step, ::step]
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing_mm * step)
+    high = mask & (sigma > 0.5 * sigma_max)
+    low = mask & (sigma > 0.015 * sigma_max) & (sigma < 0.1 * sigma_max) & (depth > 15.0)
+    if not high.any() or not low.any():
+        return {"depth_ratio": float("nan"), "shallow_fraction": float("nan"), "suspect": False}
+    ratio = float(np.median(depth[high]) / np.median(depth[low]))
+    shallow = float(np.mean(depth[high] < 15.0))
+    return {"depth_ratio": ratio, "shallow_fraction": shallow, "suspect": ratio > 0.95 and shallow < 0.05}
+
+
 def predict_conductivity(
     t1: Volume,
     t2: Optional[Volume],
@@ -284,11 +324,19 @@ def predict_conductivity(
     mask = pair.mask
     mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
     inside = mask_ref.array > 0
-    conductivity, uncertainty = {}, {}
+    conductivity, uncertainty, warnings = {}, {}, []
     for v, table in enumerate(weights.tables):
         sigma = denormalise(stacked[:, v], table.sigma_max, weights.tau)  # (D, S, S, S), S/m
         mean = np.where(mask, sigma.mean(axis=0), 0).astype(np.float32)  # Eq. 2 then Eq. 3 (both linear)
         spread = np.where(mask, sigma.std(axis=0), 0).astype(np.float32)
+        if v == 0:
+            inverted = inside_out_score(mean, mask, table.sigma_max, pair.grid.spacing_mm)
+            if inverted["suspect"]:
+                warnings.append(
+                    f"the conductivity looks inside out: the CSF-like (high) region lies deeper than the brain "
+                    f"tissue (depth ratio {inverted['depth_ratio']:.2f}, {100 * inverted['shallow_fraction']:.0f}% "
+                    "of it within 15 mm of the scalp). Were T1 and T2 swapped?")
+                logger.warning("%s", warnings[-1])
         for target, array in ((conductivity, mean), (uncertainty, spread)):
             back = pair.grid.to_reference(array, interpolation="linear")
             target[table.name] = back.with_array(np.where(inside, back.array, 0).astype(np.float32))
@@ -303,6 +351,7 @@ def predict_conductivity(
         "device_requested": device,
         "batch_size": state["batch_size"],
         "fallbacks": state["notes"],
+        "warnings": warnings,
         "weights": weights.describe(),
         "directions": list(weights.directions),
         "tables": [t.name for t in weights.tables],

@@ -275,3 +275,30 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     assert "networks" in sidecar["timings_s"]
     assert sidecar["units"]["conductivity"] == "S/m"
     assert main(args) == 2  # refuses to overwrite
+
+
+def _layered_head(inside_out: bool) -> tuple:
+    """A 1 mm ball head: skin, skull, CSF shell, GM, WM (or CSF and WM exchanged: inside out)."""
+    r = np.linalg.norm(np.indices((96, 96, 96)) - 47.5, axis=0)
+    sigma = np.zeros(r.shape, dtype=np.float32)
+    for outer, value in ((45, 0.1), (40, 0.02), (35, 2.0), (30, 0.1), (25, 0.07)):
+        sigma[r < outer] = value
+    if inside_out:
+        csf, wm = (r >= 30) & (r < 35), r < 25
+        sigma[csf], sigma[wm] = 0.07, 2.0
+    return sigma, r < 45
+
+
+def test_inside_out_conductivity_is_suspect():
+    from CondNetLogic.inference import inside_out_score
+
+    head = inside_out_score(*_layered_head(False), 2.0, 1.0)
+    assert head["depth_ratio"] < 0.95
+    assert head["shallow_fraction"] > 0.5
+    assert not head["suspect"]
+    swapped = inside_out_score(*_layered_head(True), 2.0, 1.0)
+    assert swapped["depth_ratio"] > 1.0
+    assert swapped["shallow_fraction"] == 0.0
+    assert swapped["suspect"]
+    empty = inside_out_score(np.zeros((8, 8, 8), np.float32), np.ones((8, 8, 8), bool), 2.0, 1.0)
+    assert not empty["suspect"]
