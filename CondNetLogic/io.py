@@ -102,8 +102,8 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file holds fewer data bytes than its header promises, or NaN/inf voxels.
+def _check_nifti_complete(path: Path, *, finite: bool = True) -> None:
+    """Raise if a NIfTI file holds fewer data bytes than its header promises, or (``finite``) NaN/inf voxels.
 
     ITK's NIfTI reader fills missing bytes of a truncated file with zeros without an error, so a partly
     copied or interrupted download would otherwise load as a silently damaged volume; it also turns NaN and
@@ -132,7 +132,7 @@ def _check_nifti_complete(path: Path) -> None:
             n_voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(int(dims[0]), 1)]]))
             expected = int(vox_offset) + n_voxels * int(bitpix) // 8
             counter = _NonFiniteCounter(order + _NIFTI_FLOATS[datatype], int(vox_offset), n_voxels) \
-                if datatype in _NIFTI_FLOATS else None
+                if finite and datatype in _NIFTI_FLOATS else None
             available = len(header)
             if counter is not None:
                 counter.feed(header)
@@ -231,7 +231,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
             raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[-1]}") from err
         if suffix in (".nii", ".nii.gz"):  # ITK does not report a short write (e.g. a full disk)
             try:
-                _check_nifti_complete(tmp)
+                _check_nifti_complete(tmp, finite=False)
             except VolumeReadError as err:
                 raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
         os.replace(tmp, path)
@@ -293,8 +293,21 @@ def removed_on_error() -> Iterator[List[Path]]:
         yield written
     except BaseException:
         for path in written:
-            Path(path).unlink(missing_ok=True)
+            for part in (Path(path), *_data_files(Path(path))):
+                part.unlink(missing_ok=True)
         raise
+
+
+def _data_files(header: Path) -> List[Path]:
+    """The separate data file a ``.mhd`` / ``.nhdr`` header names (``ElementDataFile`` / ``data file``)."""
+    if not header.name.lower().endswith((".mhd", ".nhdr")) or not header.is_file():
+        return []
+    files = []
+    for line in header.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=" if header.name.lower().endswith(".mhd") else ":")
+        if key.strip().lower() in ("elementdatafile", "data file", "datafile") and value.strip() != "LOCAL":
+            files.append(header.parent / value.strip())
+    return files
 
 
 def check_finite(volume: Volume, *, name: str = "volume") -> None:

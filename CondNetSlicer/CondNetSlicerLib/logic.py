@@ -308,13 +308,16 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """
         import shutil
 
+        from CondNetLogic.preprocessing import validate_mri
+
         from .process import BackgroundProcess
 
-        adapters.volumeFromNode(t1Node, what="T1")  # validates before anything is written
+        # Validate before anything is written (NaNs, for instance, would not survive the NIfTI copy).
+        validate_mri(adapters.volumeFromNode(t1Node, what="T1"), name=f"T1 ({t1Node.GetName()})")
         if tables is not None:
             self.checkWeightsTables(weightsPath, tables)
         if t2Node is not None:
-            adapters.volumeFromNode(t2Node, what="T2")
+            validate_mri(adapters.volumeFromNode(t2Node, what="T2"), name=f"T2 ({t2Node.GetName()})")
             if not np.allclose(self._relativeMatrix(t2Node, t1Node), np.eye(4)):
                 raise ValueError("T2 is under a different transform than T1: harden both transforms first")
         ownDir = workDir is None

@@ -124,7 +124,7 @@ def test_check_finite_names_the_volume():
 def test_a_short_write_leaves_nothing_behind(tmp_path, monkeypatch):
     import CondNetLogic.io as io
 
-    def disk_full(path):
+    def disk_full(path, **kwargs):
         raise VolumeReadError(f"{path}: truncated NIfTI file: 100 bytes, the header promises 4000")
 
     monkeypatch.setattr(io, "_check_nifti_complete", disk_full)
@@ -169,3 +169,25 @@ def test_outputs_written_together_are_removed_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
     with pytest.raises(FileExistsError):
         write_text(kept, "{}")
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_two_file_outputs_are_removed_whole_on_error(tmp_path, suffix):
+    def write_then_fail():
+        with removed_on_error() as written:
+            written.append(write_volume(make_volume(), tmp_path / f"sigma{suffix}"))
+            assert len(list(tmp_path.iterdir())) == 2  # header and data file
+            raise RuntimeError("later step failed")
+
+    with pytest.raises(RuntimeError, match="later step failed"):
+        write_then_fail()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_volumes_are_still_written(tmp_path):
+    volume = make_volume()
+    array = volume.array.copy()
+    array[0, 0, 0] = np.nan
+    path = write_volume(volume.with_array(array), tmp_path / "nan.nii.gz")  # the truncation check ignores NaN
+    with pytest.raises(VolumeReadError, match="1 of 140 voxels are NaN"):
+        read_volume(path)

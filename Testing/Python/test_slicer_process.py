@@ -158,3 +158,17 @@ def test_background_run_refuses_t2_under_another_transform(logic_and_head, tmp_p
     with pytest.raises(ValueError, match="not C"):
         logic.startConductivityProcess(t1, None, weightsPath=weights, tables=("C",), workDir=str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_background_run_refuses_nan_voxels_naming_the_node(logic_and_head, tmp_path):
+    import slicer
+
+    logic, t1, t2, weights = logic_and_head
+    array = slicer.util.arrayFromVolume(t2).astype(np.float32)
+    array[0, 0, 0] = np.nan
+    nan_t2 = logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2 with a NaN")
+    nan_t2.CopyOrientation(t2)
+    slicer.util.updateVolumeFromArray(nan_t2, array)
+    with pytest.raises(ValueError, match=r"T2 \(T2 with a NaN\): 1 of .* voxels are NaN"):
+        logic.startConductivityProcess(t1, nan_t2, weightsPath=weights, workDir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
