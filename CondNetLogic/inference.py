@@ -25,7 +25,7 @@ from ._types import Progress
 from .conductivity import denormalise
 from .errors import Cancelled, WeightsError, is_out_of_memory
 from .volume import Volume
-from .weights import DIRECTIONS, CondNetWeights, load_weights
+from .weights import DIRECTIONS, CondNetWeights, default_weights_id, load_weights
 
 __all__ = ["Prediction", "inside_out_score", "predict_conductivity", "predict_levels"]
 
@@ -246,7 +246,8 @@ def predict_conductivity(
         T2-weighted scan of the same head on any grid (resampled onto the model grid through the
         scanner geometry, or registered when ``register``).  Required by two-input (U = 2) weights.
     weights : CondNetWeights or path-like, optional
-        Default: the shipped weights of ``Resources/weights.json``.
+        Default: the shipped weights of ``Resources/weights.json`` (:func:`~.weights.default_weights_id`:
+        T1 + T2 weights, or T1-only ones when ``t2`` is None and they are installed).
     device : {"auto", "cpu", "cuda"}
     batch_size : int
         Slices per forward pass; halved on out-of-memory, then the CPU is used.
@@ -285,7 +286,9 @@ def predict_conductivity(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     timings = {}
     started = time.perf_counter()
-    if not isinstance(weights, CondNetWeights):
+    if weights is None:
+        weights = load_weights(weights_id=default_weights_id(t2 is not None))
+    elif not isinstance(weights, CondNetWeights):
         weights = load_weights(weights)
     config = weights.config
     if config.in_channels == 2 and t2 is None:

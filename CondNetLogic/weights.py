@@ -37,9 +37,11 @@ from .errors import WeightsError
 from .io import file_sha256
 
 __all__ = [
+    "DEFAULT_KEYS",
     "DIRECTIONS",
     "FORMAT_VERSION",
     "CondNetWeights",
+    "default_weights_id",
     "file_sha256",
     "load_weights",
     "read_manifest",
@@ -254,6 +256,20 @@ def read_manifest(manifest_path: Optional[PathLike] = None) -> dict:
     return manifest
 
 
+#: Manifest keys of the default weights: T1 + T2, then T1 only.
+DEFAULT_KEYS = ("default", "default_t1_only")
+
+
+def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None) -> Optional[str]:
+    """The shipped weights to use by default: T1 + T2 weights when a T2 is given, T1-only ones when not.
+
+    Falls back to the other kind when the manifest lists only one; None when it lists no default.
+    """
+    manifest = read_manifest(manifest_path)
+    preferred, other = DEFAULT_KEYS if t2_given else DEFAULT_KEYS[::-1]
+    return manifest.get(preferred) or manifest.get(other)
+
+
 def _manifest_entry(manifest: dict, weights_id: Optional[str], manifest_path: Path) -> dict:
     if weights_id is None:
         weights_id = manifest.get("default")
@@ -369,7 +385,9 @@ def register_weights(
 ) -> dict:
     """Add (or replace) a manifest entry for a weights file below the manifest's folder.
 
-    Returns the new entry.  The file must load as valid CondNet weights first.
+    Returns the new entry.  The file must load as valid CondNet weights first.  With ``make_default``,
+    T1 + T2 weights become the manifest's ``default`` and T1-only weights its ``default_t1_only`` (what
+    :func:`default_weights_id` picks when no T2 is given).
 
     Raises
     ------
@@ -380,7 +398,7 @@ def register_weights(
     """
     manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
     path = Path(path).resolve()
-    load_weights(path)
+    weights = load_weights(path)
     try:
         relative = path.relative_to(manifest_path.parent.resolve())
     except ValueError as err:
@@ -390,7 +408,7 @@ def register_weights(
              "size": path.stat().st_size}
     manifest["weights"] = [e for e in manifest["weights"] if e.get("id") != weights_id] + [entry]
     if make_default:
-        manifest["default"] = weights_id
+        manifest[DEFAULT_KEYS[weights.config.in_channels == 1]] = weights_id
     manifest.setdefault("default", None)
     tmp = manifest_path.with_name(manifest_path.name + ".part")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

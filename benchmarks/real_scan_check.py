@@ -174,6 +174,17 @@ def load_real_case(name: str, shared: Path, downsample: Optional[float]) -> dict
     }
 
 
+def t1_only_case(case: dict) -> dict:
+    """The case for T1-only weights: no T2 passed; Colin27 becomes a real result instead of a plumbing check."""
+    case = {**case, "t2": None, "inputs": {**case["inputs"], "t2": None}}
+    if case["name"] == "colin27":
+        case["title"] = "Colin27 T1 (real scan, T1-only weights) vs SAMSEG"
+        case["note"] = "real T1 scan with T1-only weights; SAMSEG labels are pseudo ground truth"
+    else:
+        case["title"] += " (T1 only)"
+    return case
+
+
 def read_synth_options(path: Optional[str]) -> tuple:
     """``(SynthOptions, label)``: ``SynthOptions.randomised()``, or the options of a JSON file (a training
     set's ``split.json`` or a bare options dict)."""
@@ -415,6 +426,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     summaries = []
     for load in cases:
         case = load()
+        if weights.config.in_channels == 1:
+            case = t1_only_case(case)
         print(f"[real_scan_check] {case['name']}: {case['title']}", flush=True)
         summaries.append(run_case(case, weights, out, device=args.device, batch_size=args.batch_size,
                                   overwrite=args.overwrite))

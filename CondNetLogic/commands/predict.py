@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="conductivity of the first table, e.g. sigma.nii.gz; beside it go sigma_sd.nii.gz "
                              "(uncertainty), sigma_mask.nii.gz, sigma_<table>[_sd].nii.gz for further tables "
                              "and the sidecar sigma.json")
-    parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights")
+    parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights (T1 + T2, or "
+                                          "T1 only when no --t2 is given and such weights are installed)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--register", action="store_true", help="rigidly register T2 to T1 first")
@@ -51,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference import predict_conductivity
     from ..io import check_outputs, read_volume, removed_on_error, write_text, write_volume
-    from ..weights import load_weights
+    from ..weights import default_weights_id, load_weights
     from ._progress import ProgressBar
 
-    weights = load_weights(args.weights)
+    weights = load_weights(args.weights) if args.weights else load_weights(
+        weights_id=default_weights_id(args.t2 is not None))
     paths = output_paths(args.out, [t.name for t in weights.tables])
     every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
     check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders

@@ -100,6 +100,19 @@ def test_missing_shared_folder_is_a_clear_error(check, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_t1_only_weights_get_no_t2_and_colin27_is_a_result(check):
+    colin = {"name": "colin27", "title": "t", "note": check.PLUMBING_NOTE, "t1": "T1", "t2": "T1",
+             "inputs": {"t2": "colin.nii.gz"}}
+    case = check.t1_only_case(colin)
+    assert case["t2"] is None
+    assert case["inputs"]["t2"] is None
+    assert case["note"] != check.PLUMBING_NOTE
+    assert "T1-only weights" in case["title"]
+    assert colin["t2"] == "T1"  # the original is left alone
+    mni = check.t1_only_case({"name": "mni152", "title": "MNI152", "note": "n", "t1": 1, "t2": 2, "inputs": {}})
+    assert mni["title"] == "MNI152 (T1 only)"
+
+
 def test_refuses_synthetic_map_used_in_training(check, tmp_path, capsys):
     weights = tiny_weights(tmp_path / "w.safetensors", train_subjects=("seg17_p0", "seg01_p0"))
     code = check.main(["--weights", str(weights), "--shared", str(tmp_path), "--out", str(tmp_path / "out"),

@@ -9,7 +9,14 @@ import torch
 from CondNetLogic.conductivity import TABLE_A, TABLE_B
 from CondNetLogic.errors import WeightsError
 from CondNetLogic.network import CondNet, CondNetConfig
-from CondNetLogic.weights import file_sha256, load_weights, read_manifest, register_weights, save_weights
+from CondNetLogic.weights import (
+    default_weights_id,
+    file_sha256,
+    load_weights,
+    read_manifest,
+    register_weights,
+    save_weights,
+)
 
 CONFIG = CondNetConfig(depth=3)
 INPUT = {"channels": ["t1", "t2"], "size": 32, "spacing_mm": 1.0, "normalisation": "zscore_unit"}
@@ -149,8 +156,34 @@ def test_manifest_default_absent_hash_verified(weights_file, tmp_path):
         load_weights(manifest_path=manifest)
 
 
+def test_t1_only_weights_are_the_default_without_a_t2(tmp_path):
+    manifest = tmp_path / "weights.json"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    t1_only = CondNetConfig(depth=3, in_channels=1)
+    save_weights(folder / "t1.safetensors", states(t1_only), config=t1_only, tables=[TABLE_A], tau=0.1,
+                 input_spec={**INPUT, "channels": ["t1"]}, training={})
+    register_weights(folder / "t1.safetensors", weights_id="t1", version="1", manifest_path=manifest)
+    assert read_manifest(manifest)["default"] is None
+    assert read_manifest(manifest)["default_t1_only"] == "t1"
+    assert default_weights_id(True, manifest) == "t1"  # the only weights there are
+    save_weights(folder / "t1t2.safetensors", states(), config=CONFIG, tables=[TABLE_A], tau=0.1,
+                 input_spec=INPUT, training={})
+    register_weights(folder / "t1t2.safetensors", weights_id="t1t2", version="1", manifest_path=manifest)
+    assert default_weights_id(True, manifest) == "t1t2"
+    assert default_weights_id(False, manifest) == "t1"
+    assert load_weights(weights_id=default_weights_id(False, manifest), manifest_path=manifest).config == t1_only
+
+
 def test_shipped_manifest_is_valid():
     manifest = read_manifest()
     assert "default" in manifest
     ids = [entry["id"] for entry in manifest["weights"]]
     assert manifest["default"] is None or manifest["default"] in ids
+    assert manifest.get("default_t1_only") is None or manifest["default_t1_only"] in ids
+    for entry in manifest["weights"]:  # every listed file loads, with the kind its default key says
+        weights = load_weights(weights_id=entry["id"])
+        if entry["id"] == manifest.get("default_t1_only"):
+            assert weights.config.in_channels == 1
+        if entry["id"] == manifest["default"]:
+            assert weights.config.in_channels == 2
