@@ -180,6 +180,8 @@ def t1_only_case(case: dict) -> dict:
     if case["name"] == "colin27":
         case["title"] = "Colin27 T1 (real scan, T1-only weights) vs SAMSEG"
         case["note"] = "real T1 scan with T1-only weights; SAMSEG labels are pseudo ground truth"
+    elif case["name"] == "mni152":
+        case["title"] = "MNI152 T1 (2 mm, real contrast; T1-only weights) vs SAMSEG"
     else:
         case["title"] += " (T1 only)"
     return case

@@ -96,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.weights_path} (sha256 {result.sha256})")
     if args.register:
         entry = register_weights(result.weights_path, weights_id=args.register, version=args.weights_version)
-        print(f"registered {entry['file']} as {entry['id']!r} (default) in Resources/weights.json")
+        kind = "default when no T2 is given" if args.t1_only else "default"
+        print(f"registered {entry['file']} as {entry['id']!r} ({kind}) in Resources/weights.json")
     return 0

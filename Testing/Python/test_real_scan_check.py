@@ -110,7 +110,10 @@ def test_t1_only_weights_get_no_t2_and_colin27_is_a_result(check):
     assert "T1-only weights" in case["title"]
     assert colin["t2"] == "T1"  # the original is left alone
     mni = check.t1_only_case({"name": "mni152", "title": "MNI152", "note": "n", "t1": 1, "t2": 2, "inputs": {}})
-    assert mni["title"] == "MNI152 (T1 only)"
+    assert "T1-only weights" in mni["title"]
+    synthetic = check.t1_only_case({"name": "synthetic_val_seg17_seed9001", "title": "Synthetic", "note": "n",
+                                    "t1": 1, "t2": 2, "inputs": {}})
+    assert synthetic["title"] == "Synthetic (T1 only)"
 
 
 def test_refuses_synthetic_map_used_in_training(check, tmp_path, capsys):
