@@ -178,8 +178,6 @@ class EFieldSimulation:
     ----------
     solver : PotentialSolver
         Built once on the head's bounding box (plus one voxel) and reused by every :meth:`solve`.
-    head_center_ras : ndarray (3,)
-        Centroid of the conducting voxels, RAS mm (the CLI aims the default coil normal at it).
     device : str
         Where the solver runs.
 
@@ -237,7 +235,6 @@ class EFieldSimulation:
         self._mask = self._sigma > 0
         self._geometry = Volume(np.zeros(self._sigma.shape, dtype=np.uint8), conductivity.ijk_to_ras @ translate)
         self.spacing_m = float(conductivity.spacing[0]) * MM_TO_M
-        self.head_center_ras = conductivity.ijk_to_ras_points(np.mean(np.stack(index, axis=1), axis=0))
         if progress is not None:
             progress(0.0, f"building the solver for {int(conducting.sum())} conducting voxels")
         self.solver = PotentialSolver(self._sigma, self.spacing_m, device=device, dtype=dtype)

@@ -25,7 +25,7 @@ from ._types import Progress
 from .conductivity import denormalise
 from .errors import Cancelled, WeightsError, is_out_of_memory
 from .volume import Volume
-from .weights import DIRECTIONS, CondNetWeights, default_weights_id, load_weights
+from .weights import DIRECTIONS, CondNetWeights, load_weights
 
 __all__ = ["Prediction", "inside_out_score", "predict_conductivity", "predict_levels"]
 
@@ -286,10 +286,8 @@ def predict_conductivity(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     timings = {}
     started = time.perf_counter()
-    if weights is None:
-        weights = load_weights(weights_id=default_weights_id(t2 is not None))
-    elif not isinstance(weights, CondNetWeights):
-        weights = load_weights(weights)
+    if not isinstance(weights, CondNetWeights):
+        weights = load_weights(weights, t2_given=t2 is not None)
     config = weights.config
     if config.in_channels == 2 and t2 is None:
         raise ValueError(f"these weights ({weights.path.name}) take T1 and T2 (U=2); no T2 was given. Pass a T2 "

@@ -223,8 +223,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     if suffix not in _SINGLE_FILE_SUFFIXES:
         sitk.WriteImage(image, str(path), useCompression=True)
         return path
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.part{suffix}")
-    try:
+    with _replaced_through_temporary(path, suffix) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as err:
@@ -234,10 +233,21 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
                 _check_nifti_complete(tmp, finite=False)
             except VolumeReadError as err:
                 raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
+    return path
+
+
+@contextmanager
+def _replaced_through_temporary(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same ``suffix``); rename it to ``path`` if the block succeeds.
+
+    The temporary file is removed in any case, so a failed write leaves nothing behind.
+    """
+    tmp = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.{os.getpid()}.part{suffix}")
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
@@ -246,12 +256,8 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with _replaced_through_temporary(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

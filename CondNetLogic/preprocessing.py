@@ -662,26 +662,12 @@ class PreparedPair:
     t2_coverage: Optional[float] = None
 
 
-def _head_fill(t1: Volume, max_size: int = 64) -> float:
-    """Share of the T1's field of view that :func:`head_mask` calls head, on a copy subsampled to ``max_size``."""
-    step = max(1, -(-max(t1.shape) // max_size))
-    small = t1.array[::step, ::step, ::step]
-    if min(small.shape) < 2 or small.min() == small.max():
-        return 0.0  # too little left to judge; the full-resolution checks still apply
-    return float(head_mask(Volume(small, t1.ijk_to_ras @ np.diag([step, step, step, 1.0]))).mean())
-
-
 def _head_coverage(mask: np.ndarray, grid: ModelGrid, other: Volume, step: int = 2) -> float:
     """Share of the head mask (sampled every ``step`` voxels) that lies inside ``other``'s field of view."""
     ijk = np.argwhere(mask[::step, ::step, ::step]) * step
     if len(ijk) == 0:
         return 0.0
-    return float(_inside(ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3], other).mean())
-
-
-def _inside(points_ras: np.ndarray, volume: Volume) -> np.ndarray:
-    ijk = volume.ras_to_ijk_points(points_ras)
-    return np.all((ijk >= -0.5) & (ijk <= np.asarray(volume.shape[:3]) - 0.5), axis=1)
+    return _resample.inside_fraction(ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3], other)
 
 
 def prepare_pair(
@@ -750,7 +736,15 @@ def prepare_pair(
             step(0.25, "N4 bias correction of T2")
             t2 = n4_bias_correct(t2)
     step(0.45, "centring the model grid on the head")
-    grid = ModelGrid.for_volume(t1, size=size)
+    t1_mask = head_mask(t1)
+    fill = float(t1_mask.mean())
+    if fill > MAX_HEAD_FILL:
+        raise ValueError(
+            f"T1: the head mask fills {100 * fill:.0f}% of the field of view, so no air was found around the head. "
+            "Expected a head scan with background around it (not noise, a brain-extracted image or a crop inside "
+            "the head)"
+        )
+    grid = ModelGrid.for_volume(t1, size=size, mask=t1_mask)
     step(0.55, "resampling T1 onto the model grid")
     t1_model = grid.to_model(t1)
     t2_model = None
@@ -764,13 +758,6 @@ def prepare_pair(
         t2_model = grid.to_model(t2)
     step(0.9, "head mask and intensity scaling")
     mask = head_mask(grid.as_volume(t1_model))
-    fill = _head_fill(t1)
-    if fill > MAX_HEAD_FILL:
-        raise ValueError(
-            f"T1: the head mask fills {100 * fill:.0f}% of the field of view, so no air was found around the head. "
-            "Expected a head scan with background around it (not noise, a brain-extracted image or a crop inside "
-            "the head)"
-        )
     coverage = None
     if t2 is not None:
         coverage = _head_coverage(mask, grid, t2)

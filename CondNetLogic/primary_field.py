@@ -232,18 +232,13 @@ class PrimaryFieldGrid:
         self.origin_m = np.array([-half_width_mm * MM_TO_M, -half_width_mm * MM_TO_M, z0])
         steps = np.eye(3) * self.spacing_m
         values = np.zeros((n_xy, n_xy, n_z, 3), dtype=np.float32)
-        chunk = max(1, n_xy // 20)
-        for first in range(0, n_xy, chunk):
-            if cancel is not None and cancel():
-                raise Cancelled("primary-field grid cancelled")
-            last = min(n_xy, first + chunk)
-            mask = np.ones((last - first, n_xy, n_z), dtype=bool)
-            origin = self.origin_m + first * steps[0]
-            values[first:last] = _lattice_direct(
-                origin, steps, mask, np.eye(3), segments_m, 1.0, 0.99 * min_distance_mm * MM_TO_M
-            )
+
+        def report(fraction: float) -> None:
             if progress is not None:
-                progress(last / n_xy, f"primary-field grid: {last}/{n_xy} slabs")
+                progress(fraction, f"primary-field grid: {fraction:.0%}")
+
+        _lattice_direct_chunked(self.origin_m, steps, np.ones(values.shape[:3], dtype=bool), np.eye(3), segments_m,
+                                1.0, 0.99 * min_distance_mm * MM_TO_M, report, cancel, out=values)
         self.values = values
 
     @staticmethod
@@ -357,13 +352,17 @@ class PrimaryFieldGrid:
 
 
 def _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m, report,
-                            cancel) -> np.ndarray:
-    """:func:`_lattice_direct` in slabs along the first axis, calling ``report(fraction)`` and ``cancel()``."""
+                            cancel, out=None) -> np.ndarray:
+    """:func:`_lattice_direct` in slabs along the first axis, calling ``report(fraction)`` and ``cancel()``.
+
+    Fills ``out`` (shape ``mask.shape + (P,)``, any float dtype) when given, else a new float64 array.
+    """
     import numba
 
     n = mask.shape[0]
     chunk = max(-(-n // 10), 4 * numba.get_num_threads())  # the kernel runs rows in parallel: keep threads busy
-    out = np.zeros(mask.shape + (projection.shape[0],))
+    if out is None:
+        out = np.zeros(mask.shape + (projection.shape[0],))
     for first in range(0, n, chunk):
         if cancel is not None and cancel():
             raise Cancelled("primary-field evaluation cancelled")

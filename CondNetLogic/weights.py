@@ -265,7 +265,10 @@ def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None)
 
     Falls back to the other kind when the manifest lists only one; None when it lists no default.
     """
-    manifest = read_manifest(manifest_path)
+    return _default_id(read_manifest(manifest_path), t2_given)
+
+
+def _default_id(manifest: dict, t2_given: bool) -> Optional[str]:
     preferred, other = DEFAULT_KEYS if t2_given else DEFAULT_KEYS[::-1]
     return manifest.get(preferred) or manifest.get(other)
 
@@ -291,6 +294,7 @@ def load_weights(
     *,
     weights_id: Optional[str] = None,
     manifest_path: Optional[PathLike] = None,
+    t2_given: bool = True,
 ) -> CondNetWeights:
     """Load CondNet weights without executing code.
 
@@ -299,9 +303,13 @@ def load_weights(
     weights : path-like, optional
         A ``.safetensors`` file (e.g. a user's own); None loads a manifest entry.
     weights_id : str, optional
-        Manifest id to load when ``weights`` is None; default: the manifest's ``default``.
+        Manifest id to load when ``weights`` is None; default: :func:`default_weights_id` (the manifest's
+        ``default``, or its ``default_t1_only`` when ``t2_given`` is false).
     manifest_path : path-like, optional
         Manifest to use instead of ``Resources/weights.json``.
+    t2_given : bool
+        Whether a T2 scan comes with the T1; picks the default weights when neither ``weights`` nor
+        ``weights_id`` is given.
 
     Returns
     -------
@@ -321,6 +329,8 @@ def load_weights(
     entry = None
     if weights is None:
         manifest = read_manifest(manifest_path)
+        if weights_id is None:
+            weights_id = _default_id(manifest, t2_given)
         entry = _manifest_entry(manifest, weights_id, manifest_path)
         path = (manifest_path.parent / entry["file"]).resolve()
         if not path.is_file():

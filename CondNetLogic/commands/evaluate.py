@@ -27,15 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_prediction, markdown_table, report_paths, write_report
     from ..inference import predict_conductivity
     from ..io import read_volume
-    from ..weights import default_weights_id, file_sha256, load_weights
+    from ..weights import file_sha256, load_weights
 
     mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
     labels = read_volume(args.labels)
-    weights = load_weights(args.weights) if args.weights else load_weights(
-        weights_id=default_weights_id(args.t2 is not None))
+    weights = load_weights(args.weights, t2_given=args.t2 is not None)
     report_paths(args.out, [table.name for table in weights.tables], overwrite=args.overwrite)  # before the work
     prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
                                       register=args.register)

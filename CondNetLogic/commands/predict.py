@@ -52,11 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference import predict_conductivity
     from ..io import check_outputs, read_volume, removed_on_error, write_text, write_volume
-    from ..weights import default_weights_id, load_weights
+    from ..weights import load_weights
     from ._progress import ProgressBar
 
-    weights = load_weights(args.weights) if args.weights else load_weights(
-        weights_id=default_weights_id(args.t2 is not None))
+    weights = load_weights(args.weights, t2_given=args.t2 is not None)
     paths = output_paths(args.out, [t.name for t in weights.tables])
     every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
     check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
