@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -149,7 +148,7 @@ def load_subject(
     CachedSubject
         Memory-mapped arrays.
     """
-    from .io import read_volume
+    from .io import replaced_through_temporary, read_volume
     from .preprocessing import prepare_pair
 
     subject_dir = Path(subject_dir)
@@ -164,9 +163,8 @@ def load_subject(
         tissue_model = pair.grid.to_model(tissues.with_array(tissues.array.astype(np.uint8)), interpolation="nearest")
         folder.mkdir(parents=True, exist_ok=True)
         for name, array in zip(_CACHE_FILES, (pair.t1, pair.t2, tissue_model)):
-            tmp = folder / (name + ".part.npy")
-            np.save(tmp, np.ascontiguousarray(array, dtype=_CACHE_FILES[name]))
-            os.replace(tmp, folder / name)
+            with replaced_through_temporary(folder / name, ".npy") as tmp:  # np.save adds .npy to other names
+                np.save(tmp, np.ascontiguousarray(array, dtype=_CACHE_FILES[name]))
         logger.info("cached %s in %s", subject_dir.name, folder)
         arrays = _read_cache(folder, size)
         if arrays is None:

@@ -12,7 +12,7 @@ import struct
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, List
+from typing import Iterable, Iterator, List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "file_sha256",
     "read_volume",
     "removed_on_error",
+    "replaced_through_temporary",
     "write_text",
     "write_volume",
 ]
@@ -79,6 +80,11 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
         data = sitk.GetArrayFromImage(image)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        if "orthonormal" in first_line:
+            raise VolumeReadError(
+                f"{path}: its voxel axes are not orthogonal (a sheared or skewed sform), which ITK cannot "
+                "represent; resample it onto an orthogonal grid first (e.g. with FSL flirt -applyxfm or "
+                "nibabel.processing.resample_from_to)") from err
         raise VolumeReadError(f"{path}: cannot read the file (truncated or corrupt?): {first_line}") from err
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
@@ -102,8 +108,9 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def _check_nifti_complete(path: Path, *, finite: bool = True) -> None:
-    """Raise if a NIfTI file holds fewer data bytes than its header promises, or (``finite``) NaN/inf voxels.
+def _check_nifti_complete(path: Path, *, reading: bool = True) -> None:
+    """Raise if a NIfTI file holds fewer data bytes than its header promises, or (``reading``) has NaN/inf
+    voxels or an orientation that tools read differently (see ``_check_nifti_orientation``).
 
     ITK's NIfTI reader fills missing bytes of a truncated file with zeros without an error, so a partly
     copied or interrupted download would otherwise load as a silently damaged volume; it also turns NaN and
@@ -112,27 +119,15 @@ def _check_nifti_complete(path: Path, *, finite: bool = True) -> None:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(540)
-            if len(header) < 348:
-                raise VolumeReadError(f"{path}: truncated NIfTI header ({len(header)} bytes)")
-            for order in "<>":
-                size = struct.unpack(order + "i", header[:4])[0]
-                if size in (348, 540):
-                    break
-            else:
-                raise VolumeReadError(f"{path}: not a NIfTI file (header size field {header[:4]!r})")
-            if size == 348:
-                dims = struct.unpack(order + "8h", header[40:56])
-                datatype, bitpix = struct.unpack(order + "2h", header[70:74])
-                vox_offset = struct.unpack(order + "f", header[108:112])[0]
-            else:
-                dims = struct.unpack(order + "8q", header[16:80])
-                datatype, bitpix = struct.unpack(order + "2h", header[12:16])
-                vox_offset = struct.unpack(order + "q", header[168:176])[0]
+            header = handle.read(348)
+            fields = _nifti_fields(header, path)
+            dims, datatype, bitpix, vox_offset = fields.dims, fields.datatype, fields.bitpix, fields.vox_offset
+            if reading:
+                _check_nifti_orientation(fields, path)
             n_voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(int(dims[0]), 1)]]))
             expected = int(vox_offset) + n_voxels * int(bitpix) // 8
-            counter = _NonFiniteCounter(order + _NIFTI_FLOATS[datatype], int(vox_offset), n_voxels) \
-                if finite and datatype in _NIFTI_FLOATS else None
+            counter = _NonFiniteCounter(fields.order + _NIFTI_FLOATS[datatype], int(vox_offset), n_voxels) \
+                if reading and datatype in _NIFTI_FLOATS else None
             available = len(header)
             if counter is not None:
                 counter.feed(header)
@@ -147,6 +142,97 @@ def _check_nifti_complete(path: Path, *, finite: bool = True) -> None:
     if counter is not None and counter.count:
         raise VolumeReadError(f"{path}: {counter.count} of {n_voxels} voxels are NaN or infinite; expected finite "
                               "values (replace them, e.g. by 0 outside the head, before using the file)")
+
+
+class _NiftiFields(NamedTuple):
+    """The NIfTI-1 header fields this module checks (units as stored: mm for the transforms)."""
+
+    order: str  # struct byte order, "<" or ">"
+    dims: Tuple[int, ...]
+    datatype: int
+    bitpix: int
+    vox_offset: float
+    pixdim: Tuple[float, ...]
+    qform_code: int
+    sform_code: int
+    quatern: Tuple[float, ...]  # quatern_b, c, d, qoffset_x, y, z
+    srow: Tuple[float, ...]  # srow_x, srow_y, srow_z (12 values)
+
+
+def _nifti_fields(header: bytes, path: Path) -> _NiftiFields:
+    """Parse the fields of ``_NiftiFields`` from the first 348 bytes of a NIfTI-1 file.
+
+    NIfTI-2 (a 540-byte header) is refused with its own message: ITK 5.4, and so Slicer, cannot read it.
+    """
+    if len(header) < 348:
+        raise VolumeReadError(f"{path}: truncated NIfTI header ({len(header)} bytes)")
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0]
+        if size in (348, 540):
+            break
+    else:
+        raise VolumeReadError(f"{path}: not a NIfTI file (header size field {header[:4]!r})")
+    if size == 540:
+        raise VolumeReadError(f"{path}: a NIfTI-2 file, which ITK (and Slicer) cannot read; save it as NIfTI-1 "
+                              "(e.g. nibabel: nib.save(nib.Nifti1Image.from_image(nib.load(path)), new_path))")
+    return _NiftiFields(
+        order, struct.unpack(order + "8h", header[40:56]), *struct.unpack(order + "2h", header[70:74]),
+        struct.unpack(order + "f", header[108:112])[0], struct.unpack(order + "8f", header[76:108]),
+        *struct.unpack(order + "2h", header[252:256]), struct.unpack(order + "6f", header[256:280]),
+        struct.unpack(order + "12f", header[280:328]))
+
+
+def _qform_affine(fields: _NiftiFields) -> np.ndarray:
+    """The voxel-to-RAS affine (mm) of the qform: quaternion, qfac and pixdim, as ``nifti1_io`` builds it."""
+    b, c, d = fields.quatern[:3]
+    a = 1.0 - (b * b + c * c + d * d)
+    if a < 1e-7:  # a 180-degree rotation: renormalise (b, c, d), a = 0
+        norm = 1.0 / np.sqrt(b * b + c * c + d * d)
+        a, b, c, d = 0.0, b * norm, c * norm, d * norm
+    else:
+        a = np.sqrt(a)
+    rotation = np.array([
+        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+        [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    zooms = np.array([z if z > 0 else 1.0 for z in fields.pixdim[1:4]])
+    if fields.pixdim[0] < 0:
+        zooms[2] = -zooms[2]
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * zooms[np.newaxis, :]
+    affine[:3, 3] = fields.quatern[3:]
+    return affine
+
+
+#: Largest distance (mm) between where the qform and the sform put a corner voxel for them to count as one.
+_XFORM_TOLERANCE_MM = 0.1
+
+
+def _check_nifti_orientation(fields: _NiftiFields, path: Path) -> None:
+    """Raise where the file's orientation is unknown or ambiguous, so tools would place the head differently.
+
+    With both ``qform_code`` and ``sform_code`` 0 there is no orientation: ITK assumes one, nibabel another
+    (they differ by a flip), and left/right cannot be known.  With both codes set, ITK 5.4 (and so Slicer and
+    this package) takes the qform unless ``sform_code`` is 1, while nibabel, FSL and SimNIBS take the sform:
+    the two must agree.
+    """
+    if fields.qform_code <= 0 and fields.sform_code <= 0:
+        raise VolumeReadError(
+            f"{path}: the file records no orientation (qform_code and sform_code are both 0), so left and right "
+            "cannot be known; set the scanner geometry first (e.g. nibabel: img.set_sform(affine, code=1))")
+    if fields.qform_code <= 0 or fields.sform_code <= 0:
+        return
+    sform = np.vstack([np.reshape(fields.srow, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
+    n_dims = min(max(int(fields.dims[0]), 1), 3)
+    extent = [max(int(n), 1) - 1 for n in fields.dims[1 : 1 + n_dims]] + [0] * (3 - n_dims)
+    corners = np.array([[i, j, k, 1.0] for i in (0, extent[0]) for j in (0, extent[1]) for k in (0, extent[2])])
+    offset = float(np.max(np.linalg.norm((corners @ (_qform_affine(fields) - sform).T)[:, :3], axis=1)))
+    if offset > _XFORM_TOLERANCE_MM:
+        raise VolumeReadError(
+            f"{path}: its qform and sform place the image up to {offset:.1f} mm apart, and tools differ in which "
+            "they use (nibabel, FSL and SimNIBS the sform; ITK, and so Slicer, the qform unless sform_code is 1), "
+            "so the head's position is ambiguous.  Make them agree first (e.g. fslorient -copysform2qform, or "
+            "nibabel: img.set_qform(img.get_sform()))")
 
 
 class _NonFiniteCounter:
@@ -223,21 +309,21 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     if suffix not in _SINGLE_FILE_SUFFIXES:
         sitk.WriteImage(image, str(path), useCompression=True)
         return path
-    with _replaced_through_temporary(path, suffix) as tmp:
+    with replaced_through_temporary(path, suffix) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as err:
             raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[-1]}") from err
         if suffix in (".nii", ".nii.gz"):  # ITK does not report a short write (e.g. a full disk)
             try:
-                _check_nifti_complete(tmp, finite=False)
+                _check_nifti_complete(tmp, reading=False)
             except VolumeReadError as err:
                 raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
     return path
 
 
 @contextmanager
-def _replaced_through_temporary(path: Path, suffix: str = "") -> Iterator[Path]:
+def replaced_through_temporary(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same ``suffix``); rename it to ``path`` if the block succeeds.
 
     The temporary file is removed in any case, so a failed write leaves nothing behind.
@@ -256,7 +342,7 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replaced_through_temporary(path) as tmp:
+    with replaced_through_temporary(path) as tmp:
         tmp.write_text(text)
     return path
 

@@ -292,20 +292,23 @@ class PrimaryFieldGrid:
         """
         from pathlib import Path
 
+        from .io import replaced_through_temporary
+
         path = Path(path)
         if path.suffix != ".npz":
             raise ValueError(f"grid files end in .npz; got {path.name}")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        np.savez(
-            path,
-            format_version=np.int64(_GRID_FORMAT_VERSION),
-            coil_name=np.str_(self.coil_name),
-            coil_sha256=np.str_(self.coil_sha256),
-            origin_m=self.origin_m,
-            spacing_m=np.float64(self.spacing_m),
-            values=self.values,
-        )
+        with replaced_through_temporary(path, ".npz") as tmp:  # another process may read or build it meanwhile
+            np.savez(
+                tmp,
+                format_version=np.int64(_GRID_FORMAT_VERSION),
+                coil_name=np.str_(self.coil_name),
+                coil_sha256=np.str_(self.coil_sha256),
+                origin_m=self.origin_m,
+                spacing_m=np.float64(self.spacing_m),
+                values=self.values,
+            )
         return path
 
     @classmethod

@@ -26,7 +26,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,7 +44,7 @@ from .dataset import (
     subject_slices,
 )
 from .errors import Cancelled
-from .io import file_sha256
+from .io import replaced_through_temporary, file_sha256
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
@@ -298,12 +297,10 @@ def _json_copy(data):
 def _write_history(path: Path, history: List[dict]) -> None:
     if not history:
         return
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as handle:
+    with replaced_through_temporary(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Path:
@@ -497,9 +494,8 @@ def _train_direction(
             "history": json.dumps(history),
             "stopped_early": stopped_early,
         }
-        tmp = checkpoint_path.with_name(checkpoint_path.name + ".part")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, checkpoint_path)
+        with replaced_through_temporary(checkpoint_path) as tmp:
+            torch.save(checkpoint, tmp)
         _write_history(folder / "history.csv", history)
         plot_loss_curves(histories, out_dir / "loss_curves.png")
         if stopped_early:

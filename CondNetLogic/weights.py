@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -34,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 from ._types import PathLike
 from .conductivity import ConductivityTable, resource_path
 from .errors import WeightsError
-from .io import file_sha256
+from .io import replaced_through_temporary, file_sha256
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -200,9 +199,8 @@ def save_weights(
         "package_version": __version__,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
-    os.replace(tmp, path)
+    with replaced_through_temporary(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return file_sha256(path)
 
 
@@ -420,7 +418,6 @@ def register_weights(
     if make_default:
         manifest[DEFAULT_KEYS[weights.config.in_channels == 1]] = weights_id
     manifest.setdefault("default", None)
-    tmp = manifest_path.with_name(manifest_path.name + ".part")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    with replaced_through_temporary(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return entry

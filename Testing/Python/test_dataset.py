@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,31 @@ def test_damaged_cache_is_rebuilt_with_a_warning(training_set, tmp_path, caplog,
     assert str(target) in caplog.text
     assert "preprocessing the subject again" in caplog.text
     np.testing.assert_array_equal(again.t1, reference)
+
+
+
+def test_failed_cache_write_leaves_no_temporary_file_and_is_redone(training_set, tmp_path, monkeypatch):
+    folder = training_set / "s3"
+    cache = tmp_path / "cache"
+    real_save = np.save
+    calls = []
+
+    def fail_on_t2(target, array, *args, **kwargs):  # t1.npy is written, then t2 hits a full disk
+        calls.append(target)
+        if len(calls) == 1:
+            return real_save(target, array, *args, **kwargs)
+        Path(target).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", fail_on_t2)
+    with pytest.raises(OSError, match="No space left"):
+        load_subject(folder, cache_dir=cache, size=MODEL_SIZE)
+    (cached,) = cache.iterdir()
+    assert [p.name for p in cached.iterdir()] == ["t1.npy"]
+    monkeypatch.undo()
+    again = load_subject(folder, cache_dir=cache, size=MODEL_SIZE)
+    assert again.t2.shape == (MODEL_SIZE,) * 3
+    assert sorted(p.name for p in cached.iterdir()) == sorted(["t1.npy", "t2.npy", "tissues.npy"])
 
 
 def test_targets_are_normalised_table_values(subjects):

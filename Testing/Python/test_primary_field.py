@@ -1,6 +1,8 @@
 """Primary field dA/dt: closed forms, face/centre lattices, the precomputed grid, bad input."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -193,6 +195,22 @@ def test_points_outside_the_grid_are_exact(small_grid):
     np.testing.assert_array_equal(
         dadt_centres(volume, coil, pose, 1e8, grid=grid), dadt_centres(volume, coil, pose, 1e8)
     )
+
+
+def test_failed_grid_save_keeps_the_old_file_and_leaves_no_temporary_file(small_grid, tmp_path, monkeypatch):
+    coil, grid = small_grid
+    path = grid.save(tmp_path / "grid.npz")
+    before = path.read_bytes()
+
+    def disk_full(file, **arrays):
+        Path(file).write_bytes(b"PK partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        grid.save(path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npz"]
 
 
 def test_grid_save_load_round_trip(small_grid, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,45 @@ def test_resume_matches_uninterrupted_run(training_set, tmp_path):
         torch.testing.assert_close(tensor, b.state_dicts["coronal"][key], rtol=1e-4, atol=1e-5)
     with pytest.raises(FileExistsError, match="exists"):
         train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", **kwargs)
+
+
+
+def test_failed_checkpoint_write_keeps_the_last_checkpoint_and_leaves_no_temporary_file(
+        training_set, tmp_path, monkeypatch):
+    real_save = torch.save
+    folder = tmp_path / "run" / "axial"
+    saved = []
+
+    def save_once_then_fail(obj, target, *args, **kwargs):  # epoch 2's checkpoint hits a full disk
+        if not saved:
+            saved.append(obj["epoch"])
+            return real_save(obj, target, *args, **kwargs)
+        saved.append((folder / "checkpoint.pt").read_bytes())
+        Path(target).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_once_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+              config=TINY, directions=["axial"], device="cpu", show_bar=False)
+    assert len(saved) == 2
+    assert (folder / "checkpoint.pt").read_bytes() == saved[1]
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "history.csv"]
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_failed_history_write_keeps_the_file_and_leaves_no_temporary_file(tmp_path):
+    from CondNetLogic.training import _write_history
+
+    path = tmp_path / "history.csv"
+    _write_history(path, [{"epoch": 1, "train_loss": 0.5}])
+    before = path.read_bytes()
+    # The second row has a column the first lacks: csv.DictWriter fails after the header and first row are written.
+    with pytest.raises(ValueError, match="fields not in fieldnames"):
+        _write_history(path, [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4, "extra": 1}])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
 
 
 @pytest.mark.gpu

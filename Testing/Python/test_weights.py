@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,30 @@ def test_save_refuses_to_overwrite_and_bad_arguments(weights_file, tmp_path):
         save_weights(tmp_path / "b.safetensors", {"oblique": states()["axial"]}, tables=[TABLE_A], **kwargs)
     with pytest.raises(ValueError, match="does not match the config"):
         save_weights(tmp_path / "c.safetensors", states(CondNetConfig(depth=4)), tables=[TABLE_A], **kwargs)
+
+
+
+def _failing_write(write):
+    """A replacement for a writer: ``write(*args)`` writes part of the file, then it fails as on a full disk."""
+    def fail(*args, **kwargs):
+        write(*args)
+        raise OSError(28, "No space left on device")
+    return fail
+
+
+def test_failed_save_changes_nothing_and_leaves_no_temporary_file(weights_file, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    before = weights_file.read_bytes()
+    partial = _failing_write(lambda tensors, filename: Path(filename).write_bytes(b"partial"))
+    monkeypatch.setattr(safetensors.torch, "save_file", partial)
+    kwargs = {"config": CONFIG, "tables": [TABLE_A], "tau": 0.2, "input_spec": INPUT, "training": {}}
+    with pytest.raises(OSError, match="No space left"):
+        save_weights(weights_file, states(directions=("axial",)), overwrite=True, **kwargs)
+    with pytest.raises(OSError, match="No space left"):
+        save_weights(tmp_path / "new.safetensors", states(), **kwargs)
+    assert weights_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
 
 def test_missing_and_corrupt_files_raise_weights_error(weights_file, tmp_path):
@@ -154,6 +179,19 @@ def test_manifest_default_absent_hash_verified(weights_file, tmp_path):
     shipped.unlink()
     with pytest.raises(WeightsError, match="is missing"):
         load_weights(manifest_path=manifest)
+
+
+
+def test_failed_manifest_write_keeps_the_manifest_and_leaves_no_temporary_file(weights_file, tmp_path, monkeypatch):
+    manifest = tmp_path / "weights.json"
+    register_weights(weights_file, weights_id="first", version="1", manifest_path=manifest)
+    before = manifest.read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(Path, "write_text", _failing_write(lambda target, text: Path.write_bytes(target, b'{"form')))
+    with pytest.raises(OSError, match="No space left"):
+        register_weights(weights_file, weights_id="second", version="1", manifest_path=manifest)
+    assert manifest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 def test_t1_only_weights_are_the_default_without_a_t2(tmp_path):
