@@ -326,8 +326,11 @@ def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Pat
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with replaced_through_temporary(path, ".png") as tmp:  # per-direction runs in parallel share this file
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -308,9 +308,12 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._updateCoilModel()
 
     def onCoilChanged(self, text: str) -> None:
-        if self._parameterNode and text and self._parameterNode.coilName != text:
-            self._parameterNode.coilName = text
-            if self._parameterNode.coilMarkup and self._parameterNode.conductivityVolume:
+        p = self._parameterNode
+        if p and text and p.coilName != text:
+            p.coilName = text
+            # Redraw only a placed coil: a coil markup without its point (Place coil pressed, no click yet) has no pose.
+            placed = self.logic.isCoilMarkup(p.coilMarkup) and p.coilMarkup.GetNumberOfControlPoints() > 0
+            if placed and p.conductivityVolume and not self._busy:
                 with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
                     self._updateCoilModel()
 
@@ -453,15 +456,15 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPlaceCoilButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start placing the coil."), waitCursor=True):
             markup = self._ensureCoilMarkup()
-            markup.RemoveAllControlPoints()  # place = replace: the node holds one point
-            markupsLogic = slicer.modules.markups.logic()
-            markupsLogic.SetActiveList(markup)
-            markupsLogic.StartPlaceMode(False)
+            self.logic.startCoilPlacement(markup, slicer.modules.markups.logic())
             self._log("Click on the head in a slice or 3D view to place the coil.")
 
     def _observeCoilMarkup(self, markup) -> None:
         if markup is self._observedMarkup:
             return
+        # The angle the panel applied belongs to the markup observed so far: for another coil markup (chosen
+        # in the selector, a new one, or the same one after the panel was left) the coil's own angle is shown.
+        self._appliedHandleAngle = None
         if self._observedMarkup is not None:
             for event in (
                 slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
@@ -483,9 +486,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil on the scalp."), waitCursor=True):
             self._snapCoil()
-            if p.autoUpdate and p.eMagnitudeVolume:
-                self.onComputeEFieldButton()
         self._onParameterNodeModified()
+        # Not inside the block above: onComputeEFieldButton shows its own error, and tryWithErrorDisplay re-raises,
+        # so a nested call would show a failed solve twice.
+        if p.autoUpdate and p.eMagnitudeVolume:
+            self.onComputeEFieldButton()
 
     def _snapCoil(self) -> None:
         p = self._parameterNode
@@ -635,7 +640,8 @@ class CondNetSlicerTest(ScriptedLoadableModuleTest):
         install.ensureRequirements(resourcePath("requirements.txt"), interactive=False)
         self.delayDisplay("Loading the MNI152 sample head")
         registerSampleData()
-        t1Node, t2Node = SampleData.downloadSample("CondNetMNI152")
+        # downloadSample returns only the first node of a sample; downloadSamples returns all of them.
+        t1Node, t2Node = SampleData.downloadSamples("CondNetMNI152")
         workDir = tempfile.mkdtemp(prefix="CondNetTest-")
         weightsPath = ""
         if read_manifest().get("default") is None:

@@ -461,7 +461,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self.scene.GenerateUniqueName(name))
         node.SetAttribute(ROLE, "coil-markup")
         node.SetMaximumNumberOfControlPoints(1)
-        node.SetMarkupLabelFormat("coil")
+        # SetMarkupLabelFormat is the deprecated name (vtkMRMLMarkupsNode.h: "Use SetControlPointLabelFormat").
+        node.SetControlPointLabelFormat("coil")
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
         if display is not None:
@@ -487,6 +488,31 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if markupNode is not None:
             self.log(f"CondNet: {markupNode.GetName()} is not a CondNet coil markup; making a new one")
         return self.createCoilMarkup()
+
+    def startCoilPlacement(self, markupNode, markupsLogic=None) -> None:
+        """Empty the coil markup and put the views in (single-click) place mode for it.
+
+        ``markupsLogic`` is the Markups module's ``vtkSlicerMarkupsLogic`` (default
+        ``slicer.modules.markups.logic()``).  Newer Slicer names the method that makes a markups node
+        the one to place points in ``SetActiveList`` and keeps ``SetActiveListID`` only as a deprecated
+        alias; older releases have only ``SetActiveListID`` (Modules/Loadable/Markups/Logic/
+        vtkSlicerMarkupsLogic.h), so whichever exists is used.
+
+        Raises
+        ------
+        ValueError
+            If ``markupNode`` is not a CondNet coil markup (see :meth:`coilMarkupForPlacing`).
+        RuntimeError
+            If place mode could not be started (no interaction node in the scene).
+        """
+        self._checkCoilMarkup(markupNode)
+        if markupsLogic is None:
+            markupsLogic = slicer.modules.markups.logic()
+        markupNode.RemoveAllControlPoints()  # place = replace: the node holds one point
+        setActiveList = getattr(markupsLogic, "SetActiveList", None) or markupsLogic.SetActiveListID
+        setActiveList(markupNode)
+        if not markupsLogic.StartPlaceMode(False):
+            raise RuntimeError("could not start placing the coil: the scene has no interaction node")
 
     def _checkCoilMarkup(self, markupNode) -> None:
         """Raise unless ``markupNode`` is a CondNet coil markup (the only markups node CondNet moves)."""

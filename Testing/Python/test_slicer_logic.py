@@ -410,6 +410,46 @@ def test_placing_the_coil_never_reuses_another_point_list(mrml_scene, head):
     assert made.GetNumberOfControlPoints() == 1
 
 
+def test_place_coil_puts_the_views_in_place_mode_for_the_coil_markup(mrml_scene):
+    """What 'Place coil' does, on the Markups module's real logic: the coil markup is emptied, made the node
+    that clicks add points to, and the interaction node goes to single-point place mode.  Slicer's
+    vtkSlicerMarkupsLogic.h has SetActiveList in newer releases and only SetActiveListID in older ones."""
+    markupsLogic = slicer.vtkSlicerMarkupsLogic()
+    markupsLogic.SetMRMLScene(mrml_scene)
+    selection = mrml_scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    interaction = mrml_scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    # Both made by the application logic, as in Slicer.
+    assert selection is not None
+    assert interaction is not None
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    markup = logic.createCoilMarkup()
+    assert markup.GetControlPointLabelFormat() == "coil"
+    markup.AddControlPointWorld(1.0, 2.0, 3.0, "coil")
+    logic.startCoilPlacement(markup, markupsLogic)
+    assert markup.GetNumberOfControlPoints() == 0
+    assert selection.GetActivePlaceNodeID() == markup.GetID()
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsFiducialNode"
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert not interaction.GetPlaceModePersistence()
+
+    class OlderMarkupsLogic:  # a Slicer whose markups logic has only SetActiveListID
+        def __init__(self, real):
+            self.SetActiveListID, self.StartPlaceMode = real.SetActiveListID, real.StartPlaceMode
+
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    other = logic.createCoilMarkup()
+    logic.startCoilPlacement(other, OlderMarkupsLogic(markupsLogic))
+    assert selection.GetActivePlaceNodeID() == other.GetID()
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+
+    userList = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "targets")
+    userList.AddControlPointWorld(0.0, 0.0, 0.0, "target")
+    with pytest.raises(ValueError, match="not a CondNet coil markup"):
+        logic.startCoilPlacement(userList, markupsLogic)
+    assert userList.GetNumberOfControlPoints() == 1
+
+
 def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, head):
     """Re-solving updates the E-field nodes of the same conductivity; another conductivity gets new nodes."""
     logic = CondNetSlicerLogic(mrml_scene)

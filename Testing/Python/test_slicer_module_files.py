@@ -281,6 +281,36 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
             assert widget.get("class") in ("QDoubleSpinBox", "ctkSliderWidget"), name
 
 
+def test_table_view_is_not_given_the_scene_without_a_table_view_node():
+    """qMRMLTableView.cxx: once it has a scene, every EndBatchProcessEvent (loading data or a scene, closing the
+    scene) calls updateWidgetFromViewNode(), which empties the view when no vtkMRMLTableViewNode is set.  The
+    panel shows its table with setMRMLTableNode only, so giving the view the scene would blank it after each load."""
+    tree = ET.parse(UI_FILE)
+    views = {w.get("name") for w in tree.iter("widget") if w.get("class") == "qMRMLTableView"}
+    assert views, "the statistics table view is gone"
+    for connection in tree.getroot().iter("connection"):
+        if connection.find("receiver").text in views:
+            assert not connection.find("slot").text.startswith("setMRMLScene"), connection.find("receiver").text
+    code = MODULE_FILE.read_text()
+    assert "setMRMLTableViewNode" not in code
+    for view in views:
+        assert f"self.ui.{view}.setMRMLTableNode(" in code
+
+
+def test_self_test_loads_both_sample_volumes():
+    """SampleData.downloadSample returns the first loaded node only (Modules/Scripted/SampleData/SampleData.py);
+    a sample of several files must be loaded with downloadSamples to get all its nodes."""
+    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name == "downloadSample":
+                assert not any(isinstance(t, (ast.Tuple, ast.List)) for t in node.targets), (
+                    f"line {node.lineno}: downloadSample returns one node; use downloadSamples"
+                )
+    assert 'SampleData.downloadSamples("CondNetMNI152")' in MODULE_FILE.read_text()
+
+
 def test_eeg_choices_are_positions_the_package_knows():
     from CondNetLogic.scalp import EEG_1010_CENTRAL
 
