@@ -173,6 +173,8 @@ class EFieldSimulation:
         Maximum solver iterations.
     progress : callable, optional
         ``progress(fraction, message)`` during setup.
+    cancel : callable, optional
+        ``cancel() -> bool``, asked between the setup's stages.
 
     Attributes
     ----------
@@ -188,6 +190,8 @@ class EFieldSimulation:
     ValueError
         If it is not 3D, holds NaN/inf or negative values, has anisotropic or sheared voxels, or has no
         conducting voxel; or an option is out of range.
+    Cancelled
+        When ``cancel()`` returns true during the setup.
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class EFieldSimulation:
         grid_cache_dir: Optional[Union[str, os.PathLike]] = None,
         maxiter: int = 200,
         progress: Optional[Callable[[float, str], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
     ) -> None:
         from .solver import PotentialSolver
 
@@ -237,7 +242,9 @@ class EFieldSimulation:
         self.spacing_m = float(conductivity.spacing[0]) * MM_TO_M
         if progress is not None:
             progress(0.0, f"building the solver for {int(conducting.sum())} conducting voxels")
-        self.solver = PotentialSolver(self._sigma, self.spacing_m, device=device, dtype=dtype)
+        stages = None if progress is None else lambda fraction, message: progress(fraction, f"solver: {message}")
+        self.solver = PotentialSolver(self._sigma, self.spacing_m, device=device, dtype=dtype, progress=stages,
+                                      cancel=cancel)
         self.device = self.solver.device
         self.time_setup_s = time.perf_counter() - start
         if progress is not None:

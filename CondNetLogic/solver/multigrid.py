@@ -51,6 +51,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -576,11 +577,17 @@ class PotentialSolver:
         the CPU (tests).
     compile : bool
         Wrap the torch smoother and residual in ``torch.compile`` (torch backend only; off by default).
+    progress : callable, optional
+        ``progress(fraction, message)`` between the setup's stages (a GUI repaints there).
+    cancel : callable, optional
+        ``cancel() -> bool``, asked between the setup's stages.
 
     Raises
     ------
     TypeError, ValueError
         For bad ``sigma``, spacing, dtype or options (messages give expected and actual values).
+    Cancelled
+        When ``cancel()`` returns true during the setup.
 
     Examples
     --------
@@ -592,8 +599,17 @@ class PotentialSolver:
     def __init__(self, sigma, spacing_m: float, *, device="cpu", dtype=np.float64, cycle_dtype=np.float32,
                  smoother=("sor", {"omega": 1.15, "sweeps": 2}), cycle: str = "auto", accel="cg",
                  coarse_scale: float = 0.5,
-                 max_coarse: int = 1000, backend: str = "auto", compile: bool = False):
+                 max_coarse: int = 1000, backend: str = "auto", compile: bool = False,
+                 progress: Optional[Callable[[float, str], None]] = None,
+                 cancel: Optional[Callable[[], bool]] = None):
         start = time.perf_counter()
+
+        def stage(fraction: float, message: str) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("solver setup cancelled")
+            if progress is not None:
+                progress(fraction, message)
+
         sigma = validate_sigma(sigma)
         self.spacing_m = _check_spacing(spacing_m)
         self.dtype = self._parse_dtype(dtype, "dtype")
@@ -619,10 +635,12 @@ class PotentialSolver:
         self._lo = box_lo - 1
         self._work_shape = tuple(int(n) for n in box_hi - box_lo + 3)
         work_sigma = _embed(sigma, self._lo, self._work_shape, np.float64)
+        stage(0.0, "finding the conductors")
         labels, self.components = conductor_components(work_sigma)
         self._labels = labels
         self._conductive = labels > 0
 
+        stage(0.1, "face conductances")
         w0 = np.zeros((3,) + self._work_shape, dtype=self.dtype)
         for axis, g in enumerate(face_conductances(work_sigma)):
             w0[axis][tuple(slice(None, -1) if d == axis else slice(None) for d in range(3))] = g
@@ -631,12 +649,16 @@ class PotentialSolver:
         self.levels = [self.operator if self.cycle_dtype == self.dtype else
                        Level(w0.astype(self.cycle_dtype), self.operator.unknowns, self.operator.rows)]
         while self.levels[-1].unknowns > self.max_coarse and len(self.levels) < 24:
+            stage(0.3 + 0.4 * (1.0 - self.levels[-1].unknowns / self.levels[0].unknowns),
+                  f"coarse level {len(self.levels)}")
             wc = coarsen_faces(self.levels[-1].w, self.coarse_scale)
             self.levels.append(Level(wc, int(np.count_nonzero(_conductive_cells(wc))), row_bounds(wc)))
+        stage(0.7, "coarsest-level inverse")
         self._coarse = coarse_pseudo_inverse(self.levels[-1].w)
         self.device = self._pick_device(device, backend)
         if compile and self.backend_name != "torch":
             raise ValueError("compile=True needs the torch backend")
+        stage(0.8, f"preparing the {self.backend_name} kernels ({self.device})")
         self._cycle_requested = cycle
         #: What happened instead of the request (a CUDA out-of-memory error moved the work to the CPU).
         self.fallbacks: list = []

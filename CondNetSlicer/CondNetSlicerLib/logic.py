@@ -696,7 +696,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return modelNode, transformNode
 
     # ------------------------------------------------------------------------------------ E-field
-    def _simulationFor(self, conductivityNode, *, device: str, tol: float, progress: Progress = None):
+    def _simulationFor(self, conductivityNode, *, device: str, tol: float, progress: Progress = None,
+                       cancel: Cancel = None):
         """The cached :class:`EFieldSimulation` of this conductivity (rebuilt when it changed)."""
         from CondNetLogic.efield import EFieldSimulation
         from CondNetLogic.primary_field import default_cache_dir
@@ -716,7 +717,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             self.log(f"CondNet: preparing the E-field solver for {conductivityNode.GetName()}")
             # Coil grids are kept on disk, so only the first coil move of the first session builds one.
             self._simulation = EFieldSimulation(
-                volume, device=device, tol=tol, grid_cache_dir=default_cache_dir(), progress=progress
+                volume, device=device, tol=tol, grid_cache_dir=default_cache_dir(), progress=progress, cancel=cancel
             )
             self._simulationKey = key
         return self._simulation
@@ -795,7 +796,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if primaryField not in PRIMARY_FIELD_MODES:
             raise ValueError(f"primaryField must be one of {PRIMARY_FIELD_MODES}, got {primaryField!r}")
         try:
-            simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress)
+            simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress,
+                                             cancel=cancel)
             simulation.primary_field = primaryField  # a per-solve choice; the built solver does not depend on it
             self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
@@ -917,7 +919,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             self._uniformSimulation = None
             self.log("CondNet: preparing the solver of the uniform-conductivity model")
             self._uniformSimulation = EFieldSimulation(
-                uniform, device=device, tol=tol, grid_cache_dir=default_cache_dir()
+                uniform, device=device, tol=tol, grid_cache_dir=default_cache_dir(), progress=progress, cancel=cancel
             )
             self._uniformKey = uniformKey
         reference = self._uniformSimulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)

@@ -139,6 +139,15 @@ def test_progress_and_cancel(coil):
     assert not any(m.startswith("solving") for m in messages)
 
 
+def test_setup_progress_and_cancel():
+    messages = []
+    EFieldSimulation(_sphere(), device="cpu", progress=lambda fraction, message: messages.append(message))
+    assert messages[-1] == "solver ready"
+    assert any(m.startswith("solver: coarse level") for m in messages)
+    with pytest.raises(Cancelled, match="setup"):
+        EFieldSimulation(_sphere(), device="cpu", cancel=lambda: True)
+
+
 def _with(volume, array):
     return Volume(array, volume.ijk_to_ras)
 

@@ -191,6 +191,23 @@ def test_callback_and_cancel():
         solver.solve(faces, cancel=lambda: True)
 
 
+def test_setup_reports_progress_and_can_be_cancelled():
+    """A GUI repaints between the setup's stages (each coarse level among them) and can stop it there."""
+    sigma = shell_sigma(24)
+    seen = []
+    solver = PotentialSolver(sigma, H, max_coarse=100, progress=lambda fraction, message: seen.append((fraction,
+                                                                                                      message)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)
+    assert fractions[0] >= 0.0
+    assert fractions[-1] <= 1.0
+    assert sum(m.startswith("coarse level") for _, m in seen) == len(solver.levels) - 1 >= 2
+    asked = []
+    with pytest.raises(Cancelled, match="setup"):
+        PotentialSolver(sigma, H, max_coarse=100, cancel=lambda: asked.append(1) or len(asked) == 3)
+    assert len(asked) == 3
+
+
 def test_non_convergence_warns_and_reports():
     sigma = shell_sigma(16)
     with pytest.warns(RuntimeWarning, match="did not converge"):
