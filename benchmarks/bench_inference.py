@@ -7,9 +7,17 @@ script that prints the numbers with the device and versions::
     python benchmarks/bench_inference.py --tiny          # 64^3, depth 3: smoke run in seconds
     python benchmarks/bench_inference.py --train-step    # also time training steps at 256x256, batch 4
     python benchmarks/bench_inference.py --threads 1     # torch intra-op threads (1 is faster on a busy CPU)
+    python benchmarks/bench_inference.py --devices cuda --train-step --json out.json --markdown rows.md
 
 Random weights are used: the speed does not depend on the values.  The pair is the synthetic head
 phantom, so the slices holding head voxels (the ones inference runs) are realistic in number.
+
+On CUDA the first prediction of a process also starts CUDA and loads cuDNN and cuBLAS; it is reported as
+'first call', and the number given is the median of ``--repeat`` further calls.  On the CPU the number is one
+call (as in benchmarks/RESULTS.md).  ``--train-step`` also projects the training time of one direction for
+the issue's target (10 subjects x 50 epochs, batch 4, 10% of the slices held out for validation, the phantom's
+head slices per subject): steps x the median step, without data loading and validation.  The JSON file is
+rewritten after every measurement, so an interrupted run keeps what it measured.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,61 +104,178 @@ class TrainStepSuite:
 
 
 def _environment(threads: int) -> dict:
-    env = {"condnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "cpu": platform.processor() or platform.machine(), "torch_threads": threads,
-           "load_average_1min": round(os.getloadavg()[0], 2)}
+    env = {"condnet": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "torch_threads": threads, "load_average_1min": round(os.getloadavg()[0], 2)}
     if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
         env["cuda_device"] = torch.cuda.get_device_name(0)
+        env["cuda_memory_gib"] = round(properties.total_memory / 2**30, 1)
         env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
     return env
 
 
-def main() -> None:
+#: Target of issue 3: subjects and epochs of one direction's training.
+TARGET_SUBJECTS, TARGET_EPOCHS = 10, 50
+
+
+def training_steps(mask: np.ndarray, batch: int = 4, val_fraction: float = 0.1) -> dict:
+    """Optimiser steps per direction for TARGET_SUBJECTS heads like ``mask`` over TARGET_EPOCHS epochs."""
+    from CondNetLogic.weights import DIRECTIONS
+
+    steps = {}
+    for direction, axis in DIRECTIONS.items():
+        slices = int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))
+        train = TARGET_SUBJECTS * slices - max(1, round(val_fraction * TARGET_SUBJECTS * slices))
+        steps[direction] = {"head_slices": slices, "steps": TARGET_EPOCHS * -(-train // batch)}
+    return steps
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="64^3 pair, depth 3 (smoke run)")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=_devices(),
+                        help="devices to time (default: cpu, and cuda when torch sees a device)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed predictions after the first call, on CUDA (default 3; the CPU is timed once)")
     parser.add_argument("--train-step", action="store_true", help="also time training steps (256x256, batch 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--json", help="also write the results to this JSON file (after every measurement)")
+    parser.add_argument("--markdown", help="also append rows for the CondNet table of benchmarks/RESULTS.md here")
+    args = parser.parse_args(argv)
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error(f"--devices cuda: torch {torch.__version__} sees no CUDA device")
     torch.set_num_threads(args.threads)
     size, depth = (64, 3) if args.tiny else (256, 6)
     results = {"environment": _environment(args.threads), "inference": [], "train_step": []}
+    print(json.dumps(results["environment"]), flush=True)
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+    def markdown(line: str) -> None:
+        if args.markdown:
+            with open(args.markdown, "a") as handle:
+                handle.write(line + "\n")
+
+    env = results["environment"]
+    markdown(f"\nbench_inference.py: {env.get('cuda_device', 'no GPU')}, {env['cpu_count']} CPUs, torch {env['torch']} "
+             f"(CUDA {env.get('cuda')}), python {env['python']}\n\n| what | {' | '.join(args.devices)} |\n"
+             f"|---|{'---:|' * len(args.devices)}")
+    save()
     suite = InferenceSuite()
-    for device in _devices():
-        suite.setup((size, depth), device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        prediction = predict_conductivity(suite.phantom.t1, suite.phantom.t2, weights=suite.weights, device=device)
-        row = {"device": device, "size": size, "depth": depth, "seconds": time.perf_counter() - started,
-               "timings_s": prediction.info["timings_s"],
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        if device == "cuda":
-            row["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        results["inference"].append(row)
-        print(f"inference {size}^3 pair, 3 directions, depth {depth}, {device}: {row['seconds']:.1f} s "
-              f"(networks {row['timings_s']['networks']:.1f} s), peak RSS {row['peak_rss_mib']:.0f} MiB"
-              + (f", peak CUDA {row['peak_cuda_mib']:.0f} MiB" if device == "cuda" else ""))
+    suite.setup((size, depth), args.devices[0])  # the phantom and the weights do not depend on the device
+    failures = []
+
+    def failed(what: str, err: Exception) -> None:
+        # Reported, and the run goes on: the next measurement does not depend on this one.
+        message = f"{what}: failed: {type(err).__name__}: {err}"
+        print(message, flush=True)
+        failures.append(message)
+        results.setdefault("failures", []).append(message)
+        markdown(f"| {what} | FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} |")
+        save()
+
+    for device in args.devices:
+        try:
+            _time_inference(args, suite, device, size, depth, results, save, markdown)
+        except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
+            failed(f"inference {size}^3, {device}", err)
     if args.train_step:
-        steps = TrainStepSuite()
-        for device in _devices():
-            steps.setup(device)
-            steps.time_step(device)  # warm-up
-            times = []
-            for _ in range(args.steps):
-                started = time.perf_counter()
-                steps.time_step(device)
-                times.append(time.perf_counter() - started)
-            row = {"device": device, "batch": 4, "size": 256, "median_s": float(np.median(times)),
-                   "min_s": float(np.min(times)), "steps": args.steps}
-            results["train_step"].append(row)
-            print(f"training step 256x256, batch 4, paper network, {device}"
-                  f"{' (float16 autocast)' if device == 'cuda' else ''}: median {row['median_s']:.3f} s, "
-                  f"min {row['min_s']:.3f} s over {args.steps} steps")
+        mask = suite.phantom.tissues.array != 0
+        results["training_plan"] = training_steps(mask)
+        for device in args.devices:
+            try:
+                _time_train_step(args, device, size, results, save, markdown)
+            except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
+                failed(f"training step, {device}", err)
     print(json.dumps(results["environment"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    save()
+    if failures:
+        sys.exit("bench_inference: " + "; ".join(failures))
+
+
+def _time_inference(args, suite, device: str, size: int, depth: int, results: dict, save, markdown) -> None:
+    """Predictions on ``device`` (a first call, then ``--repeat`` timed ones on CUDA): a row and a table line."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    prediction = predict_conductivity(suite.phantom.t1, suite.phantom.t2, weights=suite.weights, device=device)
+    first = time.perf_counter() - started
+    calls = [(first, prediction)]
+    for _ in range(args.repeat if device == "cuda" else 0):
+        started = time.perf_counter()
+        prediction = predict_conductivity(suite.phantom.t1, suite.phantom.t2, weights=suite.weights,
+                                          device=device)
+        calls.append((time.perf_counter() - started, prediction))
+    timed = calls[1:] or calls
+    median = float(np.median([seconds for seconds, _ in timed]))
+    networks = float(np.median([p.info["timings_s"]["networks"] for _, p in timed]))
+    row = {"device": device, "size": size, "depth": depth, "seconds": median, "first_call_s": first,
+           "calls": [seconds for seconds, _ in calls], "networks_s": networks,
+           "timings_s": prediction.info["timings_s"], "ran_on": prediction.info["device"],
+           "batch_size": prediction.info["batch_size"], "fallbacks": prediction.info["fallbacks"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        row["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    results["inference"].append(row)
+    save()
+    fell_back = row["ran_on"].split(":")[0] != device or row["fallbacks"]
+    note = f"; RAN ON {row['ran_on']}: {row['fallbacks']}" if fell_back else ""
+    print(f"inference {size}^3 pair, 3 directions, depth {depth}, {device}: {median:.2f} s "
+          f"(networks {networks:.2f} s, preprocessing {row['timings_s']['preprocess']:.2f} s"
+          + (f"; median of {len(timed)} calls after a first call of {first:.2f} s" if len(calls) > 1 else "")
+          + f"), peak RSS {row['peak_rss_mib']:.0f} MiB"
+          + (f", peak CUDA {row['peak_cuda_mib']:.0f} MiB" if device == "cuda" else "") + note, flush=True)
+    cells = ["–"] * len(args.devices)
+    cells[args.devices.index(device)] = (
+        f"**{_seconds(median)} s** (networks {_seconds(networks)} s"
+        + (f", first call {_seconds(first)} s" if len(calls) > 1 else "") + ")"
+        + (f", peak CUDA {row['peak_cuda_mib'] / 1024:.1f} GiB" if device == "cuda" else
+           f", peak RSS {row['peak_rss_mib'] / 1024:.1f} GiB") + note)
+    markdown(f"| inference of a {size}^3 T1/T2 pair, all three directions, {device} | {' | '.join(cells)} |")
+
+
+def _time_train_step(args, device: str, size: int, results: dict, save, markdown) -> None:
+    """Training steps on ``device`` and the projected time of one direction: a row and two table lines."""
+    plan = results["training_plan"]
+    steps = TrainStepSuite()
+    steps.setup(device)
+    steps.time_step(device)  # warm-up
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        steps.time_step(device)
+        times.append(time.perf_counter() - started)
+    median = float(np.median(times))
+    projected = {d: p["steps"] * median for d, p in plan.items()}
+    row = {"device": device, "batch": 4, "size": 256, "median_s": median, "min_s": float(np.min(times)),
+           "steps": args.steps, "projected_per_direction_s": projected}
+    results["train_step"].append(row)
+    save()
+    slowest = max(projected, key=projected.get)
+    print(f"training step 256x256, batch 4, paper network, {device}"
+          f"{' (float16 autocast)' if device == 'cuda' else ''}: median {median:.4f} s, "
+          f"min {row['min_s']:.4f} s over {args.steps} steps; projected per direction for "
+          f"{TARGET_SUBJECTS} subjects x {TARGET_EPOCHS} epochs (head slices of the {size}^3 phantom): "
+          + ", ".join(f"{d} {plan[d]['steps']} steps {projected[d]:.0f} s" for d in plan)
+          + " (steps only: no data loading or validation)", flush=True)
+    cells = ["–"] * len(args.devices)
+    cells[args.devices.index(device)] = f"{median:.4f} s"
+    markdown(f"| one training step, 256 x 256, batch 4{', float16 autocast' if device == 'cuda' else ''}, "
+             f"{device} | {' | '.join(cells)} |")
+    cells[args.devices.index(device)] = f"**{projected[slowest] / 60:.1f} min** ({slowest})"
+    markdown(f"| training of one direction, {TARGET_SUBJECTS} subjects x {TARGET_EPOCHS} epochs "
+             f"({plan[slowest]['steps']} steps x the step above; no data loading or validation), {device} "
+             f"| {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

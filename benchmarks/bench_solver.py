@@ -6,6 +6,8 @@ script that prints one table with the machine and versions::
     python benchmarks/bench_solver.py --sizes 64 128
     python benchmarks/bench_solver.py --sizes 256 --skip scipy-cg     # the issue's 256^3 target
     python benchmarks/bench_solver.py --study 64 96                   # coarse_scale / smoother / cycle study
+    python benchmarks/bench_solver.py --sizes 64 --torch-device cpu   # dry run of the GPU (torch) code on the CPU
+    python benchmarks/bench_solver.py --sizes 256 --markdown rows.md  # also append RESULTS.md table rows to a file
 
 The conductivity is ``CondNetLogic.phantom.make_head_phantom((n, n, n))`` (a 256 mm box at 256/n mm
 voxels) mapped through Table I (A): 200x jumps between CSF (2.0 S/m) and cortical bone (0.01-0.02 S/m).
@@ -16,8 +18,11 @@ wall time (solve: median of 3 runs with the same setup; scipy CG: one run), iter
 residual recomputed in float64, the peak memory traced by ``tracemalloc`` (numpy allocations; torch CUDA
 memory from ``torch.cuda.max_memory_allocated``), the difference of the potential from the solution with
 float64 cycles, and the ratio of each solve time to ours (the default: float64 CG preconditioned by
-float32 multigrid cycles, numba).  Targets (issue 4): 256^3 in <= 2 s on a 2-core CPU and >= 10x faster
-than pyamg; <= 50 ms on an H100.
+float32 multigrid cycles, numba).  'solve s' is the whole ``PotentialSolver.solve`` call (right-hand side
+on the host, copies to and from the device, the host check of the true residual); 'loop s' is the CG loop
+alone, on the device (the arrays already there, synchronised before and after).  Memory is traced during the
+setup and the untimed first solve only, so ``tracemalloc`` does not slow the timed solves.  Targets (issue 4):
+256^3 in <= 2 s on a 2-core CPU and >= 10x faster than pyamg; <= 50 ms on an H100.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import platform
 import sys
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 
@@ -70,30 +76,79 @@ def _peak() -> float:
     return tracemalloc.get_traced_memory()[1] / 2**20
 
 
-def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compile=False, repeat=REPEAT) -> dict:
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compile=False, repeat=REPEAT,
+                backend="auto") -> dict:
     import torch
 
+    if compile:  # imported here, not inside the traced and timed setup (seconds, and its own memory)
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401
     if device.startswith("cuda"):
+        torch.cuda.init()  # the peak-memory counters refuse a device that is not initialised yet
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tracemalloc.start()
     start = time.perf_counter()
-    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device, compile=compile)
+    solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device, compile=compile,
+                             backend=backend)
+    _synchronize(device)
     setup = time.perf_counter() - start
-    solver.solve(faces, tol=TOL, maxiter=1)  # warm-up: kernel compilation / CUDA context, not timed
+    retained, peak = (value / 2**20 for value in tracemalloc.get_traced_memory())
+
+    def one_iteration() -> float:
+        started = time.perf_counter()
+        with warnings.catch_warnings():  # one iteration does not converge, as intended
+            warnings.simplefilter("ignore", RuntimeWarning)
+            solver.solve(faces, tol=TOL, maxiter=1)
+        _synchronize(solver.device)
+        return time.perf_counter() - started
+
+    if compile:
+        # tracemalloc slows torch.compile about 3x (measured on the CPU: 17 s -> 54 s at 64^3): compile
+        # untraced, then trace a second first-iteration solve on top of what the setup keeps.
+        tracemalloc.stop()
+        warmup = one_iteration()
+        tracemalloc.start()
+        one_iteration()
+        peak = max(peak, retained + _peak())
+    else:
+        warmup = one_iteration()  # warm-up: kernel compilation / CUDA context, not timed
+        peak = _peak()
+    tracemalloc.stop()
+    if device.startswith("cuda"):
+        peak += torch.cuda.max_memory_allocated() / 2**20
+    # The CG loop alone (on the device, synchronised), timed around the solver's own loop.
+    loops = []
+    iterate = solver._iterate
+
+    def timed_iterate(*args, **kwargs):
+        _synchronize(solver.device)
+        started = time.perf_counter()
+        result = iterate(*args, **kwargs)
+        _synchronize(solver.device)
+        loops.append(time.perf_counter() - started)
+        return result
+
+    solver._iterate = timed_iterate
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         psi, info = solver.solve(faces, tol=TOL, maxiter=200)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _synchronize(solver.device)
         times.append(time.perf_counter() - start)
-    solve = float(np.median(times))
-    peak = _peak()
-    tracemalloc.stop()
-    if device.startswith("cuda"):
-        peak += torch.cuda.max_memory_allocated() / 2**20
-    return {"setup_s": setup, "solve_s": solve, "iterations": info["iterations"], "psi": psi,
-            "converged": info["converged"], "peak_mib": peak}
+    if info["device"] != device or info["fallbacks"]:
+        # A CUDA out-of-memory error moved the work to the CPU: the numbers are not the GPU's.
+        raise RuntimeError(f"ran on {info['device']} ({info['backend']}) instead of {device}: {info['fallbacks']}")
+    return {"setup_s": setup, "solve_s": float(np.median(times)), "loop_s": float(np.median(loops[-repeat:])),
+            "first_s": warmup, "iterations": info["iterations"], "psi": psi, "converged": info["converged"],
+            "peak_mib": peak}
 
 
 def _system(sigma, faces, spacing_m):
@@ -184,55 +239,127 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f}")
 
 
-def benchmark(size: int, skip=()) -> list:
-    sigma, spacing_m = head_conductivity(size)
-    faces = dadt_faces(sigma.shape, spacing_m)
-    rows = []
-    # (name, dtype of CG and solution, dtype of the multigrid cycles, device, torch.compile); the first is
-    # the default.
-    methods = [(OURS, np.float64, np.float32, "cpu", False),
-               ("condnet f64 numba f64cyc", np.float64, np.float64, "cpu", False),
-               ("condnet f32 numba", np.float32, np.float32, "cpu", False)]
+#: Reference of the 'diff' column: float64 CG with float64 cycles (numba).
+REFERENCE = "condnet f64 numba f64cyc"
+#: Method names as the tables of benchmarks/RESULTS.md write them.
+LABELS = {
+    OURS: "ours f64 (numba, f32 cycles)",
+    REFERENCE: "f64, f64 cycles (numba)",
+    "condnet f32 numba": "f32 (numba)",
+    "pyamg SA+CG": "pyamg SA + CG",
+    "scipy CG (Jacobi)": "scipy CG (Jacobi)",
+}
+
+
+def _label(name: str) -> str:
+    """RESULTS.md name: ``condnet f64 torch cuda`` -> ``f64 (torch cuda, f32 cycles)``."""
+    if name in LABELS:
+        return LABELS[name]
+    words = name.split()  # condnet <dtype> torch <device> [compiled]
+    if len(words) >= 4 and words[2] == "torch":
+        notes = [f"torch {words[3]}"] + (["f32 cycles"] if words[1] == "f64" else []) + words[4:]
+        return f"{words[1]} ({', '.join(notes)})"
+    return name
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.4f}" if value < 0.1 else f"{value:.3f}"
+
+
+MARKDOWN_HEADER = ("|    n | unknowns | method | setup s | solve s | loop s | iters | rel.res | peak MiB | diff "
+                   "| solve / ours |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def markdown_row(row: dict) -> str:
+    """One row for the tables of benchmarks/RESULTS.md (plus 'loop s', the CG loop alone)."""
+    loop = _seconds(row["loop_s"]) if "loop_s" in row else "–"
+    return (f"| {row['size']:4d} | {row['unknowns']:,} | {_label(row['method'])} | {_seconds(row['setup_s'])} | "
+            f"{_seconds(row['solve_s'])} | {loop} | {row['iterations']} | {row['residual']:.1e} | "
+            f"{row['peak_mib']:.0f} | {row['diff']:.0e} | {row['ratio']:.2f} |"
+            + ("" if row["converged"] else " NOT CONVERGED"))
+
+
+def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
+    """Rows of every method at ``size``; ``emit(row)`` is called for each row as soon as it is complete.
+
+    ``torch_devices``: where the torch backend runs (default: ``["cuda"]`` when torch sees a device); ``"cpu"``
+    runs the GPU code path on the CPU (eager only: ``torch.compile`` on the CPU needs a C++ toolchain and
+    minutes of compilation).
+    """
     import torch
 
-    if torch.cuda.is_available():
-        methods += [("condnet f64 torch cuda", np.float64, np.float32, "cuda", False),
-                    ("condnet f32 torch cuda", np.float32, np.float32, "cuda", False),
-                    ("condnet f32 torch cuda compiled", np.float32, np.float32, "cuda", True)]
-    results = {}
-    for name, dtype, cycle_dtype, device, compile in methods:
-        if name.split()[0] + "-" + device in skip:
-            continue
+    if torch_devices is None:
+        torch_devices = ["cuda"] if torch.cuda.is_available() else []
+    sigma, spacing_m = head_conductivity(size)
+    faces = dadt_faces(sigma.shape, spacing_m)
+    # The float64 system first: every row's true residual is computed as soon as its method has run.
+    matrix, pinned_matrix, b, b_pinned, index, labels = _system(sigma, faces, spacing_m)
+    b_norm = np.linalg.norm(b)
+    # (name, dtype of CG and solution, dtype of the multigrid cycles, device, torch.compile); the first is
+    # the default, the second the reference of 'diff'.
+    methods = [(OURS, np.float64, np.float32, "cpu", False, "numba"),
+               (REFERENCE, np.float64, np.float64, "cpu", False, "numba"),
+               ("condnet f32 numba", np.float32, np.float32, "cpu", False, "numba")]
+    for device in torch_devices:
+        methods += [(f"condnet f64 torch {device}", np.float64, np.float32, device, False, "torch"),
+                    (f"condnet f32 torch {device}", np.float32, np.float32, device, False, "torch")]
+        if device.startswith("cuda"):
+            methods.append((f"condnet f32 torch {device} compiled", np.float32, np.float32, device, True, "torch"))
+    methods = [m for m in methods if f"condnet-{m[3].split(':')[0]}" not in skip]
+    results, rows = {}, []
+    pending = []
+
+    def finish(name: str, result: dict) -> None:
+        psi = result.pop("psi")
+        x = psi[index >= 0].astype(np.float64)
+        result["residual"] = float(np.linalg.norm(b - matrix @ x) / b_norm)
+        result["psi"] = psi
+        results[name] = result
+        pending.append(name)
+        reference = results.get(REFERENCE)
+        if any(m[0] == REFERENCE for m in methods) and reference is None:
+            return  # rows wait for the reference solution
+        if any(m[0] == OURS for m in methods) and OURS not in results:
+            return  # ... and for the time of ours
+        ours = results.get(OURS, results[next(iter(results))])["solve_s"]
+        for waiting in pending:
+            done = results[waiting]
+            diff = (float(np.linalg.norm(done["psi"] - reference["psi"]) / np.linalg.norm(reference["psi"]))
+                    if reference is not None else float("nan"))
+            row = {"size": size, "unknowns": int(matrix.shape[0]), "method": waiting,
+                   **{k: v for k, v in done.items() if k != "psi"}, "diff": diff, "ratio": done["solve_s"] / ours}
+            rows.append(row)
+            if emit is not None:
+                emit(row)
+        pending.clear()
+
+    for name, dtype, cycle_dtype, device, compile, backend in methods:
         try:
-            results[name] = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile)
+            result = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile, backend=backend)
         except Exception as err:  # noqa: BLE001 - a failed GPU variant (compiler missing, out of memory) is reported
-            if device == "cpu":
+            if device == "cpu" and backend == "numba":
                 raise
             print(f"{size:4d} {name}: failed: {type(err).__name__}: {err}", flush=True)
-    matrix, pinned_matrix, b, b_pinned, index, labels = _system(sigma, faces, spacing_m)
-    reference = results["condnet f64 numba f64cyc"]["psi"] if "condnet f64 numba f64cyc" in results else None
-    b_norm = np.linalg.norm(b)
+            continue
+        print(f"{size:4d} {name}: setup {result['setup_s']:.3f} s, first solve (warm-up, maxiter 1) "
+              f"{result['first_s']:.3f} s, solve {result['solve_s']:.4f} s, CG loop {result['loop_s']:.4f} s, "
+              f"{result['iterations']} iterations", flush=True)
+        finish(name, result)
     for name, runner in (("pyamg SA+CG", run_pyamg), ("scipy CG (Jacobi)", run_scipy_cg)):
         if name.split()[0].lower() + ("-cg" if "scipy" in name else "") in skip:
             continue
-        result = runner(pinned_matrix, b_pinned)
+        try:
+            result = runner(pinned_matrix, b_pinned)
+        except ImportError as err:
+            print(f"{size:4d} {name}: skipped: {err}", flush=True)
+            continue
         x = result.pop("x")
         for component in range(labels.max() + 1):
             x[labels == component] -= x[labels == component].mean()
         psi = np.zeros(sigma.shape)
         psi[index >= 0] = x
         result["psi"] = psi
-        results[name] = result
-    for result in results.values():
-        psi = result.pop("psi")
-        x = psi[index >= 0].astype(np.float64)
-        result["residual"] = float(np.linalg.norm(b - matrix @ x) / b_norm)
-        result["diff"] = (float(np.linalg.norm(psi - reference) / np.linalg.norm(reference))
-                          if reference is not None else float("nan"))
-    ours = results.get(OURS, next(iter(results.values())))["solve_s"]
-    for name, result in results.items():
-        rows.append({"size": size, "unknowns": int(matrix.shape[0]), "method": name, **result,
-                     "ratio": result["solve_s"] / ours})
+        finish(name, result)
     return rows
 
 
@@ -277,29 +404,49 @@ class SolverSuite:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="grid sizes n (n^3 voxels)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="grid sizes n (n^3 voxels), >= 64")
     parser.add_argument("--skip", nargs="*", default=[],
                         help="methods to leave out: condnet-cpu, condnet-cuda, pyamg, scipy-cg")
+    parser.add_argument("--torch-device", nargs="*", default=None, metavar="DEVICE",
+                        help="where the torch backend rows run (default: cuda when torch sees a device, else none); "
+                             "'cpu' runs the GPU code path on the CPU, eager (a dry run)")
+    parser.add_argument("--markdown", help="also append the rows, as in benchmarks/RESULTS.md, to this file")
     parser.add_argument("--study", type=int, nargs="*", help="run the variant study at these sizes instead")
     args = parser.parse_args(argv)
-    import warnings
-
     warnings.simplefilter("ignore", RuntimeWarning)
-    print(machine())
+    description = machine()
+    print(description, flush=True)
     if args.study:
         study(args.study)
         return 0
-    header = (f"{'n':>4} {'unknowns':>9} {'method':32s} {'setup s':>8} {'solve s':>8} {'iters':>5} "
+    header = (f"{'n':>4} {'unknowns':>9} {'method':32s} {'setup s':>8} {'solve s':>8} {'loop s':>8} {'iters':>5} "
               f"{'rel.res':>8} {'conv':>4} {'peak MiB':>8} {'diff':>8} {'solve/ours':>10}")
     print(f"tolerance {TOL:g} (relative to ||b||); 'diff' = ||psi - psi_f64|| / ||psi_f64|| against float64 "
-          f"cycles (f64cyc); ours = {OURS} (the default: float64 CG, float32 cycles)")
-    print(header)
+          f"cycles (f64cyc); ours = {OURS} (the default: float64 CG, float32 cycles); 'loop s' = the CG loop "
+          "alone (no host right-hand side, copies or residual check)")
+    print(header, flush=True)
+    markdown = []
+
+    def append_markdown(lines) -> None:
+        if args.markdown:
+            with open(args.markdown, "a") as handle:
+                handle.write("\n".join(lines) + "\n")
+
+    append_markdown(["", f"bench_solver.py --sizes {' '.join(map(str, args.sizes))}: {description}", "",
+                     MARKDOWN_HEADER])
+
+    def emit(row: dict) -> None:
+        loop = f"{row['loop_s']:8.4f}" if "loop_s" in row else f"{'-':>8}"
+        print(f"{row['size']:4d} {row['unknowns']:9d} {row['method']:32s} {row['setup_s']:8.3f} "
+              f"{row['solve_s']:8.4f} {loop} {row['iterations']:5d} {row['residual']:8.1e} "
+              f"{'yes' if row['converged'] else 'NO':>4} {row['peak_mib']:8.0f} {row['diff']:8.1e} "
+              f"{row['ratio']:10.2f}", flush=True)
+        markdown.append(markdown_row(row))
+        append_markdown([markdown[-1]])
+
     for size in args.sizes:
-        for row in benchmark(size, skip=set(args.skip)):
-            print(f"{row['size']:4d} {row['unknowns']:9d} {row['method']:32s} {row['setup_s']:8.3f} "
-                  f"{row['solve_s']:8.3f} {row['iterations']:5d} {row['residual']:8.1e} "
-                  f"{'yes' if row['converged'] else 'NO':>4} {row['peak_mib']:8.0f} {row['diff']:8.1e} "
-                  f"{row['ratio']:10.2f}", flush=True)
+        benchmark(size, skip=set(args.skip), torch_devices=args.torch_device, emit=emit)
+    print("\nRows for benchmarks/RESULTS.md:\n" + MARKDOWN_HEADER + "\n" + "\n".join(markdown))
     return 0
 
 

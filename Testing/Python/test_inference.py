@@ -157,7 +157,8 @@ def test_cuda_prediction_matches_cpu(phantom, weights):
     gpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cuda")
     assert gpu.info["device"].startswith("cuda")
     assert not gpu.info["fallbacks"]
-    # TF32 convolutions on the GPU round differently from float32 on the CPU.
+    # float16 autocast on the GPU against float32 on the CPU: CPU float16 autocast moves these weights' result by
+    # about 1e-4 S/m, so 1e-2 leaves room for CUDA's other kernels.
     np.testing.assert_allclose(gpu.conductivity["A"].array, cpu.conductivity["A"].array, atol=1e-2)
     np.testing.assert_array_equal(gpu.head_mask.array, cpu.head_mask.array)
 

@@ -237,6 +237,22 @@ def test_cuda_matches_numba():
     assert np.abs(psi_gpu - psi_cpu).max() / np.abs(psi_cpu).max() < 1e-5
 
 
+@pytest.mark.gpu
+def test_cuda_mixed_precision_matches_numba():
+    """The default on a GPU: float64 CG with float32 cycles, the same float64 solution as the numba backend."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    sigma = sigma_with_jumps((40, 36, 33))
+    faces = faces_for(sigma.shape)
+    psi_gpu, info = PotentialSolver(sigma, H, device="auto").solve(faces, tol=1e-10)
+    psi_cpu, info_cpu = PotentialSolver(sigma, H, backend="numba").solve(faces, tol=1e-10)
+    assert (info["device"], info["backend"], info["fallbacks"]) == ("cuda", "torch", [])
+    assert psi_gpu.dtype == np.float64
+    assert info["converged"]
+    assert info_cpu["converged"]
+    assert np.abs(psi_gpu - psi_cpu).max() / np.abs(psi_cpu).max() < 1e-8
+
+
 @pytest.mark.slow
 def test_compiled_torch_matches_eager():
     sigma = sigma_with_jumps((12, 11, 10))
@@ -245,3 +261,49 @@ def test_compiled_torch_matches_eager():
     compiled, info = PotentialSolver(sigma, H, dtype=np.float32, backend="torch", compile=True).solve(faces)
     assert info["converged"]
     assert np.abs(compiled - eager).max() / np.abs(eager).max() < 1e-5
+
+
+def _bench_solver():
+    """``benchmarks/bench_solver.py`` as a module (the GPU check runs it; its torch path is tested here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_solver.py"
+    spec = importlib.util.spec_from_file_location("bench_solver", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_solver_benchmark_times_the_torch_path_on_the_cpu():
+    """The benchmark's GPU rows, run on the CPU: the CG loop alone is timed, and the row fits RESULTS.md."""
+    bench = _bench_solver()
+    sigma = sigma_with_jumps()
+    faces = faces_for(sigma.shape)
+    result = bench.run_condnet(sigma, faces, H, np.float64, np.float32, "cpu", backend="torch", repeat=2)
+    assert result["converged"]
+    assert 0 < result["loop_s"] <= result["solve_s"]
+    assert result["psi"].dtype == np.float64
+    row = {"size": 64, "unknowns": 43023, "method": "condnet f64 torch cuda", **result, "residual": 8.6e-7,
+           "diff": 1e-11, "ratio": 0.05}
+    cells = bench.markdown_row(row).split(" | ")
+    assert cells[:3] == ["|   64", "43,023", "f64 (torch cuda, f32 cycles)"]
+    assert len(cells) == bench.MARKDOWN_HEADER.splitlines()[0].count("|") - 1
+    assert bench._label("condnet f32 torch cuda compiled") == "f32 (torch cuda, compiled)"
+    assert bench._label(bench.OURS) == "ours f64 (numba, f32 cycles)"
+
+
+def test_solver_benchmark_refuses_a_cuda_row_that_ran_on_the_cpu(monkeypatch):
+    """A CUDA out-of-memory fallback must not be reported as a GPU time."""
+    from CondNetLogic.solver import torch_backend
+
+    bench = _bench_solver()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("init", "synchronize", "reset_peak_memory_stats", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(_OutOfMemoryOnCuda, "fail_in", "sweep")
+    monkeypatch.setattr(torch_backend, "TorchBackend", _OutOfMemoryOnCuda)
+    sigma = sigma_with_jumps()
+    with pytest.raises(RuntimeError, match="ran on cpu .numba. instead of cuda"):
+        bench.run_condnet(sigma, faces_for(sigma.shape), H, np.float64, np.float32, "cuda", repeat=1)
