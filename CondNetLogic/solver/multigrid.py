@@ -467,7 +467,8 @@ class NumbaBackend:
         self._on(level)
         _kernels().rb_sor_sweep(x, b, self.w[level], self.rows[level], x.dtype.type(omega), np.int64(color))
 
-    def residual(self, level, x, b, r):
+    def residual(self, level, x, b, r, norm: bool = True):
+        """``r = b - A x`` on ``level``; returns ``|r|^2`` either way (the kernel sums it in the same pass)."""
         self._on(level)
         return float(_kernels().residual(x, b, self.w[level], self.rows[level], r))
 
@@ -820,7 +821,7 @@ class PotentialSolver:
             backend.sweep(level, x, b, omega, 0)
             backend.sweep(level, x, b, omega, 1)
         r = self._work["levels"][level][2]
-        backend.residual(level, x, b, r)
+        backend.residual(level, x, b, r, norm=False)  # the norm would cost the GPU a sync per level
         xc, bc, _ = self._work["levels"][level + 1]
         backend.restrict(level, r, bc)
         backend.fill_zero(xc)

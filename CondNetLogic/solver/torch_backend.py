@@ -105,10 +105,11 @@ class TorchBackend:
         lv = self.levels[level]
         x[_INTERIOR] = self._sor(x, b, *lv.faces, lv.d_safe, lv.masks[color], float(omega))
 
-    def residual(self, level, x, b, r):
+    def residual(self, level, x, b, r, norm: bool = True):
+        """``r = b - A x`` on ``level``; returns ``|r|^2``, or None without ``norm`` (no device sync)."""
         lv = self.levels[level]
         r[_INTERIOR] = self._residual(x, b, *lv.faces, lv.d)
-        return float(torch.sum(r * r, dtype=torch.float64))
+        return float(torch.sum(r * r, dtype=torch.float64)) if norm else None
 
     def apply(self, level, x, y):
         lv = self.levels[level]
