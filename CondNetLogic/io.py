@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import struct
 import zlib
 from contextlib import contextmanager
@@ -260,7 +261,8 @@ class _NonFiniteCounter:
         self.pending = data[usable * self.dtype.itemsize:]
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
+                 like: str | os.PathLike | None = None) -> Path:
     """Write a volume (scalar or vector) with its geometry; format from the file suffix.
 
     Parameters
@@ -272,6 +274,11 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     overwrite : bool
         Replace an existing file.  Without it an existing file is an error: user files are never
         replaced silently.
+    like : str or PathLike, optional
+        The input file this volume derives from.  A NIfTI output records the space of a NIfTI ``like``
+        (its ``qform_code`` and ``sform_code``, e.g. 4 for MNI152, which FSLeyes' atlas tools need); a code
+        ``like`` leaves 0 takes the other one.  Without it, or for other formats, the codes are 1 (scanner).
+        The geometry written is always the volume's own.
 
     Returns
     -------
@@ -309,17 +316,64 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     if suffix not in _SINGLE_FILE_SUFFIXES:
         sitk.WriteImage(image, str(path), useCompression=True)
         return path
+    codes = _space_codes(Path(like)) if like is not None and suffix in (".nii", ".nii.gz") else None
     with replaced_through_temporary(path, suffix) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as err:
-            raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[-1]}") from err
+        if codes in (None, (1, 1)):
+            _itk_write(image, tmp, path, compress=True)
+        else:
+            _write_nifti_with_codes(image, tmp, path, codes)
         if suffix in (".nii", ".nii.gz"):  # ITK does not report a short write (e.g. a full disk)
             try:
                 _check_nifti_complete(tmp, reading=False)
             except VolumeReadError as err:
                 raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
     return path
+
+
+def _itk_write(image, tmp: Path, path: Path, *, compress: bool) -> None:
+    """Write ``image`` to ``tmp`` with ITK, naming the destination ``path`` in an error."""
+    import SimpleITK as sitk
+
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    except RuntimeError as err:
+        raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[-1]}") from err
+
+
+def _space_codes(like: Path) -> Tuple[int, int] | None:
+    """``(qform_code, sform_code)`` of a NIfTI file, a 0 replaced by the other code; None for other formats."""
+    if not like.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    opener = gzip.open if like.name.lower().endswith(".gz") else open
+    try:
+        with opener(like, "rb") as handle:
+            fields = _nifti_fields(handle.read(348), like)
+    except (EOFError, OSError, zlib.error) as err:
+        raise VolumeReadError(f"{like}: cannot read the NIfTI header: {err}") from err
+    qform, sform = int(fields.qform_code), int(fields.sform_code)
+    return (qform or sform, sform or qform) if qform or sform else None
+
+
+def _write_nifti_with_codes(image, tmp: Path, path: Path, codes: Tuple[int, int]) -> None:
+    """Write ``image`` as NIfTI to ``tmp`` with ``codes`` as (qform_code, sform_code).
+
+    ITK always records 1 (scanner), so the header is written uncompressed, patched in place, then
+    compressed here for ``.nii.gz`` (zlib level 6, as ITK's default).
+    """
+    compressed = tmp.name.lower().endswith(".gz")
+    raw = tmp.with_name(tmp.name[:-3]) if compressed else tmp  # ".x.part.nii.gz" -> ".x.part.nii"
+    try:
+        _itk_write(image, raw, path, compress=False)
+        with open(raw, "r+b") as handle:
+            order = _nifti_fields(handle.read(348), path).order
+            handle.seek(252)
+            handle.write(struct.pack(order + "2h", *codes))
+        if compressed:
+            with open(raw, "rb") as source, gzip.open(tmp, "wb", compresslevel=6) as target:
+                shutil.copyfileobj(source, target, 1 << 22)
+    finally:
+        if compressed:
+            raw.unlink(missing_ok=True)
 
 
 @contextmanager

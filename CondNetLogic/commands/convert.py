@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     labels = read_volume(args.labels)
     tissues = labels_to_tissues(labels.array, mapping)
     sigma = labels.with_array(tissues_to_conductivity(tissues, table))
-    path = write_volume(sigma, args.out, overwrite=args.overwrite)
+    path = write_volume(sigma, args.out, overwrite=args.overwrite, like=args.labels)
     print(f"wrote {path}: conductivity (S/m, table {table.name}) on the label map's grid {labels.shape}")
     return 0

@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
             **roi_stats(result.e_magnitude, roi),
         }
     with removed_on_error() as files:  # all outputs or none
-        files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite))
-        files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite))
+        files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite, like=args.conductivity))
+        files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
     head = summary["stats"]["head"]
     print(

@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     with removed_on_error() as files:  # all outputs or none (a full disk leaves no half set behind)
         for kind in ("conductivity", "uncertainty"):
             for table, volume in getattr(prediction, kind).items():
-                files.append(write_volume(volume, paths[kind][table], overwrite=args.overwrite))
+                files.append(write_volume(volume, paths[kind][table], overwrite=args.overwrite, like=args.t1))
                 written[kind][table] = str(files[-1])
-        files.append(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite))
+        files.append(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite,
+                                   like=args.t1))
         written["head_mask"] = str(files[-1])
         sidecar = {
             "command": "condnet predict",

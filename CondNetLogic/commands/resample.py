@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([args.out], overwrite=args.overwrite)
     volume = read_volume(args.input, allow_vector=True)
     resampled = resample_isotropic(volume, args.spacing, interpolation=args.interpolation)
-    path = write_volume(resampled, args.out, overwrite=args.overwrite)
+    path = write_volume(resampled, args.out, overwrite=args.overwrite, like=args.input)
     spacing = ", ".join(f"{s:g}" for s in volume.spacing)
     print(f"wrote {path}: {resampled.shape[:3]} voxels of {args.spacing:g} mm "
           f"(from {volume.shape[:3]} of {spacing} mm)")

@@ -8,6 +8,7 @@ from CondNetLogic.cli import main
 from CondNetLogic.conductivity import TABLE_A
 from CondNetLogic.io import read_volume, write_volume
 from CondNetLogic.volume import Volume
+from _condnet_data import nifti_space, set_nifti_space
 
 
 def test_help_lists_commands(capsys):
@@ -28,6 +29,9 @@ def test_convert_writes_conductivity_on_label_grid(tmp_path, capsys):
     affine = np.array([[-1.0, 0, 0, 10], [0, 0, 1, -5], [0, -1, 0, 3], [0, 0, 0, 1]])  # L-I-A
     labels = Volume(np.array([[[0, 2], [3, 24]]], dtype=np.int16), affine)
     write_volume(labels, tmp_path / "labels.nii.gz")
+    set_nifti_space(tmp_path / "labels.nii.gz", 4)
+    assert main(["convert", "--labels", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "s.nii")]) == 0
+    assert nifti_space(tmp_path / "s.nii") == (4, 4)  # the label map's space (MNI152)
     out = tmp_path / "sigma.nrrd"
     assert main(["convert", "--labels", str(tmp_path / "labels.nii.gz"), "--out", str(out)]) == 0
     sigma = read_volume(out)
@@ -86,10 +90,12 @@ def test_resample_makes_an_anisotropic_conductivity_isotropic(tmp_path, capsys):
     affine = np.diag([1.0, 1.0, 3.0, 1.0])
     sigma = Volume(np.full((8, 8, 4), 0.3, dtype=np.float32), affine)
     write_volume(sigma, tmp_path / "sigma.nii.gz")
+    set_nifti_space(tmp_path / "sigma.nii.gz", 2)
     out = tmp_path / "sigma_1mm.nii.gz"
     argv = ["resample", "--input", str(tmp_path / "sigma.nii.gz"), "--out", str(out), "--interpolation", "nearest"]
     assert main(argv) == 0
     resampled = read_volume(out)
+    assert nifti_space(out) == (2, 2)  # the input's space (aligned)
     assert resampled.shape == (8, 8, 12)
     np.testing.assert_allclose(resampled.spacing, [1.0, 1.0, 1.0])
     np.testing.assert_allclose(resampled.array, 0.3)

@@ -13,6 +13,7 @@ from CondNetLogic.errors import Cancelled
 from CondNetLogic.io import read_volume, write_volume
 from CondNetLogic.primary_field import PrimaryFieldGrid
 from CondNetLogic.volume import Volume
+from _condnet_data import nifti_space, set_nifti_space
 
 RADIUS_MM = 30.0
 SPACING_MM = 3.0
@@ -237,8 +238,10 @@ def _cli_args(sigma_file, out, *extra):
 def test_cli_writes_volumes_and_sidecar(sigma_file, tmp_path, capsys):
     out = tmp_path / "run"
     hand = ["--roi-center", "2", "-3", "25", "--roi-radius", "5", "--didt", "5e7", "--primary-field", "direct"]
+    set_nifti_space(sigma_file, 4)  # a conductivity in MNI152 space gives E-fields in MNI152 space
     assert main(_cli_args(sigma_file, out, *hand)) == 0
     assert "V/m" in capsys.readouterr().out
+    assert nifti_space(out / "efield.nii.gz") == nifti_space(out / "efield_magnitude.nii.gz") == (4, 4)
     vector = read_volume(out / "efield.nii.gz", allow_vector=True)
     magnitude = read_volume(out / "efield_magnitude.nii.gz")
     conductivity = read_volume(sigma_file)

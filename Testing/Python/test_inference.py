@@ -14,6 +14,7 @@ from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.volume import Volume
 from CondNetLogic.weights import load_weights, save_weights
+from _condnet_data import nifti_space, set_nifti_space
 
 SIZE = 64
 
@@ -263,6 +264,7 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
 
     write_volume(phantom.t1, tmp_path / "t1.nii.gz")
     write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    set_nifti_space(tmp_path / "t1.nii.gz", 4)  # an MNI152-space T1: the outputs stay in MNI152 space
     weights = _weights(tmp_path / "w.safetensors", v=2)
     args = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
             "--out", str(tmp_path / "out" / "sigma.nii.gz"), "--weights", str(weights), "--device", "cpu"]
@@ -270,6 +272,7 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     for name in ("sigma", "sigma_sd", "sigma_B", "sigma_B_sd", "sigma_mask"):
         volume = read_volume(tmp_path / "out" / f"{name}.nii.gz")
         assert volume.same_grid(phantom.t1)
+        assert nifti_space(tmp_path / "out" / f"{name}.nii.gz") == (4, 4)
     sidecar = json.loads((tmp_path / "out" / "sigma.json").read_text())
     assert sidecar["weights"]["sha256"] == load_weights(weights).sha256
     assert sidecar["device"] == "cpu"

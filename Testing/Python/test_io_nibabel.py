@@ -142,3 +142,28 @@ def test_sheared_sform_gets_a_clear_message(tmp_path):
     path = save(tmp_path / "sheared.nii.gz", data(), sheared, qform_code=0, sform_code=2)
     with pytest.raises(VolumeReadError, match="not orthogonal.*resample"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(("codes", "expected"), [((4, 4), (4, 4)), ((0, 4), (4, 4)), ((1, 2), (1, 2)),
+                                                 ((2, 0), (2, 2)), ((1, 1), (1, 1))])
+def test_output_records_the_space_of_its_input(tmp_path, suffix, codes, expected):
+    """An E-field of an MNI152 head stays in MNI152 space (sform_code 4), as FSLeyes' atlas tools need."""
+    aff = affine(ORIENTATIONS["oblique"])
+    source = save(tmp_path / "t1.nii.gz", data(), aff, qform_code=codes[0], sform_code=codes[1])
+    field = np.random.default_rng(5).normal(size=SHAPE + (3,)).astype(np.float32)
+    for name, volume in [("sigma", Volume(data() * 2, aff)), ("e", Volume(field, aff))]:
+        written = nib.load(str(write_volume(volume, tmp_path / f"{name}{suffix}", like=source)))
+        assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == expected
+        np.testing.assert_allclose(written.affine, aff, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(written.dataobj).reshape(volume.array.shape), volume.array)
+        np.testing.assert_allclose(read_volume(tmp_path / f"{name}{suffix}", allow_vector=True).ijk_to_ras, aff,
+                                   atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t1.nii.gz", f"sigma{suffix}", f"e{suffix}"])
+
+
+def test_output_like_a_non_nifti_input_records_scanner_space(tmp_path):
+    volume = Volume(data(), affine(ORIENTATIONS["PIR"]))
+    source = write_volume(volume, tmp_path / "t1.nrrd")
+    written = nib.load(str(write_volume(volume, tmp_path / "out.nii.gz", like=source)))
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (1, 1)
