@@ -1,4 +1,4 @@
-"""Training CondNet: deep-supervised BCE, Adam, checkpoints, resume, best-on-validation, loss curves.
+"""Training CondNet: deep-supervised BCE (or L1), Adam, checkpoints, resume, best-on-validation, loss curves.
 
 One network is trained per slicing direction (paper Sec. IV-A: three networks, axial, sagittal,
 coronal).  :func:`train` trains the requested directions one after another in one output folder::
@@ -15,6 +15,12 @@ conductivity average-pooled to that map's size (the mean level inside each coars
 over scales with weights ``w_i = 2**-(i-1)`` for level ``i`` (finest = 1, each coarser level half),
 divided by their sum so the loss stays on the scale of a single BCE.  Targets are soft labels in
 [0, 1 - tau]; BCE is then minimal where the sigmoid equals the target.
+
+``loss="l1"`` (not the paper's) replaces BCE by the mean absolute difference between each sigmoid map and
+its pooled target, with the same scale weights.  BCE is minimal at the conditional *mean* level, so where the
+image leaves a voxel's tissue uncertain (thin CSF beside grey matter) it predicts a blend of the two
+conductivities; L1 is minimal at the conditional *median*, the likelier tissue's value, and its finest term
+is the mean absolute error in S/m times ``(1 - tau) / max(sigma)``.
 
 Reproducibility: the model is initialised from ``torch.manual_seed(seed)``; each epoch's slice order
 (and subset) is drawn from ``numpy.random.default_rng([seed, epoch, axis])`` and augmentation from
@@ -48,6 +54,7 @@ from .io import replaced_through_temporary, file_sha256
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
+    "LOSSES",
     "LR_SCHEDULES",
     "PRESETS",
     "TrainingConfig",
@@ -68,6 +75,8 @@ _CHECKPOINT_VERSION = 1
 
 #: Step-size schedules of :class:`TrainingConfig`.
 LR_SCHEDULES = ("constant", "cosine")
+#: Per-scale training losses (``TrainingConfig.loss``).
+LOSSES = ("bce", "l1")
 
 
 def scheduled_lr(config: TrainingConfig, step: int, total_steps: int) -> float:
@@ -114,6 +123,8 @@ class TrainingConfig:
     seed : int
     amp : bool
         Mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU.
+    loss : {"bce", "l1"}
+        Per-scale loss (see the module notes); paper: ``"bce"``.
     """
 
     epochs: int = 50
@@ -131,6 +142,7 @@ class TrainingConfig:
     amp: bool = True
     #: sha256 of the weights the networks start from (fine-tuning, ``train(init_weights=...)``); None: random init
     init_weights_sha256: Optional[str] = None
+    loss: str = "bce"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "size"):
@@ -146,6 +158,8 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {self.lr_schedule!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if not 0 <= self.tau < 1:
@@ -223,8 +237,9 @@ def scale_weights(levels: int) -> List[float]:
     return [w / total for w in raw]
 
 
-def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[float]] = None):
-    """Weighted sum over scales of BCE-with-logits against the average-pooled target.
+def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[float]] = None, kind: str = "bce"):
+    """Weighted sum over scales of BCE-with-logits (or, ``kind="l1"``, the mean absolute difference of the
+    sigmoid) against the average-pooled target.
 
     Parameters
     ----------
@@ -234,28 +249,37 @@ def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[flo
         Normalised conductivity levels at full size.
     weights : sequence of float, optional
         One per map; :func:`scale_weights` by default.
+    kind : {"bce", "l1"}
+        Per-scale loss.
 
     Returns
     -------
     Tensor
         Scalar loss.
     """
+    import torch
     from torch.nn import functional as F  # noqa: N812
 
     if weights is None:
         weights = scale_weights(len(maps))
     if len(weights) != len(maps):
         raise ValueError(f"{len(maps)} maps but {len(weights)} weights")
+    if kind not in LOSSES:
+        raise ValueError(f"kind must be one of {LOSSES}; got {kind!r}")
     total = 0.0
     for logits, weight in zip(maps, weights):
         factor = target.shape[-1] // logits.shape[-1]
         pooled = F.avg_pool2d(target, factor) if factor > 1 else target
-        total = total + weight * F.binary_cross_entropy_with_logits(logits.float(), pooled)
+        if kind == "l1":
+            term = F.l1_loss(torch.sigmoid(logits.float()), pooled)
+        else:
+            term = F.binary_cross_entropy_with_logits(logits.float(), pooled)
+        total = total + weight * term
     return total
 
 
-def train_step(model, optimiser, scaler, x, y) -> float:
-    """One optimiser step of the deep-supervised BCE on a batch; returns the loss.
+def train_step(model, optimiser, scaler, x, y, loss: str = "bce") -> float:
+    """One optimiser step of the deep-supervised ``loss`` (BCE or L1) on a batch; returns the loss.
 
     The forward pass runs under float16 autocast when ``scaler`` is enabled (``torch.amp.GradScaler``,
     CUDA), which also scales the loss against float16 gradient underflow; the loss itself is computed in
@@ -271,13 +295,13 @@ def train_step(model, optimiser, scaler, x, y) -> float:
     optimiser.zero_grad(set_to_none=True)
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
         maps = model(x, deep_supervision=True)
-    loss = deep_supervision_loss(maps, y)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()}")
-    scaler.scale(loss).backward()
+    value = deep_supervision_loss(maps, y, kind=loss)
+    if not torch.isfinite(value):
+        raise FloatingPointError(f"loss became {value.item()}")
+    scaler.scale(value).backward()
     scaler.step(optimiser)
     scaler.update()
-    return loss.item()
+    return value.item()
 
 
 @dataclass
@@ -321,7 +345,7 @@ def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Pat
                 ax.plot(epochs, values, marker="o", ms=3, label=label)
         ax.set_title(direction)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (BCE, deep supervision)")
+        ax.set_ylabel("loss (deep supervision)")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -334,7 +358,8 @@ def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Pat
     return path
 
 
-def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, amp: bool) -> float:
+def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, amp: bool,
+              loss: str = "bce") -> float:
     """Mean deep-supervision loss over ``positions`` (eval mode, no gradients)."""
     import torch
 
@@ -349,7 +374,7 @@ def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 maps = model(x, deep_supervision=True)
-            total += float(deep_supervision_loss(maps, y)) * len(chunk)
+            total += float(deep_supervision_loss(maps, y, kind=loss)) * len(chunk)
             count += len(chunk)
     return total / count
 
@@ -454,7 +479,7 @@ def _train_direction(
             for group in optimiser.param_groups:
                 group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
             try:
-                loss = train_step(model, optimiser, scaler, x, y)
+                loss = train_step(model, optimiser, scaler, x, y, config.loss)
             except FloatingPointError as err:
                 raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
             running += loss * len(chunk)
@@ -464,8 +489,9 @@ def _train_direction(
                 progress((epoch - 1 + (step + 1) / steps) / config.epochs,
                          f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
         bar.close()
-        val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, amp)
-        val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, amp)
+        val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, amp, config.loss)
+        val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, amp,
+                                config.loss)
         monitored = val_subject if val_subject_pos else val_slice
         if not math.isfinite(monitored):
             monitored = running / seen

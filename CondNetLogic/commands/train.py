@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"),
                         help="constant (default, as the paper) or cosine decay to 0 over all epochs")
+    parser.add_argument("--loss", choices=("bce", "l1"),
+                        help="per-scale loss: bce (default, as the paper) or l1 (sharper at tissue borders)")
     parser.add_argument("--slices-per-epoch", type=int, help="random training slices per epoch")
     parser.add_argument("--val-slices", type=int, help="validation slices evaluated per epoch and set")
     parser.add_argument("--seed", type=int)
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     config = with_overrides(
         PRESETS[args.preset], epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         lr_schedule=args.lr_schedule, slices_per_epoch=args.slices_per_epoch, val_slices=args.val_slices,
-        seed=args.seed, size=args.size, tables=tuple(args.tables) if args.tables else None,
+        seed=args.seed, size=args.size, tables=tuple(args.tables) if args.tables else None, loss=args.loss,
     )
     network = {"in_channels": 1 if args.t1_only else 2, "out_channels": len(config.tables)}
     if args.depth is not None:
