@@ -148,7 +148,7 @@ def load_subject(
     CachedSubject
         Memory-mapped arrays.
     """
-    from .io import replaced_through_temporary, read_volume
+    from .io import read_volume, replaced_through_temporary
     from .preprocessing import prepare_pair
 
     subject_dir = Path(subject_dir)

@@ -50,7 +50,7 @@ from .dataset import (
     subject_slices,
 )
 from .errors import Cancelled
-from .io import replaced_through_temporary, file_sha256
+from .io import file_sha256, replaced_through_temporary
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [

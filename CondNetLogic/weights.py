@@ -33,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 from ._types import PathLike
 from .conductivity import ConductivityTable, resource_path
 from .errors import WeightsError
-from .io import replaced_through_temporary, file_sha256
+from .io import file_sha256, replaced_through_temporary
 
 __all__ = [
     "DEFAULT_KEYS",
