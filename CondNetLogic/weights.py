@@ -33,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 from ._types import PathLike
 from .conductivity import ConductivityTable, resource_path
 from .errors import WeightsError
-from .io import file_sha256, replaced_through_temporary
+from .io import file_sha256, replaced_through_temporary, write_text
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -418,6 +418,5 @@ def register_weights(
     if make_default:
         manifest[DEFAULT_KEYS[weights.config.in_channels == 1]] = weights_id
     manifest.setdefault("default", None)
-    with replaced_through_temporary(manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite=True)
     return entry
