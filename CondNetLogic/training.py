@@ -440,7 +440,7 @@ def _train_direction(
         if not resume:
             raise FileExistsError(f"{checkpoint_path} exists; resume it or choose a new output folder")
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        stored = json.loads(checkpoint["identity"])
+        stored = _stored_identity(checkpoint)
         if stored != identity:
             raise ValueError(
                 f"{checkpoint_path} was made with other settings than this run: "
@@ -715,6 +715,29 @@ def _identity(network_config, config: TrainingConfig, direction: str, data_sha25
             "split_sha256": data_sha256}
 
 
+def _stored_identity(checkpoint: Mapping) -> dict:
+    """A checkpoint's identity, with training settings added since it was written set to their defaults.
+
+    A setting is only ever added with a default that keeps the earlier behaviour (``loss="bce"``,
+    ``init_weights_sha256=None``), so a checkpoint without it ran with that default and can still be resumed.
+    """
+    stored = json.loads(checkpoint["identity"])
+    if isinstance(stored.get("training"), Mapping):
+        stored["training"] = _with_defaults(stored["training"], _json_copy(TrainingConfig().to_dict()))
+    return stored
+
+
+def _with_defaults(stored: Mapping, defaults: Mapping) -> dict:
+    """``stored`` with the (nested) keys it lacks taken from ``defaults``."""
+    merged = dict(stored)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, Mapping) and isinstance(merged[key], Mapping):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
+
+
 def _identity_differences(stored: Mapping, current: Mapping, prefix: str = "") -> str:
     """``key: stored -> current`` for every differing (nested) key, e.g. ``training.learning_rate: ...``."""
     changes = []
@@ -741,7 +764,7 @@ def _finished_elsewhere(out_dir: Path, directions, network_config, config: Train
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         identity = _identity(network_config, config, direction, data_sha256)
         finished = int(checkpoint["epoch"]) >= config.epochs or bool(checkpoint.get("stopped_early", False))
-        if json.loads(checkpoint["identity"]) != identity or not finished:
+        if _stored_identity(checkpoint) != identity or not finished:
             logger.warning("not including %s: its settings differ or it is unfinished", path)
             continue
         history = json.loads(checkpoint["history"])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +198,27 @@ def test_resume_matches_uninterrupted_run(training_set, tmp_path):
     with pytest.raises(FileExistsError, match="exists"):
         train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors", **kwargs)
 
+
+def test_checkpoint_from_before_a_setting_existed_resumes_with_its_default(training_set, tmp_path):
+    """Checkpoints written before ``loss`` and ``init_weights_sha256`` existed ran with their defaults."""
+    def cancel_in_epoch_two() -> bool:
+        return (tmp_path / "run" / "axial" / "checkpoint.pt").exists()
+
+    kwargs = {"network_config": NET, "directions": ["axial"], "device": "cpu", "show_bar": False,
+              "weights_path": tmp_path / "w.safetensors"}
+    with pytest.raises(Cancelled):
+        train(training_set, tmp_path / "run", config=TINY, cancel=cancel_in_epoch_two, **kwargs)
+    path = tmp_path / "run" / "axial" / "checkpoint.pt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    identity = json.loads(checkpoint["identity"])
+    assert identity["training"].pop("loss") == "bce"
+    assert identity["training"].pop("init_weights_sha256") is None
+    torch.save({**checkpoint, "identity": json.dumps(identity)}, path)
+
+    with pytest.raises(ValueError, match=r"training\.loss: 'bce' -> 'l1'"):  # the filled-in default is compared
+        train(training_set, tmp_path / "run", config=replace(TINY, loss="l1"), **kwargs)
+    result = train(training_set, tmp_path / "run", config=TINY, **kwargs)
+    assert [row["epoch"] for row in result.history["axial"]] == list(range(1, TINY.epochs + 1))
 
 
 def test_failed_checkpoint_write_keeps_the_last_checkpoint_and_leaves_no_temporary_file(
