@@ -7,7 +7,9 @@ layer; automatic segmentations such as SAMSEG often do not), in the uniform map 
 
 Reported per tissue group (CSF, vitreous humor, GM, WM, cerebellum, skull = cortical + cancellous
 bone, soft tissue = muscle + fat, skin): voxel count, CondNet mean +- sd (S/m), the Table I value(s)
-and the mean of the uniform map, and the mean absolute difference CondNet - uniform.  Over the whole
+and the mean of the uniform map, and the mean absolute difference CondNet - uniform; also the CondNet
+mean over the group's *interior* (voxels whose six face neighbours are in the group too), which tells a
+miss at the tissue's borders (partial volume, blur) from a miss of the whole tissue.  Over the whole
 head: the MAE of CondNet against the uniform map, next to the MAE of a constant map (the uniform
 map's head mean everywhere) as the no-information baseline, so the number can be judged.
 """
@@ -31,6 +33,8 @@ __all__ = [
     "Evaluation",
     "comparison_figure",
     "evaluate_prediction",
+    "interior_cell",
+    "interior_of",
     "markdown_table",
     "report_paths",
     "skin_shell",
@@ -158,10 +162,14 @@ def evaluate_prediction(
             region = np.isin(tissues, [TISSUE_INDEX[m] for m in members])
             count = int(region.sum())
             values = sigma[region]
+            interior = interior_of(region)
+            interior_count = int(interior.sum())
             rows[group] = {
                 "voxels": count,
                 "condnet_mean": float(values.mean()) if count else None,
                 "condnet_sd": float(values.std()) if count else None,
+                "interior_voxels": interior_count,
+                "interior_mean": float(sigma[interior].mean()) if interior_count else None,
                 "table_values": {m: table.values[m] for m in members},
                 "uniform_mean": float(uniform[region].mean()) if count else None,
                 "mae": float(np.abs(values - uniform[region]).mean()) if count else None,
@@ -176,6 +184,13 @@ def evaluate_prediction(
             "units": "S/m",
         }
     return Evaluation(report, uniform_volumes, t1.with_array(tissues))
+
+
+def interior_of(region: np.ndarray) -> np.ndarray:
+    """Voxels of the boolean ``region`` whose six face neighbours are in it too (outside the array counts as out)."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(region, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
 
 
 def _table_of(prediction, name: str) -> ConductivityTable:
@@ -194,20 +209,28 @@ def markdown_table(report: dict) -> str:
                  f"Dice {head['dice']:.3f}; skin = outer {head['skin_depth_mm']:g} mm of the labelled head.\n")
     for name, data in report["tables"].items():
         lines.append(f"### Table I ({name}), S/m\n")
-        lines.append("| Tissue | Voxels | CondNet mean ± sd | Table I | Uniform mean | MAE |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append("| Tissue | Voxels | CondNet mean ± sd | Interior: mean (voxels) | Table I | Uniform mean | MAE |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
         for group, row in data["groups"].items():
             table_values = " / ".join(f"{v:.3f}" for v in row["table_values"].values())
             if row["voxels"]:
                 lines.append(f"| {group} | {row['voxels']} | {row['condnet_mean']:.3f} ± {row['condnet_sd']:.3f} | "
-                             f"{table_values} | {row['uniform_mean']:.3f} | {row['mae']:.3f} |")
+                             f"{interior_cell(row)} | {table_values} | {row['uniform_mean']:.3f} | {row['mae']:.3f} |")
             else:
-                lines.append(f"| {group} | 0 | – | {table_values} | – | – |")
+                lines.append(f"| {group} | 0 | – | – | {table_values} | – | – |")
         lines.append("")
+        lines.append("Interior: the group's voxels whose six face neighbours are in the group too (no border voxel).\n")
         lines.append(f"MAE over the head, CondNet vs uniform: **{data['mae_condnet_vs_uniform']:.4f} S/m**; "
                      f"constant map (head mean) vs uniform: {data['mae_constant_vs_uniform']:.4f} S/m; "
                      f"mean uncertainty (sd across directions): {data['uncertainty_mean_in_head']:.4f} S/m.\n")
     return "\n".join(lines)
+
+
+def interior_cell(row: Mapping) -> str:
+    """``mean (voxels)`` of a group's interior for a Markdown table; ``–`` when it has none."""
+    if not row.get("interior_voxels"):
+        return "– (0)"
+    return f"{row['interior_mean']:.3f} ({row['interior_voxels']})"
 
 
 def comparison_figure(t1: Volume, t2: Optional[Volume], uniform: Volume, condnet: Volume, uncertainty: Volume,

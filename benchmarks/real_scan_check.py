@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from CondNetLogic.evaluation import GROUPS  # noqa: E402
+from CondNetLogic.evaluation import GROUPS, interior_cell  # noqa: E402
 
 #: Target range (low, high) in S/m of the mean predicted conductivity per tissue group, for Table I (A).
 #: Source: issue 7 item 5 ("every mean no further from Table I than the worst case of the paper's
@@ -294,15 +294,19 @@ def case_markdown(summary: dict) -> str:
         passed = sum(j["status"] == "PASS" for j in judged.values())
         judged_count = sum(j["status"] in ("PASS", "MISS") for j in judged.values())
         lines += [f"### Table I ({name}), S/m — targets met: {passed}/{judged_count}", "",
-                  "| Tissue | Voxels | CondNet mean ± sd | Table I | Target (issue 7) | Result | MAE vs uniform |",
-                  "|---|---:|---:|---:|---:|:---:|---:|"]
+                  "| Tissue | Voxels | CondNet mean ± sd | Interior: mean (voxels) | Table I | Target (issue 7) "
+                  "| Result | MAE vs uniform |",
+                  "|---|---:|---:|---:|---:|---:|:---:|---:|"]
         for group, row in table["groups"].items():
             table_values = " / ".join(f"{v:.3f}" for v in row["table_values"].values())
             stats = (f"{row['condnet_mean']:.3f} ± {row['condnet_sd']:.3f}" if row["voxels"] else "–")
             j = judged[group]
-            lines.append(f"| {group} | {row['voxels']} | {stats} | {table_values} | {j['target'] or '–'} | "
-                         f"{j['status'] if j['target'] else '–'} | {_fmt(row['mae'])} |")
-        lines += ["", f"MAE over the head vs the uniform map: CondNet **{table['mae_condnet_vs_uniform']:.4f} S/m**, "
+            interior = interior_cell(row) if row["voxels"] else "–"
+            lines.append(f"| {group} | {row['voxels']} | {stats} | {interior} | {table_values} | "
+                         f"{j['target'] or '–'} | {j['status'] if j['target'] else '–'} | {_fmt(row['mae'])} |")
+        lines += ["", "Interior: the group's voxels whose six face neighbours are in the group too (no border voxel); "
+                      "the targets judge the mean over all voxels.",
+                  "", f"MAE over the head vs the uniform map: CondNet **{table['mae_condnet_vs_uniform']:.4f} S/m**, "
                       f"constant map (head mean) {table['mae_constant_vs_uniform']:.4f} S/m; mean uncertainty "
                       f"(sd across directions) {table['uncertainty_mean_in_head']:.4f} S/m.", ""]
     figures = [f"`{p}`" for k, p in summary["files"].items() if k.startswith("figure_")]

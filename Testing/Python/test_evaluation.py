@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from CondNetLogic.conductivity import TABLE_A, TISSUE_INDEX, TISSUES, tissues_to_conductivity
-from CondNetLogic.evaluation import GROUPS, evaluate_prediction, markdown_table, skin_shell, write_report
+from CondNetLogic.evaluation import (
+    GROUPS,
+    evaluate_prediction,
+    interior_of,
+    markdown_table,
+    skin_shell,
+    write_report,
+)
 from CondNetLogic.inference import Prediction
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.volume import Volume
@@ -73,6 +80,44 @@ def test_known_offset_gives_known_mae_and_sd(phantom):
     text = markdown_table({"head": head_info, "tables": {"A": report}})
     assert "| WM |" in text
     assert "0.0500 S/m" in text
+
+
+def _interior_by_hand(region: np.ndarray) -> np.ndarray:
+    """Voxels whose six face neighbours are in ``region`` (zero-padded), by explicit neighbour shifts."""
+    padded = np.pad(region, 1)
+    inner = padded[1:-1, 1:-1, 1:-1].copy()
+    for axis in range(3):
+        for step in (-1, 1):
+            inner &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+    return inner
+
+
+def test_interior_mean_separates_border_blur_from_tissue_error(phantom):
+    tissues = phantom.tissues.array.copy()
+    tissues[skin_shell(tissues > 0, phantom.t1.spacing)] = TISSUE_INDEX["skin"]
+    uniform = tissues_to_conductivity(tissues, TABLE_A)
+    csf = tissues == TISSUE_INDEX["csf"]
+    interior = _interior_by_hand(csf)
+    assert 0 < interior.sum() < csf.sum()
+    blurred = np.where(csf & ~interior, 1.0, uniform)  # CSF borders pulled halfway to GM, interiors exact
+    report = evaluate_prediction(fake_prediction(phantom, blurred), phantom.tissues, IDENTITY,
+                                 t1=phantom.t1).report["tables"]["A"]
+    row = report["groups"]["CSF"]
+    assert row["interior_voxels"] == int(interior.sum())
+    assert row["interior_mean"] == pytest.approx(2.0)
+    assert row["condnet_mean"] < 1.9
+    assert report["groups"]["WM"]["interior_mean"] == pytest.approx(TABLE_A.values["wm"])
+    head_info = {"voxels_labels": 1, "voxels_condnet_mask": 1, "dice": 1.0, "skin_depth_mm": 2.0}
+    assert f"| 2.000 ({int(interior.sum())}) |" in markdown_table({"head": head_info, "tables": {"A": report}})
+
+
+def test_interior_of_a_thin_layer_is_empty():
+    layer = np.zeros((9, 9, 9), bool)
+    layer[2:7, 2:7, 4] = True  # one voxel thick
+    assert not interior_of(layer).any()
+    layer[2:7, 2:7, 3:6] = True
+    np.testing.assert_array_equal(interior_of(layer), _interior_by_hand(layer))
+    assert interior_of(layer).sum() == 3 * 3 * 1
 
 
 def test_errors(phantom):

@@ -167,6 +167,10 @@ def test_check_on_downsampled_scans(check, tmp_path, capsys):
     # One Table-V-style row per tissue group per case, with the target column.
     for group in GROUPS:
         assert markdown.count(f"| {group} |") == len(names), group
+    assert markdown.count("| Interior: mean (voxels) |") == len(names)
+    wm = result["cases"][0]["report"]["tables"]["A"]["groups"]["WM"]
+    assert 0 < wm["interior_voxels"] < wm["voxels"]
+    assert f"| {wm['interior_mean']:.3f} ({wm['interior_voxels']}) |" in markdown
     assert "Plumbing check: T1 used as both inputs" in markdown
     assert "≥ 1.5" in markdown
     assert "0.04–0.1" in markdown
