@@ -16,6 +16,10 @@ Steps, per image (all randomness from the caller's ``numpy.random.Generator``):
 7. Rician noise (magnitude of a complex signal with Gaussian noise on both channels);
 8. robust scaling to [0, 1] and a random gamma.
 
+Before these, :func:`synthesize_subject` can deform the label map by a smooth random displacement field
+(:func:`deform_labels`, ``SynthOptions.deformation_mm``; off by default) and writes the deformed tissue map
+with the pair.
+
 Intensities are unitless on a 0..1 scale.  Arrays are ``(I, J, K)`` on the tissue map's grid; spacing
 is in mm.
 
@@ -44,6 +48,7 @@ __all__ = [
     "DEFAULT_PRIORS",
     "MriPriors",
     "SynthOptions",
+    "deform_labels",
     "load_priors",
     "save_preview",
     "synthesize_pair",
@@ -161,6 +166,14 @@ class SynthOptions:
         sd of log(gamma) of the final intensity transform (0: no gamma).
     enforce_order : bool
         Keep WM > GM > CSF on T1w and WM < GM < CSF on T2w.
+    deformation_mm : (float, float)
+        Random smooth non-linear deformation of the label map before synthesis (SynthSeg's spatial
+        augmentation: more anatomical variety from the same heads): sd of each displacement component (mm),
+        drawn per pair; the tissue map written with the pair is deformed too, so images and targets stay
+        aligned.  (0, 0), the default: no deformation and no random draw, so sets made before this option
+        existed are reproduced exactly.
+    deformation_grid : int
+        Control points per axis of the deformation field (10 on a 256 mm grid: about 28 mm apart).
     """
 
     contrast_spread: float = 1.5
@@ -176,6 +189,8 @@ class SynthOptions:
     noise_sd: tuple = (0.0, 0.05)
     gamma_sd: float = 0.25
     enforce_order: bool = True
+    deformation_mm: tuple = (0.0, 0.0)
+    deformation_grid: int = 10
 
     def __post_init__(self) -> None:
         """Check every field; raise ``ValueError`` naming the field, the allowed range and the value."""
@@ -195,6 +210,9 @@ class SynthOptions:
             raise ValueError(f"SynthOptions.thick_slice_prob must be in [0, 1]; got {self.thick_slice_prob}")
         if int(self.bias_grid) != self.bias_grid or not 2 <= int(self.bias_grid) <= 16:
             raise ValueError(f"SynthOptions.bias_grid must be an integer in 2..16; got {self.bias_grid}")
+        object.__setattr__(self, "deformation_mm", _check_range("deformation_mm", self.deformation_mm, 0.0, 10.0))
+        if int(self.deformation_grid) != self.deformation_grid or not 2 <= int(self.deformation_grid) <= 32:
+            raise ValueError(f"SynthOptions.deformation_grid must be an integer in 2..32; got {self.deformation_grid}")
 
     @classmethod
     def mild(cls) -> SynthOptions:
@@ -248,6 +266,39 @@ def _smooth_field(shape: tuple, coarse: np.ndarray) -> np.ndarray:
     field = np.tensordot(field, wj, axes=([1], [1]))  # (a, K, J)
     field = np.tensordot(field, wi, axes=([0], [1]))  # (K, J, I)
     return np.ascontiguousarray(field.transpose(2, 1, 0))
+
+
+def deform_labels(labels: np.ndarray, rng: np.random.Generator, *, sd_mm: float, grid: int = 10,
+                  spacing_mm: float = 1.0) -> tuple:
+    """Warp a label map by a smooth random displacement field (nearest neighbour, so no new labels).
+
+    Each displacement component is a coarse ``grid``^3 Gaussian draw upsampled by Gaussian radial basis
+    functions and scaled to an sd of ``sd_mm`` over the grid; voxel ``x`` takes the label at ``x + u(x)``
+    (edge labels repeat beyond the border).  Returns ``(warped, params)`` with params holding the sd and
+    the largest displacement (mm).
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    if sd_mm <= 0:
+        return labels, {"sd_mm": 0.0, "grid": int(grid), "max_displacement_mm": 0.0}
+    fields = []
+    for _ in range(3):
+        component = _smooth_field(labels.shape, rng.standard_normal((int(grid),) * 3))
+        component *= np.float32(sd_mm / spacing_mm / max(float(component.std()), 1e-12))  # voxels
+        fields.append(component)
+    largest = 0.0
+    warped = np.empty_like(labels)
+    j, k = np.meshgrid(np.arange(labels.shape[1], dtype=np.float32), np.arange(labels.shape[2], dtype=np.float32),
+                       indexing="ij")
+    for start in range(0, labels.shape[0], 32):  # slabs keep the coordinate arrays small (about 50 MB)
+        stop = min(start + 32, labels.shape[0])
+        ui, uj, uk = (f[start:stop] for f in fields)
+        largest = max(largest, float(np.sqrt(ui * ui + uj * uj + uk * uk).max()))
+        i = np.arange(start, stop, dtype=np.float32)[:, None, None]
+        coordinates = np.stack([i + ui, j[None] + uj, k[None] + uk])
+        warped[start:stop] = ndimage.map_coordinates(labels, coordinates, order=0, mode="nearest")
+    return warped, {"sd_mm": float(sd_mm), "grid": int(grid), "max_displacement_mm": largest * float(spacing_mm)}
 
 
 def _texture_field(shape: tuple, rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
@@ -677,19 +728,27 @@ def synthesize_subject(
             progress(i / n, f"{prefix}: pair {i + 1} of {n}")
         seed_words = [int(seed), *(int(k) for k in seed_key), i]
         rng = np.random.default_rng(seed_words)
+        pair_labels, pair_tissues, pair_sigma, deformation = labels.array, tissues, sigma, None
+        if options.deformation_mm[1] > 0:  # no draw when off: earlier sets stay reproducible
+            pair_labels, deformation = deform_labels(
+                labels.array, rng, sd_mm=float(rng.uniform(*options.deformation_mm)), grid=options.deformation_grid,
+                spacing_mm=spacing)
+            pair_tissues = labels_to_tissues(pair_labels, mapping)
+            pair_sigma = tissues_to_conductivity(pair_tissues, TABLE_A)
         t1, t2, params = synthesize_pair(
-            tissues, rng=rng, spacing_mm=spacing, options=options, labels=labels.array, priors=priors
+            pair_tissues, rng=rng, spacing_mm=spacing, options=options, labels=pair_labels, priors=priors
         )
-        params = {"seed": seed_words, "prefix": prefix, "resampled_from_spacing_mm": resampled_from, **params}
+        params = {"seed": seed_words, "prefix": prefix, "resampled_from_spacing_mm": resampled_from,
+                  "deformation": deformation, **params}
         folder.mkdir(parents=True, exist_ok=True)
         t1_volume, t2_volume = labels.with_array(_to_uint12(t1)), labels.with_array(_to_uint12(t2))
         write_volume(t1_volume, folder / "t1.nii.gz")
         write_volume(t2_volume, folder / "t2.nii.gz")
-        write_volume(labels.with_array(tissues), folder / "tissues.nii.gz")
+        write_volume(labels.with_array(pair_tissues), folder / "tissues.nii.gz")
         (folder / "params.json").write_text(json.dumps(params, indent=1))
         if preview:
             save_preview(
-                folder / "preview.png", labels.with_array(t1), labels.with_array(t2), labels.with_array(sigma),
+                folder / "preview.png", labels.with_array(t1), labels.with_array(t2), labels.with_array(pair_sigma),
                 title=folder.name,
             )
     if progress is not None:

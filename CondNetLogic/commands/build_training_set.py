@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="synthesis randomisation (default: randomised)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (about 1 GB each; default 1)")
+    parser.add_argument("--deformation-mm", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        help="deform each pair's label map by a smooth random field whose displacement sd (mm) is "
+                             "drawn in [MIN, MAX] (SynthSeg-style spatial augmentation; default: off)")
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -32,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..conductivity import label_mapping_path
-    from ..synth import SynthOptions
     from ..training_set import DEFAULT_VAL_MAPS, build_training_set
+    from ._synth_options import synth_options
 
     if args.val_maps and args.val_count is not None:
         raise ValueError("give either --val-maps or --val-count, not both")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
         out = build_training_set(
             args.labels_dir, args.out, pairs_per_map=args.pairs_per_map, val_maps=val_maps, seed=args.seed,
-            options=SynthOptions.preset(args.preset), mapping=mapping, preview=not args.no_preview,
+            options=synth_options(args.preset, args.deformation_mm), mapping=mapping, preview=not args.no_preview,
             progress=progress, workers=args.workers,
         )
     print(f"wrote the training set to {out} in {time.perf_counter() - start:.0f} s (see {out / 'split.json'})")

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="randomised: wide domain randomisation (training); mild: near-nominal contrast")
     parser.add_argument("--prefix", help="pair folder prefix (default: the label file's name)")
+    parser.add_argument("--deformation-mm", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        help="deform each pair's label map by a smooth random field whose displacement sd (mm) is "
+                             "drawn in [MIN, MAX] (SynthSeg-style spatial augmentation; default: off)")
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
 
 
@@ -29,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..conductivity import label_mapping_path, read_label_mapping
     from ..io import read_volume
-    from ..synth import SynthOptions, synthesize_subject
+    from ..synth import synthesize_subject
     from ..training_set import map_id
+    from ._synth_options import synth_options
 
     mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     prefix = args.prefix or map_id(labels_path.name.split(".")[0])
     folders = synthesize_subject(
         labels, mapping, n=args.n, seed=args.seed, out_dir=args.out, prefix=prefix,
-        preview=not args.no_preview, options=SynthOptions.preset(args.preset),
+        preview=not args.no_preview, options=synth_options(args.preset, args.deformation_mm),
         progress=lambda fraction, message: print(f"[{fraction:4.0%}] {message}", flush=True),
     )
     print(f"wrote {len(folders)} pair(s) under {args.out}")

@@ -15,6 +15,7 @@ from CondNetLogic.io import read_volume, write_volume
 from CondNetLogic.synth import (
     DEFAULT_PRIORS,
     SynthOptions,
+    deform_labels,
     load_priors,
     save_preview,
     synthesize_pair,
@@ -119,6 +120,9 @@ def test_options_presets_and_round_trip():
         ({"thick_slice_prob": 1.5}, "thick_slice_prob"),
         ({"contrast_spread": -1.0}, "contrast_spread"),
         ({"bias_grid": 1}, "bias_grid"),
+        ({"deformation_mm": (3.0, 1.0)}, "deformation_mm"),
+        ({"deformation_mm": (0.0, 11.0)}, "deformation_mm"),
+        ({"deformation_grid": 1}, "deformation_grid"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -263,6 +267,72 @@ def test_subject_layout_and_geometry(tmp_path, label_volume):
                                   read_volume(folders[0] / "t1.nii.gz").array)
     assert not np.array_equal(read_volume(folders[0] / "t2.nii.gz").array,
                               read_volume(folders[1] / "t2.nii.gz").array)
+
+
+def test_deform_labels_moves_voxels_by_the_requested_sd():
+    shape = (48, 40, 36)
+    index = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)  # each voxel's label says where it came from
+    warped, params = deform_labels(index, np.random.default_rng(0), sd_mm=1.5, grid=6, spacing_mm=1.0)
+    source = np.stack(np.unravel_index(warped, shape))
+    target = np.stack(np.indices(shape))
+    displacement = (source - target)[:, 6:-6, 6:-6, 6:-6]  # away from the edges, where labels repeat
+    assert set(np.unique(warped)) <= set(index.ravel())
+    assert displacement.std(axis=(1, 2, 3)) == pytest.approx([1.5] * 3, rel=0.2)
+    assert np.abs(displacement).max() <= params["max_displacement_mm"] + 1  # nearest neighbour rounds by <= 0.5
+    assert params["sd_mm"] == 1.5
+    # Smooth: neighbouring voxels move alike (a fold would need a jump of a whole voxel-distance).
+    assert np.abs(np.diff(displacement, axis=1)).mean() < 0.3
+    again, _ = deform_labels(index, np.random.default_rng(0), sd_mm=1.5, grid=6)
+    np.testing.assert_array_equal(again, warped)
+    rng = np.random.default_rng(1)
+    state = rng.bit_generator.state
+    unchanged, params = deform_labels(index, rng, sd_mm=0.0)
+    assert unchanged is index
+    assert params["max_displacement_mm"] == 0.0
+    assert rng.bit_generator.state == state  # no draw when off
+
+
+def test_subject_without_deformation_is_the_pair_of_its_seed(tmp_path, label_volume):
+    """Default options draw nothing extra, so training sets made before the option existed are reproduced."""
+    mapping = read_label_mapping(SYNTHSEG)
+    folder = synthesize_subject(label_volume, mapping, n=1, seed=4, out_dir=tmp_path, prefix="head",
+                                preview=False, seed_key=(2,))[0]
+    t1, _, _ = synthesize_pair(labels_to_tissues(label_volume.array, mapping), rng=np.random.default_rng([4, 2, 0]),
+                               labels=label_volume.array)
+    np.testing.assert_array_equal(read_volume(folder / "t1.nii.gz").array, np.rint(np.clip(t1, 0, 1) * 4095))
+    assert json.loads((folder / "params.json").read_text())["deformation"] is None
+
+
+def test_subject_deformation_moves_images_and_tissues_together(tmp_path, label_volume):
+    mapping = read_label_mapping(SYNTHSEG)
+    options = dataclasses.replace(SynthOptions.mild(), deformation_mm=(2.0, 2.0), deformation_grid=4)
+    folder = synthesize_subject(label_volume, mapping, n=1, seed=5, out_dir=tmp_path, prefix="head",
+                                preview=False, options=options)[0]
+    written = read_volume(folder / "tissues.nii.gz").array
+    original = labels_to_tissues(label_volume.array, mapping)
+    assert np.count_nonzero(written != original) > 0.02 * written.size
+    assert set(np.unique(written)) <= set(np.unique(original))
+    params = json.loads((folder / "params.json").read_text())
+    assert params["deformation"]["sd_mm"] == 2.0
+    assert params["deformation"]["max_displacement_mm"] > 2.0
+
+    t1 = read_volume(folder / "t1.nii.gz").array.astype(float)
+
+    def within_tissue_variance(tissues):
+        return sum(t1[tissues == t].var() * np.count_nonzero(tissues == t) for t in np.unique(tissues)) / t1.size
+
+    # The image follows the written (deformed) tissue map, not the original one.
+    assert within_tissue_variance(written) < 0.5 * within_tissue_variance(original)
+
+
+def test_cli_synth_deformation(tmp_path, label_volume):
+    labels_path = write_volume(label_volume, tmp_path / "training_seg_05.nii.gz")
+    out = tmp_path / "out"
+    assert main(["synth", "--labels", str(labels_path), "--out", str(out), "--n", "1", "--seed", "3",
+                 "--no-preview", "--deformation-mm", "1", "2"]) == 0
+    params = json.loads((out / "seg05_p0" / "params.json").read_text())
+    assert 1.0 <= params["deformation"]["sd_mm"] <= 2.0
+    assert params["options"]["deformation_mm"] == [1.0, 2.0]
 
 
 def test_subject_refuses_to_overwrite(tmp_path, label_volume):

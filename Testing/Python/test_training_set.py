@@ -192,6 +192,14 @@ def test_cli_build_and_refuse(tmp_path, labels_dir, capsys):
     assert main(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert (out / "split.json").read_text() == before
+    assert split["options"]["deformation_mm"] == [0.0, 0.0]
+
+    deformed = tmp_path / "deformed"
+    assert main([*argv[:4], str(deformed), *argv[5:], "--deformation-mm", "0.5", "1.5"]) == 0
+    split = json.loads((deformed / "split.json").read_text())
+    assert split["options"]["deformation_mm"] == [0.5, 1.5]
+    params = json.loads((deformed / "seg02_p0" / "params.json").read_text())
+    assert 0.5 <= params["deformation"]["sd_mm"] <= 1.5
 
 
 @pytest.mark.shared
