@@ -720,7 +720,6 @@ def synthesize_subject(
     priors = load_priors()
     labels, tissues, resampled_from = _prepare_labels(labels, mapping)
     spacing = float(labels.spacing[0])
-    sigma = tissues_to_conductivity(tissues, TABLE_A)
     for i, folder in enumerate(folders):
         if cancel is not None and cancel():
             raise Cancelled(f"synthesis cancelled before pair {i} of {prefix}")
@@ -728,13 +727,12 @@ def synthesize_subject(
             progress(i / n, f"{prefix}: pair {i + 1} of {n}")
         seed_words = [int(seed), *(int(k) for k in seed_key), i]
         rng = np.random.default_rng(seed_words)
-        pair_labels, pair_tissues, pair_sigma, deformation = labels.array, tissues, sigma, None
+        pair_labels, pair_tissues, deformation = labels.array, tissues, None
         if options.deformation_mm[1] > 0:  # no draw when off: earlier sets stay reproducible
             pair_labels, deformation = deform_labels(
                 labels.array, rng, sd_mm=float(rng.uniform(*options.deformation_mm)), grid=options.deformation_grid,
                 spacing_mm=spacing)
             pair_tissues = labels_to_tissues(pair_labels, mapping)
-            pair_sigma = tissues_to_conductivity(pair_tissues, TABLE_A)
         t1, t2, params = synthesize_pair(
             pair_tissues, rng=rng, spacing_mm=spacing, options=options, labels=pair_labels, priors=priors
         )
@@ -748,7 +746,8 @@ def synthesize_subject(
         (folder / "params.json").write_text(json.dumps(params, indent=1))
         if preview:
             save_preview(
-                folder / "preview.png", labels.with_array(t1), labels.with_array(t2), labels.with_array(pair_sigma),
+                folder / "preview.png", labels.with_array(t1), labels.with_array(t2),
+                labels.with_array(tissues_to_conductivity(pair_tissues, TABLE_A)),
                 title=folder.name,
             )
     if progress is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._synth_options import add_deformation_argument, synth_options
+
 HELP = "build a CondNet training set (split.json + one folder per synthetic pair) from label maps"
 
 
@@ -21,9 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="synthesis randomisation (default: randomised)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (about 1 GB each; default 1)")
-    parser.add_argument("--deformation-mm", nargs=2, type=float, metavar=("MIN", "MAX"),
-                        help="deform each pair's label map by a smooth random field whose displacement sd (mm) is "
-                             "drawn in [MIN, MAX] (SynthSeg-style spatial augmentation; default: off)")
+    add_deformation_argument(parser)
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..conductivity import label_mapping_path
     from ..training_set import DEFAULT_VAL_MAPS, build_training_set
-    from ._synth_options import synth_options
 
     if args.val_maps and args.val_count is not None:
         raise ValueError("give either --val-maps or --val-count, not both")

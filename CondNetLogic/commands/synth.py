@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._synth_options import add_deformation_argument, synth_options
+
 HELP = "synthesise T1w/T2w pairs from a label map, on its grid; one folder per pair with a preview PNG"
 
 
@@ -20,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="randomised: wide domain randomisation (training); mild: near-nominal contrast")
     parser.add_argument("--prefix", help="pair folder prefix (default: the label file's name)")
-    parser.add_argument("--deformation-mm", nargs=2, type=float, metavar=("MIN", "MAX"),
-                        help="deform each pair's label map by a smooth random field whose displacement sd (mm) is "
-                             "drawn in [MIN, MAX] (SynthSeg-style spatial augmentation; default: off)")
+    add_deformation_argument(parser)
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
 
 
@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_volume
     from ..synth import synthesize_subject
     from ..training_set import map_id
-    from ._synth_options import synth_options
 
     mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
