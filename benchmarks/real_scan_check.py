@@ -182,6 +182,7 @@ def t1_only_case(case: dict) -> dict:
         case["note"] = "real T1 scan with T1-only weights; SAMSEG labels are pseudo ground truth"
     elif case["name"] == "mni152":
         case["title"] = "MNI152 T1 (2 mm, real contrast; T1-only weights) vs SAMSEG"
+        case["note"] = "real T1 (its T2 not passed) with T1-only weights; SAMSEG labels are pseudo ground truth"
     else:
         case["title"] += " (T1 only)"
     return case

@@ -111,6 +111,7 @@ def test_t1_only_weights_get_no_t2_and_colin27_is_a_result(check):
     assert colin["t2"] == "T1"  # the original is left alone
     mni = check.t1_only_case({"name": "mni152", "title": "MNI152", "note": "n", "t1": 1, "t2": 2, "inputs": {}})
     assert "T1-only weights" in mni["title"]
+    assert "T2 not passed" in mni["note"]
     synthetic = check.t1_only_case({"name": "synthetic_val_seg17_seed9001", "title": "Synthetic", "note": "n",
                                     "t1": 1, "t2": 2, "inputs": {}})
     assert synthetic["title"] == "Synthetic (T1 only)"
