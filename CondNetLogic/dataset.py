@@ -159,7 +159,10 @@ def load_subject(
         t1, t2, tissues = (read_volume(path) for path in files)
         if not np.issubdtype(tissues.array.dtype, np.integer):
             raise ValueError(f"{files[2]} must hold integer tissue indices; got dtype {tissues.array.dtype}")
-        pair = prepare_pair(t1, t2, size=size, register=register, n4=n4)
+        try:
+            pair = prepare_pair(t1, t2, size=size, register=register, n4=n4)
+        except ValueError as err:  # name the subject: a training set holds dozens
+            raise ValueError(f"training subject {subject_dir}: {err}") from err
         tissue_model = pair.grid.to_model(tissues.with_array(tissues.array.astype(np.uint8)), interpolation="nearest")
         folder.mkdir(parents=True, exist_ok=True)
         for name, array in zip(_CACHE_FILES, (pair.t1, pair.t2, tissue_model)):

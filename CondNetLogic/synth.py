@@ -142,7 +142,7 @@ class SynthOptions:
     contrast_spread : float
         Multiplier of the priors' sd when drawing each image's tissue means (0: the prior means).
     label_offset_sd : float
-        sd of an extra per-label mean offset (only when labels are given), 0..1 scale.
+        sd of an extra per-label mean offset (only when labels are given; none for air), 0..1 scale.
     texture_sd : (float, float)
         Within-tissue texture amplitude (sd, 0..1 scale), drawn per tissue and image and multiplied by
         the tissue's ``texture_scale`` prior (mixed classes such as SynthSeg's muscle/fat label vary more).
@@ -487,9 +487,13 @@ def synthesize_pair(
         if labels.shape != tissues.shape:
             raise ValueError(f"labels shape {labels.shape} differs from tissues shape {tissues.shape}")
         values, inverse = _label_inverse(labels)
+        air = tissues == TISSUE_INDEX["air"]
+        air_labels = np.unique(inverse[air])
         for c in range(2):
             draw = rng.standard_normal(len(values)) * options.label_offset_sd
+            draw[air_labels] = 0.0  # air carries no signal (an offset would grey the whole background)
             offsets[c] = draw.astype(np.float32)[inverse]
+            offsets[c][air] = 0.0
             params[f"t{c + 1}_label_offsets"] = dict(zip((str(v) for v in values), np.round(draw, 6).tolist()))
 
     texture = _texture_field(tissues.shape, rng, options.texture_scale_mm / spacing_mm)

@@ -112,6 +112,20 @@ def test_failed_cache_write_leaves_no_temporary_file_and_is_redone(training_set,
     assert sorted(p.name for p in cached.iterdir()) == sorted(["t1.npy", "t2.npy", "tissues.npy"])
 
 
+def test_unusable_subject_is_named(training_set, tmp_path):
+    import shutil
+
+    from CondNetLogic.io import read_volume, write_volume
+
+    folder = tmp_path / "s_grey"
+    shutil.copytree(training_set / "s1", folder)
+    t1 = read_volume(folder / "t1.nii.gz")
+    grey = np.random.default_rng(0).uniform(0.4, 0.6, t1.array.shape).astype(np.float32)  # no air around the head
+    write_volume(t1.with_array(grey), folder / "t1.nii.gz", overwrite=True)
+    with pytest.raises(ValueError, match=r"training subject .*s_grey: T1: .*no air"):
+        load_subject(folder, cache_dir=tmp_path / "cache", size=MODEL_SIZE)
+
+
 def test_targets_are_normalised_table_values(subjects):
     lookup = level_lookup([TABLE_A, TABLE_B], 0.1)
     assert lookup.shape == (2, 14)

@@ -177,6 +177,26 @@ def test_brain_contrast_ordering_randomised(seed):
                 assert image_means[brighter] > image_means[darker]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_air_gets_no_label_offset(seed):
+    """Air carries no signal: per-label offsets shift tissues only, so without noise the air stays 0.
+
+    (Seed 6 of a training-set build once drew a +0.08 offset for label 0, giving the whole background a grey
+    level that the head mask then could not tell from the head.)
+    """
+    tissues = blocks()
+    options = dataclasses.replace(SynthOptions.randomised(), label_offset_sd=0.2, noise_sd=(0.0, 0.0),
+                                  blur_mm=(0.0, 0.0), thick_slice_prob=0.0, misregistration_mm=0.0)
+    t1, t2, params = synthesize_pair(tissues, rng=np.random.default_rng(seed), options=options,
+                                     labels=as_labels(tissues))
+    air_label = str(first_label_per_tissue()[TISSUE_INDEX["air"]])
+    assert params["t1_label_offsets"][air_label] == params["t2_label_offsets"][air_label] == 0.0
+    assert np.std(list(params["t1_label_offsets"].values())) > 0.05
+    for image in (t1, t2):
+        assert np.all(image[tissues == TISSUE_INDEX["air"]] == 0.0)
+        assert image[tissues != TISSUE_INDEX["air"]].max() > 0.5
+
+
 def test_contrast_mild():
     tissues = blocks()
     t1, t2, _ = synthesize_pair(tissues, rng=np.random.default_rng(1), options=SynthOptions.mild())
