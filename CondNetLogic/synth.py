@@ -487,13 +487,11 @@ def synthesize_pair(
         if labels.shape != tissues.shape:
             raise ValueError(f"labels shape {labels.shape} differs from tissues shape {tissues.shape}")
         values, inverse = _label_inverse(labels)
-        air = tissues == TISSUE_INDEX["air"]
-        air_labels = np.unique(inverse[air])
+        air_labels = np.unique(inverse[tissues == TISSUE_INDEX["air"]])  # every label with an air voxel
         for c in range(2):
             draw = rng.standard_normal(len(values)) * options.label_offset_sd
             draw[air_labels] = 0.0  # air carries no signal (an offset would grey the whole background)
             offsets[c] = draw.astype(np.float32)[inverse]
-            offsets[c][air] = 0.0
             params[f"t{c + 1}_label_offsets"] = dict(zip((str(v) for v in values), np.round(draw, 6).tolist()))
 
     texture = _texture_field(tissues.shape, rng, options.texture_scale_mm / spacing_mm)
