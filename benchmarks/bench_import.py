@@ -36,6 +36,7 @@ PEERS = {
     "import numba": "import numba",
     "import scipy.sparse": "import scipy.sparse",
 }
+STATEMENTS = {**OURS, **PEERS}
 HEAVY = ("torch", "numba", "scipy", "SimpleITK", "matplotlib", "slicer", "vtk", "qt")
 
 
@@ -65,12 +66,12 @@ def heavy_modules_after(statement: str) -> list:
 class ImportSuite:
     """asv: time of each statement in a fresh interpreter (interpreter start-up included)."""
 
-    params = (list(OURS) + list(PEERS),)
+    params = (list(STATEMENTS),)
     param_names = ["statement"]
     timeout = 300
 
     def time_fresh_interpreter(self, name):
-        run_once({**OURS, **PEERS}[name])
+        run_once(STATEMENTS[name])
 
 
 def main(argv=None) -> dict:
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
 
     baseline = median_time("pass", args.repeat)
     rows = {}
-    for name, statement in {**OURS, **PEERS}.items():
+    for name, statement in STATEMENTS.items():
         rows[name] = {"median_s": median_time(statement, args.repeat) - baseline,
                       "heavy_modules": heavy_modules_after(statement)}
 
