@@ -298,6 +298,18 @@ def mask_ras_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple:
     return ras.min(axis=0), ras.max(axis=0)
 
 
+def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple:
+    """Slices of the smallest box holding every True voxel of ``mask``, grown by ``pad`` voxels on each side and
+    clipped to the array (the whole array when ``mask`` is all False)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not len(hits):
+            return tuple(slice(0, n) for n in mask.shape)
+        box.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)
+
+
 def fill_holes(mask: np.ndarray, *, axis: int | None = None) -> np.ndarray:
     """Fill the holes of a boolean mask in 3D (``axis=None``) or in every slice across ``axis``.
 

@@ -118,7 +118,8 @@ class CondNetSlicerParameterNode:
     """State of the panel; widgets bind to these fields through their ``SlicerParameterName`` property.
 
     t1Volume, t2Volume: input scans.  conductivitySet: table(s) of Table I to produce.  weightsPath: empty
-    (".") = the shipped weights.  handleAngleDeg: 0 = handle posterior, positive towards lateral (away from
+    (".") = the shipped weights.  fullPrecision: run the networks in float32 (else float16 on a GPU and
+    bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral (away from
     the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline positive turns
     towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are
     the nodes CondNet made last.
@@ -131,6 +132,7 @@ class CondNetSlicerParameterNode:
     customTablePath: pathlib.Path
     weightsPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    fullPrecision: bool = False
     conductivityVolume: vtkMRMLScalarVolumeNode
     uncertaintyVolume: vtkMRMLScalarVolumeNode
     coilName: str = ""
@@ -393,6 +395,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.t2Volume,
                     weightsPath=_pathText(p.weightsPath),
                     device=device,
+                    precision="float32" if p.fullPrecision else "auto",
                     register=p.registerT2,
                     tables=tables,
                     logCallback=self._logProcessLine,

@@ -8,16 +8,22 @@ script that prints the numbers with the device and versions::
     python benchmarks/bench_inference.py --train-step    # also time training steps at 256x256, batch 4
     python benchmarks/bench_inference.py --threads 1     # torch intra-op threads (1 is faster on a busy CPU)
     python benchmarks/bench_inference.py --devices cuda --train-step --json out.json --markdown rows.md
+    python benchmarks/bench_inference.py --precisions float32   # only the float32 networks (default: auto, float32)
 
 Random weights are used: the speed does not depend on the values.  The pair is the synthetic head
 phantom, so the slices holding head voxels (the ones inference runs) are realistic in number.
 
 On CUDA the first prediction of a process also starts CUDA and loads cuDNN and cuBLAS; it is reported as
-'first call', and the number given is the median of ``--repeat`` further calls.  On the CPU the number is one
-call (as in benchmarks/RESULTS.md).  ``--train-step`` also projects the training time of one direction for
-the issue's target (10 subjects x 50 epochs, batch 4, 10% of the slices held out for validation, the phantom's
-head slices per subject): steps x the median step, without data loading and validation.  The JSON file is
-rewritten after every measurement, so an interrupted run keeps what it measured.
+'first call', and the number given is the median of ``--repeat`` further calls.  On the CPU the number is the
+one call after a first (which creates oneDNN's kernels for the precision: up to 4 s more with bfloat16).
+``--train-step`` also projects the training time of one direction for the issue's target (10 subjects x 50
+epochs, batch 4, 10% of the slices held out for validation, the phantom's head slices per subject): steps x
+the median step, without data loading and validation. The JSON file is rewritten after every measurement, so
+an interrupted run keeps what it measured.
+
+Each device is timed at each ``--precisions`` (:func:`CondNetLogic.inference.autocast_dtype`: ``auto`` is float16
+autocast on CUDA and bfloat16 autocast on CPUs with native bfloat16, else float32), and the speed-up of ``auto``
+over ``float32`` is printed with the largest difference between their conductivities (S/m).
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ import torch
 
 from CondNetLogic import __version__
 from CondNetLogic.conductivity import TABLE_A
-from CondNetLogic.inference import predict_conductivity
+from CondNetLogic.inference import PRECISIONS, predict_conductivity
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.training import train_step
@@ -62,20 +68,24 @@ def _devices():
 class InferenceSuite:
     """Full predict_conductivity (preprocessing, 3 networks, back to the T1 grid)."""
 
-    params = ([(256, 6)], _devices())
-    param_names = ["size_depth", "device"]
+    params = ([(256, 6)], _devices(), list(PRECISIONS))
+    param_names = ["size_depth", "device", "precision"]
     timeout = 1200
 
-    def setup(self, size_depth, device):
+    def setup(self, size_depth, device, precision="auto"):
         size, depth = size_depth
         self.phantom = make_head_phantom((size,) * 3, seed=0)
         self.weights = _make_weights(Path(tempfile.gettempdir()), size, depth)
 
-    def time_predict(self, size_depth, device):
-        predict_conductivity(self.phantom.t1, self.phantom.t2, weights=self.weights, device=device)
+    def predict(self, device, precision):
+        return predict_conductivity(self.phantom.t1, self.phantom.t2, weights=self.weights, device=device,
+                                    precision=precision)
 
-    def peakmem_predict(self, size_depth, device):
-        predict_conductivity(self.phantom.t1, self.phantom.t2, weights=self.weights, device=device)
+    def time_predict(self, size_depth, device, precision):
+        self.predict(device, precision)
+
+    def peakmem_predict(self, size_depth, device, precision):
+        self.predict(device, precision)
 
 
 class TrainStepSuite:
@@ -141,8 +151,10 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="64^3 pair, depth 3 (smoke run)")
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=_devices(),
                         help="devices to time (default: cpu, and cuda when torch sees a device)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="network precisions to time on each device (default: auto float32)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="timed predictions after the first call, on CUDA (default 3; the CPU is timed once)")
+                        help="timed predictions after the first call, on CUDA (default 3; on the CPU one)")
     parser.add_argument("--train-step", action="store_true", help="also time training steps (256x256, batch 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
@@ -184,10 +196,20 @@ def main(argv=None) -> None:
         save()
 
     for device in args.devices:
-        try:
-            _time_inference(args, suite, device, size, depth, results, save, markdown)
-        except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
-            failed(f"inference {size}^3, {device}", err)
+        rows = {}
+        for precision in args.precisions:
+            try:
+                rows[precision] = _time_inference(args, suite, device, precision, size, depth, results, save,
+                                                  markdown)
+            except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
+                failed(f"inference {size}^3, {device}, precision {precision}", err)
+        if len(rows) == 2:
+            (auto, auto_sigma), (full, full_sigma) = rows["auto"], rows["float32"]
+            auto["max_diff_float32_s_per_m"] = float(np.abs(auto_sigma - full_sigma).max())
+            save()
+            print(f"{device}: {auto['precision']} is {full['seconds'] / auto['seconds']:.2f}x as fast as float32 "
+                  f"(networks {full['networks_s'] / auto['networks_s']:.2f}x); largest conductivity difference "
+                  f"{auto['max_diff_float32_s_per_m']:.2g} S/m", flush=True)
     if args.train_step:
         mask = suite.phantom.tissues.array != 0
         results["training_plan"] = training_steps(mask)
@@ -202,24 +224,28 @@ def main(argv=None) -> None:
         sys.exit("bench_inference: " + "; ".join(failures))
 
 
-def _time_inference(args, suite, device: str, size: int, depth: int, results: dict, save, markdown) -> None:
-    """Predictions on ``device`` (a first call, then ``--repeat`` timed ones on CUDA): a row and a table line."""
+def _time_inference(args, suite, device: str, precision: str, size: int, depth: int, results: dict, save,
+                    markdown) -> tuple:
+    """Predictions on ``device`` (a first call, then ``--repeat`` timed ones on CUDA): a row and a table line.
+
+    Returns the row and the last prediction's Table A conductivity (S/m).
+    """
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    prediction = predict_conductivity(suite.phantom.t1, suite.phantom.t2, weights=suite.weights, device=device)
+    prediction = suite.predict(device, precision)
     first = time.perf_counter() - started
     calls = [(first, prediction)]
-    for _ in range(args.repeat if device == "cuda" else 0):
+    for _ in range(args.repeat if device == "cuda" else 1):
         started = time.perf_counter()
-        prediction = predict_conductivity(suite.phantom.t1, suite.phantom.t2, weights=suite.weights,
-                                          device=device)
+        prediction = suite.predict(device, precision)
         calls.append((time.perf_counter() - started, prediction))
     timed = calls[1:] or calls
     median = float(np.median([seconds for seconds, _ in timed]))
     networks = float(np.median([p.info["timings_s"]["networks"] for _, p in timed]))
-    row = {"device": device, "size": size, "depth": depth, "seconds": median, "first_call_s": first,
+    row = {"device": device, "precision": prediction.info["precision"], "size": size, "depth": depth,
+           "seconds": median, "first_call_s": first,
            "calls": [seconds for seconds, _ in calls], "networks_s": networks,
            "timings_s": prediction.info["timings_s"], "ran_on": prediction.info["device"],
            "batch_size": prediction.info["batch_size"], "fallbacks": prediction.info["fallbacks"],
@@ -230,9 +256,10 @@ def _time_inference(args, suite, device: str, size: int, depth: int, results: di
     save()
     fell_back = row["ran_on"].split(":")[0] != device or row["fallbacks"]
     note = f"; RAN ON {row['ran_on']}: {row['fallbacks']}" if fell_back else ""
-    print(f"inference {size}^3 pair, 3 directions, depth {depth}, {device}: {median:.2f} s "
+    print(f"inference {size}^3 pair, 3 directions, depth {depth}, {device}, {row['precision']}: {median:.2f} s "
           f"(networks {networks:.2f} s, preprocessing {row['timings_s']['preprocess']:.2f} s"
-          + (f"; median of {len(timed)} calls after a first call of {first:.2f} s" if len(calls) > 1 else "")
+          + (f"; median of {len(timed)} calls" if len(timed) > 1 else "")
+          + (f" after a first call of {first:.2f} s" if len(calls) > 1 else "")
           + f"), peak RSS {row['peak_rss_mib']:.0f} MiB"
           + (f", peak CUDA {row['peak_cuda_mib']:.0f} MiB" if device == "cuda" else "") + note, flush=True)
     cells = ["–"] * len(args.devices)
@@ -241,7 +268,9 @@ def _time_inference(args, suite, device: str, size: int, depth: int, results: di
         + (f", first call {_seconds(first)} s" if len(calls) > 1 else "") + ")"
         + (f", peak CUDA {row['peak_cuda_mib'] / 1024:.1f} GiB" if device == "cuda" else
            f", peak RSS {row['peak_rss_mib'] / 1024:.1f} GiB") + note)
-    markdown(f"| inference of a {size}^3 T1/T2 pair, all three directions, {device} | {' | '.join(cells)} |")
+    markdown(f"| inference of a {size}^3 T1/T2 pair, all three directions, {device}, {row['precision']} "
+             f"| {' | '.join(cells)} |")
+    return row, prediction.conductivity["A"].array
 
 
 def _time_train_step(args, device: str, size: int, results: dict, save, markdown) -> None:

@@ -235,7 +235,8 @@ def load_synthetic_case(shared: Path, map_name: str, seed: int, downsample: Opti
     }
 
 
-def run_case(case: dict, weights, out_dir: Path, *, device: str, batch_size: int, overwrite: bool) -> dict:
+def run_case(case: dict, weights, out_dir: Path, *, device: str, batch_size: int, overwrite: bool,
+             precision: str = "auto") -> dict:
     """Predict, evaluate (CondNetLogic.evaluation) and write one case's outputs; returns its summary."""
     from CondNetLogic.conductivity import read_label_mapping
     from CondNetLogic.evaluation import evaluate_prediction, write_report
@@ -243,7 +244,8 @@ def run_case(case: dict, weights, out_dir: Path, *, device: str, batch_size: int
 
     mapping = read_label_mapping(case["mapping"])
     tick = time.perf_counter()
-    prediction = predict_conductivity(case["t1"], case["t2"], weights=weights, device=device, batch_size=batch_size)
+    prediction = predict_conductivity(case["t1"], case["t2"], weights=weights, device=device, batch_size=batch_size,
+                                      precision=precision)
     predict_s = time.perf_counter() - tick
     tick = time.perf_counter()
     evaluation = evaluate_prediction(prediction, case["labels"], mapping, t1=case["t1"])
@@ -263,6 +265,7 @@ def run_case(case: dict, weights, out_dir: Path, *, device: str, batch_size: int
         "name": case["name"], "title": case["title"], "note": case["note"], "inputs": case["inputs"],
         "t1_shape": list(case["t1"].shape), "t1_spacing_mm": [float(s) for s in case["t1"].spacing],
         "report": evaluation.report, "targets": judged, "timings": timings, "device": prediction.info["device"],
+        "precision": prediction.info["precision"],
         "t2_used": prediction.info["t2_used"], "fallbacks": prediction.info["fallbacks"],
         "files": {k: str(p.relative_to(out_dir)) for k, p in paths.items()},
     }
@@ -283,7 +286,8 @@ def case_markdown(summary: dict) -> str:
     t = summary["timings"]
     lines.append(f"T1 grid {summary['t1_shape']} at {summary['t1_spacing_mm']} mm; T2 used: {summary['t2_used']}; "
                  f"head voxels {head['voxels_labels']} (labels) / {head['voxels_condnet_mask']} (CondNet mask), "
-                 f"Dice {head['dice']:.3f}; skin = outer {head['skin_depth_mm']:g} mm.  Device {summary['device']}; "
+                 f"Dice {head['dice']:.3f}; skin = outer {head['skin_depth_mm']:g} mm.  "
+                 f"Device {summary['device']} ({summary['precision']}); "
                  f"prediction {t['predict_s']:.1f} s, evaluation {t['evaluate_s']:.1f} s, report "
                  f"{t['report_s']:.1f} s" + (f", synthesis {t['synthesis_s']:.1f} s" if "synthesis_s" in t else "")
                  + ".")
@@ -386,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32"),
+                        help="network precision (CondNetLogic.inference.autocast_dtype; default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
@@ -437,7 +443,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             case = t1_only_case(case)
         print(f"[real_scan_check] {case['name']}: {case['title']}", flush=True)
         summaries.append(run_case(case, weights, out, device=args.device, batch_size=args.batch_size,
-                                  overwrite=args.overwrite))
+                                  precision=args.precision, overwrite=args.overwrite))
     described = weights.describe()
     described["model_size"] = int(weights.header["input"].get("size", 256))
     described["training"] = {k: weights.header.get("training", {}).get(k)

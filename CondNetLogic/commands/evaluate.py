@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._network_options import add_network_arguments, network_kwargs
+
 HELP = "CondNet vs a label map: per-tissue conductivity (Table V style), MAE, comparison PNGs"
 
 
@@ -15,9 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label->tissue CSV, or 'synthseg' / 'samseg' for the shipped mappings")
     parser.add_argument("--out", required=True, help="output folder: evaluation.json/.md, comparison_<table>.png")
     parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    parser.add_argument("--register", action="store_true", help="rigidly register T2 to T1 first")
+    add_network_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     labels = read_volume(args.labels)
     weights = load_weights(args.weights, t2_given=args.t2 is not None)
     report_paths(args.out, [table.name for table in weights.tables], overwrite=args.overwrite)  # before the work
-    prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
-                                      register=args.register)
+    prediction = predict_conductivity(t1, t2, weights=weights, **network_kwargs(args))
     evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
     extra = {"inputs": {"t1": args.t1, "t2": args.t2, "labels": args.labels, "mapping": str(mapping_path),
                         "labels_sha256": file_sha256(args.labels)}}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._network_options import add_network_arguments, network_kwargs
+
 HELP = "T1 (+T2) -> CondNet conductivity (S/m) and its spread across slicing directions, on the T1 grid"
 
 
@@ -16,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the sidecar sigma.json")
     parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights (T1 + T2, or "
                                           "T1 only when no --t2 is given and such weights are installed)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    parser.add_argument("--register", action="store_true", help="rigidly register T2 to T1 first")
+    add_network_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     t2 = read_volume(args.t2) if args.t2 else None
     started = time.perf_counter()
     with ProgressBar("predict") as progress:
-        prediction = predict_conductivity(t1, t2, weights=weights, device=args.device, batch_size=args.batch_size,
-                                          register=args.register, progress=progress)
+        prediction = predict_conductivity(t1, t2, weights=weights, progress=progress, **network_kwargs(args))
     written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
     with removed_on_error() as files:  # all outputs or none (a full disk leaves no half set behind)
         for kind in ("conductivity", "uncertainty"):

@@ -121,6 +121,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         tables: Sequence[str] = ("A",),
         weightsPath: str = "",
         device: str = "auto",
+        precision: str = "auto",
         register: bool = False,
         progress: Progress = None,
         cancel: Cancel = None,
@@ -137,6 +138,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         weightsPath : str
             Weights file; empty = the shipped default weights.
         device : {"auto", "cpu", "cuda"}
+        precision : {"auto", "float32"}
+            "auto": float16 on a GPU, bfloat16 on CPUs with native support; "float32": float32 everywhere.
         register : bool
             Rigidly register T2 to T1 first.
         progress, cancel : callable, optional
@@ -164,7 +167,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         weights = self.checkWeightsTables(weightsPath, tables)
         self.log(f"CondNet: estimating conductivity of {t1Node.GetName()} on device '{device}'")
         prediction = predict_conductivity(
-            t1, t2, weights=weights, device=device, register=register, progress=progress, cancel=cancel
+            t1, t2, weights=weights, device=device, precision=precision, register=register, progress=progress,
+            cancel=cancel,
         )
         return self._addPrediction(
             t1Node, prediction.conductivity, prediction.uncertainty, prediction.info, tables, show=show
@@ -250,12 +254,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         *,
         weightsPath: str = "",
         device: str = "auto",
+        precision: str = "auto",
         register: bool = False,
     ) -> List[str]:
         """The ``condnet predict`` command line run by :meth:`startConductivityProcess`."""
         from .process import pythonCommand
 
-        args = ["predict", "--t1", t1Path, "--out", str(Path(outDir) / "sigma.nii.gz"), "--device", device]
+        args = ["predict", "--t1", t1Path, "--out", str(Path(outDir) / "sigma.nii.gz"), "--device", device,
+                "--precision", precision]
         if t2Path:
             args += ["--t2", t2Path]
         if weightsPath:
@@ -292,6 +298,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         *,
         weightsPath: str = "",
         device: str = "auto",
+        precision: str = "auto",
         register: bool = False,
         logCallback=None,
         progressCallback=None,
@@ -331,7 +338,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 self.writeVolumeNode(t2Node, t2Path, overwrite=True)
             outDir = str(Path(workDir) / "out")
             command = self.predictCommand(
-                t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, register=register
+                t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, precision=precision, register=register
             )
             process = BackgroundProcess(
                 command, logCallback=logCallback, progressCallback=progressCallback, completedCallback=completedCallback

@@ -154,14 +154,54 @@ def test_progress_and_cancel(phantom, weights):
 def test_cuda_prediction_matches_cpu(phantom, weights):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    cpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
+    cpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32")
     gpu = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cuda")
+    assert gpu.info["precision"] == "float16 autocast"
     assert gpu.info["device"].startswith("cuda")
     assert not gpu.info["fallbacks"]
     # float16 autocast on the GPU against float32 on the CPU: CPU float16 autocast moves these weights' result by
     # about 1e-4 S/m, so 1e-2 leaves room for CUDA's other kernels.
     np.testing.assert_allclose(gpu.conductivity["A"].array, cpu.conductivity["A"].array, atol=1e-2)
     np.testing.assert_array_equal(gpu.head_mask.array, cpu.head_mask.array)
+
+
+def test_float32_levels_match_the_network_run_plainly(phantom, weights):
+    """Channels-last on the CPU is a layout change only: the levels equal a plain NCHW float32 forward pass."""
+    from CondNetLogic.preprocessing import prepare_pair
+
+    pair = prepare_pair(phantom.t1, phantom.t2, size=SIZE)
+    inputs = np.stack([pair.t1, pair.t2])
+    state = {"batch_size": 16, "notes": []}
+    levels = predict_levels(weights, inputs, pair.mask, precision="float32", state=state)
+    assert state["precision"] == "float32"
+    k = SIZE // 2
+    model = weights.build("axial").eval()
+    with torch.inference_mode():
+        plain = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(inputs[None, :, :, :, k])))).numpy()
+    np.testing.assert_allclose(levels["axial"][:, :, :, k], plain[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(phantom, weights, monkeypatch, native):
+    import CondNetLogic.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: native)
+    full = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32")
+    auto = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
+    assert full.info["precision"] == "float32"
+    difference = np.abs(auto.conductivity["A"].array - full.conductivity["A"].array).max()
+    if native:
+        assert auto.info["precision"] == "bfloat16 autocast"
+        # bfloat16 keeps 8 bits of mantissa: these levels move by about 1e-3, a few mS/m of Table A's 2.0 S/m.
+        assert 0 < difference < 0.02
+    else:
+        assert auto.info["precision"] == "float32"
+        assert difference == 0
+
+
+def test_unknown_precision_is_refused(phantom, weights):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float16")
 
 
 class FakeRunner:
@@ -267,7 +307,8 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     set_nifti_space(tmp_path / "t1.nii.gz", 4)  # an MNI152-space T1: the outputs stay in MNI152 space
     weights = _weights(tmp_path / "w.safetensors", v=2)
     args = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
-            "--out", str(tmp_path / "out" / "sigma.nii.gz"), "--weights", str(weights), "--device", "cpu"]
+            "--out", str(tmp_path / "out" / "sigma.nii.gz"), "--weights", str(weights), "--device", "cpu",
+            "--precision", "float32"]
     assert main(args) == 0  # creates the output folder
     for name in ("sigma", "sigma_sd", "sigma_B", "sigma_B_sd", "sigma_mask"):
         volume = read_volume(tmp_path / "out" / f"{name}.nii.gz")
@@ -276,6 +317,7 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     sidecar = json.loads((tmp_path / "out" / "sigma.json").read_text())
     assert sidecar["weights"]["sha256"] == load_weights(weights).sha256
     assert sidecar["device"] == "cpu"
+    assert sidecar["precision"] == "float32"
     assert "networks" in sidecar["timings_s"]
     assert sidecar["units"]["conductivity"] == "S/m"
     assert main(args) == 2  # refuses to overwrite

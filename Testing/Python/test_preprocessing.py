@@ -309,6 +309,30 @@ def test_fill_holes_matches_scipy(axis):
     np.testing.assert_array_equal(_resample.fill_holes(mask, axis=axis), expected)
 
 
+@pytest.mark.parametrize("where", ["inside", "at the border"])
+def test_head_mask_fills_its_box_as_the_whole_volume(where, monkeypatch):
+    """head_mask fills holes in the component's bounding box only; the result equals filling everything."""
+    array = phantom((40, 40, 40), noise=2.0).array
+    cut = 14 if where == "at the border" else 0
+    array = array[cut:]  # at the border: the head touches the first face
+    canal = (slice(18 - cut, 22 - cut), slice(18, 22), slice(30, 32))
+    array[canal[:2]][:, :, 30:] = array.min()  # a canal from the surface: no hole in 3D, one in axis-2 slices
+    volume = Volume(array.copy(), np.eye(4))
+    boxed = pp.head_mask(volume)
+    box = _resample.bounding_box(boxed, pad=1)
+    assert any(s.stop - s.start < n for s, n in zip(box, boxed.shape))  # the box is smaller than the volume
+    monkeypatch.setattr(_resample, "bounding_box", lambda mask, pad=0: tuple(slice(0, n) for n in mask.shape))
+    np.testing.assert_array_equal(boxed, pp.head_mask(volume))
+    assert boxed[canal].all()
+
+
+def test_bounding_box_is_padded_and_clipped():
+    mask = np.zeros((10, 12, 8), bool)
+    mask[0, 3:5, 6] = True
+    assert _resample.bounding_box(mask, pad=2) == (slice(0, 3), slice(1, 7), slice(4, 8))
+    assert _resample.bounding_box(np.zeros((4, 5, 6), bool), pad=1) == (slice(0, 4), slice(0, 5), slice(0, 6))
+
+
 # --- zscore_unit ----------------------------------------------------------------------------------------------
 
 

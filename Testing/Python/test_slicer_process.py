@@ -1,5 +1,6 @@
 """The background-process runner and the GUI's conductivity path (``condnet predict`` in a subprocess)."""
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,7 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
         t2,
         weightsPath=weights,
         device="cpu",
+        precision="float32",  # reduced precision rounds differently with other thread counts
         workDir=str(tmp_path / "work"),
         progressCallback=lambda f, m: progress.append(f),
     )
@@ -119,7 +121,10 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
     result = logic.loadConductivityResults(process.outDir, t1, ("A", "B"))
     sigma = result["conductivity"]["A"]
     assert testing.sameGeometry(sigma, t1, atol=1e-9)
-    inProcess = logic.estimateConductivity(t1, t2, tables=("A", "B"), weightsPath=weights, device="cpu")
+    inProcess = logic.estimateConductivity(t1, t2, tables=("A", "B"), weightsPath=weights, device="cpu",
+                                           precision="float32")
+    sidecar = json.loads((Path(process.outDir) / "sigma.json").read_text())
+    assert sidecar["precision"] == "float32"
     for name in ("A", "B"):
         np.testing.assert_allclose(
             adapters.volumeFromNode(result["conductivity"][name]).array,
