@@ -152,13 +152,23 @@ def set_geometry(image, affine_ras: np.ndarray) -> None:
     image.SetDirection(tuple(float(d) for d in (affine_lps[:3, :3] / spacing[np.newaxis, :]).ravel()))
 
 
+def _sitk_dtype(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype SimpleITK accepts (bool -> uint8, float16 -> float32)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
 def to_sitk(array: np.ndarray, affine_ras: np.ndarray):
     """SimpleITK image of a scalar array in a dtype SimpleITK accepts (bool -> uint8, float16 -> float32)."""
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    elif array.dtype == np.float16:
-        array = array.astype(np.float32)
-    return _sitk_image(array, affine_ras)
+    return _sitk_image(_sitk_dtype(array), affine_ras)
+
+
+def _axes_reversed(affine_ras: np.ndarray) -> np.ndarray:
+    """The affine of the same grid indexed ``(K, J, I)``: what ITK sees in an ``(I, J, K)`` C-ordered buffer."""
+    return np.asarray(affine_ras, dtype=np.float64)[:, [2, 1, 0, 3]]
 
 
 def from_sitk(image) -> np.ndarray:
@@ -206,14 +216,22 @@ def resample_sitk(
     dtype = output_dtype(array.dtype, interpolation)
     work = array if interpolation == "nearest" else array.astype(dtype, copy=False)
     resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(reference_image(dst_shape, dst_affine))
+    # ITK reads a C-ordered (I, J, K) buffer as an image indexed (K, J, I); giving both grids their axes in that
+    # order (a column permutation of the affine) spares the two transposed copies of every volume.
+    resampler.SetReferenceImage(reference_image(tuple(dst_shape)[::-1], _axes_reversed(dst_affine)))
     resampler.SetInterpolator(sitk_interpolator(interpolation))
     resampler.SetDefaultPixelValue(float(default))
     resampler.SetTransform(transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity))
+    source = _axes_reversed(src_affine)
+
+    def one(component: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(_sitk_dtype(component)))
+        set_geometry(image, source)
+        return sitk.GetArrayFromImage(resampler.Execute(image)).astype(dtype, copy=False)
+
     if work.ndim == 3:
-        return from_sitk(resampler.Execute(to_sitk(work, src_affine))).astype(dtype, copy=False)
-    components = [from_sitk(resampler.Execute(to_sitk(work[..., c], src_affine))) for c in range(work.shape[3])]
-    return np.stack(components, axis=-1).astype(dtype, copy=False)
+        return one(work)
+    return np.stack([one(work[..., c]) for c in range(work.shape[3])], axis=-1)
 
 
 def resample_array(
