@@ -84,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_text(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n", overwrite=args.overwrite))
     for table, path in written["conductivity"].items():
         print(f"wrote {path} (table {table}, S/m)")
-    print(f"wrote {paths['sidecar']} (device {prediction.info['device']}, "
+    print(f"wrote {paths['sidecar']} (device {prediction.info['device']}, {prediction.info['precision']}, "
           f"{prediction.info['timings_s']['total']:.1f} s)")
     return 0
