@@ -92,7 +92,7 @@ def autocast_dtype(device, precision: str = "auto"):
 
 
 class _TorchRunner:
-    """Runs one network on a device; ``forward`` takes and returns numpy arrays.
+    """Runs one network on a device: ``place`` moves tensors there, ``forward`` maps slices to levels.
 
     On the CPU the network and its inputs are channels-last (NHWC), which oneDNN's convolutions run about
     1.2x faster than NCHW (``benchmarks/bench_inference.py``), with the same results to rounding.
@@ -128,55 +128,74 @@ class _TorchRunner:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """(B, U, S, S) float32 inputs -> (B, V, S, S) float32 levels (sigmoid of the finest logits)."""
+    def place(self, tensor):
+        """``tensor`` on this runner's device (no copy when it is there already)."""
+        return tensor.to(self.device)
+
+    def forward(self, batch):
+        """(B, U, S, S) float32 tensor on the device -> (B, V, S, S) float32 levels (sigmoid of the finest logits)."""
         import torch
 
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
-            with torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32,
-                                enabled=self.dtype is not None):
-                logits = self.model(x)
-            return torch.sigmoid(logits.float()).contiguous().cpu().numpy()
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32,
+                                                    enabled=self.dtype is not None):
+            logits = self.model(batch.contiguous(memory_format=self.memory_format))
+        return torch.sigmoid(logits.float())
 
 
 def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_channels: int, state: dict,
                 on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """Predict the slices ``indices`` along model axis ``axis``; returns levels (V, S, S, S), 0 elsewhere.
 
-    ``state`` holds ``batch_size`` and a ``notes`` list; on out-of-memory the batch is halved, and at
-    batch size 1 on a GPU the runner falls back to the CPU.  Both changes persist in ``state``.
+    The inputs and the levels stay on the runner's device while the slices are cut out and put back (on a
+    GPU only the finished levels cross to the host).  ``state`` holds ``batch_size`` and a ``notes`` list; on
+    out-of-memory the batch is halved, and at batch size 1 on a GPU (or when the volumes do not fit there)
+    the runner goes on on the CPU with what it has done so far.  Both changes persist in ``state``.
     """
-    levels = np.zeros((out_channels,) + inputs.shape[1:], dtype=np.float32)
-    view = np.moveaxis(levels, 1 + axis, 1)
-    position = 0
-    while position < len(indices):
-        chunk = indices[position:position + state["batch_size"]]
-        batch = np.ascontiguousarray(np.moveaxis(np.take(inputs, chunk, axis=1 + axis), 1 + axis, 0))
+    import torch
+
+    def fall_back(err: RuntimeError, what: str) -> None:
+        if not runner.can_fall_back:
+            raise RuntimeError("out of memory on the CPU with batch size 1; close other programs or use a machine "
+                               "with more memory") from err
+        runner.to_cpu()
+        message = f"out of memory on the GPU {what}: continuing on the CPU (slower)"
+        logger.warning(message)
+        state["notes"].append(message)
+
+    dim = 1 + axis
+    with torch.inference_mode():
+        x = torch.from_numpy(inputs)
+        levels = torch.zeros((out_channels,) + inputs.shape[1:], dtype=torch.float32)
         try:
-            out = runner.forward(batch)
+            x, levels = runner.place(x), runner.place(levels)
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(err):
                 raise
-            if state["batch_size"] > 1:
-                state["batch_size"] = max(1, state["batch_size"] // 2)
-                message = f"out of memory on {runner.device}: retrying with batch size {state['batch_size']}"
-            elif runner.can_fall_back:
-                runner.to_cpu()
-                message = "out of memory on the GPU even with batch size 1: continuing on the CPU (slower)"
-            else:
-                raise RuntimeError(
-                    "out of memory on the CPU with batch size 1; close other programs or use a machine with more "
-                    "memory"
-                ) from err
-            logger.warning(message)
-            state["notes"].append(message)
-            continue
-        view[:, chunk] = np.moveaxis(out, 0, 1)
-        position += len(chunk)
-        if on_batch is not None:
-            on_batch(position)
-    return levels
+            fall_back(err, "for the volumes")
+            x, levels = runner.place(x), runner.place(levels)
+        position = 0
+        while position < len(indices):
+            chunk = torch.from_numpy(np.ascontiguousarray(indices[position:position + state["batch_size"]]))
+            try:
+                index = chunk.to(x.device)
+                out = runner.forward(x.index_select(dim, index).movedim(dim, 0))
+                levels.index_copy_(dim, index, out.movedim(0, dim))
+            except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+                if state["batch_size"] > 1:
+                    state["batch_size"] = max(1, state["batch_size"] // 2)
+                    message = f"out of memory on {runner.device}: retrying with batch size {state['batch_size']}"
+                    logger.warning(message)
+                    state["notes"].append(message)
+                else:
+                    fall_back(err, "even with batch size 1")
+                    x, levels = runner.place(x), runner.place(levels)
+                continue
+            position += len(chunk)
+            if on_batch is not None:
+                on_batch(position)
+        return levels.cpu().numpy()
 
 
 def predict_levels(

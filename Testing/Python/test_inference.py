@@ -221,11 +221,14 @@ class FakeRunner:
     def to_cpu(self):
         self.device = torch.device("cpu")
 
+    def place(self, tensor):
+        return tensor  # the fake GPU's tensors live on the CPU
+
     def forward(self, batch):
         if self.device.type != "cpu" and (not self.gpu_works or len(batch) > self.max_batch_gpu):
             raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.batches.append((self.device.type, len(batch)))
-        return batch[:, :1].copy()
+        return batch[:, :1].clone()
 
 
 class _FakeDevice:
@@ -268,6 +271,22 @@ def test_out_of_memory_halves_the_batch_then_uses_the_cpu(error):
     np.testing.assert_array_equal(levels[0], inputs[0])
     assert runner.device.type == "cpu"
     assert "continuing on the CPU" in state["notes"][-1]
+
+
+def test_volumes_that_do_not_fit_on_the_gpu_go_to_the_cpu():
+    class Small(FakeRunner):
+        def place(self, tensor):
+            if self.device.type != "cpu":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 MiB")
+            return tensor
+
+    inputs = np.random.default_rng(1).random((1, 5, 5, 5), dtype=np.float32)
+    runner = Small()
+    state = {"batch_size": 4, "notes": []}
+    levels = _run_slices(runner, inputs, 1, np.arange(5), 1, state)
+    np.testing.assert_array_equal(levels[0], inputs[0])
+    assert runner.batches == [("cpu", 4), ("cpu", 1)]
+    assert state["notes"] == ["out of memory on the GPU for the volumes: continuing on the CPU (slower)"]
 
 
 def test_is_out_of_memory_recognises_torch_and_numpy_errors():
