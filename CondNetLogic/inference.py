@@ -60,9 +60,16 @@ PRECISIONS = ("auto", "float32")
 
 
 def cpu_has_native_bfloat16() -> bool:
-    """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); else emulated, so slower."""
+    """True on an x86-64 CPU where oneDNN runs bfloat16 natively (AVX512-BF16 or AMX); else it would be slower.
+
+    Other architectures (Apple silicon, ARM servers) keep float32: bfloat16 was measured on x86-64 only.
+    """
+    import platform
+
     import torch
 
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # private oneDNN query; absent from some builds

@@ -199,6 +199,18 @@ def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(phantom, weights
         assert difference == 0
 
 
+def test_bfloat16_is_offered_on_x86_64_only(monkeypatch):
+    import platform
+
+    from CondNetLogic.inference import cpu_has_native_bfloat16
+
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert cpu_has_native_bfloat16() is False
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert cpu_has_native_bfloat16() is True
+
+
 def test_unknown_precision_is_refused(phantom, weights):
     with pytest.raises(ValueError, match="precision must be one of"):
         predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float16")
