@@ -22,11 +22,13 @@ Speed
 The direct evaluation costs one logarithm per (point, segment) pair and runs numba-parallel.  For
 interactive coil moves :class:`PrimaryFieldGrid` samples ``dA/dt`` once on a regular coil-frame grid and
 resamples it (trilinear) for each pose; points outside the grid fall back to the direct evaluation.
-``benchmarks/bench_primary_field.py`` (2 shared CPU cores, figure-8 coil of 1154 segments, ellipsoidal
-head of 2.7 M voxels / 8.0 M faces at 1 mm in a 256^3 box) measured: a coil move by resampling 0.8 s,
-the default 2 mm grid (151 x 151 x 126 nodes) built once in 110 s, the direct evaluation of all faces
-about 390 s; grid error against the direct evaluation 0.09 % of the peak ``|dA/dt|`` (max) and 0.02 %
-(rms relative).  ``Testing/Python/test_primary_field.py`` bounds it at 0.3 %.
+The grid is built on one side of each mirror plane of the coil (:func:`mirror_symmetries`; the figure-8
+coil is symmetric about its ``x = 0`` plane) and mirrored to the other.  Measured by
+``benchmarks/bench_primary_field.py`` and listed in ``benchmarks/RESULTS.md`` (2 CPU cores, figure-8 coil of
+1154 segments, ellipsoidal head of 2.7 M voxels / 8.0 M faces at 1 mm in a 256^3 box): a coil move by
+resampling, the default 2 mm grid (151 x 151 x 126 nodes) built once, the direct evaluation of all faces;
+grid error against the direct evaluation 0.09 % of the peak ``|dA/dt|`` (max) and 0.02 % (rms relative).
+``Testing/Python/test_primary_field.py`` bounds it at 0.3 %.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ __all__ = [
     "dadt_at_points",
     "dadt_centres",
     "dadt_faces",
+    "mirror_symmetries",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,39 @@ def _segment_arrays(segments_m: np.ndarray):
     starts = np.ascontiguousarray(segments[:, 0])
     units = np.ascontiguousarray(delta / lengths[:, None])
     return starts, units, np.ascontiguousarray(lengths)
+
+
+def mirror_symmetries(segments_m: np.ndarray, *, tol_m: float = 1e-9) -> dict:
+    """Coil-frame mirror planes ``x = 0`` (axis 0) and ``y = 0`` (axis 1) that map the wires onto themselves.
+
+    Parameters
+    ----------
+    segments_m : float array (S, 2, 3)
+        Wire segments (start, end) in the coil frame, m.
+    tol_m : float
+        Largest distance (m) between a mirrored end point and the coil's own.
+
+    Returns
+    -------
+    dict
+        ``{axis: sign}``.  With ``M`` the mirror: ``sign = +1`` when every mirrored segment is a segment of the
+        coil in the same direction, so that ``dA/dt(M r) = M dA/dt(r)``; ``-1`` when in the opposite direction
+        (the current reverses), so that ``dA/dt(M r) = -M dA/dt(r)``.  A plane that fits neither is left out.
+    """
+    from scipy.spatial import cKDTree
+
+    segments = np.asarray(segments_m, dtype=np.float64)
+    tree = cKDTree(segments.reshape(len(segments), 6))
+    found = {}
+    for axis in (0, 1):
+        mirrored = segments.copy()
+        mirrored[..., axis] *= -1.0
+        for sign, candidate in ((1, mirrored), (-1, mirrored[:, ::-1])):
+            distance, _ = tree.query(candidate.reshape(len(segments), 6))
+            if float(distance.max()) <= tol_m:
+                found[axis] = sign
+                break
+    return found
 
 
 def _check_didt(didt: float) -> float:
@@ -232,13 +268,25 @@ class PrimaryFieldGrid:
         self.origin_m = np.array([-half_width_mm * MM_TO_M, -half_width_mm * MM_TO_M, z0])
         steps = np.eye(3) * self.spacing_m
         values = np.zeros((n_xy, n_xy, n_z, 3), dtype=np.float32)
+        # Mirror planes of the coil that are mirror planes of the grid too: the nodes at -x mirror those at +x.
+        centred = np.isclose((n_xy - 1) * spacing_mm, 2.0 * half_width_mm, rtol=0.0, atol=1e-9)
+        mirrors = mirror_symmetries(segments_m) if centred else {}
+        first = [n_xy // 2 if axis in mirrors else 0 for axis in (0, 1)]
+        computed = values[first[0]:, first[1]:]
 
         def report(fraction: float) -> None:
             if progress is not None:
                 progress(fraction, f"primary-field grid: {fraction:.0%}")
 
-        _lattice_direct_chunked(self.origin_m, steps, np.ones(values.shape[:3], dtype=bool), np.eye(3), segments_m,
-                                1.0, 0.99 * min_distance_mm * MM_TO_M, report, cancel, out=values)
+        _lattice_direct_chunked(self.origin_m + steps[0] * first[0] + steps[1] * first[1], steps,
+                                np.ones(computed.shape[:3], dtype=bool), np.eye(3), segments_m, 1.0,
+                                0.99 * min_distance_mm * MM_TO_M, report, cancel, out=computed)
+        for axis in sorted(mirrors, reverse=True):  # y first, over every x; then x from the completed +x half
+            low = [slice(None)] * 4
+            low[axis] = slice(0, first[axis])
+            factor = np.full(3, float(mirrors[axis]), dtype=np.float32)
+            factor[axis] *= -1.0  # dA/dt(M r) = sign * M dA/dt(r)
+            values[tuple(low)] = np.flip(values, axis)[tuple(low)] * factor
         self.values = values
 
     @staticmethod

@@ -16,6 +16,7 @@ from CondNetLogic.primary_field import (
     dadt_at_points,
     dadt_centres,
     dadt_faces,
+    mirror_symmetries,
 )
 from CondNetLogic.volume import Volume
 
@@ -156,6 +157,52 @@ def test_centres_are_ras_vectors_and_mask_zeroes_the_rest():
 def small_grid():
     coil = load_coil("figure8_70mm")
     return coil, PrimaryFieldGrid(coil, spacing_mm=2.0, half_width_mm=70.0, depth_mm=40.0)
+
+
+def test_mirror_planes_of_coils():
+    figure8 = load_coil("figure8_70mm").segments_mm() * 1e-3
+    loop = _polygon_loop(0.03, 24)
+    shifted = loop + [0.005, 0.0, 0.0]
+    assert mirror_symmetries(figure8) == {0: 1}  # the spiral wings are mirror images; y = 0 is no mirror plane
+    assert mirror_symmetries(_small_coil().segments_mm() * 1e-3) == {0: 1}
+    assert mirror_symmetries(loop) == {0: -1, 1: -1}  # a mirrored loop runs the other way round
+    assert mirror_symmetries(shifted) == {1: -1}
+
+
+@pytest.mark.parametrize("name", ["figure8", "loop"])
+def test_mirror_signs_hold_for_the_direct_field(name):
+    """dA/dt(M r) = sign * M dA/dt(r) for each mirror plane found, checked by direct evaluation."""
+    segments = load_coil("figure8_70mm").segments_mm() * 1e-3 if name == "figure8" else _polygon_loop(0.03, 24)
+    points = np.random.default_rng(3).uniform([-0.1, -0.1, 0.01], [0.1, 0.1, 0.1], size=(50, 3))
+    field = dadt_at_points(points, segments, 1e8)
+    for axis, sign in mirror_symmetries(segments).items():
+        flip = np.ones(3)
+        flip[axis] = -1.0
+        np.testing.assert_allclose(dadt_at_points(points * flip, segments, 1e8), sign * field * flip, rtol=1e-9,
+                                   atol=1e-12 * np.abs(field).max())
+
+
+@pytest.mark.parametrize("half_width_mm", [30.0, 31.0])
+def test_grid_built_on_one_side_equals_the_full_grid(monkeypatch, half_width_mm):
+    """The mirrored half equals direct evaluation there; a grid not centred on the plane is built whole."""
+    import CondNetLogic.primary_field as primary_field
+
+    coil = _small_coil()
+    kwargs = {"spacing_mm": 5.0, "half_width_mm": half_width_mm, "depth_mm": 20.0}
+    built = {}
+    original = primary_field._lattice_direct_chunked
+
+    def spy(origin_m, steps_m, mask, *args, **kw):
+        built["nodes"] = mask.size
+        return original(origin_m, steps_m, mask, *args, **kw)
+
+    monkeypatch.setattr(primary_field, "_lattice_direct_chunked", spy)
+    mirrored = PrimaryFieldGrid(coil, **kwargs)
+    nodes = built["nodes"]
+    monkeypatch.setattr(primary_field, "mirror_symmetries", lambda segments: {})
+    whole = PrimaryFieldGrid(coil, **kwargs)
+    assert (nodes < built["nodes"]) == (half_width_mm == 30.0)
+    np.testing.assert_allclose(mirrored.values, whole.values, rtol=1e-5, atol=1e-6 * np.abs(whole.values).max())
 
 
 def test_grid_resampling_error_against_direct(small_grid):
