@@ -81,9 +81,9 @@ def autocast_dtype(device, precision: str = "auto"):
 
     ``"auto"``: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32.  ``"float32"``:
     float32 everywhere (bitwise reproducible on one machine).  The sigmoid runs in float32 in both cases.
-    With the shipped weights on the MNI152 pair, bfloat16 ran the networks 1.6-2x as fast as float32 on an
-    AVX512-BF16 CPU and moved the conductivity by 0.001 S/m on average, at most 0.054 S/m
-    (benchmarks/RESULTS.md).
+    With the shipped weights on the real scans, bfloat16 ran the networks 1.55-1.8x as fast as float32 on an
+    AVX512-BF16 CPU and moved the MNI152 conductivity by 0.001 S/m on average, at most 0.054 S/m
+    (``benchmarks/RESULTS.md``).
     """
     import torch
 
@@ -101,8 +101,9 @@ def autocast_dtype(device, precision: str = "auto"):
 class _TorchRunner:
     """Runs one network on a device: ``place`` moves tensors there, ``forward`` maps slices to levels.
 
-    On the CPU the network and its inputs are channels-last (NHWC), which oneDNN's convolutions run about
-    1.2x faster than NCHW (``benchmarks/bench_inference.py``), with the same results to rounding.
+    On the CPU the network and its inputs are channels-last (NHWC), which oneDNN's convolutions run faster
+    than NCHW (float32 networks 1.26x on a 2-core EPYC, ``benchmarks/RESULTS.md``), with the same results to
+    rounding.
     """
 
     def __init__(self, model, device, precision: str = "auto") -> None:
