@@ -37,9 +37,12 @@ def collect() -> dict:
     try:
         import torch
 
+        from ..inference import cpu_has_native_bfloat16
+
         info["cuda"] = bool(torch.cuda.is_available())
         if info["cuda"]:
             info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cpu_bfloat16"] = cpu_has_native_bfloat16()
     except ImportError:
         pass
     return info
@@ -54,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"CondNet {info['condnet']}: TMS head models from T1/T2 MRI (CondNet) and voxel E-field simulation")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(f"CUDA: {info.get('cuda_device', 'yes') if info['cuda'] else 'not available (CPU only)'}")
+    if "cpu_bfloat16" in info:
+        print("CPU networks: " + ("bfloat16 (native on this CPU; --precision float32 for float32)"
+                                  if info["cpu_bfloat16"] else "float32 (no native bfloat16 on this CPU)"))
     print(f"coils: {', '.join(info['coils']) or 'none'}")
     print(f"weights: {', '.join(info['weights']) or 'none shipped'}")
     print("commands:")

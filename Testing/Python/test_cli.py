@@ -23,6 +23,7 @@ def test_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     assert "convert" in info["commands"]
     assert info["versions"]["numpy"] == np.__version__
+    assert isinstance(info["cpu_bfloat16"], bool)
 
 
 def test_convert_writes_conductivity_on_label_grid(tmp_path, capsys):
