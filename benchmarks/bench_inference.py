@@ -15,7 +15,7 @@ phantom, so the slices holding head voxels (the ones inference runs) are realist
 
 On CUDA the first prediction of a process also starts CUDA and loads cuDNN and cuBLAS; it is reported as
 'first call', and the number given is the median of ``--repeat`` further calls.  On the CPU the number is the
-one call after a first (which creates oneDNN's kernels for the precision: up to 4 s more with bfloat16).
+one call after a first (which also creates oneDNN's kernels for the precision).
 ``--train-step`` also projects the training time of one direction for the issue's target (10 subjects x 50
 epochs, batch 4, 10% of the slices held out for validation, the phantom's head slices per subject): steps x
 the median step, without data loading and validation. The JSON file is rewritten after every measurement, so
