@@ -119,9 +119,9 @@ class CondNetSlicerParameterNode:
 
     t1Volume, t2Volume: input scans.  conductivitySet: table(s) of Table I to produce.  weightsPath: empty
     (".") = the shipped weights.  fullPrecision: run the networks in float32 (else float16 on a GPU and
-    bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral (away from
-    the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline positive turns
-    towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are
+    bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral
+    (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
+    positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are
     the nodes CondNet made last.
     """
 
