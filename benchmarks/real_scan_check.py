@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
 from CondNetLogic.evaluation import GROUPS, interior_cell  # noqa: E402
+from CondNetLogic.inference import PRECISIONS  # noqa: E402
 
 #: Target range (low, high) in S/m of the mean predicted conductivity per tissue group, for Table I (A).
 #: Source: issue 7 item 5 ("every mean no further from Table I than the worst case of the paper's
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="network precision (CondNetLogic.inference.autocast_dtype; default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser

@@ -7,6 +7,7 @@ import argparse
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--precision``, ``--batch-size`` and ``--register``."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    # The choices of inference.PRECISIONS, spelt out: the CLI builds every parser at start-up, before any heavy import.
     parser.add_argument("--precision", default="auto", choices=("auto", "float32"),
                         help="auto: float16 on CUDA and bfloat16 on CPUs that run it natively (up to 2x faster, "
                              "0.001 S/m from float32 on average); float32: float32 everywhere (default: auto)")

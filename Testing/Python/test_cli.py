@@ -104,3 +104,15 @@ def test_resample_makes_an_anisotropic_conductivity_isotropic(tmp_path, capsys):
     np.testing.assert_allclose(resampled.ijk_to_ras[:3, 3], [0.0, 0.0, -1.0])
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_precision_choices_are_the_inference_ones():
+    import argparse
+
+    from CondNetLogic.commands._network_options import add_network_arguments
+    from CondNetLogic.inference import PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    add_network_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "precision")
+    assert tuple(action.choices) == PRECISIONS
