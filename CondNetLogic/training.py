@@ -122,7 +122,9 @@ class TrainingConfig:
         Slice augmentation (all off in the paper preset).
     seed : int
     amp : bool
-        Mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU.
+        Mixed precision: float16 autocast with gradient scaling on CUDA, bfloat16 autocast (float32's range: no
+        scaling) on x86-64 CPUs with native bfloat16 (:func:`~CondNetLogic.inference.autocast_dtype`), float32
+        on other CPUs.
     loss : {"bce", "l1"}
         Per-scale loss (see the module notes); paper: ``"bce"``.
     """
@@ -278,12 +280,12 @@ def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[flo
     return total
 
 
-def train_step(model, optimiser, scaler, x, y, loss: str = "bce") -> float:
+def train_step(model, optimiser, scaler, x, y, loss: str = "bce", autocast=None) -> float:
     """One optimiser step of the deep-supervised ``loss`` (BCE or L1) on a batch; returns the loss.
 
-    The forward pass runs under float16 autocast when ``scaler`` is enabled (``torch.amp.GradScaler``,
-    CUDA), which also scales the loss against float16 gradient underflow; the loss itself is computed in
-    float32.
+    The forward pass runs under ``autocast`` (a torch dtype; default: float16 when ``scaler`` is enabled,
+    else none).  An enabled ``scaler`` (``torch.amp.GradScaler``, CUDA) scales the loss against float16
+    gradient underflow; the loss itself is computed in float32.
 
     Raises
     ------
@@ -292,8 +294,10 @@ def train_step(model, optimiser, scaler, x, y, loss: str = "bce") -> float:
     """
     import torch
 
+    if autocast is None and scaler.is_enabled():
+        autocast = torch.float16
     optimiser.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+    with torch.autocast(device_type=x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         maps = model(x, deep_supervision=True)
     value = deep_supervision_loss(maps, y, kind=loss)
     if not torch.isfinite(value):
@@ -358,8 +362,8 @@ def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Pat
     return path
 
 
-def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, amp: bool,
-              loss: str = "bce") -> float:
+def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, autocast,
+              loss: str = "bce", memory_format=None) -> float:
     """Mean deep-supervision loss over ``positions`` (eval mode, no gradients)."""
     import torch
 
@@ -372,7 +376,9 @@ def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size
             chunk = positions[start:start + batch_size]
             x, y = dataset.batch(chunk)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 maps = model(x, deep_supervision=True)
             total += float(deep_supervision_loss(maps, y, kind=loss)) * len(chunk)
             count += len(chunk)
@@ -421,13 +427,19 @@ def _train_direction(
                 direction, len(train_set), len(val_slice_set), len(val_subject_set), len(val_slice_pos),
                 len(val_subject_pos))
 
+    from .inference import autocast_dtype
+
     torch.manual_seed(config.seed)
-    model = CondNet(network_config).to(device)
+    # Channels-last on the CPU: oneDNN's faster layout, which bfloat16 needs to pay off (same results to rounding).
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = CondNet(network_config).to(device=device, memory_format=memory_format)
     if init_state is not None:
         model.load_state_dict(init_state)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    amp = bool(config.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    autocast = autocast_dtype(device, "auto" if config.amp else "float32")
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+    logger.info("%s: training in %s on %s", direction,
+                "float32" if autocast is None else f"{str(autocast).replace('torch.', '')} autocast", device)
     folder = out_dir / direction
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / "checkpoint.pt"
@@ -449,7 +461,7 @@ def _train_direction(
             )
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimizer"])
-        if amp and checkpoint["scaler"]:  # empty when the run so far had no AMP (CPU): start a fresh scale
+        if scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far had no scaling: a fresh one
             scaler.load_state_dict(checkpoint["scaler"])
         history = json.loads(checkpoint["history"])
         best = {"loss": float(checkpoint["best_loss"]), "epoch": int(checkpoint["best_epoch"]),
@@ -475,11 +487,12 @@ def _train_direction(
                 raise Cancelled(f"training cancelled in epoch {epoch} of {direction}")
             chunk = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = train_set.batch(chunk)
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            x = torch.from_numpy(x).to(device).contiguous(memory_format=memory_format)
+            y = torch.from_numpy(y).to(device)
             for group in optimiser.param_groups:
                 group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
             try:
-                loss = train_step(model, optimiser, scaler, x, y, config.loss)
+                loss = train_step(model, optimiser, scaler, x, y, config.loss, autocast)
             except FloatingPointError as err:
                 raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
             running += loss * len(chunk)
@@ -489,9 +502,10 @@ def _train_direction(
                 progress((epoch - 1 + (step + 1) / steps) / config.epochs,
                          f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
         bar.close()
-        val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, amp, config.loss)
-        val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, amp,
-                                config.loss)
+        val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, autocast,
+                              config.loss, memory_format)
+        val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, autocast,
+                                config.loss, memory_format)
         monitored = val_subject if val_subject_pos else val_slice
         if not math.isfinite(monitored):
             monitored = running / seen

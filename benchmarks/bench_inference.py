@@ -42,7 +42,7 @@ import torch
 
 from CondNetLogic import __version__
 from CondNetLogic.conductivity import TABLE_A
-from CondNetLogic.inference import PRECISIONS, predict_conductivity
+from CondNetLogic.inference import PRECISIONS, autocast_dtype, predict_conductivity
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.training import train_step
@@ -92,7 +92,7 @@ class TrainStepSuite:
     """One Adam step of the paper network with deep supervision at 256x256, batch 4.
 
     The step of ``condnet train`` (:func:`CondNetLogic.training.train_step`): float16 autocast and gradient
-    scaling on CUDA, float32 on the CPU.
+    scaling on CUDA; on the CPU a channels-last network, in bfloat16 autocast where the CPU runs it natively.
     """
 
     params = (_devices(),)
@@ -101,14 +101,17 @@ class TrainStepSuite:
     def setup(self, device):
         torch.manual_seed(0)
         self.device = torch.device(device)
-        self.model = CondNet().to(self.device)
+        memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.autocast = autocast_dtype(self.device)
+        self.precision = "float32" if self.autocast is None else f"{str(self.autocast).replace('torch.', '')} autocast"
+        self.model = CondNet().to(device=self.device, memory_format=memory_format)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
-        self.x = torch.rand(4, 2, 256, 256, device=self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
+        self.x = torch.rand(4, 2, 256, 256, device=self.device).contiguous(memory_format=memory_format)
         self.y = torch.rand(4, 1, 256, 256, device=self.device) * 0.9
 
     def time_step(self, device):
-        train_step(self.model, self.optimiser, self.scaler, self.x, self.y)
+        train_step(self.model, self.optimiser, self.scaler, self.x, self.y, autocast=self.autocast)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -286,21 +289,20 @@ def _time_train_step(args, device: str, size: int, results: dict, save, markdown
         times.append(time.perf_counter() - started)
     median = float(np.median(times))
     projected = {d: p["steps"] * median for d, p in plan.items()}
-    row = {"device": device, "batch": 4, "size": 256, "median_s": median, "min_s": float(np.min(times)),
+    row = {"device": device, "precision": steps.precision, "batch": 4, "size": 256, "median_s": median,
+           "min_s": float(np.min(times)),
            "steps": args.steps, "projected_per_direction_s": projected}
     results["train_step"].append(row)
     save()
     slowest = max(projected, key=projected.get)
-    print(f"training step 256x256, batch 4, paper network, {device}"
-          f"{' (float16 autocast)' if device == 'cuda' else ''}: median {median:.4f} s, "
+    print(f"training step 256x256, batch 4, paper network, {device} ({steps.precision}): median {median:.4f} s, "
           f"min {row['min_s']:.4f} s over {args.steps} steps; projected per direction for "
           f"{TARGET_SUBJECTS} subjects x {TARGET_EPOCHS} epochs (head slices of the {size}^3 phantom): "
           + ", ".join(f"{d} {plan[d]['steps']} steps {projected[d]:.0f} s" for d in plan)
           + " (steps only: no data loading or validation)", flush=True)
     cells = ["–"] * len(args.devices)
     cells[args.devices.index(device)] = f"{median:.4f} s"
-    markdown(f"| one training step, 256 x 256, batch 4{', float16 autocast' if device == 'cuda' else ''}, "
-             f"{device} | {' | '.join(cells)} |")
+    markdown(f"| one training step, 256 x 256, batch 4, {steps.precision}, {device} | {' | '.join(cells)} |")
     cells[args.devices.index(device)] = f"**{projected[slowest] / 60:.1f} min** ({slowest})"
     markdown(f"| training of one direction, {TARGET_SUBJECTS} subjects x {TARGET_EPOCHS} epochs "
              f"({plan[slowest]['steps']} steps x the step above; no data loading or validation), {device} "

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-slices", type=int, help="validation slices evaluated per epoch and set")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 everywhere; default: float16 autocast on CUDA and bfloat16 on x86-64 CPUs "
+                             "that run it natively")
     parser.add_argument("--cache", help="preprocessed-subject cache folder (default DATA/.condnet_cache)")
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming existing checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         PRESETS[args.preset], epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         lr_schedule=args.lr_schedule, slices_per_epoch=args.slices_per_epoch, val_slices=args.val_slices,
         seed=args.seed, size=args.size, tables=tuple(args.tables) if args.tables else None, loss=args.loss,
+        amp=False if args.no_amp else None,
     )
     network = {"in_channels": 1 if args.t1_only else 2, "out_channels": len(config.tables)}
     if args.depth is not None:

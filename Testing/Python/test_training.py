@@ -96,6 +96,34 @@ def test_train_step_updates_and_rejects_a_non_finite_loss():
     assert not torch.equal(model.decoder_1.level_1.map.weight, before["decoder_1.level_1.map.weight"])
 
 
+def test_cpu_step_in_bfloat16_channels_last_learns():
+    """bfloat16 autocast on a channels-last CPU model (what training uses on CPUs with native bfloat16)."""
+    torch.manual_seed(0)
+    model = CondNet(NET).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.rand(4, 2, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.rand(4, 1, 32, 32) * 0.9
+    losses = [train_step(model, optimiser, scaler, x, y, "l1", torch.bfloat16) for _ in range(20)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize(("native", "amp", "expected"), [(True, True, "bfloat16 autocast"),
+                                                         (True, False, "float32"), (False, True, "float32")])
+def test_cpu_training_precision(training_set, tmp_path, monkeypatch, caplog, native, amp, expected):
+    import CondNetLogic.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: native)
+    config = with_overrides(TINY, epochs=1, amp=amp)
+    with caplog.at_level("INFO", logger="CondNetLogic.training"):
+        result = train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+                       config=config, directions=["axial"], device="cpu", show_bar=False)
+    assert f"axial: training in {expected} on cpu" in caplog.text
+    assert np.isfinite(result.history["axial"][-1]["train_loss"])
+    assert load_weights(result.weights_path).header["training"]["config"]["amp"] is amp
+
+
 @pytest.mark.gpu
 def test_cuda_step_with_mixed_precision_learns():
     """float16 autocast with gradient scaling on a real GPU: the loss falls on a fixed batch."""
