@@ -28,7 +28,7 @@ from .volume import Volume
 from .weights import DIRECTIONS, CondNetWeights, load_weights
 
 __all__ = ["PRECISIONS", "Prediction", "autocast_dtype", "cpu_has_native_bfloat16", "inside_out_score",
-           "predict_conductivity", "predict_levels"]
+           "precision_name", "predict_conductivity", "predict_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ def autocast_dtype(device, precision: str = "auto"):
     return None
 
 
+def precision_name(dtype) -> str:
+    """``"float32"`` for None, else e.g. ``"bfloat16 autocast"``: what :func:`autocast_dtype` chose, in words."""
+    return "float32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
+
+
 class _TorchRunner:
     """Runs one network on a device: ``place`` moves tensors there, ``forward`` maps slices to levels.
 
@@ -123,7 +128,7 @@ class _TorchRunner:
     @property
     def precision_name(self) -> str:
         """What the networks run in: ``float32``, ``float16 autocast`` or ``bfloat16 autocast``."""
-        return "float32" if self.dtype is None else f"{str(self.dtype).replace('torch.', '')} autocast"
+        return precision_name(self.dtype)
 
     @property
     def can_fall_back(self) -> bool:
@@ -421,8 +426,7 @@ def predict_conductivity(
     channels = [pair.t1] if config.in_channels == 1 else [pair.t1, pair.t2]
     inputs = np.stack(channels).astype(np.float32)
     logger.info("CondNet on %s (torch %s, %s), batch size %d, directions %s", dev, torch.__version__,
-                "float32" if dtype is None else f"{dtype} autocast", batch_size,
-                ", ".join(weights.directions))
+                precision_name(dtype), batch_size, ", ".join(weights.directions))
 
     tick = time.perf_counter()
     state = {"batch_size": batch_size, "notes": []}

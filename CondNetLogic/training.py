@@ -427,7 +427,7 @@ def _train_direction(
                 direction, len(train_set), len(val_slice_set), len(val_subject_set), len(val_slice_pos),
                 len(val_subject_pos))
 
-    from .inference import autocast_dtype
+    from .inference import autocast_dtype, precision_name
 
     torch.manual_seed(config.seed)
     # Channels-last on the CPU: oneDNN's faster layout, which bfloat16 needs to pay off (same results to rounding).
@@ -438,8 +438,7 @@ def _train_direction(
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     autocast = autocast_dtype(device, "auto" if config.amp else "float32")
     scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
-    logger.info("%s: training in %s on %s", direction,
-                "float32" if autocast is None else f"{str(autocast).replace('torch.', '')} autocast", device)
+    logger.info("%s: training in %s on %s", direction, precision_name(autocast), device)
     folder = out_dir / direction
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / "checkpoint.pt"

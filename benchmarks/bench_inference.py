@@ -42,7 +42,7 @@ import torch
 
 from CondNetLogic import __version__
 from CondNetLogic.conductivity import TABLE_A
-from CondNetLogic.inference import PRECISIONS, autocast_dtype, predict_conductivity
+from CondNetLogic.inference import PRECISIONS, autocast_dtype, precision_name, predict_conductivity
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.training import train_step
@@ -103,7 +103,7 @@ class TrainStepSuite:
         self.device = torch.device(device)
         memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.autocast = autocast_dtype(self.device)
-        self.precision = "float32" if self.autocast is None else f"{str(self.autocast).replace('torch.', '')} autocast"
+        self.precision = precision_name(self.autocast)
         self.model = CondNet().to(device=self.device, memory_format=memory_format)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
