@@ -84,11 +84,18 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
     """
     from scipy import ndimage
 
+    from ._resample import bounding_box
+
     head = np.asarray(head, dtype=bool)
-    distance = ndimage.distance_transform_edt(head, sampling=np.asarray(spacing_mm, dtype=float))
+    # Within the head's box grown by one air voxel, the nearest air is found as in the whole volume: clamping an
+    # air voxel outside the box onto that air margin brings it no farther from any voxel inside.
+    box = bounding_box(head, pad=1)
+    distance = ndimage.distance_transform_edt(head[box], sampling=np.asarray(spacing_mm, dtype=float))
     # A voxel next to air has distance 1 voxel from the air voxel's centre, i.e. 0.5 voxel of tissue outside it.
     # "<=" keeps the outermost layer even when one voxel is as thick as the shell (4 mm voxels, 2 mm skin).
-    return head & (distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm)
+    shell = np.zeros_like(head)
+    shell[box] = head[box] & (distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm)
+    return shell
 
 
 @dataclass

@@ -45,6 +45,20 @@ def test_skin_shell_thickness_in_mm():
         assert not (shell & ~head).any()
 
 
+@pytest.mark.parametrize("cut", [0, 20])
+def test_skin_shell_in_the_head_box_equals_the_whole_volume_transform(phantom, cut):
+    """The shell is computed in the head's box plus an air margin; the whole-volume transform agrees."""
+    from scipy import ndimage
+
+    head = (phantom.tissues.array > 0)[cut:]  # cut 20: the head touches the first face
+    head[30:34, 10:14, 3:] = False  # a notch reaching into the head
+    spacing = (1.0, 0.8, 1.2)
+    full = ndimage.distance_transform_edt(head, sampling=spacing)
+    expected = head & (full - 0.4 <= 2.0)
+    np.testing.assert_array_equal(skin_shell(head, spacing, 2.0), expected)
+    assert head[0].any() == bool(cut)
+
+
 def test_uniform_prediction_has_zero_error(phantom):
     tissues = phantom.tissues.array.copy()
     shell = skin_shell(tissues > 0, phantom.t1.spacing)
