@@ -28,7 +28,7 @@ from .volume import Volume
 from .weights import DIRECTIONS, CondNetWeights, load_weights
 
 __all__ = ["PRECISIONS", "Prediction", "autocast_dtype", "cpu_has_native_bfloat16", "inside_out_score",
-           "precision_name", "predict_conductivity", "predict_levels"]
+           "network_memory_format", "precision_name", "predict_conductivity", "predict_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,15 @@ def autocast_dtype(device, precision: str = "auto"):
     return None
 
 
+def network_memory_format(device):
+    """Memory layout of the networks and their inputs on ``device``: channels-last (NHWC) on the CPU, which
+    oneDNN's convolutions run faster than NCHW with the same results to rounding (float32 inference 1.26x on a
+    2-core EPYC, and what makes bfloat16 pay off, ``benchmarks/RESULTS.md``); the default NCHW elsewhere."""
+    import torch
+
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def precision_name(dtype) -> str:
     """``"float32"`` for None, else e.g. ``"bfloat16 autocast"``: what :func:`autocast_dtype` chose, in words."""
     return "float32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
@@ -106,9 +115,7 @@ def precision_name(dtype) -> str:
 class _TorchRunner:
     """Runs one network on a device: ``place`` moves tensors there, ``forward`` maps slices to levels.
 
-    On the CPU the network and its inputs are channels-last (NHWC), which oneDNN's convolutions run faster
-    than NCHW (float32 networks 1.26x on a 2-core EPYC, ``benchmarks/RESULTS.md``), with the same results to
-    rounding.
+    The network and its inputs take :func:`network_memory_format` (channels-last on the CPU).
     """
 
     def __init__(self, model, device, precision: str = "auto") -> None:
@@ -117,12 +124,9 @@ class _TorchRunner:
         self._place(device)
 
     def _place(self, device) -> None:
-        import torch
-
         self.device = device
-        memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        self.model.to(device=device, memory_format=memory_format)
-        self.memory_format = memory_format
+        self.memory_format = network_memory_format(device)
+        self.model.to(device=device, memory_format=self.memory_format)
         self.dtype = autocast_dtype(device, self.precision)
 
     @property

@@ -50,6 +50,7 @@ from .dataset import (
     subject_slices,
 )
 from .errors import Cancelled
+from .inference import autocast_dtype, network_memory_format, precision_name
 from .io import file_sha256, replaced_through_temporary
 from .weights import DIRECTIONS, load_weights, save_weights
 
@@ -363,7 +364,7 @@ def plot_loss_curves(histories: Mapping[str, List[dict]], path: PathLike) -> Pat
 
 
 def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size: int, device, autocast,
-              loss: str = "bce", memory_format=None) -> float:
+              loss: str = "bce") -> float:
     """Mean deep-supervision loss over ``positions`` (eval mode, no gradients)."""
     import torch
 
@@ -375,9 +376,8 @@ def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size
         for start in range(0, len(positions), batch_size):
             chunk = positions[start:start + batch_size]
             x, y = dataset.batch(chunk)
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            if memory_format is not None:
-                x = x.contiguous(memory_format=memory_format)
+            x = torch.from_numpy(x).to(device).contiguous(memory_format=network_memory_format(device))
+            y = torch.from_numpy(y).to(device)
             with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 maps = model(x, deep_supervision=True)
             total += float(deep_supervision_loss(maps, y, kind=loss)) * len(chunk)
@@ -427,11 +427,8 @@ def _train_direction(
                 direction, len(train_set), len(val_slice_set), len(val_subject_set), len(val_slice_pos),
                 len(val_subject_pos))
 
-    from .inference import autocast_dtype, precision_name
-
     torch.manual_seed(config.seed)
-    # Channels-last on the CPU: oneDNN's faster layout, which bfloat16 needs to pay off (same results to rounding).
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    memory_format = network_memory_format(device)
     model = CondNet(network_config).to(device=device, memory_format=memory_format)
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -502,9 +499,9 @@ def _train_direction(
                          f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
         bar.close()
         val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, autocast,
-                              config.loss, memory_format)
+                              config.loss)
         val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, autocast,
-                                config.loss, memory_format)
+                                config.loss)
         monitored = val_subject if val_subject_pos else val_slice
         if not math.isfinite(monitored):
             monitored = running / seen

@@ -42,7 +42,13 @@ import torch
 
 from CondNetLogic import __version__
 from CondNetLogic.conductivity import TABLE_A
-from CondNetLogic.inference import PRECISIONS, autocast_dtype, precision_name, predict_conductivity
+from CondNetLogic.inference import (
+    PRECISIONS,
+    autocast_dtype,
+    network_memory_format,
+    precision_name,
+    predict_conductivity,
+)
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.training import train_step
@@ -101,7 +107,7 @@ class TrainStepSuite:
     def setup(self, device):
         torch.manual_seed(0)
         self.device = torch.device(device)
-        memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        memory_format = network_memory_format(self.device)
         self.autocast = autocast_dtype(self.device)
         self.precision = precision_name(self.autocast)
         self.model = CondNet().to(device=self.device, memory_format=memory_format)
