@@ -171,10 +171,12 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
     import torch
 
     def fall_back(err: RuntimeError, what: str) -> None:
+        nonlocal x, levels
         if not runner.can_fall_back:
             raise RuntimeError("out of memory on the CPU with batch size 1; close other programs or use a machine "
                                "with more memory") from err
         runner.to_cpu()
+        x, levels = runner.place(x), runner.place(levels)
         message = f"out of memory on the GPU {what}: continuing on the CPU (slower)"
         logger.warning(message)
         state["notes"].append(message)
@@ -189,7 +191,6 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
             if not is_out_of_memory(err):
                 raise
             fall_back(err, "for the volumes")
-            x, levels = runner.place(x), runner.place(levels)
         position = 0
         while position < len(indices):
             chunk = torch.from_numpy(np.ascontiguousarray(indices[position:position + state["batch_size"]]))
@@ -207,7 +208,6 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
                     state["notes"].append(message)
                 else:
                     fall_back(err, "even with batch size 1")
-                    x, levels = runner.place(x), runner.place(levels)
                 continue
             position += len(chunk)
             if on_batch is not None:
