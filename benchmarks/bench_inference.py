@@ -28,6 +28,7 @@ over ``float32`` is printed with the largest difference between their conductivi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -36,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
+from unittest import mock
 
 import numpy as np
 import torch
@@ -104,14 +107,18 @@ class TrainStepSuite:
     params = (_devices(),)
     param_names = ["device"]
 
-    def setup(self, device):
+    def setup(self, device, variant: Optional[dict] = None):
+        """``variant`` (the ``--variants`` study) overrides ``memory_format``, ``autocast`` (a dtype or None),
+        ``fused`` (fused Adam) and ``depth``; by default the step is the one ``condnet train`` takes."""
+        variant = variant or {}
         torch.manual_seed(0)
         self.device = torch.device(device)
-        memory_format = network_memory_format(self.device)
-        self.autocast = autocast_dtype(self.device)
+        memory_format = variant.get("memory_format", network_memory_format(self.device))
+        self.autocast = variant.get("autocast", autocast_dtype(self.device))
         self.precision = precision_name(self.autocast)
-        self.model = CondNet().to(device=self.device, memory_format=memory_format)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.model = CondNet(CondNetConfig(depth=variant.get("depth", 6))).to(device=self.device,
+                                                                              memory_format=memory_format)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=variant.get("fused"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
         self.x = torch.rand(4, 2, 256, 256, device=self.device).contiguous(memory_format=memory_format)
         self.y = torch.rand(4, 1, 256, 256, device=self.device) * 0.9
@@ -165,6 +172,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed predictions after the first call, on CUDA (default 3; on the CPU one)")
     parser.add_argument("--train-step", action="store_true", help="also time training steps (256x256, batch 4)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the networks alone and the training step under layout, precision, batch "
+                             "and optimiser variants (the study behind the defaults)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--json", help="also write the results to this JSON file (after every measurement)")
@@ -219,6 +229,12 @@ def main(argv=None) -> None:
             print(f"{device}: {auto['precision']} is {full['seconds'] / auto['seconds']:.2f}x as fast as float32 "
                   f"(networks {full['networks_s'] / auto['networks_s']:.2f}x); largest conductivity difference "
                   f"{auto['max_diff_float32_s_per_m']:.2g} S/m", flush=True)
+    if args.variants:
+        for device in args.devices:
+            try:
+                _variant_study(args, suite, device, size, depth, results, save)
+            except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
+                failed(f"variant study, {device}", err)
     if args.train_step:
         mask = suite.phantom.tissues.array != 0
         results["training_plan"] = training_steps(mask)
@@ -313,6 +329,93 @@ def _time_train_step(args, device: str, size: int, results: dict, save, markdown
     markdown(f"| training of one direction, {TARGET_SUBJECTS} subjects x {TARGET_EPOCHS} epochs "
              f"({plan[slowest]['steps']} steps x the step above; no data loading or validation), {device} "
              f"| {' | '.join(cells)} |")
+
+
+def _variants(device: torch.device) -> tuple:
+    """The ``--variants`` study: (name, overrides) of the networks' inference and of the training step.
+
+    Overrides: ``memory_format``, ``autocast`` (dtype or None for float32; TF32 convolutions on CUDA, torch's
+    default), ``batch`` (slices per forward pass), ``fused`` (fused Adam) and ``cudnn_benchmark``.
+    """
+    nchw, last = torch.contiguous_format, torch.channels_last
+    half = torch.float16 if device.type == "cuda" else autocast_dtype(device)
+    networks = [("NCHW, batch 16", {"memory_format": nchw, "autocast": half, "batch": 16}),
+                ("NCHW, batch 64", {"memory_format": nchw, "autocast": half, "batch": 64}),
+                ("channels-last, batch 16", {"memory_format": last, "autocast": half, "batch": 16}),
+                ("channels-last, batch 64", {"memory_format": last, "autocast": half, "batch": 64}),
+                ("float32, NCHW, batch 16", {"memory_format": nchw, "autocast": None, "batch": 16})]
+    steps = [("NCHW", {"memory_format": nchw, "autocast": half}),
+             ("channels-last", {"memory_format": last, "autocast": half}),
+             ("channels-last, fused Adam", {"memory_format": last, "autocast": half, "fused": True}),
+             ("float32, NCHW", {"memory_format": nchw, "autocast": None})]
+    if device.type == "cuda":
+        bf16 = {"autocast": torch.bfloat16}
+        networks += [("bfloat16, channels-last, batch 64", {"memory_format": last, "batch": 64, **bf16}),
+                     ("channels-last, batch 64, cudnn.benchmark",
+                      {"memory_format": last, "autocast": half, "batch": 64, "cudnn_benchmark": True})]
+        steps += [("bfloat16, NCHW", {"memory_format": nchw, **bf16}),
+                  ("bfloat16, channels-last, fused Adam", {"memory_format": last, "fused": True, **bf16}),
+                  ("channels-last, fused Adam, cudnn.benchmark",
+                   {"memory_format": last, "autocast": half, "fused": True, "cudnn_benchmark": True})]
+    return networks, steps
+
+
+def _variant_study(args, suite, device: str, size: int, depth: int, results: dict, save) -> None:
+    """Time the networks alone (``predict_levels`` on one prepared pair) and the training step under layout,
+    precision, batch and optimiser variants, to choose the defaults; printed as a table, kept in the JSON."""
+    from CondNetLogic import inference
+    from CondNetLogic.preprocessing import prepare_pair
+
+    dev = torch.device(device)
+    networks, steps = _variants(dev)
+    pair = prepare_pair(suite.phantom.t1, suite.phantom.t2, size=size)
+    inputs = np.stack([pair.t1, pair.t2]).astype(np.float32)
+    study = results.setdefault("variants", [])
+    lines = [f"variants on {device} ({size}^3 pair, depth {depth}; networks: 3 directions, median of 3 after one "
+             f"call; training: 256 x 256, batch 4, median of {args.steps} steps after two)"]
+
+    def timed(fn, repeat: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    benchmark_mode = torch.backends.cudnn.benchmark
+    for kind, variants in (("networks", networks), ("training step", steps)):
+        for name, options in variants:
+            torch.backends.cudnn.benchmark = options.get("cudnn_benchmark", False)
+            try:
+                if kind == "networks":
+                    with mock.patch.object(inference, "network_memory_format", return_value=options["memory_format"]), \
+                            mock.patch.object(inference, "autocast_dtype", return_value=options["autocast"]):
+                        run = functools.partial(inference.predict_levels, suite.weights, inputs, pair.mask,
+                                                device=dev, batch_size=options["batch"])
+                        seconds = timed(run, repeat=3)
+                else:
+                    step = TrainStepSuite()
+                    step.setup(device, {**options, "depth": depth})
+                    step.time_step(device)  # a first step; timed() takes one more before timing
+                    seconds = timed(functools.partial(step.time_step, device), repeat=args.steps)
+                    del step
+            except Exception as err:  # noqa: BLE001 - one variant failing (bfloat16 unsupported, ...) is reported
+                line = f"{kind:>13} | {name:<45} | failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            else:
+                line = f"{kind:>13} | {name:<45} | {seconds:.4f} s"
+                study.append({"device": device, "kind": kind, "variant": name, "seconds": seconds})
+                save()
+            finally:
+                torch.backends.cudnn.benchmark = benchmark_mode
+            print(line, flush=True)
+            lines.append(line)
+    results.setdefault("variant_tables", []).append(lines)
+    save()
 
 
 if __name__ == "__main__":

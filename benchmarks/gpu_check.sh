@@ -2,8 +2,8 @@
 # The GPU checks of issues 3 and 4 in one run: the CUDA tests, the CondNet and the solver benchmarks.
 #
 # Sized for a lent device session: about 4-5 minutes on an H100 once the machine has started, never more than
-# GPU_CHECK_BUDGET_S (default 450 s) for the three steps: each runs under `timeout` (the tests and the CondNet
-# benchmark at most 150 s each, the solver benchmark what is left), so a hung or slow step (torch.compile, say)
+# GPU_CHECK_BUDGET_S (default 450 s) for the three steps: each runs under `timeout` (the tests at most 150 s, the CondNet
+# benchmark 180 s, the solver benchmark what is left), so a hung or slow step (torch.compile, say)
 # cannot take the others' time.  Through the device tool: command "bash benchmarks/gpu_check.sh", timeout_s
 # 540 (the budget, plus the CUDA check, nvidia-smi and the version listing before it).  The device
 # machine's python3 holds torch, numba, scipy, safetensors, matplotlib, tqdm and pytest; these steps need
@@ -17,7 +17,8 @@
 #                        benchmarks/RESULTS.md from both benchmarks (printed again at the end of the output)
 #   nvidia-smi.txt       nvidia-smi as found
 #   pytest_gpu.log       the tests marked gpu
-#   bench_inference.log, bench_inference.json   CondNet inference (first call and median of 3) and training steps
+#   bench_inference.log, bench_inference.json   CondNet inference (first call and median of 3), training steps,
+#                        and the --variants study (layout, precision, batch, fused Adam, cudnn.benchmark)
 #   bench_solver.log     the SPFD solver at 256^3 then 128^3, numba (CPU) and torch (CUDA, eager, then compiled:
 #                        the first torch.compile comes after the 256^3 eager rows are written)
 # Exit status 1 if a step failed or ran out of time.
@@ -105,9 +106,10 @@ step "pytest -m gpu" 150 pytest_gpu.log \
     Testing/Python/test_torch_solver.py \
     Testing/Python/test_inference.py Testing/Python/test_training.py
 echo "  $(grep -E '(passed|failed|skipped|error)' "$out/pytest_gpu.log" | tail -n 1)" >> "$summary"
-step "bench_inference.py" 150 bench_inference.log \
-    "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --json "$out/bench_inference.json" \
-    --markdown "$summary"
+step "bench_inference.py" 180 bench_inference.log \
+    "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants \
+    --json "$out/bench_inference.json" --markdown "$summary"
+grep -E '^ *(networks|training step) \| ' "$out/bench_inference.log" | sed 's/^/    /' >> "$summary"
 step "bench_solver.py" 600 bench_solver.log \
     "$python" benchmarks/bench_solver.py --sizes 256 128 --skip scipy-cg pyamg --markdown "$summary"
 
