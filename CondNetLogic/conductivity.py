@@ -30,6 +30,7 @@ __all__ = [
     "TISSUE_INDEX",
     "ConductivityTable",
     "denormalise",
+    "level_scale",
     "get_table",
     "label_mapping_path",
     "labels_to_tissues",
@@ -295,8 +296,13 @@ def normalise(sigma: np.ndarray, sigma_max: float, tau: float = DEFAULT_TAU) -> 
     return (np.asarray(sigma, dtype=np.float32) * np.float32((1.0 - tau) / sigma_max)).astype(np.float32)
 
 
-def denormalise(level: np.ndarray, sigma_max: float, tau: float = DEFAULT_TAU) -> np.ndarray:
-    """Paper Eq. 3: ``C = max(sigma) / (1 - tau) * L`` (S/m, float32)."""
+def level_scale(sigma_max: float, tau: float = DEFAULT_TAU) -> np.float32:
+    """The factor of paper Eq. 3, ``max(sigma) / (1 - tau)`` (S/m per level), as float32."""
     if not 0.0 <= tau < 1.0:
         raise ValueError(f"tau must be in [0, 1), got {tau}")
-    return (np.asarray(level, dtype=np.float32) * np.float32(sigma_max / (1.0 - tau))).astype(np.float32)
+    return np.float32(sigma_max / (1.0 - tau))
+
+
+def denormalise(level: np.ndarray, sigma_max: float, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Paper Eq. 3: ``C = max(sigma) / (1 - tau) * L`` (S/m, float32)."""
+    return np.asarray(level, dtype=np.float32) * level_scale(sigma_max, tau)

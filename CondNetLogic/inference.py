@@ -22,13 +22,14 @@ from typing import Callable, Dict, Optional, Union
 import numpy as np
 
 from ._types import Progress
-from .conductivity import denormalise
+from .conductivity import level_scale
 from .errors import Cancelled, WeightsError, is_out_of_memory
 from .volume import Volume
 from .weights import DIRECTIONS, CondNetWeights, load_weights
 
-__all__ = ["PRECISIONS", "Prediction", "autocast_dtype", "cpu_has_native_bfloat16", "inside_out_score",
-           "network_memory_format", "precision_name", "predict_conductivity", "predict_levels"]
+__all__ = ["DEFAULT_BATCH_SIZE", "PRECISIONS", "Prediction", "autocast_dtype", "cpu_has_native_bfloat16",
+           "default_batch_size", "inside_out_score", "network_memory_format", "precision_name", "predict_conductivity",
+           "predict_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,15 @@ class _TorchRunner:
         return torch.sigmoid(logits.float())
 
 
-def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_channels: int, state: dict,
-                on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Predict the slices ``indices`` along model axis ``axis``; returns levels (V, S, S, S), 0 elsewhere.
+def _run_slices(runner, x, axis: int, indices: np.ndarray, out_channels: int, state: dict,
+                on_batch: Optional[Callable[[int], None]] = None) -> tuple:
+    """Predict the slices ``indices`` along model axis ``axis`` of ``x`` (a (U, S, S, S) float32 tensor).
 
-    The inputs and the levels stay on the runner's device while the slices are cut out and put back (on a
-    GPU only the finished levels cross to the host).  ``state`` holds ``batch_size`` and a ``notes`` list; on
-    out-of-memory the batch is halved, and at batch size 1 on a GPU (or when the volumes do not fit there)
-    the runner goes on on the CPU with what it has done so far.  Both changes persist in ``state``.
+    Returns ``(levels, x)``: the levels (V, S, S, S), 0 outside ``indices``, and the inputs, both on the runner's
+    device (the inputs are moved there first; on a GPU only the caller's finished results cross to the host).
+    ``state`` holds ``batch_size`` and a ``notes`` list; on out-of-memory the batch is halved, and at batch size 1
+    on a GPU (or when the volumes do not fit there) the runner goes on on the CPU with what it has done so far.
+    Both changes persist in ``state``.
     """
     import torch
 
@@ -183,8 +185,7 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
 
     dim = 1 + axis
     with torch.inference_mode():
-        x = torch.from_numpy(inputs)
-        levels = torch.zeros((out_channels,) + inputs.shape[1:], dtype=torch.float32)
+        levels = torch.zeros((out_channels,) + tuple(x.shape[1:]), dtype=torch.float32)
         try:
             x, levels = runner.place(x), runner.place(levels)
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
@@ -212,7 +213,17 @@ def _run_slices(runner, inputs: np.ndarray, axis: int, indices: np.ndarray, out_
             position += len(chunk)
             if on_batch is not None:
                 on_batch(position)
-        return levels.cpu().numpy()
+        return levels, x
+
+
+#: Slices per forward pass by device type: a GPU runs the paper network 1.5x as fast at 64 as at 16 (H100,
+#: ``bench_inference.py --variants``); on the CPU 16 keeps the activations under 1 GiB.
+DEFAULT_BATCH_SIZE = {"cuda": 64, "cpu": 16}
+
+
+def default_batch_size(device) -> int:
+    """Slices per forward pass on ``device`` when none is given (:data:`DEFAULT_BATCH_SIZE`)."""
+    return DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cpu"])
 
 
 def predict_levels(
@@ -221,7 +232,7 @@ def predict_levels(
     mask: np.ndarray,
     *,
     device="cpu",
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     progress: Progress = None,
     cancel: Optional[Callable[[], bool]] = None,
     state: Optional[dict] = None,
@@ -237,8 +248,8 @@ def predict_levels(
     mask : ndarray bool (S, S, S)
         Head mask; only slices holding head voxels are run, the others stay 0.
     device : str or torch.device
-    batch_size : int
-        Slices per forward pass (reduced automatically on out-of-memory).
+    batch_size : int, optional
+        Slices per forward pass (reduced automatically on out-of-memory); default :func:`default_batch_size`.
     progress, cancel : callable, optional
     state : dict, optional
         Shared ``{"batch_size", "notes"}``; created when omitted.  On return it also holds ``device`` and
@@ -251,17 +262,29 @@ def predict_levels(
     dict
         direction -> levels (V, S, S, S) float32 in [0, 1].
     """
+    levels = _levels_on_device(weights, inputs, mask, device=device, batch_size=batch_size, progress=progress,
+                               cancel=cancel, state=state, precision=precision)
+    return {direction: tensor.cpu().numpy() for direction, tensor in levels.items()}
+
+
+def _levels_on_device(weights: CondNetWeights, inputs: np.ndarray, mask: np.ndarray, *, device="cpu",
+                      batch_size: Optional[int] = None, progress: Progress = None,
+                      cancel: Optional[Callable[[], bool]] = None, state: Optional[dict] = None,
+                      precision: str = "auto") -> dict:
+    """:func:`predict_levels` with the levels left as tensors on ``state["device"]`` (the inputs cross to a GPU
+    once for all directions, and only what the caller makes of the levels comes back)."""
     import torch
 
     if inputs.ndim != 4 or inputs.shape[0] != weights.config.in_channels or inputs.shape[1:] != mask.shape:
         raise ValueError(f"inputs must be ({weights.config.in_channels}, S, S, S) matching mask {mask.shape}; "
                          f"got {inputs.shape}")
-    if state is None:
-        state = {"batch_size": int(batch_size), "notes": []}
     device = torch.device(device)
+    if state is None:
+        state = {"batch_size": int(batch_size or default_batch_size(device)), "notes": []}
     autocast_dtype(device, precision)  # validates precision before any network is built
     results = {}
     directions = weights.directions
+    x = torch.from_numpy(inputs)
     for n, direction in enumerate(directions):
         axis = DIRECTIONS[direction]
         other = tuple(a for a in range(3) if a != axis)
@@ -275,27 +298,28 @@ def predict_levels(
             if progress is not None:
                 progress((n + done / total) / len(directions), f"{direction} network: {done}/{total} slices")
 
-        results[direction] = _run_slices(runner, inputs, axis, indices, weights.config.out_channels, state, on_batch)
+        results[direction], x = _run_slices(runner, x, axis, indices, weights.config.out_channels, state, on_batch)
         device = runner.device  # stays on the CPU after a fallback
         state["precision"] = runner.precision_name
     state["device"] = str(device)
-    return results
+    return {direction: levels.to(device) for direction, levels in results.items()}
 
 
-def _mean_and_sd(arrays: list) -> tuple:
-    """Voxel-wise mean and population sd (ddof=0) of equally shaped float32 arrays, in two passes in place."""
-    mean = arrays[0].astype(np.float32, copy=True)
-    for array in arrays[1:]:
-        mean += array
-    mean /= np.float32(len(arrays))
-    sd = np.zeros_like(mean)
-    deviation = np.empty_like(mean)
-    for array in arrays:
-        np.subtract(array, mean, out=deviation)
+def _mean_and_sd(tensors: list) -> tuple:
+    """Voxel-wise mean and population sd (ddof=0) of equally shaped float32 tensors, in two passes, new tensors."""
+    import torch
+
+    mean = tensors[0].clone()
+    for tensor in tensors[1:]:
+        mean += tensor
+    mean /= len(tensors)
+    sd = torch.zeros_like(mean)
+    for tensor in tensors:
+        deviation = tensor - mean
         deviation *= deviation
         sd += deviation
-    sd /= np.float32(len(arrays))
-    return mean, np.sqrt(sd, out=sd)
+    sd /= len(tensors)
+    return mean, sd.sqrt_()
 
 
 def inside_out_score(sigma: np.ndarray, mask: np.ndarray, sigma_max: float, spacing_mm: float) -> dict:
@@ -343,7 +367,7 @@ def predict_conductivity(
     *,
     weights: Union[None, str, os.PathLike, CondNetWeights] = None,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     register: bool = False,
     progress: Progress = None,
     cancel: Optional[Callable[[], bool]] = None,
@@ -362,8 +386,9 @@ def predict_conductivity(
         Default: the shipped weights of ``Resources/weights.json`` (:func:`~.weights.default_weights_id`:
         T1 + T2 weights, or T1-only ones when ``t2`` is None and they are installed).
     device : {"auto", "cpu", "cuda"}
-    batch_size : int
-        Slices per forward pass; halved on out-of-memory, then the CPU is used.
+    batch_size : int, optional
+        Slices per forward pass (default :func:`default_batch_size`: 64 on a GPU, 16 on the CPU); halved on
+        out-of-memory, then the CPU is used.
     register : bool
         Rigidly register T2 to T1 first.
     progress : callable, optional
@@ -399,7 +424,7 @@ def predict_conductivity(
     from .preprocessing import prepare_pair
     from .training import select_device
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     timings = {}
     started = time.perf_counter()
@@ -417,6 +442,7 @@ def predict_conductivity(
         raise WeightsError(f"weights input size {size} is not divisible by 2**(depth-1) = {config.size_multiple}")
     dev = select_device(device)
     dtype = autocast_dtype(dev, precision)
+    batch_size = batch_size or default_batch_size(dev)
     timings["load_weights"] = time.perf_counter() - started
 
     def sub(low: float, high: float) -> Progress:
@@ -434,20 +460,30 @@ def predict_conductivity(
 
     tick = time.perf_counter()
     state = {"batch_size": batch_size, "notes": []}
-    per_direction = predict_levels(weights, inputs, pair.mask, device=dev, batch_size=batch_size,
-                                   progress=sub(0.2, 0.9), cancel=cancel, state=state, precision=precision)
+    per_direction = _levels_on_device(weights, inputs, pair.mask, device=dev, progress=sub(0.2, 0.9), cancel=cancel,
+                                      state=state, precision=precision)
+    if state["device"].startswith("cuda"):
+        torch.cuda.synchronize(state["device"])  # the networks' work is queued: time it, not its queueing
     timings["networks"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     mask = pair.mask
+    # Eq. 2 then Eq. 3, where the levels are (on a GPU only the results cross to the host): both linear, so the
+    # mean and sd of the levels are scaled to S/m afterwards.
+    with torch.inference_mode():
+        inside_model = torch.from_numpy(mask).to(state["device"])
+        per_table = []
+        for v, table in enumerate(weights.tables):
+            scaled = _mean_and_sd([per_direction[d][v] for d in weights.directions])
+            for tensor in scaled:
+                tensor.mul_(float(level_scale(table.sigma_max, weights.tau))).mul_(inside_model)
+            per_table.append([tensor.cpu().numpy() for tensor in scaled])
+    del per_direction
     mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
     inside = mask_ref.array > 0
     conductivity, uncertainty, warnings = {}, {}, []
     for v, table in enumerate(weights.tables):
-        # Eq. 2 then Eq. 3: both linear, so the mean and sd of the levels are scaled to S/m afterwards.
-        mean, spread = _mean_and_sd([per_direction[d][v] for d in weights.directions])
-        for array in (mean, spread):
-            np.multiply(denormalise(array, table.sigma_max, weights.tau), mask, out=array)
+        mean, spread = per_table[v]
         if v == 0:
             inverted = inside_out_score(mean, mask, table.sigma_max, pair.grid.spacing_mm)
             if inverted["suspect"]:
@@ -458,7 +494,7 @@ def predict_conductivity(
                 logger.warning("%s", warnings[-1])
         for target, array in ((conductivity, mean), (uncertainty, spread)):
             back = pair.grid.to_reference(array, interpolation="linear")
-            target[table.name] = back.with_array(np.where(inside, back.array, 0).astype(np.float32))
+            target[table.name] = back.with_array(np.where(inside, back.array, 0).astype(np.float32, copy=False))
     timings["postprocess"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     if progress is not None:

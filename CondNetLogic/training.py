@@ -55,18 +55,22 @@ from .io import file_sha256, replaced_through_temporary
 from .weights import DIRECTIONS, load_weights, save_weights
 
 __all__ = [
+    "GraphedTrainStep",
     "LOSSES",
     "LR_SCHEDULES",
     "PRESETS",
     "TrainingConfig",
     "TrainingResult",
     "deep_supervision_loss",
+    "make_optimiser",
+    "make_train_step",
     "plot_loss_curves",
     "scale_weights",
     "scheduled_lr",
     "select_device",
     "train",
     "train_step",
+    "training_autocast_dtype",
     "with_overrides",
 ]
 
@@ -123,9 +127,9 @@ class TrainingConfig:
         Slice augmentation (all off in the paper preset).
     seed : int
     amp : bool
-        Mixed precision: float16 autocast with gradient scaling on CUDA, bfloat16 autocast (float32's range: no
-        scaling) on x86-64 CPUs with native bfloat16 (:func:`~CondNetLogic.inference.autocast_dtype`), float32
-        on other CPUs.
+        Mixed precision (:func:`training_autocast_dtype`): bfloat16 autocast (float32's range: no gradient
+        scaling) on CUDA devices that have it and on x86-64 CPUs with native bfloat16, float16 autocast with
+        gradient scaling on older CUDA devices, float32 on other CPUs.
     loss : {"bce", "l1"}
         Per-scale loss (see the module notes); paper: ``"bce"``.
     """
@@ -281,6 +285,28 @@ def deep_supervision_loss(maps: Sequence, target, weights: Optional[Sequence[flo
     return total
 
 
+def training_autocast_dtype(device, amp: bool = True):
+    """Autocast dtype of training on ``device``, or None for float32.
+
+    Inference's rule (:func:`~CondNetLogic.inference.autocast_dtype`), except that CUDA devices with bfloat16
+    (Ampere and later) train in bfloat16 rather than float16: it needs no gradient scaling, so a step can be
+    replayed from a CUDA graph (:class:`GraphedTrainStep`).
+    """
+    import torch
+
+    dtype = autocast_dtype(device, "auto" if amp else "float32")
+    if dtype == torch.float16 and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return dtype
+
+
+def make_optimiser(model, learning_rate: float, device):
+    """Adam over ``model``'s parameters; the fused kernel on CUDA (one launch per step instead of dozens)."""
+    import torch
+
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=device.type == "cuda")
+
+
 def train_step(model, optimiser, scaler, x, y, loss: str = "bce", autocast=None) -> float:
     """One optimiser step of the deep-supervised ``loss`` (BCE or L1) on a batch; returns the loss.
 
@@ -307,6 +333,104 @@ def train_step(model, optimiser, scaler, x, y, loss: str = "bce", autocast=None)
     scaler.step(optimiser)
     scaler.update()
     return value.item()
+
+
+class GraphedTrainStep:
+    """:func:`train_step` on CUDA with the forward pass, the loss and the backward pass replayed from a CUDA graph.
+
+    The paper network's step at batch 4 is a thousand small kernels, which the host launches more slowly than
+    the GPU runs them; a graph launches them all at once.  One graph is captured per batch shape (the last
+    batch of an epoch may be smaller), after two warm-up passes on a side stream whose batch-norm statistics
+    are then restored, so a replay computes what the eager step would.  The gradients live in fixed tensors
+    that every graph zeroes and fills; the optimiser steps outside the graph, so the learning-rate schedule
+    applies.  Needs an autocast without gradient scaling (bfloat16 or float32).  If a capture fails (an old
+    driver, say), this step and the following ones run eagerly, with a warning.
+    """
+
+    def __init__(self, model, optimiser, loss: str = "bce", autocast=None) -> None:
+        import torch
+
+        if autocast == torch.float16:
+            raise ValueError("GraphedTrainStep: float16 needs gradient scaling, which a graph cannot hold; use "
+                             "bfloat16 or float32")
+        self.model, self.optimiser, self.loss, self.autocast = model, optimiser, loss, autocast
+        self.graphs: Optional[dict] = {}  # (x shape, y shape) -> (graph, x, y, loss); None: eager from now on
+        self._pool = None
+
+    def _forward_backward(self, x, y):
+        import torch
+
+        self.optimiser.zero_grad(set_to_none=False)
+        with torch.autocast(device_type="cuda", dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None, cache_enabled=False):
+            maps = self.model(x, deep_supervision=True)
+        value = deep_supervision_loss(maps, y, kind=self.loss)
+        value.backward()
+        return value.detach()
+
+    def _capture(self, x, y) -> tuple:
+        import torch
+
+        for parameter in self.model.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        static_x, static_y = x.clone(), y.clone()
+        buffers = [buffer.clone() for buffer in self.model.buffers()]
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward_backward(static_x, static_y)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_loss = self._forward_backward(static_x, static_y)
+        self._pool = graph.pool()
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
+        return graph, static_x, static_y, static_loss
+
+    def __call__(self, x, y) -> float:
+        """One optimiser step on the batch ``(x, y)`` (CUDA tensors); returns the loss.
+
+        Raises
+        ------
+        FloatingPointError
+            If the loss is NaN or infinite (nothing is updated then).
+        """
+        import torch
+
+        if self.graphs is None:
+            return train_step(self.model, self.optimiser, torch.amp.GradScaler("cuda", enabled=False), x, y,
+                              self.loss, self.autocast)
+        key = (tuple(x.shape), tuple(y.shape))
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(x, y)
+            except RuntimeError as err:
+                logger.warning("CUDA graph capture failed (%s): training steps run eagerly (slower)", err)
+                self.graphs = None
+                return self(x, y)
+        graph, static_x, static_y, static_loss = self.graphs[key]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        value = static_loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value}")
+        self.optimiser.step()
+        return value
+
+
+def make_train_step(model, optimiser, scaler, loss: str = "bce", autocast=None) -> Callable:
+    """``step(x, y) -> loss``: :class:`GraphedTrainStep` on CUDA without gradient scaling, else :func:`train_step`."""
+    import functools
+
+    device = next(model.parameters()).device
+    if device.type == "cuda" and not scaler.is_enabled():
+        return GraphedTrainStep(model, optimiser, loss, autocast)
+    return functools.partial(train_step, model, optimiser, scaler, loss=loss, autocast=autocast)
 
 
 @dataclass
@@ -432,8 +556,8 @@ def _train_direction(
     model = CondNet(network_config).to(device=device, memory_format=memory_format)
     if init_state is not None:
         model.load_state_dict(init_state)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    autocast = autocast_dtype(device, "auto" if config.amp else "float32")
+    optimiser = make_optimiser(model, config.learning_rate, device)
+    autocast = training_autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
     logger.info("%s: training in %s on %s", direction, precision_name(autocast), device)
     folder = out_dir / direction
@@ -467,6 +591,7 @@ def _train_direction(
         logger.info("%s: resuming after epoch %d (best %.5f at epoch %d)", direction, start_epoch - 1,
                     best["loss"], best["epoch"])
     histories[direction] = history
+    step_once = make_train_step(model, optimiser, scaler, config.loss, autocast)
     n_per_epoch = min(config.slices_per_epoch or len(train_set), len(train_set))
     steps = math.ceil(n_per_epoch / config.batch_size)
     direction_started = time.perf_counter()
@@ -488,7 +613,7 @@ def _train_direction(
             for group in optimiser.param_groups:
                 group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
             try:
-                loss = train_step(model, optimiser, scaler, x, y, config.loss, autocast)
+                loss = step_once(x, y)
             except FloatingPointError as err:
                 raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
             running += loss * len(chunk)

@@ -54,7 +54,13 @@ from CondNetLogic.inference import (
 )
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.phantom import make_head_phantom
-from CondNetLogic.training import train_step
+from CondNetLogic.training import (
+    GraphedTrainStep,
+    make_optimiser,
+    make_train_step,
+    train_step,
+    training_autocast_dtype,
+)
 from CondNetLogic.weights import load_weights, save_weights
 
 
@@ -100,8 +106,10 @@ class InferenceSuite:
 class TrainStepSuite:
     """One Adam step of the paper network with deep supervision at 256x256, batch 4.
 
-    The step of ``condnet train`` (:func:`CondNetLogic.training.train_step`): float16 autocast and gradient
-    scaling on CUDA; on the CPU a channels-last network, in bfloat16 autocast where the CPU runs it natively.
+    The step of ``condnet train`` (:func:`CondNetLogic.training.make_train_step`): on CUDA bfloat16 autocast
+    (float16 with gradient scaling before compute capability 8), fused Adam, and forward and backward passes
+    replayed from a CUDA graph; on the CPU a channels-last network, in bfloat16 autocast where the CPU runs it
+    natively.
     """
 
     params = (_devices(),)
@@ -109,22 +117,29 @@ class TrainStepSuite:
 
     def setup(self, device, variant: Optional[dict] = None):
         """``variant`` (the ``--variants`` study) overrides ``memory_format``, ``autocast`` (a dtype or None),
-        ``fused`` (fused Adam) and ``depth``; by default the step is the one ``condnet train`` takes."""
+        ``fused`` (fused Adam), ``graphs`` (False: no CUDA graph) and ``depth``; by default the step is the one
+        ``condnet train`` takes."""
         variant = variant or {}
         torch.manual_seed(0)
         self.device = torch.device(device)
         memory_format = variant.get("memory_format", network_memory_format(self.device))
-        self.autocast = variant.get("autocast", autocast_dtype(self.device))
-        self.precision = precision_name(self.autocast)
+        self.autocast = variant.get("autocast", training_autocast_dtype(self.device))
         self.model = CondNet(CondNetConfig(depth=variant.get("depth", 6))).to(device=self.device,
                                                                               memory_format=memory_format)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=variant.get("fused"))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
+        optimiser = (torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=variant["fused"]) if "fused" in variant
+                     else make_optimiser(self.model, 1e-3, self.device))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast == torch.float16)
+        self.step = (make_train_step(self.model, optimiser, scaler, autocast=self.autocast)
+                     if variant.get("graphs", True) else
+                     functools.partial(train_step, self.model, optimiser, scaler, autocast=self.autocast))
+        self.precision = precision_name(self.autocast) + (
+            ", CUDA graph" if isinstance(self.step, GraphedTrainStep) else "") + (
+            ", fused Adam" if optimiser.defaults.get("fused") else "")
         self.x = torch.rand(4, 2, 256, 256, device=self.device).contiguous(memory_format=memory_format)
         self.y = torch.rand(4, 1, 256, 256, device=self.device) * 0.9
 
     def time_step(self, device):
-        train_step(self.model, self.optimiser, self.scaler, self.x, self.y, autocast=self.autocast)
+        self.step(self.x, self.y)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -334,29 +349,28 @@ def _time_train_step(args, device: str, size: int, results: dict, save, markdown
 def _variants(device: torch.device) -> tuple:
     """The ``--variants`` study: (name, overrides) of the networks' inference and of the training step.
 
-    Overrides: ``memory_format``, ``autocast`` (dtype or None for float32; TF32 convolutions on CUDA, torch's
-    default), ``batch`` (slices per forward pass), ``fused`` (fused Adam) and ``cudnn_benchmark``.
+    Networks: ``memory_format``, ``autocast`` (dtype or None for float32; TF32 convolutions on CUDA, torch's
+    default) and ``batch`` (slices per forward pass).  Training step: see :meth:`TrainStepSuite.setup`; the
+    first row is the default.
     """
     nchw, last = torch.contiguous_format, torch.channels_last
-    half = torch.float16 if device.type == "cuda" else autocast_dtype(device)
+    half = autocast_dtype(device)
     networks = [("NCHW, batch 16", {"memory_format": nchw, "autocast": half, "batch": 16}),
                 ("NCHW, batch 64", {"memory_format": nchw, "autocast": half, "batch": 64}),
-                ("channels-last, batch 16", {"memory_format": last, "autocast": half, "batch": 16}),
                 ("channels-last, batch 64", {"memory_format": last, "autocast": half, "batch": 64}),
-                ("float32, NCHW, batch 16", {"memory_format": nchw, "autocast": None, "batch": 16})]
-    steps = [("NCHW", {"memory_format": nchw, "autocast": half}),
-             ("channels-last", {"memory_format": last, "autocast": half}),
-             ("channels-last, fused Adam", {"memory_format": last, "autocast": half, "fused": True}),
-             ("float32, NCHW", {"memory_format": nchw, "autocast": None})]
+                ("float32, NCHW, batch 64", {"memory_format": nchw, "autocast": None, "batch": 64})]
+    steps = [("default (condnet train)", {}),
+             ("float32, default otherwise", {"autocast": None})]
     if device.type == "cuda":
-        bf16 = {"autocast": torch.bfloat16}
-        networks += [("bfloat16, channels-last, batch 64", {"memory_format": last, "batch": 64, **bf16}),
-                     ("channels-last, batch 64, cudnn.benchmark",
-                      {"memory_format": last, "autocast": half, "batch": 64, "cudnn_benchmark": True})]
-        steps += [("bfloat16, NCHW", {"memory_format": nchw, **bf16}),
-                  ("bfloat16, channels-last, fused Adam", {"memory_format": last, "fused": True, **bf16}),
-                  ("channels-last, fused Adam, cudnn.benchmark",
-                   {"memory_format": last, "autocast": half, "fused": True, "cudnn_benchmark": True})]
+        networks += [("NCHW, batch 128", {"memory_format": nchw, "autocast": half, "batch": 128}),
+                     ("bfloat16, NCHW, batch 64", {"memory_format": nchw, "autocast": torch.bfloat16, "batch": 64})]
+        steps += [("no CUDA graph", {"graphs": False}),
+                  ("no CUDA graph, float16 + gradient scaling, Adam (before)",
+                   {"graphs": False, "autocast": torch.float16, "fused": False}),
+                  ("Adam (not fused)", {"fused": False}),
+                  ("channels-last", {"memory_format": last})]
+    else:
+        steps += [("NCHW", {"memory_format": nchw})]
     return networks, steps
 
 
@@ -387,10 +401,8 @@ def _variant_study(args, suite, device: str, size: int, depth: int, results: dic
             times.append(time.perf_counter() - started)
         return float(np.median(times))
 
-    benchmark_mode = torch.backends.cudnn.benchmark
     for kind, variants in (("networks", networks), ("training step", steps)):
         for name, options in variants:
-            torch.backends.cudnn.benchmark = options.get("cudnn_benchmark", False)
             try:
                 if kind == "networks":
                     with mock.patch.object(inference, "network_memory_format", return_value=options["memory_format"]), \
@@ -410,8 +422,6 @@ def _variant_study(args, suite, device: str, size: int, depth: int, results: dic
                 line = f"{kind:>13} | {name:<45} | {seconds:.4f} s"
                 study.append({"device": device, "kind": kind, "variant": name, "seconds": seconds})
                 save()
-            finally:
-                torch.backends.cudnn.benchmark = benchmark_mode
             print(line, flush=True)
             lines.append(line)
     results.setdefault("variant_tables", []).append(lines)

@@ -304,7 +304,7 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
         methods += [(f"condnet f64 torch {device}", np.float64, np.float32, device, False, "torch"),
                     (f"condnet f32 torch {device}", np.float32, np.float32, device, False, "torch")]
         if device.startswith("cuda"):
-            methods.append((f"condnet f32 torch {device} compiled", np.float32, np.float32, device, True, "torch"))
+            methods.append((f"condnet f64 torch {device} compiled", np.float64, np.float32, device, True, "torch"))
     methods = [m for m in methods if f"condnet-{m[3].split(':')[0]}" not in skip]
     results, rows = {}, []
     pending = []

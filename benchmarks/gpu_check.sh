@@ -18,7 +18,7 @@
 #   nvidia-smi.txt       nvidia-smi as found
 #   pytest_gpu.log       the tests marked gpu
 #   bench_inference.log, bench_inference.json   CondNet inference (first call and median of 3), training steps,
-#                        and the --variants study (layout, precision, batch, fused Adam, cudnn.benchmark)
+#                        and the --variants study (layout, precision, batch, CUDA graph, fused Adam)
 #   bench_solver.log     the SPFD solver at 256^3 then 128^3, numba (CPU) and torch (CUDA, eager, then compiled:
 #                        the first torch.compile comes after the 256^3 eager rows are written)
 # Exit status 1 if a step failed or ran out of time.

@@ -11,7 +11,7 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "float32"),
                         help="auto: float16 on CUDA and bfloat16 on CPUs that run it natively (up to 2x faster, "
                              "0.001 S/m from float32 on average); float32: float32 everywhere (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: 64 on a GPU, 16 on the CPU)")
     parser.add_argument("--register", action="store_true", help="rigidly register T2 to T1 first")
 
 

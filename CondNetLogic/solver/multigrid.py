@@ -431,6 +431,8 @@ class NumbaBackend:
 
     name = "numba"
     device = "cpu"
+    #: Cycles are not replayed from CUDA graphs (:meth:`TorchBackend.capture`).
+    graphs = False
 
     def __init__(self, levels: list, dtype: np.dtype, cells: np.ndarray | None = None,
                  pinv: np.ndarray | None = None, *, serial_below: int = 2**17):
@@ -798,7 +800,22 @@ class PotentialSolver:
             self._work["cycle"] = (backend.zeros(shape0), backend.zeros(shape0))
 
     def _precondition(self, r, z) -> None:
-        """``z = M r``: one multigrid cycle from zero, run in the cycle dtype."""
+        """``z = M r``: one multigrid cycle from zero, run in the cycle dtype.
+
+        On a GPU the cycle (a few hundred small kernels, more than the host launches in the time the GPU runs
+        them) is captured once into a CUDA graph on these ``r`` and ``z`` and replayed.
+        """
+        if self._backend.graphs:
+            captured = self._work.get("graph")
+            if captured is None:
+                graph = self._backend.capture(lambda: self._cycle_from_zero(r, z))
+                captured = self._work["graph"] = (r, z, graph)
+            if captured[0] is r and captured[1] is z and captured[2] is not None:
+                captured[2].replay()
+                return
+        self._cycle_from_zero(r, z)
+
+    def _cycle_from_zero(self, r, z) -> None:
         backend = self._backend
         if self._same_dtypes:
             backend.fill_zero(z)

@@ -10,10 +10,14 @@ compilation takes tens of seconds and needs a C++ toolchain on the CPU.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 __all__ = ["TorchBackend"]
+
+logger = logging.getLogger(__name__)
 
 _INTERIOR = (slice(1, -1),) * 3
 
@@ -86,6 +90,26 @@ class TorchBackend:
         self.pinv = None if pinv is None else torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
         self._residual = torch.compile(_residual, dynamic=True) if compile else _residual
+        #: Whether the solver replays its cycles from CUDA graphs (:meth:`capture`): on CUDA devices.
+        self.graphs = self.device.type == "cuda"
+
+    def capture(self, run):
+        """A CUDA graph of ``run()``, which must work on fixed tensors without host synchronisation; None (with a
+        warning) when the capture fails.  ``run`` is called once first, on a side stream, so that lazily created
+        state (cuBLAS workspaces, compiled kernels) exists before the capture."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                run()
+        except RuntimeError as err:
+            logger.warning("CUDA graph capture of the multigrid cycle failed (%s): cycles run eagerly (slower)", err)
+            return None
+        return graph
 
     def zeros(self, shape):
         return torch.zeros(shape, device=self.device, dtype=self.torch_dtype)

@@ -257,7 +257,7 @@ def test_slices_go_back_where_they_came_from(axis):
     inputs = rng.random((2, 8, 8, 8), dtype=np.float32)
     indices = np.array([1, 2, 5])
     state = {"batch_size": 2, "notes": []}
-    levels = _run_slices(FakeRunner("cpu"), inputs, axis, indices, 1, state)
+    levels = _run_slices(FakeRunner("cpu"), torch.from_numpy(inputs), axis, indices, 1, state)[0].numpy()
     take = [slice(None)] * 3
     take[axis] = indices
     np.testing.assert_array_equal(levels[0][tuple(take)], inputs[0][tuple(take)])
@@ -271,7 +271,7 @@ def test_out_of_memory_halves_the_batch_then_uses_the_cpu(error):
     indices = np.arange(6)
     runner = FakeRunner(max_batch_gpu=2, error=error)
     state = {"batch_size": 8, "notes": []}
-    levels = _run_slices(runner, inputs, 2, indices, 1, state)
+    levels = _run_slices(runner, torch.from_numpy(inputs), 2, indices, 1, state)[0].numpy()
     np.testing.assert_array_equal(levels[0], inputs[0])
     assert state["batch_size"] == 2
     assert runner.batches == [("cuda", 2)] * 3
@@ -279,7 +279,7 @@ def test_out_of_memory_halves_the_batch_then_uses_the_cpu(error):
 
     runner = FakeRunner(gpu_works=False, error=error)
     state = {"batch_size": 2, "notes": []}
-    levels = _run_slices(runner, inputs, 0, indices, 1, state)
+    levels = _run_slices(runner, torch.from_numpy(inputs), 0, indices, 1, state)[0].numpy()
     np.testing.assert_array_equal(levels[0], inputs[0])
     assert runner.device.type == "cpu"
     assert "continuing on the CPU" in state["notes"][-1]
@@ -295,7 +295,7 @@ def test_volumes_that_do_not_fit_on_the_gpu_go_to_the_cpu():
     inputs = np.random.default_rng(1).random((1, 5, 5, 5), dtype=np.float32)
     runner = Small()
     state = {"batch_size": 4, "notes": []}
-    levels = _run_slices(runner, inputs, 1, np.arange(5), 1, state)
+    levels = _run_slices(runner, torch.from_numpy(inputs), 1, np.arange(5), 1, state)[0].numpy()
     np.testing.assert_array_equal(levels[0], inputs[0])
     assert runner.batches == [("cpu", 4), ("cpu", 1)]
     assert state["notes"] == ["out of memory on the GPU for the volumes: continuing on the CPU (slower)"]
@@ -317,7 +317,7 @@ def test_out_of_memory_on_cpu_at_batch_one_is_reported():
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory on the CPU with batch size 1"):
-        _run_slices(CpuOom("cpu"), np.zeros((1, 4, 4, 4), np.float32), 0, np.arange(4), 1,
+        _run_slices(CpuOom("cpu"), torch.zeros((1, 4, 4, 4)), 0, np.arange(4), 1,
                     {"batch_size": 1, "notes": []})
 
     class Broken(FakeRunner):
@@ -325,7 +325,7 @@ def test_out_of_memory_on_cpu_at_batch_one_is_reported():
             raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
-        _run_slices(Broken("cpu"), np.zeros((1, 4, 4, 4), np.float32), 0, np.arange(4), 1,
+        _run_slices(Broken("cpu"), torch.zeros((1, 4, 4, 4)), 0, np.arange(4), 1,
                     {"batch_size": 4, "notes": []})
 
 

@@ -14,14 +14,18 @@ from _condnet_data import MODEL_SIZE, write_training_set
 from CondNetLogic.errors import Cancelled
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.training import (
+    GraphedTrainStep,
     PRESETS,
     TrainingConfig,
     deep_supervision_loss,
+    make_optimiser,
+    make_train_step,
     scale_weights,
     scheduled_lr,
     select_device,
     train,
     train_step,
+    training_autocast_dtype,
     with_overrides,
 )
 from CondNetLogic.weights import load_weights
@@ -138,6 +142,63 @@ def test_cuda_step_with_mixed_precision_learns():
     losses = [train_step(model, optimiser, scaler, x, y) for _ in range(20)]
     assert all(np.isfinite(losses))
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((9, 0), torch.bfloat16), ((7, 5), torch.float16)])
+def test_cuda_trains_in_bfloat16_where_the_device_has_it(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert training_autocast_dtype(torch.device("cuda")) == expected
+    assert training_autocast_dtype(torch.device("cuda"), amp=False) is None
+
+
+def test_the_cpu_steps_eagerly_with_the_plain_adam():
+    model = CondNet(NET)
+    optimiser = make_optimiser(model, 1e-3, torch.device("cpu"))
+    assert not optimiser.defaults["fused"]
+    step = make_train_step(model, optimiser, torch.amp.GradScaler("cuda", enabled=False))
+    assert not isinstance(step, GraphedTrainStep)
+    assert np.isfinite(step(torch.rand(2, 2, 32, 32), torch.rand(2, 1, 32, 32) * 0.9))
+
+
+@pytest.mark.gpu
+def test_graphed_step_computes_what_the_eager_step_does(monkeypatch):
+    """CUDA graph replays against eager steps: the same losses, parameters and batch-norm statistics over full and
+    partial batches and a changing learning rate; a NaN loss raises and updates nothing."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    cuda = torch.device("cuda")
+
+    def build():
+        torch.manual_seed(0)
+        model = CondNet(NET).to(cuda)
+        return model, make_optimiser(model, 1e-3, cuda)
+
+    eager_model, eager_optimiser = build()
+    graph_model, graph_optimiser = build()
+    assert graph_optimiser.defaults["fused"]
+    graphed = make_train_step(graph_model, graph_optimiser, torch.amp.GradScaler("cuda", enabled=False))
+    assert isinstance(graphed, GraphedTrainStep)
+    no_scaling = torch.amp.GradScaler("cuda", enabled=False)
+    generator = torch.Generator(device=cuda).manual_seed(1)
+    for step, batch in enumerate([4, 4, 3, 4, 3]):
+        x = torch.rand(batch, 2, 64, 64, device=cuda, generator=generator)
+        y = torch.rand(batch, 1, 64, 64, device=cuda, generator=generator) * 0.9
+        for optimiser in (eager_optimiser, graph_optimiser):
+            for group in optimiser.param_groups:
+                group["lr"] = 1e-3 / (step + 1)
+        expected = train_step(eager_model, eager_optimiser, no_scaling, x, y)
+        assert graphed(x, y) == pytest.approx(expected, rel=1e-5)
+    assert len(graphed.graphs) == 2
+    eager_state, graph_state = eager_model.state_dict(), graph_model.state_dict()
+    for name, value in eager_state.items():
+        torch.testing.assert_close(graph_state[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    before = {name: value.clone() for name, value in graph_state.items()}
+    with pytest.raises(FloatingPointError, match="nan"):
+        graphed(torch.full((4, 2, 64, 64), float("nan"), device=cuda), torch.zeros(4, 1, 64, 64, device=cuda))
+    for name, value in graph_model.named_parameters():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
 
 
 def test_presets_and_config_validation():
