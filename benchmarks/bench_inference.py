@@ -190,6 +190,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", action="store_true",
                         help="also time the networks alone and the training step under layout, precision, batch "
                              "and optimiser variants (the study behind the defaults)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's table of the networks' operators for one prediction")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--json", help="also write the results to this JSON file (after every measurement)")
@@ -244,6 +246,12 @@ def main(argv=None) -> None:
             print(f"{device}: {auto['precision']} is {full['seconds'] / auto['seconds']:.2f}x as fast as float32 "
                   f"(networks {full['networks_s'] / auto['networks_s']:.2f}x); largest conductivity difference "
                   f"{auto['max_diff_float32_s_per_m']:.2g} S/m", flush=True)
+    if args.profile:
+        for device in args.devices:
+            try:
+                _profile(suite, device, size)
+            except Exception as err:  # noqa: BLE001 - reported, exit status 1 at the end
+                failed(f"profile, {device}", err)
     if args.variants:
         for device in args.devices:
             try:
@@ -426,6 +434,26 @@ def _variant_study(args, suite, device: str, size: int, depth: int, results: dic
             lines.append(line)
     results.setdefault("variant_tables", []).append(lines)
     save()
+
+
+def _profile(suite, device: str, size: int) -> None:
+    """Where the networks' time goes: ``torch.profiler`` over one ``predict_levels`` call (after a first), the
+    operators with the most device time (CUDA) or CPU time, printed as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from CondNetLogic.inference import predict_levels
+    from CondNetLogic.preprocessing import prepare_pair
+
+    pair = prepare_pair(suite.phantom.t1, suite.phantom.t2, size=size)
+    inputs = np.stack([pair.t1, pair.t2]).astype(np.float32)
+    predict_levels(suite.weights, inputs, pair.mask, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        predict_levels(suite.weights, inputs, pair.mask, device=device)
+    print(f"profile of predict_levels on {device} ({time.perf_counter() - started:.3f} s under the profiler):")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if device == "cuda" else "cpu_time_total",
+                                    row_limit=14, max_name_column_width=48), flush=True)
 
 
 if __name__ == "__main__":

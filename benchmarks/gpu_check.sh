@@ -107,7 +107,7 @@ step "pytest -m gpu" 150 pytest_gpu.log \
     Testing/Python/test_inference.py Testing/Python/test_training.py
 echo "  $(grep -E '(passed|failed|skipped|error)' "$out/pytest_gpu.log" | tail -n 1)" >> "$summary"
 step "bench_inference.py" 180 bench_inference.log \
-    "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants \
+    "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants --profile \
     --json "$out/bench_inference.json" --markdown "$summary"
 grep -E '^ *(networks|training step) \| ' "$out/bench_inference.log" | sed 's/^/    /' >> "$summary"
 step "bench_solver.py" 600 bench_solver.log \

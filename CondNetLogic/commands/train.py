@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--no-amp", action="store_true",
-                        help="float32 everywhere; default: float16 autocast on CUDA and bfloat16 on x86-64 CPUs "
-                             "that run it natively")
+                        help="float32 everywhere; default: bfloat16 autocast on CUDA GPUs since Ampere (float16 "
+                             "before them) and on x86-64 CPUs that run it natively")
     parser.add_argument("--cache", help="preprocessed-subject cache folder (default DATA/.condnet_cache)")
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming existing checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
