@@ -8,12 +8,16 @@ Two paths put an array onto a target grid (shape plus voxel-to-RAS affine):
 * the SimpleITK path otherwise: ``sitk.ResampleImageFilter`` with an identity transform, so points are
   matched through world (scanner) coordinates.  The conversion RAS -> LPS happens only here.
 
-Also here: small geometry helpers (fields of view, mask bounds), Otsu's threshold and the matrix of a
-SimpleITK rigid transform.
+Also here: small geometry helpers (fields of view, mask bounds), the matrix of a SimpleITK rigid transform,
+and the steps of the head mask (percentile, clipped histogram and Otsu's threshold, largest connected
+component, hole filling): checked wrappers around the numba kernels of :mod:`._mask_kernels`, whose results
+equal numpy's and scipy's bit for bit.
 """
 from __future__ import annotations
 
 import itertools
+import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -292,9 +296,9 @@ def affine_of_transform(transform) -> np.ndarray:
     return affine
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (maximises the between-class variance of the histogram)."""
-    counts, edges = np.histogram(values, bins=bins)
+def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Otsu's threshold of a histogram (``counts``, ``edges``): the upper edge of the lower class that maximises
+    the between-class variance."""
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight_low = np.cumsum(counts)
     weight_high = weight_low[-1] - weight_low
@@ -306,12 +310,124 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][int(np.nanargmax(between[:-1]))])
 
 
-def mask_ras_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple:
-    """RAS bounding box (min (3,), max (3,), mm) of the voxel centres of a boolean mask."""
-    from scipy import ndimage
+def _kernels():
+    """The numba kernels of the head mask, imported (and compiled or loaded from numba's cache) on first use."""
+    from . import _mask_kernels
 
-    surface = mask & ~ndimage.binary_erosion(mask)
-    ijk = np.argwhere(surface)
+    return _mask_kernels
+
+
+def _flat_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as a flat view; it must be a non-empty C-contiguous float32 array (finite values assumed)."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        raise TypeError(f"expected a float32 array; got {getattr(array, 'dtype', type(array).__name__)}")
+    if not array.flags.c_contiguous or not array.size:
+        raise ValueError(f"expected a non-empty C-contiguous array; got shape {array.shape}, strides {array.strides}")
+    return array.reshape(-1)
+
+
+#: Every ``_SAMPLE_STRIDE``-th value estimates where the order statistics of :func:`percentile` lie.
+_SAMPLE_STRIDE = 61
+
+
+def _lerp(below: np.float32, above: np.float32, gamma: float) -> np.float32:
+    """Numpy's quantile interpolation (``_lerp``) in float32, from whichever end is nearer."""
+    diff = above - below
+    if gamma >= 0.5:
+        return above - diff * (1 - gamma)
+    return below + diff * gamma
+
+
+def _value_window(flat: np.ndarray, ranks: tuple) -> tuple:
+    """Values ``low <= high`` that likely enclose the values of rank ``ranks`` of ``flat``, from a sample."""
+    sample = flat[::_SAMPLE_STRIDE]
+    scale = sample.size / flat.size
+    margin = 2 * math.isqrt(sample.size) + 8
+    first = math.floor(ranks[0] * scale) - margin
+    last = math.ceil(ranks[-1] * scale) + margin
+    inner = [rank for rank in (first, last) if 0 <= rank < sample.size]
+    picked = np.partition(sample, inner) if inner else sample
+    low = picked[first] if first >= 0 else -np.inf
+    high = picked[last] if last < sample.size else np.inf
+    return low, high
+
+
+def _order_statistics(flat: np.ndarray, ranks: tuple) -> list:
+    """Values of rank ``ranks`` (0-based, ascending) of a flat float32 array.
+
+    Values are counted below and inside a window that a sample puts around the ranks (the whole range when
+    the window misses them); only the values inside are copied out and partitioned.
+    """
+    kernels = _kernels()
+    counts = np.empty((kernels.chunk_count(), 2), dtype=np.int64)
+    low, high = _value_window(flat, ranks)
+    kernels.count_range(flat, np.float32(low), np.float32(high), counts)
+    below = int(counts[:, 0].sum())
+    if not below <= ranks[0] <= ranks[-1] < below + int(counts[:, 1].sum()):
+        low, high = -np.inf, np.inf
+        kernels.count_range(flat, np.float32(low), np.float32(high), counts)
+        below = 0
+    offsets = np.concatenate(([0], np.cumsum(counts[:, 1])))
+    values = np.empty(int(offsets[-1]), dtype=np.float32)
+    kernels.gather_range(flat, np.float32(low), np.float32(high), offsets, values)
+    local = [rank - below for rank in ranks]
+    values.partition(sorted(set(local)))
+    return [values[index] for index in local]
+
+
+def percentile(array: np.ndarray, q: float) -> np.float32:
+    """``np.percentile(array, q)`` (linear method, same float32 result) of a finite float32 array, without sorting.
+
+    As in numpy the virtual index is ``(n - 1) q / 100`` and its two neighbouring order statistics are
+    interpolated with numpy's ``_lerp`` arithmetic.
+    """
+    flat = _flat_float32(array)
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must lie in [0, 100]; got {q!r}")
+    n = flat.size
+    index = (n - 1) * (q / 100)
+    below = math.floor(index)
+    gamma = index - below
+    if index >= n - 1:
+        below = n - 1
+    lower, upper = _order_statistics(flat, (below, min(below + 1, n - 1)))
+    return _lerp(lower, upper, gamma)
+
+
+def clipped_histogram(array: np.ndarray, high, bins: int = 256) -> tuple:
+    """``np.histogram(np.minimum(array, high).ravel(), bins=bins)`` of a finite float32 array (identical counts
+    and edges) without the clipped copy.
+
+    Edges, bin estimates and their corrections follow numpy's uniform-bin arithmetic, with ``high``, the first
+    edge and the bin width in float32 as numpy's type rules give them.  A range too narrow for ``bins``
+    distinct float32 edges is left to numpy (which raises since numpy 2).
+    """
+    flat = _flat_float32(array)
+    high = np.float32(high)
+    first_edge, last_edge = np.minimum(flat.min(), high), np.minimum(flat.max(), high)
+    if first_edge == last_edge:
+        first_edge, last_edge = first_edge - 0.5, last_edge + 0.5
+    edges = np.linspace(first_edge, last_edge, bins + 1, endpoint=True, dtype=np.float32)
+    if np.any(edges[:-1] >= edges[1:]):
+        return np.histogram(np.minimum(flat, high), bins=bins)
+    kernels = _kernels()
+    counts = np.zeros((kernels.chunk_count() * kernels.LANES, bins), dtype=np.int64)
+    kernels.clipped_histogram(flat, high, np.float32(first_edge), np.float32(last_edge - first_edge), edges, counts)
+    return counts.sum(axis=0), edges
+
+
+def mask_ras_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple:
+    """RAS bounding box (min (3,), max (3,), mm) of the voxel centres of a boolean mask.
+
+    A linear function of ``(i, j, k)`` takes its extremes over a row ``(i, j)`` at the row's first or last voxel,
+    so only those are mapped to RAS.
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    first = np.empty(mask.shape[:2], dtype=np.int64)
+    last = np.empty(mask.shape[:2], dtype=np.int64)
+    _kernels().row_ends(mask, first, last)
+    i, j = np.nonzero(first >= 0)
+    ijk = np.concatenate([np.stack([i, j, first[i, j]], axis=1), np.stack([i, j, last[i, j]], axis=1)])
     ras = ijk @ affine[:3, :3].T + affine[:3, 3]
     return ras.min(axis=0), ras.max(axis=0)
 
@@ -328,28 +444,93 @@ def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple:
     return tuple(box)
 
 
+class _Runs(NamedTuple):
+    """Runs of one value in a C-contiguous boolean volume read as planes x rows x runs (see :mod:`._mask_kernels`)."""
+
+    flat: np.ndarray
+    dims: tuple
+    strides: tuple
+    starts: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _find_runs(volume: np.ndarray, target: bool, order: tuple) -> _Runs:
+    """Runs of ``target`` in ``volume`` with axes ``order`` as plane, row and run axes."""
+    kernels = _kernels()
+    flat = volume.reshape(-1)
+    dims = tuple(volume.shape[a] for a in order)
+    strides = tuple(volume.strides[a] // volume.itemsize for a in order)
+    counts = np.empty(dims[0] * dims[1], dtype=np.int64)
+    kernels.count_runs(flat, target, *dims, *strides, counts)
+    starts = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    lo = np.empty(int(starts[-1]), dtype=np.int64)
+    hi = np.empty_like(lo)
+    kernels.find_runs(flat, target, *dims, *strides, starts, lo, hi)
+    return _Runs(flat, dims, strides, starts, lo, hi)
+
+
+def _join(runs: _Runs, *, within: bool, across: bool) -> np.ndarray:
+    """Root run of every run, connecting neighbour rows in a plane (``within``) and/or across planes."""
+    root = np.arange(runs.lo.size)
+    _kernels().join_runs(root, runs.starts, runs.lo, runs.hi, runs.dims[0], runs.dims[1], within, across)
+    return root
+
+
+def _paint(runs: _Runs, value: bool, selected: np.ndarray) -> None:
+    """Set the voxels of the selected runs to ``value`` in the volume the runs were found in."""
+    n0, nx, _ = runs.dims
+    _kernels().paint_runs(runs.flat, value, n0, nx, *runs.strides, runs.starts, runs.lo, runs.hi, selected)
+
+
+def _check_mask(mask: np.ndarray) -> None:
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 3:
+        raise TypeError(f"expected a 3D boolean array; got {getattr(mask, 'dtype', type(mask).__name__)} "
+                        f"{getattr(mask, 'shape', '')}")
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a 3D boolean mask (a new C-contiguous array).
+
+    Of components of equal size, the one whose first voxel comes first in C order is kept, as keeping the
+    smallest ``scipy.ndimage.label`` label of the largest size does.  An empty mask gives an empty result.
+    """
+    _check_mask(mask)
+    runs = _find_runs(np.ascontiguousarray(mask), True, (0, 1, 2))
+    out = np.zeros(mask.shape, dtype=np.bool_)
+    if runs.lo.size:
+        root = _join(runs, within=True, across=True)
+        best = int(np.argmax(_kernels().component_sizes(runs.lo, runs.hi, root)))
+        _paint(runs._replace(flat=out.reshape(-1)), True, root == best)
+    return out
+
+
+#: Plane, row and run axes for hole filling in 3D and in slices across each axis; each leaves out the
+#: connections that cross the slices (``within``: rows of a plane, ``across``: planes).
+_FILL_LAYOUTS = {
+    None: ((0, 1, 2), True, True),
+    0: ((0, 1, 2), True, False),
+    1: ((0, 1, 2), False, True),
+    2: ((0, 2, 1), False, True),
+}
+
+
 def fill_holes(mask: np.ndarray, *, axis: int | None = None) -> np.ndarray:
-    """Fill the holes of a boolean mask in 3D (``axis=None``) or in every slice across ``axis``.
+    """Fill the holes of a boolean mask in 3D (``axis=None``) or in every slice across ``axis`` (a new array).
 
     A hole is a connected background region (6-connected in 3D, 4-connected in a slice) that does not touch
-    the border of the volume (or of its slice).  One labelling pass replaces ``scipy.ndimage.binary_fill_holes``
-    slice by slice, which is ~10x slower on 256^3 volumes.
+    the border of the volume (or of its slice); as ``scipy.ndimage.binary_fill_holes`` in 3D or per slice.
     """
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(3, 1)
-    border_axes = [0, 1, 2]
-    if axis is not None:
-        # No connection across slices: each slice is labelled on its own.
-        index = [1, 1, 1]
-        for offset in (0, 2):
-            index[axis] = offset
-            structure[tuple(index)] = False
-        border_axes.remove(axis)
-    labels, count = ndimage.label(~mask, structure=structure)
-    outside = np.zeros(count + 1, dtype=bool)
-    for d in border_axes:
-        for end in (0, -1):
-            outside[np.unique(np.take(labels, end, axis=d))] = True
-    outside[0] = False  # label 0 is the mask itself, which stays set
-    return ~outside[labels]
+    _check_mask(mask)
+    if axis not in _FILL_LAYOUTS:
+        raise ValueError(f"axis must be None, 0, 1 or 2; got {axis!r}")
+    order, within, across = _FILL_LAYOUTS[axis]
+    out = np.array(mask, order="C")
+    runs = _find_runs(out, False, order)
+    if runs.lo.size:
+        root = _join(runs, within=within, across=across)
+        n0, nx, nr = runs.dims
+        holes = _kernels().hole_runs(runs.starts, runs.lo, runs.hi, root, n0, nx, nr, within, across)
+        _paint(runs, True, holes)
+    return out

@@ -357,18 +357,13 @@ def head_mask(volume: Volume) -> np.ndarray:
     filling holes in 3D and then slice by slice along each axis, which also closes the ear canals and
     nostrils at the surface.
     """
-    from scipy import ndimage
-
     validate_mri(volume, name="image for the head mask")
-    array = volume.array.astype(np.float32)
-    low, high = array.min(), np.percentile(array, 99.5)
+    array = np.ascontiguousarray(volume.array, dtype=np.float32)
+    low, high = array.min(), _resample.percentile(array, 99.5)
     if high <= low:  # fewer than 0.5 % of the voxels above the darkest value: clip at the maximum instead
         high = array.max()
-    threshold = low + 0.5 * (_resample.otsu_threshold(np.minimum(array, high).ravel()) - low)
-    labels, _ = ndimage.label(array > threshold)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
+    threshold = low + 0.5 * (_resample.otsu_threshold(*_resample.clipped_histogram(array, high)) - low)
+    mask = _resample.largest_component(array > threshold)
     # Outside the component's box all is background that reaches the border, so filling the box with a margin
     # of one background voxel finds the same holes as filling the whole volume (2x faster for a 256^3 head).
     box = _resample.bounding_box(mask, pad=1)
