@@ -50,7 +50,7 @@ from .dataset import (
     subject_slices,
 )
 from .errors import Cancelled
-from .inference import autocast_dtype, network_memory_format, precision_name
+from .inference import autocast_dtype, precision_name
 from .io import file_sha256, replaced_through_temporary
 from .weights import DIRECTIONS, load_weights, save_weights
 
@@ -500,7 +500,7 @@ def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size
         for start in range(0, len(positions), batch_size):
             chunk = positions[start:start + batch_size]
             x, y = dataset.batch(chunk)
-            x = torch.from_numpy(x).to(device).contiguous(memory_format=network_memory_format(device))
+            x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y).to(device)
             with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 maps = model(x, deep_supervision=True)
@@ -552,7 +552,10 @@ def _train_direction(
                 len(val_subject_pos))
 
     torch.manual_seed(config.seed)
-    memory_format = network_memory_format(device)
+    # Channels-last (NHWC) on both devices: oneDNN's preferred layout on the CPU (as in inference), and cuDNN's
+    # for bfloat16 on CUDA, where the graphed step at 256 x 256, batch 4, took 5.0 ms against 7.1 ms in NCHW on an
+    # H100 (benchmarks/RESULTS.md).
+    memory_format = torch.channels_last
     model = CondNet(network_config).to(device=device, memory_format=memory_format)
     if init_state is not None:
         model.load_state_dict(init_state)

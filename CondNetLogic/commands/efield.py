@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=1e-6, help="relative residual of the solver (default 1e-6)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="solver device")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="solver precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="GPU only: compile the multigrid kernels with torch.compile (about 10 s once, then "
+                             "faster solves)")
     parser.add_argument(
         "--primary-field", choices=("auto", "direct", "grid"), default="auto",
         help="dA/dt evaluation: exact at every face, or resampled from a coil-frame grid (default auto)",
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             tol=args.tol,
             dtype=np.dtype(args.dtype),
+            compile=args.compile,
             primary_field="grid" if grid is not None else args.primary_field,
             grid=grid,
             grid_cache_dir=None if grid is not None else default_cache_dir(),

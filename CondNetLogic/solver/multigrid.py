@@ -660,7 +660,7 @@ class PotentialSolver:
         self._coarse = coarse_pseudo_inverse(self.levels[-1].w)
         self.device = self._pick_device(device, backend)
         if compile and self.backend_name != "torch":
-            raise ValueError("compile=True needs the torch backend")
+            raise ValueError("compile=True needs the torch backend (a CUDA device, or backend='torch')")
         stage(0.8, f"preparing the {self.backend_name} kernels ({self.device})")
         self._cycle_requested = cycle
         #: What happened instead of the request (a CUDA out-of-memory error moved the work to the CPU).

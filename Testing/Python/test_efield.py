@@ -123,6 +123,11 @@ def test_grid_primary_field_agrees_with_direct(ras_result, coil):
         EFieldSimulation(_sphere(), device="cpu", grid="grid")
 
 
+def test_compile_is_refused_without_the_gpu_solver():
+    with pytest.raises(ValueError, match="compile=True needs the torch backend"):
+        EFieldSimulation(_sphere(), device="cpu", compile=True)
+
+
 def test_progress_and_cancel(coil):
     simulation = EFieldSimulation(_sphere(), device="cpu", primary_field="direct")
     seen = []
@@ -269,6 +274,12 @@ def test_cli_refuses_to_overwrite(sigma_file, tmp_path, capsys):
     assert (out / "efield.json").read_text() == "{}"
     assert main(_cli_args(sigma_file, out, "--overwrite")) == 0
     assert json.loads((out / "efield.json").read_text())["solver"]["converged"]
+
+
+def test_cli_compile_needs_the_gpu(sigma_file, tmp_path, capsys):
+    assert main(_cli_args(sigma_file, tmp_path / "run", "--compile", "--primary-field", "direct")) == 2
+    assert "compile=True needs the torch backend" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "efield.json").exists()
 
 
 def test_cli_builds_then_reuses_a_grid_cache(sigma_file, tmp_path, monkeypatch):
