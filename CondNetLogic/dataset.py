@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +38,7 @@ __all__ = [
     "level_lookup",
     "load_subject",
     "load_training_set",
+    "prefetched_batches",
     "read_split",
     "slice_split",
     "subject_slices",
@@ -420,6 +421,36 @@ class SliceDataset:
         """Stack several items: x (B, U, S, S), y (B, V, S, S), float32."""
         pairs = [self[p] for p in positions]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def prefetched_batches(dataset: SliceDataset, chunks: Iterable[Sequence[int]], *, workers: int = 4,
+                       ahead: int = 8) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``dataset.batch(chunk)`` for each chunk in turn, read by ``workers`` threads up to ``ahead`` batches early.
+
+    Slices across the last axis of the memory-mapped cache (the axial direction) are read one scattered voxel at a
+    time: 13 ms per batch of four 256 x 256 slices on a 2-core EPYC, against 1.9 ms for sagittal slices, which
+    would leave a GPU idle most of each step.  numpy copies without holding the GIL, so threads read several
+    batches at once while the training step runs.  The batches are those of ``dataset.batch`` called in order:
+    each depends only on its positions, the seed and the epoch.  Close the iterator (``contextlib.closing``) to
+    stop early; batches not yet started are then dropped.
+    """
+    import itertools
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = iter(chunks)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="condnet-batches") as pool:
+        pending = deque(pool.submit(dataset.batch, chunk) for chunk in itertools.islice(chunks, max(1, ahead)))
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                following = next(chunks, None)
+                if following is not None:
+                    pending.append(pool.submit(dataset.batch, following))
+                yield batch
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def slice_split(

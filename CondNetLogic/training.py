@@ -28,6 +28,7 @@ Reproducibility: the model is initialised from ``torch.manual_seed(seed)``; each
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -46,6 +47,7 @@ from .dataset import (
     SliceDataset,
     check_table_coverage,
     load_training_set,
+    prefetched_batches,
     slice_split,
     subject_slices,
 )
@@ -76,6 +78,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_VERSION = 1
+#: Threads reading training batches ahead of the step (:func:`~CondNetLogic.dataset.prefetched_batches`).
+_LOADER_THREADS = 4
 
 
 #: Step-size schedules of :class:`TrainingConfig`.
@@ -496,16 +500,16 @@ def _evaluate(model, dataset: SliceDataset, positions: Sequence[int], batch_size
         return float("nan")
     model.eval()
     total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start:start + batch_size]
-            x, y = dataset.batch(chunk)
+    chunks = [positions[start:start + batch_size] for start in range(0, len(positions), batch_size)]
+    with torch.inference_mode(), \
+            contextlib.closing(prefetched_batches(dataset, chunks, workers=_LOADER_THREADS)) as batches:
+        for x, y in batches:
             x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y).to(device)
             with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 maps = model(x, deep_supervision=True)
-            total += float(deep_supervision_loss(maps, y, kind=loss)) * len(chunk)
-            count += len(chunk)
+            total += float(deep_supervision_loss(maps, y, kind=loss)) * len(x)
+            count += len(x)
     return total / count
 
 
@@ -604,28 +608,28 @@ def _train_direction(
         order = np.random.default_rng([config.seed, epoch, axis]).permutation(len(train_set))[:n_per_epoch]
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(range(steps), desc=f"{direction} {epoch}/{config.epochs}", leave=False, disable=not show_bar,
-                   unit="step")
-        for step in bar:
-            if cancel is not None and cancel():
-                raise Cancelled(f"training cancelled in epoch {epoch} of {direction}")
-            chunk = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x, y = train_set.batch(chunk)
-            x = torch.from_numpy(x).to(device).contiguous(memory_format=memory_format)
-            y = torch.from_numpy(y).to(device)
-            for group in optimiser.param_groups:
-                group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
-            try:
-                loss = step_once(x, y)
-            except FloatingPointError as err:
-                raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
-            running += loss * len(chunk)
-            seen += len(chunk)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-            if progress is not None:
-                progress((epoch - 1 + (step + 1) / steps) / config.epochs,
-                         f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
-        bar.close()
+        chunks = [order[step * config.batch_size:(step + 1) * config.batch_size] for step in range(steps)]
+        with contextlib.closing(prefetched_batches(train_set, chunks, workers=_LOADER_THREADS)) as batches:
+            bar = tqdm(batches, total=steps, desc=f"{direction} {epoch}/{config.epochs}", leave=False,
+                       disable=not show_bar, unit="step")
+            for step, (x, y) in enumerate(bar):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"training cancelled in epoch {epoch} of {direction}")
+                x = torch.from_numpy(x).to(device).contiguous(memory_format=memory_format)
+                y = torch.from_numpy(y).to(device)
+                for group in optimiser.param_groups:
+                    group["lr"] = scheduled_lr(config, (epoch - 1) * steps + step, config.epochs * steps)
+                try:
+                    loss = step_once(x, y)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"{direction}: {err} at epoch {epoch}, step {step + 1}") from err
+                running += loss * len(x)
+                seen += len(x)
+                bar.set_postfix(loss=f"{running / seen:.4f}")
+                if progress is not None:
+                    progress((epoch - 1 + (step + 1) / steps) / config.epochs,
+                             f"{direction}: epoch {epoch}/{config.epochs}, loss {running / seen:.4f}")
+            bar.close()
         val_slice = _evaluate(model, val_slice_set, val_slice_pos, 4 * config.batch_size, device, autocast,
                               config.loss)
         val_subject = _evaluate(model, val_subject_set, val_subject_pos, 4 * config.batch_size, device, autocast,

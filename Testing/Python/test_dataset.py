@@ -15,6 +15,7 @@ from CondNetLogic.dataset import (
     level_lookup,
     load_subject,
     load_training_set,
+    prefetched_batches,
     read_split,
     slice_split,
     subject_slices,
@@ -189,3 +190,26 @@ def test_augmentation_is_reproducible_and_bounded(subjects):
         Augmentation(noise=-1)
     with pytest.raises(ValueError, match="must be < 1"):
         Augmentation(scale=1.5)
+
+
+def test_prefetched_batches_are_the_batches_in_order(subjects):
+    import contextlib
+
+    augmented = SliceDataset(subjects["train"], subject_slices(subjects["train"], 2), tables=[TABLE_A], in_channels=2,
+                             tau=0.1, augmentation=Augmentation(noise=0.02, rotate_deg=5), seed=4)
+    augmented.set_epoch(3)
+    order = np.random.default_rng(0).permutation(len(augmented))
+    chunks = [order[start:start + 3] for start in range(0, len(order), 3)]
+    expected = [augmented.batch(chunk) for chunk in chunks]
+    got = list(prefetched_batches(augmented, chunks, workers=3, ahead=2))
+    assert len(got) == len(expected)
+    for (x, y), (x_ref, y_ref) in zip(got, expected):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+    read = []
+    with contextlib.closing(prefetched_batches(augmented, chunks, workers=1, ahead=2)) as batches:
+        for x, _ in batches:
+            read.append(x)
+            break
+    assert len(read) == 1
+
