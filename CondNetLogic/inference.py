@@ -322,6 +322,25 @@ def _mean_and_sd(tensors: list) -> tuple:
     return mean, sd.sqrt_()
 
 
+def _conductivity_and_spread(per_direction: dict, weights: CondNetWeights, mask: np.ndarray) -> list:
+    """Eq. 2 then Eq. 3 on the levels' device, per table: ``[mean, sd]`` in S/m as host arrays, 0 outside ``mask``.
+
+    Both equations are linear, so the mean and sd of the levels are scaled to S/m afterwards; on a GPU only these
+    two volumes per table cross to the host.
+    """
+    import torch
+
+    with torch.inference_mode():
+        inside = torch.from_numpy(mask).to(next(iter(per_direction.values())).device)
+        per_table = []
+        for v, table in enumerate(weights.tables):
+            scaled = _mean_and_sd([per_direction[d][v] for d in weights.directions])
+            for tensor in scaled:
+                tensor.mul_(float(level_scale(table.sigma_max, weights.tau))).mul_(inside)
+            per_table.append([tensor.cpu().numpy() for tensor in scaled])
+    return per_table
+
+
 def inside_out_score(sigma: np.ndarray, mask: np.ndarray, sigma_max: float, spacing_mm: float) -> dict:
     """Check that the CSF-like conductivity lies around the brain, as in a head, not inside it.
 
@@ -468,16 +487,16 @@ def predict_conductivity(
 
     tick = time.perf_counter()
     mask = pair.mask
-    # Eq. 2 then Eq. 3, where the levels are (on a GPU only the results cross to the host): both linear, so the
-    # mean and sd of the levels are scaled to S/m afterwards.
-    with torch.inference_mode():
-        inside_model = torch.from_numpy(mask).to(state["device"])
-        per_table = []
-        for v, table in enumerate(weights.tables):
-            scaled = _mean_and_sd([per_direction[d][v] for d in weights.directions])
-            for tensor in scaled:
-                tensor.mul_(float(level_scale(table.sigma_max, weights.tau))).mul_(inside_model)
-            per_table.append([tensor.cpu().numpy() for tensor in scaled])
+    try:
+        per_table = _conductivity_and_spread(per_direction, weights, mask)
+    except RuntimeError as err:
+        if not is_out_of_memory(err) or state["device"] == "cpu":
+            raise
+        message = "out of memory on the GPU averaging the directions: averaging on the CPU"
+        logger.warning(message)
+        state["notes"].append(message)
+        per_direction = {direction: levels.cpu() for direction, levels in per_direction.items()}
+        per_table = _conductivity_and_spread(per_direction, weights, mask)
     del per_direction
     mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
     inside = mask_ref.array > 0

@@ -301,6 +301,34 @@ def test_volumes_that_do_not_fit_on_the_gpu_go_to_the_cpu():
     assert state["notes"] == ["out of memory on the GPU for the volumes: continuing on the CPU (slower)"]
 
 
+def test_out_of_memory_averaging_the_directions_on_the_gpu_averages_on_the_cpu(phantom, weights, monkeypatch):
+    import CondNetLogic.inference as inference
+
+    expected = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32")
+    real_levels, real_combine = inference._levels_on_device, inference._conductivity_and_spread
+    calls = []
+
+    def levels_on_a_gpu(*args, state, **kwargs):
+        levels = real_levels(*args, state=state, **kwargs)
+        state["device"] = "cuda:0"  # as if the networks had run there
+        return levels
+
+    def combine(per_direction, *args):
+        calls.append(next(iter(per_direction.values())).device.type)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return real_combine(per_direction, *args)
+
+    monkeypatch.setattr(inference, "_levels_on_device", levels_on_a_gpu)
+    monkeypatch.setattr(inference, "_conductivity_and_spread", combine)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    result = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32")
+    assert len(calls) == 2
+    assert result.info["fallbacks"] == ["out of memory on the GPU averaging the directions: averaging on the CPU"]
+    np.testing.assert_array_equal(result.conductivity["A"].array, expected.conductivity["A"].array)
+    np.testing.assert_array_equal(result.uncertainty["A"].array, expected.uncertainty["A"].array)
+
+
 def test_is_out_of_memory_recognises_torch_and_numpy_errors():
     from CondNetLogic.errors import is_out_of_memory
 
