@@ -9,6 +9,8 @@ script that prints the numbers with the device and versions::
     python benchmarks/bench_inference.py --threads 1     # torch intra-op threads (1 is faster on a busy CPU)
     python benchmarks/bench_inference.py --devices cuda --train-step --json out.json --markdown rows.md
     python benchmarks/bench_inference.py --precisions float32   # only the float32 networks (default: auto, float32)
+    python benchmarks/bench_inference.py --variants      # networks and training step: layout, precision, batch, ...
+    python benchmarks/bench_inference.py --profile       # torch.profiler's table of the networks' operators
 
 Random weights are used: the speed does not depend on the values.  The pair is the synthetic head
 phantom, so the slices holding head voxels (the ones inference runs) are realistic in number.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 3 and 4 in one run: the CUDA tests, the CondNet and the solver benchmarks.
 #
-# Sized for a lent device session: about 4-5 minutes on an H100 once the machine has started, never more than
-# GPU_CHECK_BUDGET_S (default 450 s) for the three steps: each runs under `timeout` (the tests at most 150 s, the CondNet
-# benchmark 180 s, the solver benchmark what is left), so a hung or slow step (torch.compile, say)
+# Sized for a lent device session: 3.5-4 minutes on an H100 once the machine has started (205 and 234 s on
+# 2026-11-27), never more than GPU_CHECK_BUDGET_S (default 450 s) for the three steps: each runs under `timeout`
+# (the tests at most 150 s, the CondNet benchmark 180 s, the solver benchmark what is left), so a hung or slow
+# step (torch.compile, say)
 # cannot take the others' time.  Through the device tool: command "bash benchmarks/gpu_check.sh", timeout_s
 # 540 (the budget, plus the CUDA check, nvidia-smi and the version listing before it).  The device
 # machine's python3 holds torch, numba, scipy, safetensors, matplotlib, tqdm and pytest; these steps need
