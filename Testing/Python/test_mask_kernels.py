@@ -206,14 +206,18 @@ def holey_mask(rng, shape) -> np.ndarray:
 MASK_SHAPES = [(14, 15, 16), (20, 9, 13), (9, 21, 10), (12, 12, 12), (11, 13, 9)]
 
 
-@pytest.mark.usefixtures("threads")
-def test_largest_component_equals_scipy():
-    rng = np.random.default_rng(3)
-    for trial in range(40):
+def nonempty_random_masks(rng: np.random.Generator, trials: int):
+    """``(trial, mask)`` for the non-empty ``random_mask`` of each trial: the fixed shapes and random ones in turn."""
+    for trial in range(trials):
         shape = MASK_SHAPES[trial % len(MASK_SHAPES)] if trial % 2 else tuple(rng.integers(1, 25, size=3))
         mask = random_mask(rng, shape)
-        if not mask.any():
-            continue
+        if mask.any():
+            yield trial, mask
+
+
+@pytest.mark.usefixtures("threads")
+def test_largest_component_equals_scipy():
+    for _, mask in nonempty_random_masks(np.random.default_rng(3), 40):
         assert_identical(_resample.largest_component(mask), reference_largest_component(mask))
 
 
@@ -265,11 +269,7 @@ def reference_mask_ras_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple:
 @pytest.mark.usefixtures("threads")
 def test_mask_ras_bounds_equal_the_surface_extremes():
     rng = np.random.default_rng(6)
-    for trial in range(30):
-        shape = MASK_SHAPES[trial % len(MASK_SHAPES)] if trial % 2 else tuple(rng.integers(1, 25, size=3))
-        mask = random_mask(rng, shape)
-        if not mask.any():
-            continue
+    for trial, mask in nonempty_random_masks(rng, 30):
         rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
         affine = np.eye(4)
         affine[:3, :3] = rotation * rng.uniform(0.5, 2.0, size=3)
