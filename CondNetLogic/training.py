@@ -360,6 +360,7 @@ class GraphedTrainStep:
         self.model, self.optimiser, self.loss, self.autocast = model, optimiser, loss, autocast
         self.graphs: Optional[dict] = {}  # (x shape, y shape) -> (graph, x, y, loss); None: eager from now on
         self._pool = None
+        self._no_scaling = torch.amp.GradScaler("cuda", enabled=False)  # for the eager steps after a failed capture
 
     def _forward_backward(self, x, y):
         import torch
@@ -403,11 +404,9 @@ class GraphedTrainStep:
         FloatingPointError
             If the loss is NaN or infinite (nothing is updated then).
         """
-        import torch
 
         if self.graphs is None:
-            return train_step(self.model, self.optimiser, torch.amp.GradScaler("cuda", enabled=False), x, y,
-                              self.loss, self.autocast)
+            return train_step(self.model, self.optimiser, self._no_scaling, x, y, self.loss, self.autocast)
         key = (tuple(x.shape), tuple(y.shape))
         if key not in self.graphs:
             try:
