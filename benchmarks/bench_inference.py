@@ -97,6 +97,15 @@ class InferenceSuite:
         return predict_conductivity(self.phantom.t1, self.phantom.t2, weights=self.weights, device=device,
                                     precision=precision)
 
+    def network_inputs(self, size: int) -> tuple:
+        """The phantom's prepared network inputs ``(U, S, S, S)`` and head mask, computed once."""
+        from CondNetLogic.preprocessing import prepare_pair
+
+        if getattr(self, "_inputs", None) is None:
+            pair = prepare_pair(self.phantom.t1, self.phantom.t2, size=size)
+            self._inputs = (np.stack([pair.t1, pair.t2]).astype(np.float32), pair.mask)
+        return self._inputs
+
     def time_predict(self, size_depth, device, precision):
         self.predict(device, precision)
 
@@ -385,12 +394,10 @@ def _variant_study(args, suite, device: str, size: int, depth: int, results: dic
     """Time the networks alone (``predict_levels`` on one prepared pair) and the training step under layout,
     precision, batch and optimiser variants, to choose the defaults; printed as a table, kept in the JSON."""
     from CondNetLogic import inference
-    from CondNetLogic.preprocessing import prepare_pair
 
     dev = torch.device(device)
     networks, steps = _variants(dev)
-    pair = prepare_pair(suite.phantom.t1, suite.phantom.t2, size=size)
-    inputs = np.stack([pair.t1, pair.t2]).astype(np.float32)
+    inputs, mask = suite.network_inputs(size)
     study = results.setdefault("variants", [])
     lines = [f"variants on {device} ({size}^3 pair, depth {depth}; networks: 3 directions, median of 3 after one "
              f"call; training: 256 x 256, batch 4, median of {args.steps} steps after two)"]
@@ -414,7 +421,7 @@ def _variant_study(args, suite, device: str, size: int, depth: int, results: dic
                 if kind == "networks":
                     with mock.patch.object(inference, "network_memory_format", return_value=options["memory_format"]), \
                             mock.patch.object(inference, "autocast_dtype", return_value=options["autocast"]):
-                        run = functools.partial(inference.predict_levels, suite.weights, inputs, pair.mask,
+                        run = functools.partial(inference.predict_levels, suite.weights, inputs, mask,
                                                 device=dev, batch_size=options["batch"])
                         seconds = timed(run, repeat=3)
                 else:
@@ -441,15 +448,13 @@ def _profile(suite, device: str, size: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from CondNetLogic.inference import predict_levels
-    from CondNetLogic.preprocessing import prepare_pair
 
-    pair = prepare_pair(suite.phantom.t1, suite.phantom.t2, size=size)
-    inputs = np.stack([pair.t1, pair.t2]).astype(np.float32)
-    predict_levels(suite.weights, inputs, pair.mask, device=device)
+    inputs, mask = suite.network_inputs(size)
+    predict_levels(suite.weights, inputs, mask, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     started = time.perf_counter()
     with profile(activities=activities) as prof:
-        predict_levels(suite.weights, inputs, pair.mask, device=device)
+        predict_levels(suite.weights, inputs, mask, device=device)
     print(f"profile of predict_levels on {device} ({time.perf_counter() - started:.3f} s under the profiler):")
     print(prof.key_averages().table(sort_by="cuda_time_total" if device == "cuda" else "cpu_time_total",
                                     row_limit=14, max_name_column_width=48), flush=True)
