@@ -317,8 +317,6 @@ class EFieldSimulation:
         Cancelled
             When ``cancel()`` returns true.
         """
-        from .solver import electric_field
-
         if not isinstance(coil, Coil):
             raise TypeError(f"coil must be a Coil; got {type(coil).__name__}")
         pose = check_coil_to_ras(coil_to_ras)
@@ -358,15 +356,13 @@ class EFieldSimulation:
             report(0.3 + 0.65 * fraction, f"solving: iteration {iteration}, residual {relative_residual:.2e}")
 
         report(0.3, "solving the potential")
-        faces = tuple(face.astype(self.solver.dtype, copy=False) for face in faces)
         psi, solve_info = self.solver.solve(
             faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel
         )
-        field_axes = electric_field(psi, self._sigma, faces, self.spacing_m)
-        field_ras = np.asarray(field_axes, dtype=np.float64) @ self.conductivity.direction.T
         e_full = np.zeros(self.conductivity.shape + (3,), dtype=np.float32)
-        e_full[self._crop] = field_ras
-        magnitude = np.linalg.norm(e_full, axis=-1).astype(np.float32)
+        magnitude = np.zeros(self.conductivity.shape, dtype=np.float32)
+        self.solver.electric_field(psi, faces, rotation=self.conductivity.direction, out=e_full[self._crop],
+                                   magnitude=magnitude[self._crop])
         total = time.perf_counter() - start
         info = {
             "iterations": int(solve_info["iterations"]),

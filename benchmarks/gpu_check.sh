@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3 and 4 in one run: the CUDA tests, the CondNet and the solver benchmarks.
+# The GPU checks of issues 3 and 4 in one run: the CUDA tests, the CondNet, coil-move and solver benchmarks.
 #
 # Sized for a lent device session: 3.5-4 minutes on an H100 once the machine has started (205 and 234 s on
-# 2026-11-27), never more than GPU_CHECK_BUDGET_S (default 450 s) for the three steps: each runs under `timeout`
-# (the tests at most 150 s, the CondNet benchmark 180 s, the solver benchmark what is left), so a hung or slow
-# step (torch.compile, say)
-# cannot take the others' time.  Through the device tool: command "bash benchmarks/gpu_check.sh", timeout_s
-# 540 (the budget, plus the CUDA check, nvidia-smi and the version listing before it).  The device
+# 2026-11-27, before the coil-move step was added; it is estimated at about 30 s), never more than
+# GPU_CHECK_BUDGET_S (default 450 s) for the four steps: each runs under `timeout` (the tests at most 150 s, the
+# CondNet benchmark 180 s, the coil move 120 s, the solver benchmark what is left), so a hung or slow step
+# (torch.compile, say) cannot take the others' time.  Through the device tool: command
+# "bash benchmarks/gpu_check.sh", timeout_s 540 (the budget, plus the CUDA check, nvidia-smi and the version
+# listing before it).  The device
 # machine's python3 holds torch, numba, scipy, safetensors, matplotlib, tqdm and pytest; these steps need
 # neither SimpleITK nor pyamg, which it lacks (the one test that writes NIfTI files skips itself there).
 #
 # On the device machine:  bash benchmarks/gpu_check.sh   (logs in $OUT, else ./gpu_check_out).
 # Anywhere else with CUDA and the package's requirements installed, the same command.
 #
-# Files (six, all written as the run goes, so a run cut short still returns what it measured):
+# Files (seven, all written as the run goes, so a run cut short still returns what it measured):
 #   summary.md           machine, GPU, versions, each step's outcome and time, and the rows for
 #                        benchmarks/RESULTS.md from both benchmarks (printed again at the end of the output)
 #   nvidia-smi.txt       nvidia-smi as found
 #   pytest_gpu.log       the tests marked gpu
 #   bench_inference.log, bench_inference.json   CondNet inference (first call and median of 3), training steps,
 #                        and the --variants study (layout, precision, batch, CUDA graph, fused Adam)
+#   bench_coil_move.log  one coil move end to end (primary field, potential on the GPU, E-field), per stage
 #   bench_solver.log     the SPFD solver at 256^3 then 128^3, numba (CPU) and torch (CUDA, eager, then compiled:
 #                        the first torch.compile comes after the 256^3 eager rows are written)
 # Exit status 1 if a step failed or ran out of time.
@@ -111,6 +113,10 @@ step "bench_inference.py" 180 bench_inference.log \
     "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants --profile \
     --json "$out/bench_inference.json" --markdown "$summary"
 grep -E '^ *(networks|training step) \| ' "$out/bench_inference.log" | sed 's/^/    /' >> "$summary"
+step "bench_coil_move.py" 120 bench_coil_move.log \
+    "$python" benchmarks/bench_coil_move.py --device cuda
+grep -E '"(device|iterations|total_s|primary_field_s|solve_s|field_and_rest_s|ours_s|numpy_reference_s)"' \
+    "$out/bench_coil_move.log" | head -n 9 | sed 's/^ */    /' >> "$summary"
 step "bench_solver.py" 600 bench_solver.log \
     "$python" benchmarks/bench_solver.py --sizes 256 128 --skip scipy-cg pyamg --markdown "$summary"
 

@@ -39,6 +39,7 @@ __all__ = [
     "restrict_sum",
     "row_bounds",
     "subtract_means",
+    "voxel_field",
 ]
 
 
@@ -305,6 +306,57 @@ def divergence(w, ax, ay, az, lo0, lo1, lo2, scale, out):  # pragma: no cover - 
                 if w[2, i, j, k - 1] > 0:
                     total -= np.float64(w[2, i, j, k - 1]) * np.float64(az[fi, fj, fk - 1])
                 out[i, j, k] = scale * total
+
+
+@njit(cache=True, inline="always")
+def _axis_field(psi, w, a, d, i, j, k, ci, cj, ck, spacing):  # pragma: no cover - compiled
+    """Component ``d`` of E at input voxel ``(i, j, k)`` (working cell ``(ci, cj, ck)``), see ``voxel_field``.
+
+    A face's neighbour is read only where the face conducts, so a voxel on the input's border never reads
+    outside it."""
+    oi = 1 if d == 0 else 0
+    oj = 1 if d == 1 else 0
+    ok = 1 if d == 2 else 0
+    p = np.float64(psi[i, j, k])
+    total = 0.0
+    count = 0
+    if w[d, ci, cj, ck] > 0:
+        total += -(np.float64(psi[i + oi, j + oj, k + ok]) - p) / spacing - np.float64(a[i, j, k])
+        count += 1
+    if w[d, ci - oi, cj - oj, ck - ok] > 0:
+        total += -(p - np.float64(psi[i - oi, j - oj, k - ok])) / spacing - np.float64(a[i - oi, j - oj, k - ok])
+        count += 1
+    return total / count if count > 0 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def voxel_field(psi, w, ax, ay, az, lo0, lo1, lo2, spacing, rotation, out, magnitude):  # pragma: no cover
+    """``E = -grad psi - dA/dt`` per voxel, rotated, and ``|E|`` (every cell of ``out`` and ``magnitude`` written).
+
+    ``psi``, the face arrays and the outputs are on the input grid; input voxel ``v`` is working cell
+    ``v - lo``, whose faces ``w`` mark which faces conduct.  Along each axis the component is the mean of
+    ``-(psi_q - psi_p) / spacing - a_f`` over the conductive faces of the voxel (the ``+d`` face added first,
+    as in :func:`CondNetLogic.solver.spfd.electric_field`), 0 with none; ``out[v] = rotation @ e``.
+    Computes in float64, stores in the dtypes of ``out`` and ``magnitude``.
+    """
+    n0, n1, n2 = magnitude.shape
+    m0, m1, m2 = w.shape[1], w.shape[2], w.shape[3]
+    for i in prange(n0):
+        ci = i - lo0
+        for j in range(n1):
+            cj = j - lo1
+            for k in range(n2):
+                ck = k - lo2
+                e0 = 0.0
+                e1 = 0.0
+                e2 = 0.0
+                if 1 <= ci < m0 - 1 and 1 <= cj < m1 - 1 and 1 <= ck < m2 - 1:
+                    e0 = _axis_field(psi, w, ax, 0, i, j, k, ci, cj, ck, spacing)
+                    e1 = _axis_field(psi, w, ay, 1, i, j, k, ci, cj, ck, spacing)
+                    e2 = _axis_field(psi, w, az, 2, i, j, k, ci, cj, ck, spacing)
+                for row in range(3):
+                    out[i, j, k, row] = rotation[row, 0] * e0 + rotation[row, 1] * e1 + rotation[row, 2] * e2
+                magnitude[i, j, k] = np.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
 
 
 @njit(cache=True)

@@ -241,7 +241,7 @@ def coarsen_faces(wf: np.ndarray, coarse_scale: float) -> np.ndarray:
     return wc
 
 
-def divergence(w: np.ndarray, faces: tuple, lo, scale: float) -> np.ndarray:
+def divergence(w: np.ndarray, faces: tuple, lo, scale: float, out: np.ndarray | None = None) -> np.ndarray:
     """Right-hand side ``scale * sum_f s_f w_f a_f`` on a working grid (array of the dtype of ``w``).
 
     Parameters
@@ -255,6 +255,8 @@ def divergence(w: np.ndarray, faces: tuple, lo, scale: float) -> np.ndarray:
         Working cell ``p`` is input voxel ``p + lo``.
     scale : float
         Factor (the voxel size in metres for the solver's scaling).
+    out : ndarray (n0, n1, n2), optional
+        Filled and returned (a buffer reused between solves); C-contiguous, of the dtype of ``w``.
     """
     _check(w=w)
     if w.ndim != 4 or w.shape[0] != 3:
@@ -273,7 +275,16 @@ def divergence(w: np.ndarray, faces: tuple, lo, scale: float) -> np.ndarray:
     for axis in range(3):
         if lo[axis] + 1 < 0 or lo[axis] + w.shape[1 + axis] - 1 > shape[axis]:
             raise ValueError(f"working grid {w.shape[1:]} at offset {lo} does not wrap the input {shape}")
-    out = np.zeros(w.shape[1:], dtype=w.dtype)
+    if out is None:
+        out = np.zeros(w.shape[1:], dtype=w.dtype)
+    else:
+        _check(out=out)
+        if out.shape != w.shape[1:] or out.dtype != w.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {w.dtype} array of shape {w.shape[1:]}; "
+                             f"got {out.dtype} {out.shape}")
+        for axis in range(3):  # the kernel writes the interior only
+            out[tuple(0 if d == axis else slice(None) for d in range(3))] = 0
+            out[tuple(-1 if d == axis else slice(None) for d in range(3))] = 0
     _kernels().divergence(w, arrays[0], arrays[1], arrays[2], np.int64(lo[0]), np.int64(lo[1]), np.int64(lo[2]),
                           float(scale), out)
     return out
@@ -515,6 +526,27 @@ class NumbaBackend:
     def cg_direction(self, p, z, beta):
         self._on(0)
         _kernels().cg_direction(p, z, self.dtype.type(beta))
+
+    @staticmethod
+    def host_mirror(array):
+        """The host array behind ``array``: the array itself (see ``TorchBackend.host_mirror``)."""
+        return array
+
+    @staticmethod
+    def push(array):
+        """Nothing to copy: the work arrays live on the host."""
+
+    pull = push
+
+    @staticmethod
+    def component_labels(labels: np.ndarray, count: int) -> tuple:
+        """The argument of :meth:`project_components`."""
+        return labels, count
+
+    @staticmethod
+    def project_components(x, labels) -> None:
+        """Zero mean on each connected component, 0 on air (in place)."""
+        project_components(x, *labels)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -774,14 +806,17 @@ class PotentialSolver:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------------------
-    def rhs(self, dadt_faces) -> np.ndarray:
+    def rhs(self, dadt_faces, out: np.ndarray | None = None) -> np.ndarray:
         """Right-hand side on the working grid (solver dtype), consistent with the level-0 operator.
 
         ``h * sum_f s_f w_f a_f`` = ``h^2 b`` of :func:`~CondNetLogic.solver.spfd.assemble_rhs` (accumulated
-        in float64), projected to zero sum on each connected component (the system is singular).
+        in float64), projected to zero sum on each connected component (the system is singular).  ``out``
+        (C-contiguous, working shape, solver dtype) is filled and returned instead of a new array.
         """
-        faces = validate_dadt_faces(dadt_faces, self.shape)
-        b = divergence(self.operator.w, faces, self._lo, self.spacing_m)
+        return self._rhs(validate_dadt_faces(dadt_faces, self.shape), out)
+
+    def _rhs(self, faces: tuple, out: np.ndarray | None) -> np.ndarray:
+        b = divergence(self.operator.w, faces, self._lo, self.spacing_m, out=out)
         project_components(b, self._labels, self.components)
         return b
 
@@ -789,8 +824,9 @@ class PotentialSolver:
         backend, outer = self._backend, self._outer
         shape0 = self._work_shape
         self._work = {
+            "x": outer.zeros(shape0), "b": outer.zeros(shape0),
             "r": outer.zeros(shape0), "z": outer.zeros(shape0), "p": outer.zeros(shape0),
-            "q": outer.zeros(shape0),
+            "q": outer.zeros(shape0), "labels": outer.component_labels(self._labels, self.components),
             # (x, b, r) per level in the cycle dtype; level 0 takes x and b from the caller (``_precondition``).
             "levels": [(None, None, backend.zeros(shape0))]
             + [(backend.zeros(level.shape), backend.zeros(level.shape), backend.zeros(level.shape))
@@ -904,37 +940,28 @@ class PotentialSolver:
             raise ValueError(f"maxiter must be >= 1; got {maxiter}")
         history = residuals if residuals is not None else []
         first_entry = len(history)
-        b_host = self.rhs(dadt_faces)
-        x_host = np.zeros(self._work_shape, dtype=self.dtype)
+        faces = validate_dadt_faces(dadt_faces, self.shape)
+        x0_work = None
         if x0 is not None:
             if not isinstance(x0, np.ndarray) or x0.dtype != self.dtype:
                 raise TypeError(f"x0 must be a numpy array of the solver dtype {self.dtype}; "
                                 f"got {getattr(x0, 'dtype', type(x0).__name__)}")
             if x0.shape != self.shape:
                 raise ValueError(f"x0 must have shape {self.shape}; got {x0.shape}")
-            x_host = _embed(x0, self._lo, self._work_shape, self.dtype)
-            x_host[~self._conductive] = 0
-        b_norm = float(np.sqrt(dot(b_host, b_host)))
-        iterations = 0
-        relative = 0.0
-        if b_norm == 0.0:
-            history.append(0.0)
-            x_host.fill(0)
-        else:
-            arguments = (x_host, b_host, b_norm, tol, int(maxiter), callback, history, cancel)
-            try:
-                iterations, relative, x_host = self._solve_on_backend(*arguments)
-            except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
-                self._fall_back_if_out_of_memory(err, "running")
-                del history[first_entry:]
-                iterations, relative, x_host = self._solve_on_backend(*arguments)
-        project_components(x_host, self._labels, self.components)
-        true_relative = self._true_residual(x_host, b_host, b_norm)
+            x0_work = _embed(x0, self._lo, self._work_shape, self.dtype)
+            x0_work[~self._conductive] = 0
+        arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel)
+        try:
+            iterations, relative, true_relative, x_work = self._solve_on_backend(*arguments)
+        except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
+            self._fall_back_if_out_of_memory(err, "running")
+            del history[first_entry:]
+            iterations, relative, true_relative, x_work = self._solve_on_backend(*arguments)
         psi = np.zeros(self.shape, dtype=self.dtype)
         lo, shape = self._lo, self._work_shape
         dst = tuple(slice(max(0, lo[a]), min(self.shape[a], lo[a] + shape[a])) for a in range(3))
         src = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(dst))
-        psi[dst] = x_host[src]
+        psi[dst] = x_work[src]
         converged = relative <= tol
         if not converged:
             warnings.warn(f"SPFD solve did not converge: relative residual {relative:.3g} > tol {tol:g} after "
@@ -949,29 +976,93 @@ class PotentialSolver:
                     info["time_solve_s"], self.device)
         return psi, info
 
-    def _solve_on_backend(self, x_host, b_host, b_norm, tol, maxiter, callback, history, cancel) -> tuple:
-        """Copy to the backend, iterate, copy back: ``(iterations, relative residual, x on the host)``.
+    def electric_field(self, psi, dadt_faces, *, rotation=None, out=None, magnitude=None) -> tuple:
+        """The induced field ``E = -grad psi - dA/dt`` (paper Eq. 5) and ``|E|`` per voxel, in V/m.
 
-        ``x_host`` may be overwritten (numba works in place); ``b_host`` is not modified.
+        The same field as :func:`~CondNetLogic.solver.spfd.electric_field` (the float64 reference), in one
+        parallel pass that also rotates the components and takes the magnitude.
+
+        Parameters
+        ----------
+        psi : ndarray (I, J, K)
+            Potential in V on the solver's grid, as returned by :meth:`solve`.
+        dadt_faces : tuple of ndarray
+            The faces passed to :meth:`solve` (V/m).
+        rotation : array (3, 3), optional
+            Applied to the components along the voxel axes: ``E_out = rotation @ E_axes``.  Pass a volume's
+            ``direction`` (columns: the RAS directions of the voxel axes) for RAS components; default identity.
+        out : ndarray (I, J, K, 3), optional
+            Written in full (0 on air); float32 or float64, any strides (a view into a larger volume works).
+            Allocated as float32 when omitted.
+        magnitude : ndarray (I, J, K), optional
+            ``|E|``, likewise.
+
+        Returns
+        -------
+        (out, magnitude)
+
+        Raises
+        ------
+        TypeError, ValueError
+            For arrays of the wrong shape or dtype, a read-only output, or a bad rotation.
+        """
+        faces = validate_dadt_faces(dadt_faces, self.shape)
+        psi = np.asarray(psi)
+        if psi.dtype not in _FLOATS:
+            raise TypeError(f"psi must be float32 or float64 (V); got {psi.dtype}")
+        if psi.shape != self.shape:
+            raise ValueError(f"psi must have the solver's shape {self.shape}; got {psi.shape}")
+        rotation = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+        if rotation.shape != (3, 3) or not np.all(np.isfinite(rotation)):
+            raise ValueError(f"rotation must be a finite 3 x 3 matrix; got shape {rotation.shape}")
+        if out is None:
+            out = np.empty(self.shape + (3,), dtype=np.float32)
+        if magnitude is None:
+            magnitude = np.empty(self.shape, dtype=np.float32)
+        for name, array, shape in (("out", out, self.shape + (3,)), ("magnitude", magnitude, self.shape)):
+            if not isinstance(array, np.ndarray) or array.dtype not in _FLOATS or array.shape != shape:
+                raise ValueError(f"{name} must be a float32/float64 array of shape {shape}; got "
+                                 f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
+            if not array.flags.writeable:
+                raise ValueError(f"{name} is read-only")
+        faces = [face if face.dtype in _FLOATS else face.astype(np.float64) for face in faces]
+        lo = [np.int64(v) for v in self._lo]
+        _kernels().voxel_field(psi, self.operator.w, *faces, *lo, self.spacing_m, np.ascontiguousarray(rotation),
+                               out, magnitude)
+        return out, magnitude
+
+    def _solve_on_backend(self, faces, x0_work, tol, maxiter, callback, history, cancel) -> tuple:
+        """Right-hand side into the host mirror of the backend's ``b``, copy over, iterate, project and check the
+        residual there, copy the potential back.
+
+        Returns ``(iterations, relative residual, true relative residual, x)``: ``x`` is the host mirror of the
+        working potential (valid until the next solve).  On a GPU only ``b`` goes over and ``x`` comes back,
+        each through page-locked memory.
         """
         outer = self._outer
         if self._work is None:
             self._allocate()
-        x = outer.from_numpy(x_host)
-        iterations, relative = self._iterate(x, outer.from_numpy(b_host), b_norm, tol, maxiter, callback, history,
-                                             cancel)
-        return iterations, relative, np.ascontiguousarray(outer.to_numpy(x))
-
-    def _true_residual(self, x: np.ndarray, b: np.ndarray, b_norm: float) -> float:
-        """``||b - L x|| / ||b||`` recomputed on the host in the solver dtype.
-
-        ``b`` is overwritten by the residual (it is not needed afterwards).  In float32 the rounding of ``x``
-        itself limits this to about 1e-6 for head models.
-        """
+        x, b = self._work["x"], self._work["b"]
+        b_host = self._rhs(faces, outer.host_mirror(b))
+        b_norm = float(np.sqrt(dot(b_host, b_host)))
         if b_norm == 0.0:
-            return 0.0
-        level = self.operator
-        return float(np.sqrt(_kernels().residual(x, b, level.w, level.rows, b))) / b_norm
+            history.append(0.0)
+            x_host = outer.host_mirror(x)
+            x_host.fill(0)
+            return 0, 0.0, 0.0, x_host
+        outer.push(b)
+        if x0_work is None:
+            outer.fill_zero(x)
+        else:
+            outer.host_mirror(x)[...] = x0_work
+            outer.push(x)
+        iterations, relative = self._iterate(x, b, b_norm, tol, maxiter, callback, history, cancel)
+        outer.project_components(x, self._work["labels"])
+        # ||b - L psi|| / ||b|| recomputed in the solver dtype (in float32 the rounding of psi itself limits it
+        # to about 1e-6 for head models).
+        true_relative = float(np.sqrt(outer.residual(0, x, b, self._work["r"]))) / b_norm
+        outer.pull(x)
+        return iterations, relative, true_relative, outer.host_mirror(x)
 
     def _iterate(self, x, b, b_norm, tol, maxiter, callback, history, cancel) -> tuple:
         """Multigrid-preconditioned flexible CG (or stand-alone cycles) on ``x`` in place.

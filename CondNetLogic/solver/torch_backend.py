@@ -90,6 +90,8 @@ class TorchBackend:
         self.pinv = None if pinv is None else torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
         self._residual = torch.compile(_residual, dynamic=True) if compile else _residual
+        #: Host buffers of device tensors (:meth:`host_mirror`); None where the tensors live on the host.
+        self._mirrors: dict | None = {} if self.device.type == "cuda" else None
         #: Whether the solver replays its cycles from CUDA graphs (:meth:`capture`): on CUDA devices.
         self.graphs = self.device.type == "cuda"
 
@@ -110,6 +112,46 @@ class TorchBackend:
             logger.warning("CUDA graph capture of the multigrid cycle failed (%s): cycles run eagerly (slower)", err)
             return None
         return graph
+
+    def host_mirror(self, tensor) -> np.ndarray:
+        """The host array that :meth:`push` copies into ``tensor`` and :meth:`pull` fills from it.
+
+        On the CPU it is the tensor's own memory.  On CUDA it is a page-locked buffer kept for the tensor, so the
+        copies run at the bus's full speed (and ``push`` asynchronously); it is valid until the next ``pull``.
+        """
+        return tensor.numpy() if self._mirrors is None else self._mirror(tensor).numpy()
+
+    def _mirror(self, tensor):
+        mirror = self._mirrors.get(tensor.data_ptr())
+        if mirror is None or mirror.shape != tensor.shape or mirror.dtype != tensor.dtype:
+            mirror = torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=self.device.type == "cuda")
+            self._mirrors[tensor.data_ptr()] = mirror
+        return mirror
+
+    def push(self, tensor) -> None:
+        """``tensor = host_mirror(tensor)`` (queued on the current stream on CUDA)."""
+        if self._mirrors is not None:
+            tensor.copy_(self._mirror(tensor), non_blocking=True)
+
+    def pull(self, tensor) -> None:
+        """``host_mirror(tensor) = tensor`` (waits for the device)."""
+        if self._mirrors is not None:
+            self._mirror(tensor).copy_(tensor)
+
+    def component_labels(self, labels: np.ndarray, count: int) -> tuple:
+        """The argument of :meth:`project_components`: flat labels ``0 .. count`` on the device, and the number of
+        cells of each (at least 1)."""
+        flat = torch.as_tensor(np.ascontiguousarray(labels).reshape(-1), device=self.device).long()
+        return flat, torch.bincount(flat, minlength=count + 1).to(torch.float64).clamp_(min=1)
+
+    @staticmethod
+    def project_components(x, labels) -> None:
+        """Zero mean on each connected component (label >= 1), 0 on air (label 0); in place, sums in float64."""
+        flat_labels, sizes = labels
+        flat = x.view(-1)
+        means = (torch.bincount(flat_labels, weights=flat.to(torch.float64), minlength=sizes.numel()) / sizes)
+        flat.sub_(means.to(x.dtype)[flat_labels])
+        flat.masked_fill_(flat_labels == 0, 0)
 
     def zeros(self, shape):
         return torch.zeros(shape, device=self.device, dtype=self.torch_dtype)

@@ -114,6 +114,57 @@ def test_separate_islands_each_float():
     assert np.all(electric_field(psi, sigma, faces, H)[8, 0, 0] == 0)
 
 
+def random_rotation(seed=0):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize("psi_dtype", [np.float64, np.float32])
+def test_solver_electric_field_equals_reference(psi_dtype):
+    # conductive voxels on the grid's border: the working box reaches outside the input (offset -1)
+    sigma = random_sigma_with_holes((9, 11, 8), seed=3)
+    sigma[4, :, :] = 0.0  # an insulating plane: two islands, faces across it carry no current
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H, dtype=psi_dtype, max_coarse=20)
+    psi, _ = solver.solve(faces, tol=1e-6)
+    rotation = random_rotation()
+    reference = electric_field(psi.astype(np.float64), sigma, faces, H) @ rotation.T
+    big = np.full((11, 13, 10, 3), np.nan)
+    out = big[1:-1, 1:-1, 1:-1]  # a strided view, written in full
+    magnitude = np.full(sigma.shape, np.nan)
+    result, size = solver.electric_field(psi, faces, rotation=rotation, out=out, magnitude=magnitude)
+    assert result is out
+    assert size is magnitude
+    np.testing.assert_allclose(out, reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())
+    np.testing.assert_allclose(magnitude, np.linalg.norm(reference, axis=-1), rtol=1e-12)
+    assert np.all(np.isnan(big[0]))
+    assert np.all(out[sigma == 0] == 0)
+    field32, size32 = solver.electric_field(psi, faces)  # float32 along the voxel axes by default
+    assert field32.dtype == size32.dtype == np.float32
+    np.testing.assert_allclose(field32, reference @ rotation, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
+
+
+def test_solver_electric_field_rejects_bad_arrays():
+    sigma = shell_sigma(8)
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H)
+    psi = np.zeros(sigma.shape)
+    with pytest.raises(ValueError, match="shape"):
+        solver.electric_field(psi[:-1], faces)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        solver.electric_field(psi.astype(int), faces)
+    with pytest.raises(ValueError, match="3 x 3"):
+        solver.electric_field(psi, faces, rotation=np.eye(4))
+    with pytest.raises(ValueError, match="out must be"):
+        solver.electric_field(psi, faces, out=np.zeros(sigma.shape))
+    locked = np.zeros(sigma.shape, dtype=np.float32)
+    locked.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        solver.electric_field(psi, faces, magnitude=locked)
+    with pytest.raises(ValueError, match="dadt_faces"):
+        solver.electric_field(psi, faces[:2] + (faces[2][:, :, :-1],))
+
+
 def test_coarse_pseudo_inverse_is_moore_penrose():
     sigma = np.zeros((7, 6, 5))
     sigma[1:3, 1:5, 1:4] = 1.0
