@@ -2,6 +2,10 @@
 
 SimpleITK stores images in LPS with ``GetArrayFromImage`` giving ``(K, J, I[, C])``; this module is
 the one place where that is converted to the package convention (``(I, J, K[, C])`` and ``ijk_to_ras``).
+
+Where SimpleITK is not installed (a bare GPU machine, say), NIfTI files go through nibabel instead, read with the
+transform ITK would choose and written with the codes and transforms ITK writes, so both paths give the same
+volumes (tested against each other); the other formats then need SimpleITK.
 """
 from __future__ import annotations
 
@@ -68,14 +72,15 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
         If the file is missing, unreadable or truncated, is not 3D (a 4D time series, a 2D image), or is
         a vector image when ``allow_vector`` is false.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
-    _suffix(path)
+    suffix = _suffix(path)
     if not path.is_file():
         raise VolumeReadError(f"{path}: no such file")
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
+    sitk = _simpleitk()
+    if sitk is None:
+        return _read_nifti_nibabel(path, suffix, allow_vector)
     try:
         image = sitk.ReadImage(str(path))
         data = sitk.GetArrayFromImage(image)
@@ -103,6 +108,85 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
     ijk_to_lps[:3, :3] = direction * spacing[np.newaxis, :]
     ijk_to_lps[:3, 3] = image.GetOrigin()
     return Volume(array, LPS_TO_RAS @ ijk_to_lps)
+
+
+def _simpleitk():
+    """The SimpleITK module, or None when it is not installed."""
+    try:
+        import SimpleITK
+    except ImportError:
+        return None
+    return SimpleITK
+
+
+def _nibabel(path: Path, suffix: str):
+    """nibabel, for a NIfTI ``path`` when SimpleITK is missing; a clear ImportError otherwise."""
+    if suffix not in (".nii", ".nii.gz"):
+        raise ImportError(f"{path}: {suffix} files need SimpleITK (pip install SimpleITK); without it only NIfTI "
+                          "files are read and written (through nibabel)")
+    try:
+        import nibabel
+    except ImportError as err:
+        raise ImportError("reading and writing volumes needs SimpleITK (pip install SimpleITK) or, for NIfTI "
+                          "files only, nibabel") from err
+    return nibabel
+
+
+#: Off-diagonal tolerance of the normalised Gram matrix of a transform's columns for orthogonal voxel axes.
+_ORTHOGONAL_TOLERANCE = 1e-4
+
+
+def _read_nifti_nibabel(path: Path, suffix: str, allow_vector: bool) -> Volume:
+    """``read_volume`` through nibabel: the array as stored (scaled by ``scl_slope``/``scl_inter`` if set) and the
+    transform ITK takes (the sform where its code is 1 or the qform is unset, else the qform)."""
+    nib = _nibabel(path, suffix)
+    try:
+        image = nib.Nifti1Image.from_filename(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise VolumeReadError(f"{path}: cannot read the file (truncated or corrupt?): {err}") from err
+    header = image.header
+    vector = data.ndim == 5 and data.shape[3] == 1 and int(header["intent_code"]) == 1007  # NIFTI_INTENT_VECTOR
+    if vector:
+        data = data[:, :, :, 0, :]
+    while data.ndim > 3 and data.shape[-1] == 1 and not vector:
+        data = data[..., 0]
+    if data.ndim != 3 and not (vector and data.ndim == 4):
+        size = tuple(int(n) for n in data.shape)
+        raise VolumeReadError(
+            f"{path}: expected a 3D volume, got a {data.ndim}D image of size {size}"
+            + ("; split time series or multi-echo data into 3D files first" if data.ndim == 4 else ""))
+    if vector and data.shape[3] > 1 and not allow_vector:
+        raise VolumeReadError(f"{path}: expected a scalar volume, got {data.shape[3]} components per voxel")
+    if vector and data.shape[3] == 1:
+        data = data[..., 0]
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    affine = header.get_sform() if sform_code == 1 or qform_code <= 0 else header.get_qform()
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    if np.max(np.abs(columns.T @ columns - np.eye(3))) > _ORTHOGONAL_TOLERANCE:
+        raise VolumeReadError(
+            f"{path}: its voxel axes are not orthogonal (a sheared or skewed sform), which ITK cannot "
+            "represent; resample it onto an orthogonal grid first (e.g. with FSL flirt -applyxfm or "
+            "nibabel.processing.resample_from_to)")
+    return Volume(np.ascontiguousarray(data), np.asarray(affine, dtype=float))
+
+
+def _write_nifti_nibabel(array: np.ndarray, ijk_to_ras: np.ndarray, tmp: Path, path: Path, suffix: str,
+                         codes: Tuple[int, int]) -> None:
+    """Write a NIfTI-1 file through nibabel as ITK writes it: both transforms from the volume's geometry, units
+    mm and s, a vector volume as 5D with intent ``vector``, compressed for ``.nii.gz``."""
+    nib = _nibabel(path, suffix)
+    vector = array.ndim == 4
+    image = nib.Nifti1Image(array[:, :, :, np.newaxis, :] if vector else array, None)
+    image.set_qform(ijk_to_ras, code=int(codes[0]))
+    image.set_sform(ijk_to_ras, code=int(codes[1]))
+    image.header.set_xyzt_units("mm", "sec")
+    if vector:
+        image.header.set_intent("vector")
+    try:
+        nib.save(image, str(tmp))
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err}") from err
 
 
 #: NIfTI datatype codes of floating-point voxels (float32, float64) -> numpy type characters.
@@ -295,8 +379,6 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
         If the file cannot be written completely (disk full, no permission); nothing is left at ``path``
         then (single-file formats are written to a temporary file in the same folder and renamed).
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     suffix = _suffix(path)
     if path.exists() and not overwrite:
@@ -304,6 +386,15 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     array = volume.array
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    codes = _space_codes(Path(like)) if like is not None and suffix in (".nii", ".nii.gz") else None
+    sitk = _simpleitk()
+    if sitk is None:
+        _nibabel(path, suffix)  # a clear error before anything is written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replaced_through_temporary(path, suffix) as tmp:
+            _write_nifti_nibabel(array, volume.ijk_to_ras, tmp, path, suffix, codes or (1, 1))
+            _check_written(tmp, path)
+        return path
     is_vector = array.ndim == 4
     itk_array = np.ascontiguousarray(np.moveaxis(array, (0, 1, 2), (2, 1, 0)))
     image = sitk.GetImageFromArray(itk_array, isVector=is_vector)
@@ -316,18 +407,23 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     if suffix not in _SINGLE_FILE_SUFFIXES:
         sitk.WriteImage(image, str(path), useCompression=True)
         return path
-    codes = _space_codes(Path(like)) if like is not None and suffix in (".nii", ".nii.gz") else None
     with replaced_through_temporary(path, suffix) as tmp:
         if codes in (None, (1, 1)):
             _itk_write(image, tmp, path, compress=True)
         else:
             _write_nifti_with_codes(image, tmp, path, codes)
-        if suffix in (".nii", ".nii.gz"):  # ITK does not report a short write (e.g. a full disk)
-            try:
-                _check_nifti_complete(tmp, reading=False)
-            except VolumeReadError as err:
-                raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
+        if suffix in (".nii", ".nii.gz"):
+            _check_written(tmp, path)
     return path
+
+
+def _check_written(tmp: Path, path: Path) -> None:
+    """Raise ``OSError`` if the NIfTI file ``tmp`` (for ``path``) is short: ITK does not report a short write
+    (e.g. a full disk)."""
+    try:
+        _check_nifti_complete(tmp, reading=False)
+    except VolumeReadError as err:
+        raise OSError(f"cannot write {path} completely (disk full?): {err}") from err
 
 
 def _itk_write(image, tmp: Path, path: Path, *, compress: bool) -> None:

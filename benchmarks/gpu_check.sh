@@ -6,7 +6,8 @@
 # GPU_CHECK_BUDGET_S (default 450 s) for the four steps: each runs under `timeout` (the tests at most 150 s, the
 # CondNet benchmark 180 s, the coil move 120 s, the solver benchmark what is left), so a hung or slow step
 # (torch.compile, say) cannot take the others' time.  Through the device tool: command
-# "bash benchmarks/gpu_check.sh", timeout_s 540 (the budget, plus the CUDA check, nvidia-smi and the version
+# "bash benchmarks/gpu_check.sh", carry [".whl"] (made by scripts/device_payload.sh: the coil-move step reads a
+# coil file, which needs jsonschema), timeout_s 540 (the budget, plus the CUDA check, nvidia-smi and the version
 # listing before it).  The device
 # machine's python3 holds torch, numba, scipy, safetensors, matplotlib, tqdm and pytest; these steps need
 # neither SimpleITK nor pyamg, which it lacks (the one test that writes NIfTI files skips itself there).
@@ -32,6 +33,8 @@ python=${PYTHON:-python3}
 mkdir -p "$out"
 summary="$out/summary.md"
 : > "$summary"
+# jsonschema for the coil file (carry ".whl")
+source scripts/device_wheels.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-450}))
 
