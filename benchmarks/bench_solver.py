@@ -84,7 +84,7 @@ def _synchronize(device: str) -> None:
 
 
 def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compile=False, repeat=REPEAT,
-                backend="auto") -> dict:
+                backend="auto", cycle="auto") -> dict:
     import torch
 
     if compile:  # imported here, not inside the traced and timed setup (seconds, and its own memory)
@@ -97,6 +97,7 @@ def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compi
     tracemalloc.start()
     start = time.perf_counter()
     solver = PotentialSolver(sigma, spacing_m, dtype=dtype, cycle_dtype=cycle_dtype, device=device, compile=compile,
+                             cycle=cycle,
                              backend=backend)
     _synchronize(device)
     setup = time.perf_counter() - start
@@ -295,16 +296,19 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
     # The float64 system first: every row's true residual is computed as soon as its method has run.
     matrix, pinned_matrix, b, b_pinned, index, labels = _system(sigma, faces, spacing_m)
     b_norm = np.linalg.norm(b)
-    # (name, dtype of CG and solution, dtype of the multigrid cycles, device, torch.compile); the first is
-    # the default, the second the reference of 'diff'.
-    methods = [(OURS, np.float64, np.float32, "cpu", False, "numba"),
-               (REFERENCE, np.float64, np.float64, "cpu", False, "numba"),
-               ("condnet f32 numba", np.float32, np.float32, "cpu", False, "numba")]
+    # (name, dtype of CG and solution, dtype of the multigrid cycles, device, torch.compile, backend, cycle); the
+    # first is the default, the second the reference of 'diff'.
+    methods = [(OURS, np.float64, np.float32, "cpu", False, "numba", "auto"),
+               (REFERENCE, np.float64, np.float64, "cpu", False, "numba", "auto"),
+               ("condnet f32 numba", np.float32, np.float32, "cpu", False, "numba", "auto")]
     for device in torch_devices:
-        methods += [(f"condnet f64 torch {device}", np.float64, np.float32, device, False, "torch"),
-                    (f"condnet f32 torch {device}", np.float32, np.float32, device, False, "torch")]
+        methods += [(f"condnet f64 torch {device}", np.float64, np.float32, device, False, "torch", "auto"),
+                    (f"condnet f32 torch {device}", np.float32, np.float32, device, False, "torch", "auto")]
         if device.startswith("cuda"):
-            methods.append((f"condnet f64 torch {device} compiled", np.float64, np.float32, device, True, "torch"))
+            # W-cycles: fewer iterations than V; with the cycle replayed from a CUDA graph their extra coarse-level
+            # launches may no longer cost more than they save (V is the GPU default).
+            methods += [(f"condnet f64 torch {device} W-cycle", np.float64, np.float32, device, False, "torch", "W"),
+                        (f"condnet f64 torch {device} compiled", np.float64, np.float32, device, True, "torch", "auto")]
     methods = [m for m in methods if f"condnet-{m[3].split(':')[0]}" not in skip]
     results, rows = {}, []
     pending = []
@@ -333,9 +337,10 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
                 emit(row)
         pending.clear()
 
-    for name, dtype, cycle_dtype, device, compile, backend in methods:
+    for name, dtype, cycle_dtype, device, compile, backend, cycle in methods:
         try:
-            result = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile, backend=backend)
+            result = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile, backend=backend,
+                                 cycle=cycle)
         except Exception as err:  # noqa: BLE001 - a failed GPU variant (compiler missing, out of memory) is reported
             if device == "cpu" and backend == "numba":
                 raise

@@ -30,6 +30,7 @@ __all__ = [
     "cg_update",
     "coarsen_faces",
     "copy_spans",
+    "count_nonfinite",
     "dense_matvec",
     "dot",
     "dot_pair",
@@ -38,6 +39,7 @@ __all__ = [
     "residual",
     "restrict_sum",
     "row_bounds",
+    "shifted_copy",
     "subtract_means",
     "voxel_field",
 ]
@@ -359,19 +361,61 @@ def voxel_field(psi, w, ax, ay, az, lo0, lo1, lo2, spacing, rotation, out, magni
                 magnitude[i, j, k] = np.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
 
 
-@njit(cache=True)
-def component_sums(values, labels, count):  # pragma: no cover - compiled
-    """Sum (float64) of ``values`` and number of cells for each label ``0 .. count`` (label 0 is air)."""
-    sums = np.zeros(count + 1)
-    sizes = np.zeros(count + 1, dtype=np.int64)
+@njit(cache=True, parallel=True)
+def component_sums(values, labels, count, blocks):  # pragma: no cover - compiled
+    """Sum (float64) of ``values`` and number of cells for each label ``0 .. count`` (label 0 is air).
+
+    The planes are split into ``blocks`` (one per thread), each summed apart; the block sums are added at the
+    end."""
     n0, n1, n2 = values.shape
-    for i in range(n0):
+    blocks = max(1, min(n0, blocks))
+    sums = np.zeros((blocks, count + 1))
+    sizes = np.zeros((blocks, count + 1), dtype=np.int64)
+    for block in prange(blocks):
+        block_sums = np.zeros(count + 1)  # the thread's own memory: no cache line shared with another thread
+        block_sizes = np.zeros(count + 1, dtype=np.int64)
+        for i in range(block * n0 // blocks, (block + 1) * n0 // blocks):
+            for j in range(n1):
+                for k in range(n2):
+                    label = labels[i, j, k]
+                    block_sums[label] += values[i, j, k]
+                    block_sizes[label] += 1
+        sums[block] = block_sums
+        sizes[block] = block_sizes
+    return sums.sum(axis=0), sizes.sum(axis=0)
+
+
+@njit(cache=True, parallel=True)
+def count_nonfinite(values):  # pragma: no cover - compiled
+    """Number of NaN or infinite entries of a 3-D array."""
+    n0, n1, n2 = values.shape
+    count = 0
+    for i in prange(n0):
+        part = 0
         for j in range(n1):
             for k in range(n2):
-                label = labels[i, j, k]
-                sums[label] += values[i, j, k]
-                sizes[label] += 1
-    return sums, sizes
+                if not np.isfinite(values[i, j, k]):
+                    part += 1
+        count += part
+    return count
+
+
+@njit(cache=True, parallel=True)
+def shifted_copy(source, shift0, shift1, shift2, out):  # pragma: no cover - compiled
+    """``out[p] = source[p + shift]`` where that cell exists, else 0 (every cell of ``out`` written)."""
+    n0, n1, n2 = out.shape
+    m0, m1, m2 = source.shape
+    for i in prange(n0):
+        si = i + shift0
+        for j in range(n1):
+            sj = j + shift1
+            inside = 0 <= si < m0 and 0 <= sj < m1
+            for k in range(n2):
+                sk = k + shift2
+                if inside and 0 <= sk < m2:
+                    out[i, j, k] = source[si, sj, sk]
+                else:
+                    out[i, j, k] = 0
 
 
 @njit(cache=True, parallel=True)
