@@ -25,6 +25,8 @@
 #   bench_coil_move.log  one coil move end to end (primary field, potential on the GPU, E-field), per stage
 #   bench_solver.log     the SPFD solver at 256^3 then 128^3, numba (CPU) and torch (CUDA, eager, then compiled:
 #                        the first torch.compile comes after the 256^3 eager rows are written)
+# GPU_CHECK_STEPS picks steps (default "tests inference coil solver"); with "tests coil solver" and
+# GPU_CHECK_SOLVER_SIZES=256 the run leaves most of a lent session's 15 minutes to scripts/gpu_train.sh.
 # Exit status 1 if a step failed or ran out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -107,21 +109,32 @@ step() {
     echo "- $name: $outcome, $((SECONDS - started)) s" >> "$summary"
 }
 
-step "pytest -m gpu" 150 pytest_gpu.log \
-    "$python" -m pytest -q -m gpu -p no:cacheprovider -rfEs --continue-on-collection-errors \
-    Testing/Python/test_torch_solver.py \
-    Testing/Python/test_inference.py Testing/Python/test_training.py
-echo "  $(grep -E '(passed|failed|skipped|error)' "$out/pytest_gpu.log" | tail -n 1)" >> "$summary"
-step "bench_inference.py" 180 bench_inference.log \
-    "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants --profile \
-    --json "$out/bench_inference.json" --markdown "$summary"
-grep -E '^ *(networks|training step) \| ' "$out/bench_inference.log" | sed 's/^/    /' >> "$summary"
-step "bench_coil_move.py" 120 bench_coil_move.log \
-    "$python" benchmarks/bench_coil_move.py --device cuda
-grep -E '"(device|iterations|total_s|primary_field_s|solve_s|field_and_rest_s|ours_s|numpy_reference_s)"' \
-    "$out/bench_coil_move.log" | head -n 9 | sed 's/^ */    /' >> "$summary"
-step "bench_solver.py" 600 bench_solver.log \
-    "$python" benchmarks/bench_solver.py --sizes 256 128 --skip scipy-cg pyamg --markdown "$summary"
+steps=" ${GPU_CHECK_STEPS:-tests inference coil solver} "
+if [[ $steps == *" tests "* ]]; then
+    step "pytest -m gpu" 150 pytest_gpu.log \
+        "$python" -m pytest -q -m gpu -p no:cacheprovider -rfEs --continue-on-collection-errors \
+        Testing/Python/test_torch_solver.py \
+        Testing/Python/test_inference.py Testing/Python/test_training.py
+    echo "  $(grep -E '(passed|failed|skipped|error)' "$out/pytest_gpu.log" | tail -n 1)" >> "$summary"
+fi
+if [[ $steps == *" inference "* ]]; then
+    step "bench_inference.py" 180 bench_inference.log \
+        "$python" benchmarks/bench_inference.py --devices cuda --repeat 3 --train-step --variants --profile \
+        --json "$out/bench_inference.json" --markdown "$summary"
+    grep -E '^ *(networks|training step) \| ' "$out/bench_inference.log" | sed 's/^/    /' >> "$summary"
+fi
+if [[ $steps == *" coil "* ]]; then
+    step "bench_coil_move.py" 120 bench_coil_move.log \
+        "$python" benchmarks/bench_coil_move.py --device cuda
+    grep -E '"(device|iterations|total_s|primary_field_s|solve_s|field_and_rest_s|ours_s|numpy_reference_s)"' \
+        "$out/bench_coil_move.log" | head -n 9 | sed 's/^ */    /' >> "$summary"
+fi
+if [[ $steps == *" solver "* ]]; then
+    # shellcheck disable=SC2086 # the sizes are separate arguments
+    step "bench_solver.py" 600 bench_solver.log \
+        "$python" benchmarks/bench_solver.py --sizes ${GPU_CHECK_SOLVER_SIZES:-256 128} --skip scipy-cg pyamg \
+        --markdown "$summary"
+fi
 
 echo
 echo "==================== summary ($summary) ===================="
