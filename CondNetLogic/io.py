@@ -71,6 +71,8 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
     VolumeReadError
         If the file is missing, unreadable or truncated, is not 3D (a 4D time series, a 2D image), or is
         a vector image when ``allow_vector`` is false.
+    ImportError
+        Without SimpleITK, for a file that is not NIfTI (or without nibabel either).
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -177,7 +179,7 @@ def _write_nifti_nibabel(array: np.ndarray, ijk_to_ras: np.ndarray, tmp: Path, p
     mm and s, a vector volume as 5D with intent ``vector``, compressed for ``.nii.gz``."""
     nib = _nibabel(path, suffix)
     vector = array.ndim == 4
-    image = nib.Nifti1Image(array[:, :, :, np.newaxis, :] if vector else array, None)
+    image = nib.Nifti1Image(array[:, :, :, np.newaxis, :] if vector else array, None, dtype=array.dtype)
     image.set_qform(ijk_to_ras, code=int(codes[0]))
     image.set_sform(ijk_to_ras, code=int(codes[1]))
     image.header.set_xyzt_units("mm", "sec")
@@ -378,6 +380,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     OSError
         If the file cannot be written completely (disk full, no permission); nothing is left at ``path``
         then (single-file formats are written to a temporary file in the same folder and renamed).
+    ImportError
+        Without SimpleITK, for a format other than NIfTI (or without nibabel either); nothing is written.
     """
     path = Path(path)
     suffix = _suffix(path)

@@ -5,11 +5,12 @@
 # `bash scripts/device_payload.sh --maps` here, then through the device tool:
 #     command "bash scripts/gpu_train.sh", carry [".whl", ".device"], timeout_s 600.
 # The three directions train at once on the one GPU, each stopped after the epoch that would overrun MINUTES;
-# the whole script is sized to end within about 9.5 minutes (synthesis about 1, caching under 1, training
-# MINUTES plus one epoch, combining seconds) and every stage runs under `timeout`.  Not yet run on a GPU.
+# the script is sized for about 7.5 minutes (synthesis about 1, caching under 1, training MINUTES plus one
+# epoch, combining seconds), and each stage runs under `timeout` within BUDGET_S (570 s) in all, so a call with
+# timeout_s 600 always returns its files.  Not yet run on a GPU.
 #
-# Settings (environment): PAIRS pairs per map (2), SEED of the synthesis (10), EPOCHS (20; the cosine schedule
-# spans them), MINUTES per direction (6), LR (2e-4), INIT weights to start from (the shipped condnet-t1t2-A),
+# Settings (environment): PAIRS pairs per map (2), SEED of the synthesis (10), EPOCHS (12; the cosine schedule
+# spans them), MINUTES per direction (5), LR (2e-4), INIT weights to start from (the shipped condnet-t1t2-A),
 # MAPS (the label-map folder) and EXTRA (more `condnet train` options) for a small trial run on a CPU:
 #     MAPS=DIR PAIRS=1 EPOCHS=1 EXTRA="--slices-per-epoch 8 --val-slices 4" bash scripts/gpu_train.sh
 # Files in $OUT (else ./gpu_train_out): summary.md, build.log, train_<direction>.log, combine.log and
@@ -24,7 +25,10 @@ mkdir -p "$out"
 [[ -d $maps ]] || { echo "gpu_train: no $maps; run scripts/device_payload.sh --maps and carry .device" | tee "$summary"; exit 1; }
 source scripts/device_wheels.sh  # nibabel, jsonschema
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-pairs=${PAIRS:-2} seed=${SEED:-10} epochs=${EPOCHS:-20} minutes=${MINUTES:-6} lr=${LR:-2e-4}
+pairs=${PAIRS:-2} seed=${SEED:-10} epochs=${EPOCHS:-12} minutes=${MINUTES:-5} lr=${LR:-2e-4}
+deadline=$((SECONDS + ${BUDGET_S:-570}))
+# cap S: S seconds, or what is left of the budget (at least 1)
+cap() { local left=$((deadline - SECONDS)); ((left < $1)) && echo $((left > 1 ? left : 1)) || echo "$1"; }
 init=${INIT:-Resources/weights/condnet-t1t2-A-cpu.safetensors}
 work=$(mktemp -d)  # the training set, its cache and the run (under $TMPDIR when set)
 data=$work/trainset run=$work/run
@@ -39,7 +43,7 @@ options+=(${EXTRA:-})
 } | tee "$summary"
 
 started=$SECONDS
-timeout -k 10 240 "$python" -m CondNetLogic build-training-set --labels-dir "$maps" --out "$data" \
+timeout -k 10 "$(cap 240)" "$python" -m CondNetLogic build-training-set --labels-dir "$maps" --out "$data" \
     --pairs-per-map "$pairs" --seed "$seed" --deformation-mm 0 2.5 --workers 12 --no-preview --quiet \
     > "$out/build.log" 2>&1
 rc=$?
@@ -49,7 +53,7 @@ echo "- training set: exit $rc, $((SECONDS - started)) s ($(tail -n 1 "$out/buil
 started=$SECONDS
 pids=()
 for direction in axial sagittal coronal; do
-    timeout -k 10 $((minutes * 60 + 150)) "$python" -m CondNetLogic train "${options[@]}" --directions "$direction" \
+    timeout -k 10 "$(cap $((minutes * 60 + 120)))" "$python" -m CondNetLogic train "${options[@]}" --directions "$direction" \
         --max-minutes "$minutes" > "$out/train_$direction.log" 2>&1 &
     pids+=($!)
 done
@@ -64,7 +68,7 @@ done
 echo "- training: $((SECONDS - started)) s" | tee -a "$summary"
 ((status == 0)) || { echo "- a direction failed or ran out of time (see its log)" | tee -a "$summary"; exit 1; }
 
-timeout -k 10 120 "$python" -m CondNetLogic train "${options[@]}" --combine \
+timeout -k 10 "$(cap 120)" "$python" -m CondNetLogic train "${options[@]}" --combine \
     --weights "$out/condnet-t1t2-A-gpu.safetensors" > "$out/combine.log" 2>&1
 rc=$?
 echo "- combined: exit $rc ($(tail -n 1 "$out/combine.log"))" | tee -a "$summary"

@@ -38,6 +38,8 @@ VOLUMES = [
     pytest.param(dict(dtype=np.float32), id="float32"),
     pytest.param(dict(dtype=np.int16, flip=True), id="int16-left-handed"),
     pytest.param(dict(dtype=np.uint8), id="uint8"),
+    pytest.param(dict(dtype=np.int64), id="int64"),
+    pytest.param(dict(dtype=np.float64, flip=True), id="float64-left-handed"),
     pytest.param(dict(dtype=np.float32, components=3), id="vector"),
 ]
 
