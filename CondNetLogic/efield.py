@@ -171,6 +171,11 @@ class EFieldSimulation:
         it a needed grid is built in memory only.
     maxiter : int
         Maximum solver iterations.
+    warm_start : bool
+        Start each solve from the previous solve's potential (scaled by the ratio of the dI/dt values) instead
+        of zero; may be changed between solves.  For a coil moved 2-10 mm it saves 2-3 of 10 iterations
+        (256^3 head, ``benchmarks/RESULTS.md``); results then depend on the previous pose within the solver
+        tolerance, so it is off by default and on for interactive coil dragging.
     compile : bool
         Compile the GPU solver's multigrid kernels with ``torch.compile`` (CUDA only): a one-off compilation of
         about 10 s, then 256^3 solves whose CG loop takes 34 ms instead of 75 ms on an H100
@@ -210,6 +215,7 @@ class EFieldSimulation:
         grid: Optional[PrimaryFieldGrid] = None,
         grid_cache_dir: Optional[Union[str, os.PathLike]] = None,
         maxiter: int = 200,
+        warm_start: bool = False,
         compile: bool = False,
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
@@ -225,6 +231,8 @@ class EFieldSimulation:
         self.conductivity = conductivity
         self.tol = float(tol)
         self.maxiter = int(maxiter)
+        self.warm_start = bool(warm_start)
+        self._previous: Optional[tuple] = None  # (potential, dI/dt) of the last solve, for warm starts
         self.primary_field = primary_field
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
@@ -356,9 +364,14 @@ class EFieldSimulation:
             report(0.3 + 0.65 * fraction, f"solving: iteration {iteration}, residual {relative_residual:.2e}")
 
         report(0.3, "solving the potential")
+        x0 = None
+        if self.warm_start and self._previous is not None:
+            previous, previous_didt = self._previous
+            x0 = previous * (didt / previous_didt)
         psi, solve_info = self.solver.solve(
-            faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel
+            faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel, x0=x0
         )
+        self._previous = (psi, didt) if self.warm_start else None
         e_full = np.zeros(self.conductivity.shape + (3,), dtype=np.float32)
         magnitude = np.zeros(self.conductivity.shape, dtype=np.float32)
         self.solver.electric_field(psi, faces, rotation=self.conductivity.direction, out=e_full[self._crop],
@@ -377,6 +390,7 @@ class EFieldSimulation:
             "coil_sha256": coil.sha256,
             "coil_to_ras": pose.tolist(),
             "primary_field": mode,
+            "warm_start": bool(solve_info["warm_start"]),
             "timings": {
                 "setup": self.time_setup_s,
                 "primary_field": time_primary,

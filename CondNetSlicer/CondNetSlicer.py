@@ -563,6 +563,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     uniformTable=_pathText(p.customTablePath) if p.conductivitySet == "custom" else "",
                     # Interactive use: precompute the coil's field once, then each move costs only the solve.
                     primaryField="grid" if p.autoUpdate else "auto",
+                    warmStart=p.autoUpdate,  # dragging: start from the last potential
                     eVectorNode=p.eVectorVolume,
                     eMagnitudeNode=p.eMagnitudeVolume,
                     tableNode=p.statisticsTable,

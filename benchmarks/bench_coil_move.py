@@ -13,7 +13,9 @@ the norm (what ``EFieldSimulation`` did before), on the same potential::
 
 The coil grid is taken from (or built once into) :func:`~CondNetLogic.primary_field.default_cache_dir`; its build
 and the solver setup are reported but not part of a move.  The first move of a process (kernel compilation) is not
-timed.  Prints JSON: machine, versions, the fastest of ``--repeat`` moves with its stages, the reference's time and
+timed.  Also a drag: the coil moved 5 mm along its handle, solved from zero and from the previous potential
+(``EFieldSimulation(warm_start=True)``, as the Slicer panel does when it re-solves on each coil move).
+Prints JSON: machine, versions, the fastest of ``--repeat`` moves with its stages, the drag, the reference's time and
 the ratio reference / ours, and the largest difference between the two E-fields relative to the largest |E|.
 """
 from __future__ import annotations
@@ -91,6 +93,19 @@ def main() -> None:
         moves.append({"total_s": total, "primary_field_s": timings["primary_field"], "solve_s": timings["solve"],
                       "field_and_rest_s": total - timings["primary_field"] - timings["solve"]})
 
+    # A drag: the coil moved 5 mm, solved from zero and from the previous pose's potential (warm_start).
+    shifted = pose.copy()
+    shifted[:3, 3] += 5.0 * pose[:3, 1]  # along the handle
+    drag = {}
+    for warm in (False, True):
+        simulation.warm_start = warm
+        simulation.solve(coil, pose, coil.didt_max)
+        start = time.perf_counter()
+        moved = simulation.solve(coil, shifted, coil.didt_max)
+        drag["warm" if warm else "cold"] = {"total_s": time.perf_counter() - start,
+                                            "iterations": moved.info["iterations"]}
+    simulation.warm_start = False
+
     # The field step alone, ours against the numpy reference, on one potential.
     faces = dadt_faces(simulation._geometry, coil, pose, coil.didt_max, mask=simulation._mask, grid=grid)
     psi, _ = simulation.solver.solve(faces, tol=simulation.tol)
@@ -118,6 +133,7 @@ def main() -> None:
         "setup_s": setup_s,
         "coil_move_best_s": min(moves, key=lambda move: move["total_s"]),
         "coil_moves": moves,
+        "drag_5mm": drag,
         "field_step": {"ours_s": min(ours), "numpy_reference_s": min(reference),
                        "reference_over_ours": min(reference) / min(ours),
                        "max_difference_over_peak": float(np.abs(field - expected).max()) / peak,

@@ -910,7 +910,8 @@ class PotentialSolver:
         maxiter : int
             Maximum number of CG iterations (or cycles when ``accel=None``).
         x0 : ndarray (I, J, K), optional
-            Initial potential in V, of the solver dtype.
+            Initial potential in V, of the solver dtype.  Used only if its residual is below ``||b||``
+            (better than zero), else the solve starts from zero; ``info["warm_start"]`` tells which.
         callback : callable, optional
             ``callback(iteration, relative_residual)`` after each iteration (drive a progress bar).
         residuals : list, optional
@@ -926,7 +927,8 @@ class PotentialSolver:
             ``iterations``, ``residual`` (final relative residual of the iteration), ``true_residual``
             (recomputed from ``psi``), ``converged`` (``residual <= tol``), ``residuals`` (history), ``time_setup_s``,
             ``time_solve_s``, ``device``, ``backend``, ``levels``, ``components``, ``fallbacks`` (messages
-            for CUDA out-of-memory errors that moved the work to the CPU).
+            for CUDA out-of-memory errors that moved the work to the CPU), ``warm_start`` (whether ``x0`` was
+            used).
 
         Raises
         ------
@@ -959,11 +961,11 @@ class PotentialSolver:
             x0_work[~self._conductive] = 0
         arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel)
         try:
-            iterations, relative, true_relative, x_work = self._solve_on_backend(*arguments)
+            iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
             self._fall_back_if_out_of_memory(err, "running")
             del history[first_entry:]
-            iterations, relative, true_relative, x_work = self._solve_on_backend(*arguments)
+            iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         psi = _embed(x_work, -self._lo, self.shape, self.dtype)
         converged = relative <= tol
         if not converged:
@@ -974,6 +976,7 @@ class PotentialSolver:
             "converged": converged, "residuals": list(history), "time_setup_s": self.time_setup_s,
             "time_solve_s": time.perf_counter() - start, "device": self.device, "backend": self.backend_name,
             "levels": len(self.levels), "components": self.components, "fallbacks": list(self.fallbacks),
+            "warm_start": warm,
         }
         logger.info("SPFD solve: %d iterations, relative residual %.3g, %.3f s on %s", iterations, relative,
                     info["time_solve_s"], self.device)
@@ -1038,9 +1041,9 @@ class PotentialSolver:
         """Right-hand side into the host mirror of the backend's ``b``, copy over, iterate, project and check the
         residual there, copy the potential back.
 
-        Returns ``(iterations, relative residual, true relative residual, x)``: ``x`` is the host mirror of the
-        working potential (valid until the next solve).  On a GPU only ``b`` goes over and ``x`` comes back,
-        each through page-locked memory.
+        Returns ``(iterations, relative residual, true relative residual, x, warm)``: ``x`` is the host mirror of
+        the working potential (valid until the next solve), ``warm`` whether ``x0_work`` was kept.  On a GPU only
+        ``b`` (and ``x0_work``) go over and ``x`` comes back, each through page-locked memory.
         """
         outer = self._outer
         if self._work is None:
@@ -1052,20 +1055,22 @@ class PotentialSolver:
             history.append(0.0)
             x_host = outer.host_mirror(x)
             x_host.fill(0)
-            return 0, 0.0, 0.0, x_host
+            return 0, 0.0, 0.0, x_host, False
         outer.push(b)
-        if x0_work is None:
-            outer.fill_zero(x)
-        else:
+        warm = x0_work is not None
+        if warm:
             outer.host_mirror(x)[...] = x0_work
             outer.push(x)
+            warm = outer.residual(0, x, b, self._work["r"]) < b_norm**2  # a worse start than zero is dropped
+        if not warm:
+            outer.fill_zero(x)
         iterations, relative = self._iterate(x, b, b_norm, tol, maxiter, callback, history, cancel)
         outer.project_components(x, self._work["labels"])
         # ||b - L psi|| / ||b|| recomputed in the solver dtype (in float32 the rounding of psi itself limits it
         # to about 1e-6 for head models).
         true_relative = float(np.sqrt(outer.residual(0, x, b, self._work["r"]))) / b_norm
         outer.pull(x)
-        return iterations, relative, true_relative, outer.host_mirror(x)
+        return iterations, relative, true_relative, outer.host_mirror(x), warm
 
     def _iterate(self, x, b, b_norm, tol, maxiter, callback, history, cancel) -> tuple:
         """Multigrid-preconditioned flexible CG (or stand-alone cycles) on ``x`` in place.

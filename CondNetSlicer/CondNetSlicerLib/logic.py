@@ -742,6 +742,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         labelMapping: str = "samseg",
         uniformTable: str = "",
         primaryField: str = "auto",
+        warmStart: bool = False,
         eVectorNode=None,
         eMagnitudeNode=None,
         tableNode=None,
@@ -775,6 +776,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             How the coil's primary field is evaluated (:data:`CondNetLogic.efield.PRIMARY_FIELD_MODES`).
             ``grid`` costs one slow precomputation per coil, then makes every coil move fast: use it
             when the coil will be moved and solved many times.
+        warmStart : bool
+            Start the solve from the previous potential of this conductivity (fewer iterations after a small
+            coil move; the result then depends on the previous pose within the solver tolerance).
         eVectorNode, eMagnitudeNode, tableNode : optional
             CondNet-made nodes to update in place (for re-solving after a coil move).  A node made from
             another conductivity node (attribute ``CondNet.Conductivity``) is left as it is, and a new
@@ -805,7 +809,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         try:
             simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress,
                                              cancel=cancel)
-            simulation.primary_field = primaryField  # a per-solve choice; the built solver does not depend on it
+            # per-solve choices; the built solver does not depend on them
+            simulation.primary_field, simulation.warm_start = primaryField, bool(warmStart)
             self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
         except (RuntimeError, MemoryError) as err:

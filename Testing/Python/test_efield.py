@@ -111,6 +111,22 @@ def test_solver_is_reused_for_each_coil_position(coil):
     assert e2[0] > 0.9 * np.linalg.norm(e2)
 
 
+def test_warm_start_from_the_previous_coil_pose(coil):
+    cold = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, primary_field="direct")
+    warm = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, primary_field="direct", warm_start=True)
+    assert warm.solve(coil, _top_pose(), 1e8).info["warm_start"] is False  # nothing to start from yet
+    moved = _top_pose(center=(5.0, -3.0, 1.0))  # 3 mm aside, at twice the dI/dt: the start is scaled
+    reference = cold.solve(coil, moved, 2e8)
+    result = warm.solve(coil, moved, 2e8)
+    assert result.info["warm_start"] is True
+    assert reference.info["warm_start"] is False
+    assert result.info["iterations"] < reference.info["iterations"]
+    peak = np.abs(reference.e_vector.array).max()
+    np.testing.assert_allclose(result.e_vector.array, reference.e_vector.array, atol=1e-5 * peak)
+    warm.warm_start = False
+    assert warm.solve(coil, moved, 2e8).info["iterations"] == reference.info["iterations"]
+
+
 def test_grid_primary_field_agrees_with_direct(ras_result, coil):
     _, reference = ras_result
     grid = PrimaryFieldGrid(coil, spacing_mm=2.0, half_width_mm=40.0, depth_mm=70.0)

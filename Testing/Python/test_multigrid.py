@@ -224,7 +224,14 @@ def test_warm_start_and_zero_rhs():
     again, info = solver.solve(faces, tol=1e-8, x0=psi)
     assert info["iterations"] == 0
     assert info["converged"]
+    assert info["warm_start"]
     np.testing.assert_allclose(again, psi, atol=1e-12 * np.abs(psi).max())
+    cold = solver.solve(faces, tol=1e-8)[1]
+    worse = np.random.default_rng(0).normal(size=psi.shape) * 1e3 * np.abs(psi).max()  # worse than zero: dropped
+    restarted, info = solver.solve(faces, tol=1e-8, x0=worse)
+    assert not info["warm_start"]
+    assert info["iterations"] == cold["iterations"]
+    np.testing.assert_allclose(restarted, solver.solve(faces, tol=1e-8)[0], atol=1e-12 * np.abs(psi).max())
     zero, info = solver.solve(tuple(np.zeros_like(face) for face in faces))
     assert info["converged"]
     assert np.all(zero == 0)

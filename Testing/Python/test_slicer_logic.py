@@ -497,6 +497,11 @@ def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, he
     again = solve(first, old)
     assert all(again[key] is old[key] for key in ("eVector", "eMagnitude", "table"))
     assert mrml_scene.GetNumberOfNodes() == count
+    # Dragging the coil (the panel's "Re-solve on coil move"): each solve starts from the previous potential.
+    warm = [logic.computeEField(first, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, warmStart=True,
+                                eVectorNode=old["eVector"], eMagnitudeNode=old["eMagnitude"],
+                                tableNode=old["table"])["info"] for _ in range(2)]
+    assert (warm[0]["warm_start"], warm[1]["warm_start"], warm[1]["iterations"]) == (False, True, 0)
     # A CondNet node without the conductivity attribute (unknown origin) is not overwritten either.
     old["eMagnitude"].RemoveAttribute("CondNet.Conductivity")
     assert solve(first, {"eMagnitude": old["eMagnitude"]})["eMagnitude"] is not old["eMagnitude"]
