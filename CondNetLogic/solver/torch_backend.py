@@ -1,10 +1,10 @@
 """Torch implementation of the multigrid primitives (CUDA, or the CPU for tests).
 
 The same cycle and CG loop as the numba backend (:class:`CondNetLogic.solver.multigrid.PotentialSolver`) run
-on dense tensors: a red-black half-sweep updates the whole interior from shifted slices and keeps the
-new value only on that colour (``torch.where`` with a precomputed mask), restriction is a reshape-sum over
-2 x 2 x 2 blocks, prolongation a broadcast.  The arithmetic is that of the numba kernels, so both backends
-agree to the rounding of the working dtype.  ``compile=True`` wraps the per-level updates in
+on dense tensors: a red-black half-sweep computes the residual of the whole interior from shifted slices and
+adds it back scaled by ``omega / d`` on that colour (0 on the other), restriction is a reshape-sum over
+2 x 2 x 2 blocks, prolongation a broadcast.  The arithmetic is that of the numba kernels, rearranged, so both
+backends agree to the rounding of the working dtype.  ``compile=True`` wraps the per-level updates in
 ``torch.compile`` (fuses the slice arithmetic into one kernel on CUDA); it is off by default because
 compilation takes tens of seconds and needs a C++ toolchain on the CPU.
 """
@@ -23,25 +23,28 @@ _INTERIOR = (slice(1, -1),) * 3
 
 
 def _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp):
-    """``sum_f w_f x_q`` over the six neighbours of every interior cell."""
-    return (wxm * x[:-2, 1:-1, 1:-1] + wxp * x[2:, 1:-1, 1:-1] + wym * x[1:-1, :-2, 1:-1]
-            + wyp * x[1:-1, 2:, 1:-1] + wzm * x[1:-1, 1:-1, :-2] + wzp * x[1:-1, 1:-1, 2:])
+    """``sum_f w_f x_q`` over the six neighbours of every interior cell, as a new tensor accumulated in place
+    (six kernels in eager mode, where a sum of products launches eleven, each with its own temporary)."""
+    s = wxm * x[:-2, 1:-1, 1:-1]
+    s.addcmul_(wxp, x[2:, 1:-1, 1:-1]).addcmul_(wym, x[1:-1, :-2, 1:-1]).addcmul_(wyp, x[1:-1, 2:, 1:-1])
+    return s.addcmul_(wzm, x[1:-1, 1:-1, :-2]).addcmul_(wzp, x[1:-1, 1:-1, 2:])
 
 
-def _sor_update(x, b, wxm, wxp, wym, wyp, wzm, wzp, d_safe, mask, omega: float):
-    """Red-black SOR half-sweep: interior values of ``x`` after relaxing the cells in ``mask``."""
-    xi = x[_INTERIOR]
-    new = (1.0 - omega) * xi + omega * (b[_INTERIOR] + _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp)) / d_safe
-    return torch.where(mask, new, xi)
+def _interior_residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
+    """Interior of ``b - L x = b + sum_f w_f x_q - d x`` (a new tensor)."""
+    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).add_(b[_INTERIOR]).addcmul_(d, x[_INTERIOR], value=-1.0)
 
 
-def _residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
-    """Interior of ``b - L x``."""
-    return b[_INTERIOR] - (d * x[_INTERIOR] - _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp))
+def _sor_update(x, b, wxm, wxp, wym, wyp, wzm, wzp, d, coefficient) -> None:
+    """Red-black SOR half-sweep in place: ``x_p += c_p (b_p + sum_f w_f x_q - d_p x_p)`` with ``c = omega / d`` on
+    the cells of one colour and 0 elsewhere (``_TorchLevel.coefficient``), which is
+    ``(1 - omega) x_p + omega (b_p + sum_f w_f x_q) / d_p`` there.  Cells of that colour read only the other
+    colour, so updating after the whole residual is computed is the Gauss-Seidel order."""
+    x[_INTERIOR].addcmul_(coefficient, _interior_residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d))
 
 
 class _TorchLevel:
-    """Face conductances of one level as interior-aligned views plus the red/black masks."""
+    """Face conductances of one level as interior-aligned views plus the red/black relaxation coefficients."""
 
     def __init__(self, w: np.ndarray, device, dtype):
         w = torch.as_tensor(w, device=device, dtype=dtype)
@@ -49,13 +52,20 @@ class _TorchLevel:
         self.faces = (w[0, :-2, 1:-1, 1:-1], w[0, 1:-1, 1:-1, 1:-1], w[1, 1:-1, :-2, 1:-1],
                       w[1, 1:-1, 1:-1, 1:-1], w[2, 1:-1, 1:-1, :-2], w[2, 1:-1, 1:-1, 1:-1])
         self.d = sum(self.faces)
-        self.d_safe = torch.where(self.d > 0, self.d, torch.ones_like(self.d))
-        n0, n1, n2 = (n - 2 for n in self.shape)
-        parity = (torch.arange(1, n0 + 1, device=device).view(-1, 1, 1)
-                  + torch.arange(1, n1 + 1, device=device).view(1, -1, 1)
-                  + torch.arange(1, n2 + 1, device=device).view(1, 1, -1)) % 2
-        conductive = self.d > 0
-        self.masks = (conductive & (parity == 0), conductive & (parity == 1))
+        self._coefficients: dict = {}
+
+    def coefficient(self, color: int, omega: float):
+        """``omega / d`` on the conductive interior cells with ``(i + j + k) % 2 == color``, 0 elsewhere (kept)."""
+        key = (color, omega)
+        if key not in self._coefficients:
+            n0, n1, n2 = self.d.shape
+            device = self.d.device
+            parity = (torch.arange(1, n0 + 1, device=device).view(-1, 1, 1)
+                      + torch.arange(1, n1 + 1, device=device).view(1, -1, 1)
+                      + torch.arange(1, n2 + 1, device=device).view(1, 1, -1)) % 2
+            on = (self.d > 0) & (parity == color)
+            self._coefficients[key] = torch.where(on, omega / torch.where(on, self.d, 1.0), 0.0).to(self.d.dtype)
+        return self._coefficients[key]
 
 
 class TorchBackend:
@@ -89,7 +99,7 @@ class TorchBackend:
         self.cells = None if cells is None else torch.as_tensor(cells, device=self.device, dtype=torch.int64)
         self.pinv = None if pinv is None else torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
-        self._residual = torch.compile(_residual, dynamic=True) if compile else _residual
+        self._residual = torch.compile(_interior_residual, dynamic=True) if compile else _interior_residual
         #: Host buffers of device tensors (:meth:`host_mirror`); None where the tensors live on the host.
         self._mirrors: dict | None = {} if self.device.type == "cuda" else None
         #: Whether the solver replays its cycles from CUDA graphs (:meth:`capture`): on CUDA devices.
@@ -169,7 +179,7 @@ class TorchBackend:
 
     def sweep(self, level, x, b, omega, color):
         lv = self.levels[level]
-        x[_INTERIOR] = self._sor(x, b, *lv.faces, lv.d_safe, lv.masks[color], float(omega))
+        self._sor(x, b, *lv.faces, lv.d, lv.coefficient(int(color), float(omega)))
 
     def residual(self, level, x, b, r, norm: bool = True):
         """``r = b - A x`` on ``level``; returns ``|r|^2``, or None without ``norm`` (no device sync)."""
@@ -179,7 +189,7 @@ class TorchBackend:
 
     def apply(self, level, x, y):
         lv = self.levels[level]
-        y[_INTERIOR] = lv.d * x[_INTERIOR] - _neighbour_sum(x, *lv.faces)
+        y[_INTERIOR] = _neighbour_sum(x, *lv.faces).neg_().addcmul_(lv.d, x[_INTERIOR])
         return self.dot(x, y)
 
     @staticmethod
@@ -201,7 +211,7 @@ class TorchBackend:
 
     def coarse_solve(self, level, x, b):
         lv = self.levels[level]
-        r = _residual(x, b, *lv.faces, lv.d)
+        r = _interior_residual(x, b, *lv.faces, lv.d)
         full = torch.zeros_like(x)
         full[_INTERIOR] = r
         correction = self.pinv @ full.reshape(-1)[self.cells].to(torch.float64)
