@@ -126,8 +126,7 @@ fi
 if [[ $steps == *" coil "* ]]; then
     step "bench_coil_move.py" 120 bench_coil_move.log \
         "$python" benchmarks/bench_coil_move.py --device cuda
-    grep -E '"(device|iterations|total_s|primary_field_s|solve_s|field_and_rest_s|ours_s|numpy_reference_s)"' \
-        "$out/bench_coil_move.log" | head -n 9 | sed 's/^ */    /' >> "$summary"
+    grep -E '^coil move on ' "$out/bench_coil_move.log" | sed 's/^/    /' >> "$summary"
 fi
 if [[ $steps == *" solver "* ]]; then
     # shellcheck disable=SC2086 # the sizes are separate arguments
