@@ -23,6 +23,7 @@ COMMANDS = {
     "demo": ("CondNetLogic.commands.demo", "whole pipeline on the shipped sample head"),
     "efield": ("CondNetLogic.commands.efield", "TMS E-field for one coil position (vector, |E|, JSON sidecar)"),
     "resample": ("CondNetLogic.commands.resample", "a volume onto isotropic voxels (e.g. before efield)"),
+    "warmup": ("CondNetLogic.commands.warmup", "compile the E-field kernels now (once per installation)"),
 }
 
 

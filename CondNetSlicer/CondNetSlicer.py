@@ -180,6 +180,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._process = None
+        self._warmup = None
         self._busy = False
         self._cancelRequested = False
         self._observedMarkup = None
@@ -219,8 +220,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._process is not None:
-            self._process.cancel()
+        for process in (self._process, self._warmup):
+            if process is not None and process.isRunning():
+                process.cancel()
         self._observeCoilMarkup(None)
         self.removeObservers()
 
@@ -438,10 +440,25 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if tables[0] in result["uncertainty"]:
                     parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
                 self._log("Conductivity ready: " + ", ".join(n.GetName() for n in result["conductivity"].values()))
+                self._startWarmup()
         finally:
             # The folder holds copies of the patient's scans: do not leave them in the temporary folder.
             if process is not None:
                 shutil.rmtree(process.workDir, ignore_errors=True)
+
+    def _startWarmup(self) -> None:
+        """Once per session, compile the E-field kernels in the background while the user places the coil (on a new
+        installation the first E-field would otherwise wait about half a minute for them; later sessions load
+        them from numba's cache in about a second)."""
+        if self._warmup is not None:
+            return
+        try:
+            self._warmup = self.logic.startWarmupProcess(
+                logCallback=lambda line: self._log(f"E-field warm-up: {line}") if "ready" in line else None
+            )
+            self._warmup.startPolling()
+        except Exception as err:  # noqa: BLE001 - only a head start: never in the way of the results
+            self._log(f"E-field warm-up did not start ({err}); the first E-field compiles its kernels itself.")
 
     def onShowUncertaintyButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the uncertainty."), waitCursor=True):

@@ -270,6 +270,20 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             args += ["--register"]
         return pythonCommand(*args)
 
+    def warmupCommand(self) -> List[str]:
+        """The ``condnet warmup`` command line: compiles the E-field kernels into numba's on-disk cache, so that
+        the first E-field of a new installation does not wait about half a minute for them."""
+        from .process import pythonCommand
+
+        return pythonCommand("warmup")
+
+    def startWarmupProcess(self, *, logCallback=None, completedCallback=None):
+        """Start :meth:`warmupCommand` in the background; returns the started :class:`~.process.BackgroundProcess`."""
+        from .process import BackgroundProcess
+
+        return BackgroundProcess(self.warmupCommand(), logCallback=logCallback,
+                                 completedCallback=completedCallback).start()
+
     def writeVolumeNode(self, node, path: str, *, overwrite: bool = False) -> Path:
         """Write a volume node through a storage node (NRRD or NIfTI by suffix), without changing the scene.
 

@@ -177,3 +177,14 @@ def test_background_run_refuses_nan_voxels_naming_the_node(logic_and_head, tmp_p
     with pytest.raises(ValueError, match=r"T2 \(T2 with a NaN\): 1 of .* voxels are NaN"):
         logic.startConductivityProcess(t1, nan_t2, weightsPath=weights, workDir=str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_warmup_in_a_background_process(mrml_scene):
+    from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    assert logic.warmupCommand()[-3:] == ["-m", "CondNetLogic", "warmup"]
+    lines = []
+    process = logic.startWarmupProcess(logCallback=lines.append)
+    assert process.waitForCompletion(timeout=600) == 0, "\n".join(process.output)
+    assert any(line.startswith("E-field kernels ready in") for line in lines)
