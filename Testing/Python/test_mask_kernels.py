@@ -45,6 +45,13 @@ def random_volume(rng, shape) -> np.ndarray:
     return array
 
 
+def random_volumes(rng, trials: int = 60):
+    """``random_volume`` on the fixed SHAPES and, every third trial, a random shape of up to 40^3."""
+    for trial in range(trials):
+        shape = SHAPES[trial % len(SHAPES)] if trial % 3 else tuple(rng.integers(1, 40, size=3))
+        yield random_volume(rng, shape)
+
+
 def reference_fill_holes(mask: np.ndarray, axis=None) -> np.ndarray:
     """scipy's hole filling, in 3D or slice by slice across ``axis``."""
     if axis is None:
@@ -90,9 +97,7 @@ def assert_identical(actual, expected) -> None:
 @pytest.mark.usefixtures("threads")
 def test_percentile_equals_numpy():
     rng = np.random.default_rng(0)
-    for trial in range(60):
-        shape = SHAPES[trial % len(SHAPES)] if trial % 3 else tuple(rng.integers(1, 40, size=3))
-        array = random_volume(rng, shape)
+    for array in random_volumes(rng):
         for q in (99.5, 0.0, 0.5, 50.0, 100.0, float(rng.uniform(0, 100))):
             assert_identical(_resample.percentile(array, q), np.percentile(array, q))
 
@@ -140,9 +145,7 @@ def assert_same_histogram(array: np.ndarray, high) -> None:
 @pytest.mark.usefixtures("threads")
 def test_clipped_histogram_equals_numpy():
     rng = np.random.default_rng(2)
-    for trial in range(60):
-        shape = SHAPES[trial % len(SHAPES)] if trial % 3 else tuple(rng.integers(1, 40, size=3))
-        array = random_volume(rng, shape)
+    for array in random_volumes(rng):
         for high in (np.percentile(array, 99.5), array.max(), array.min(), np.median(array)):
             assert_same_histogram(array, high)
 
