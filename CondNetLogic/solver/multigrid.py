@@ -1057,14 +1057,17 @@ class PotentialSolver:
             x_host.fill(0)
             return 0, 0.0, 0.0, x_host, False
         outer.push(b)
-        warm = x0_work is not None
-        if warm:
+        r_squared = None  # |b - L x|^2 of the start, where it is known
+        if x0_work is not None:
             outer.host_mirror(x)[...] = x0_work
             outer.push(x)
-            warm = outer.residual(0, x, b, self._work["r"]) < b_norm**2  # a worse start than zero is dropped
+            r_squared = outer.residual(0, x, b, self._work["r"])
+            if r_squared >= b_norm**2:  # a worse start than zero is dropped
+                r_squared = None
+        warm = r_squared is not None
         if not warm:
             outer.fill_zero(x)
-        iterations, relative = self._iterate(x, b, b_norm, tol, maxiter, callback, history, cancel)
+        iterations, relative = self._iterate(x, b, b_norm, tol, maxiter, callback, history, cancel, r_squared)
         outer.project_components(x, self._work["labels"])
         # ||b - L psi|| / ||b|| recomputed in the solver dtype (in float32 the rounding of psi itself limits it
         # to about 1e-6 for head models).
@@ -1072,8 +1075,11 @@ class PotentialSolver:
         outer.pull(x)
         return iterations, relative, true_relative, outer.host_mirror(x), warm
 
-    def _iterate(self, x, b, b_norm, tol, maxiter, callback, history, cancel) -> tuple:
+    def _iterate(self, x, b, b_norm, tol, maxiter, callback, history, cancel, r_squared=None) -> tuple:
         """Multigrid-preconditioned flexible CG (or stand-alone cycles) on ``x`` in place.
+
+        ``r_squared``: ``|b - L x|^2`` when the work array ``r`` already holds that residual (a kept warm start),
+        else None (it is computed here).
 
         CG uses the Polak-Ribiere form ``beta = z_new . (r_new - r_old) / (z_old . r_old)``
         ``= -alpha (z_new . q) / (z_old . r_old)`` (Notay 2000), which stays convergent when the
@@ -1083,7 +1089,7 @@ class PotentialSolver:
         outer = self._outer
         work = self._work
         r, z = work["r"], work["z"]
-        relative = float(np.sqrt(outer.residual(0, x, b, r))) / b_norm
+        relative = float(np.sqrt(outer.residual(0, x, b, r) if r_squared is None else r_squared)) / b_norm
         history.append(relative)
         iterations = 0
         if relative <= tol:
