@@ -6,16 +6,15 @@ script with the shipped weights).  It is skipped when ``../shared`` is absent.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from _benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
-SCRIPT = REPO / "benchmarks" / "real_scan_check.py"
 NEEDED = [
     "data/mni152/MNI152_T1_2mm.nii.gz", "data/mni152/MNI152_T2_2mm.nii.gz", "data/mni152/samseg/seg.nii.gz",
     "data/colin27/colin27_t1_1mm.nii.gz", "data/colin27/samseg/seg.nii.gz",
@@ -25,10 +24,7 @@ NEEDED = [
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("real_scan_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_scan_check")
 
 
 def tiny_weights(path: Path, *, train_subjects=("seg01_p0", "seg02_p0"), size: int = 96) -> Path:

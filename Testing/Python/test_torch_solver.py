@@ -315,14 +315,9 @@ def test_compiled_torch_matches_eager():
 
 def _bench_solver():
     """``benchmarks/bench_solver.py`` as a module (the GPU check runs it; its torch path is tested here)."""
-    import importlib.util
-    from pathlib import Path
+    from _benchmarks import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_solver.py"
-    spec = importlib.util.spec_from_file_location("bench_solver", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_solver")
 
 
 def test_solver_benchmark_times_the_torch_path_on_the_cpu():
