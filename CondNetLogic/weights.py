@@ -258,17 +258,49 @@ def read_manifest(manifest_path: Optional[PathLike] = None) -> dict:
 DEFAULT_KEYS = ("default", "default_t1_only")
 
 
-def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None) -> Optional[str]:
+def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None, *,
+                       tables: Optional[Sequence[str]] = None) -> Optional[str]:
     """The shipped weights to use by default: T1 + T2 weights when a T2 is given, T1-only ones when not.
 
-    Falls back to the other kind when the manifest lists only one; None when it lists no default.
+    Falls back to the other kind when the manifest lists only one; None when it lists no default.  With
+    ``tables`` (Table I columns, e.g. ``["B"]``), the default is kept if it predicts all of them; otherwise the
+    first listed weights that do are taken, those with the inputs at hand (T1 + T2, or T1 only) first.
+
+    Raises
+    ------
+    WeightsError
+        If ``tables`` are given and no listed weights predict them all.
     """
-    return _default_id(read_manifest(manifest_path), t2_given)
+    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    return _default_id(read_manifest(manifest_path), t2_given, manifest_path, tables)
 
 
-def _default_id(manifest: dict, t2_given: bool) -> Optional[str]:
+def _default_id(manifest: dict, t2_given: bool, manifest_path: Path,
+                tables: Optional[Sequence[str]] = None) -> Optional[str]:
     preferred, other = DEFAULT_KEYS if t2_given else DEFAULT_KEYS[::-1]
-    return manifest.get(preferred) or manifest.get(other)
+    default = manifest.get(preferred) or manifest.get(other)
+    if not tables:
+        return default
+    listed = {}  # id -> (input channels, table names), for the entries whose file has a readable header
+    for entry in manifest["weights"]:
+        try:
+            header = _read_header(manifest_path.parent / entry["file"])
+        except (WeightsError, KeyError, TypeError):
+            continue  # a missing or broken file is reported when it is loaded, not while choosing
+        listed[entry.get("id")] = (list(header["input"].get("channels", [])),
+                                   [table.get("name") for table in header["tables"] if isinstance(table, dict)])
+    inputs = 2 if t2_given else 1
+    order = [default] + sorted(listed, key=lambda weights_id: len(listed[weights_id][0]) != inputs)
+    for weights_id in order:
+        if weights_id in listed and set(tables) <= set(listed[weights_id][1]):
+            return weights_id
+    installed = "; ".join(f"{weights_id} ({' + '.join(channels).upper()}: table {', '.join(names)})"
+                          for weights_id, (channels, names) in listed.items()) or "none"
+    raise WeightsError(
+        f"no installed CondNet weights predict table {' and '.join(tables)}"
+        f"{'' if t2_given else ' from a T1 alone'}; installed: {installed}. Train them with "
+        f"`condnet train --tables {' '.join(tables)}` and pass the file as the weights"
+    )
 
 
 def _manifest_entry(manifest: dict, weights_id: Optional[str], manifest_path: Path) -> dict:
@@ -293,6 +325,7 @@ def load_weights(
     weights_id: Optional[str] = None,
     manifest_path: Optional[PathLike] = None,
     t2_given: bool = True,
+    tables: Optional[Sequence[str]] = None,
 ) -> CondNetWeights:
     """Load CondNet weights without executing code.
 
@@ -308,6 +341,9 @@ def load_weights(
     t2_given : bool
         Whether a T2 scan comes with the T1; picks the default weights when neither ``weights`` nor
         ``weights_id`` is given.
+    tables : sequence of str, optional
+        Table I columns the weights must predict (e.g. ``["B"]``): they pick the default weights
+        (:func:`default_weights_id`), and any weights that do not predict them all are refused.
 
     Returns
     -------
@@ -317,7 +353,8 @@ def load_weights(
     ------
     WeightsError
         If no default is installed, the file is missing or corrupt, its hash or size differs from the
-        manifest, its header is unknown, or its tensors do not match the architecture in the header.
+        manifest, its header is unknown, its tensors do not match the architecture in the header, or the
+        weights do not predict ``tables``.
     """
     from safetensors.torch import load_file
 
@@ -328,7 +365,7 @@ def load_weights(
     if weights is None:
         manifest = read_manifest(manifest_path)
         if weights_id is None:
-            weights_id = _default_id(manifest, t2_given)
+            weights_id = _default_id(manifest, t2_given, manifest_path, tables)
         entry = _manifest_entry(manifest, weights_id, manifest_path)
         path = (manifest_path.parent / entry["file"]).resolve()
         if not path.is_file():
@@ -352,11 +389,15 @@ def load_weights(
     header = _read_header(path)
     try:
         config = CondNetConfig.from_dict(header["config"])
-        tables = [ConductivityTable.from_dict(t) for t in header["tables"]]
+        predicted = [ConductivityTable.from_dict(t) for t in header["tables"]]
     except (TypeError, ValueError, KeyError) as err:
         raise WeightsError(f"{path}: invalid architecture or tables in header: {err}") from err
-    if len(tables) != config.out_channels:
-        raise WeightsError(f"{path}: {len(tables)} tables for {config.out_channels} output tracks")
+    if len(predicted) != config.out_channels:
+        raise WeightsError(f"{path}: {len(predicted)} tables for {config.out_channels} output tracks")
+    missing = [name for name in tables or () if name not in [table.name for table in predicted]]
+    if missing:
+        raise WeightsError(f"the weights {path.name} predict table {', '.join(t.name for t in predicted)}, not "
+                           f"{', '.join(missing)}: choose other weights or another conductivity table")
     if len(header["input"].get("channels", [])) != config.in_channels:
         channels = header["input"].get("channels")
         raise WeightsError(f"{path}: input channels {channels} do not fit U={config.in_channels}")

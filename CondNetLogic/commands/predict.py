@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the sidecar sigma.json")
     parser.add_argument("--weights", help="weights file (.safetensors); default: the shipped weights (T1 + T2, or "
                                           "T1 only when no --t2 is given and such weights are installed)")
+    parser.add_argument("--table", help="Table I column to predict, A or B (or a custom table's name): picks the "
+                                        "shipped weights that predict it, and writes only it (default: every table "
+                                        "of the weights, the default weights predicting A)")
     add_network_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -55,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import load_weights
     from ._progress import ProgressBar
 
-    weights = load_weights(args.weights, t2_given=args.t2 is not None)
-    paths = output_paths(args.out, [t.name for t in weights.tables])
+    weights = load_weights(args.weights, t2_given=args.t2 is not None, tables=[args.table] if args.table else None)
+    tables = [args.table] if args.table else [t.name for t in weights.tables]
+    paths = output_paths(args.out, tables)
     every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
     check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
     t1 = read_volume(args.t1)
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
     with removed_on_error() as files:  # all outputs or none (a full disk leaves no half set behind)
         for kind in ("conductivity", "uncertainty"):
-            for table, volume in getattr(prediction, kind).items():
+            for table in tables:
+                volume = getattr(prediction, kind)[table]
                 files.append(write_volume(volume, paths[kind][table], overwrite=args.overwrite, like=args.t1))
                 written[kind][table] = str(files[-1])
         files.append(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite,

@@ -164,7 +164,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         t2ToT1 = self._relativeMatrix(t2Node, t1Node) if t2Node is not None else None
         if t2 is not None and not np.allclose(t2ToT1, np.eye(4)):
             t2 = t2.__class__(t2.array, t2ToT1 @ t2.ijk_to_ras)
-        weights = self.checkWeightsTables(weightsPath, tables)
+        weights = self.checkWeightsTables(weightsPath, tables, t2Given=t2Node is not None)
         self.log(f"CondNet: estimating conductivity of {t1Node.GetName()} on device '{device}'")
         prediction = predict_conductivity(
             t1, t2, weights=weights, device=device, precision=precision, register=register, progress=progress,
@@ -175,27 +175,21 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
-    def checkWeightsTables(weightsPath: str, tables: Sequence[str]):
-        """Load the weights (default: the shipped ones) and check they predict ``tables``; return them.
+    def checkWeightsTables(weightsPath: str, tables: Sequence[str], *, t2Given: bool = True):
+        """Load the weights and check they predict ``tables``; return them.
+
+        Without ``weightsPath`` the shipped weights that predict ``tables`` are taken (T1 + T2 ones when
+        ``t2Given``, else T1-only ones first; :func:`CondNetLogic.weights.default_weights_id`).
 
         Raises
         ------
         WeightsError
-            If the weights are missing or corrupt.
-        ValueError
-            If a requested table is not among the weights' tables (checked before any work is done).
+            If the weights are missing or corrupt, or do not predict a requested table (checked before any
+            work is done).
         """
         from CondNetLogic.weights import load_weights
 
-        weights = load_weights(weightsPath or None)
-        available = [table.name for table in weights.tables]
-        missing = [name for name in tables if name not in available]
-        if missing:
-            raise ValueError(
-                f"the weights {weights.path.name} predict tables {', '.join(available)}, not {', '.join(missing)}; "
-                "choose another conductivity set or other weights"
-            )
-        return weights
+        return load_weights(weightsPath or None, t2_given=t2Given, tables=list(tables))
 
     def _relativeMatrix(self, fromNode, toNode) -> np.ndarray:
         """Matrix from ``fromNode``'s local RAS to ``toNode``'s local RAS (through world)."""
@@ -256,8 +250,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         precision: str = "auto",
         register: bool = False,
+        table: str = "",
     ) -> List[str]:
-        """The ``condnet predict`` command line run by :meth:`startConductivityProcess`."""
+        """The ``condnet predict`` command line run by :meth:`startConductivityProcess` (``table``: the one Table I
+        column to predict, which also picks the shipped weights; empty: every table of the weights)."""
         from .process import pythonCommand
 
         args = ["predict", "--t1", t1Path, "--out", str(Path(outDir) / "sigma.nii.gz"), "--device", device,
@@ -266,6 +262,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             args += ["--t2", t2Path]
         if weightsPath:
             args += ["--weights", weightsPath]
+        if table:
+            args += ["--table", table]
         if register:
             args += ["--register"]
         return pythonCommand(*args)
@@ -336,7 +334,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         # Validate before anything is written (NaNs, for instance, would not survive the NIfTI copy).
         validate_mri(adapters.volumeFromNode(t1Node, what="T1"), name=f"T1 ({t1Node.GetName()})")
         if tables is not None:
-            self.checkWeightsTables(weightsPath, tables)
+            self.checkWeightsTables(weightsPath, tables, t2Given=t2Node is not None)
         if t2Node is not None:
             validate_mri(adapters.volumeFromNode(t2Node, what="T2"), name=f"T2 ({t2Node.GetName()})")
             if not np.allclose(self._relativeMatrix(t2Node, t1Node), np.eye(4)):
@@ -352,7 +350,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 self.writeVolumeNode(t2Node, t2Path, overwrite=True)
             outDir = str(Path(workDir) / "out")
             command = self.predictCommand(
-                t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, precision=precision, register=register
+                t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, precision=precision, register=register,
+                table=tables[0] if tables is not None and len(tables) == 1 else "",
             )
             process = BackgroundProcess(
                 command, logCallback=logCallback, progressCallback=progressCallback, completedCallback=completedCallback

@@ -382,6 +382,29 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     assert main(args) == 2  # refuses to overwrite
 
 
+def test_predict_cli_table_writes_that_table_alone(phantom, tmp_path, capsys):
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import read_volume, write_volume
+
+    write_volume(phantom.t1, tmp_path / "t1.nii.gz")
+    write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    weights = _weights(tmp_path / "w.safetensors", v=2)
+    common = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+              "--weights", str(weights), "--device", "cpu", "--precision", "float32"]
+    assert main(common + ["--out", str(tmp_path / "both" / "sigma.nii.gz")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b" / "sigma.nii.gz"), "--table", "B"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "sigma.json", "sigma.nii.gz", "sigma_mask.nii.gz", "sigma_sd.nii.gz"]
+    for name, expected in (("sigma", "sigma_B"), ("sigma_sd", "sigma_B_sd")):
+        np.testing.assert_array_equal(read_volume(tmp_path / "b" / f"{name}.nii.gz").array,
+                                      read_volume(tmp_path / "both" / f"{expected}.nii.gz").array)
+    assert list(json.loads((tmp_path / "b" / "sigma.json").read_text())["outputs"]["conductivity"]) == ["B"]
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "c" / "sigma.nii.gz"), "--table", "C"]) != 0
+    assert "predict table A, B, not C" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def _layered_head(inside_out: bool) -> tuple:
     """A 1 mm ball head: skin, skull, CSF shell, GM, WM (or CSF and WM exchanged: inside out)."""
     r = np.linalg.norm(np.indices((96, 96, 96)) - 47.5, axis=0)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from CondNetLogic.errors import WeightsError
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "CondNetSlicer"))
 
 from CondNetSlicerLib.process import CANCELLED, BackgroundProcess  # noqa: E402
@@ -132,6 +134,18 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
             atol=1e-5,
         )
     assert scene.GetNumberOfNodes() > before
+
+
+def test_background_run_for_one_table_asks_condnet_predict_for_it(logic_and_head, tmp_path, monkeypatch):
+    logic, t1, t2, weights = logic_and_head
+    monkeypatch.setattr(BackgroundProcess, "start", lambda self: self)  # the command line is what is checked
+    one = logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("B",), workDir=str(tmp_path / "b"))
+    assert one.command[-2:] == ["--table", "B"]
+    both = logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("A", "B"), workDir=str(tmp_path / "ab"))
+    assert "--table" not in both.command
+    with pytest.raises(WeightsError, match="predict table A, B, not C"):
+        logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("C",), workDir=str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
 
 
 def test_failed_background_run_leaves_the_scene_unchanged(logic_and_head, tmp_path):

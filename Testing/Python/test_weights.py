@@ -213,6 +213,41 @@ def test_t1_only_weights_are_the_default_without_a_t2(tmp_path):
     assert load_weights(weights_id=default_weights_id(False, manifest), manifest_path=manifest).config == t1_only
 
 
+def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
+    """Asked for Table B, the default (Table A) is passed over for the listed weights that predict B."""
+    manifest = tmp_path / "weights.json"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    t1_only = CondNetConfig(depth=3, in_channels=1)
+    two = CondNetConfig(depth=3, out_channels=2)
+    files = {  # id: (config, tables, input channels, becomes a default)
+        "t1t2-A": (CONFIG, [TABLE_A], ["t1", "t2"], True),
+        "t1-A": (t1_only, [TABLE_A], ["t1"], True),
+        "t1t2-B": (CONFIG, [TABLE_B], ["t1", "t2"], False),
+        "t1-B": (t1_only, [TABLE_B], ["t1"], False),
+        "t1t2-AB": (two, [TABLE_A, TABLE_B], ["t1", "t2"], False),
+    }
+    for weights_id, (config, tables, channels, default) in files.items():
+        path = folder / f"{weights_id}.safetensors"
+        save_weights(path, states(config), config=config, tables=tables, tau=0.1,
+                     input_spec={**INPUT, "channels": channels}, training={})
+        register_weights(path, weights_id=weights_id, version="1", manifest_path=manifest, make_default=default)
+    assert default_weights_id(True, manifest, tables=["A"]) == "t1t2-A"
+    assert default_weights_id(False, manifest, tables=None) == "t1-A"
+    assert default_weights_id(True, manifest, tables=["B"]) == "t1t2-B"
+    assert default_weights_id(False, manifest, tables=["B"]) == "t1-B"  # listed later, but T1 only: first without a T2
+    assert default_weights_id(True, manifest, tables=["A", "B"]) == "t1t2-AB"
+    loaded = load_weights(manifest_path=manifest, t2_given=False, tables=["B"])
+    assert (loaded.weights_id, [t.name for t in loaded.tables]) == ("t1-B", ["B"])
+    with pytest.raises(WeightsError, match=r"no installed CondNet weights predict table mine from a T1 alone; "
+                                           r"installed: t1t2-A \(T1 \+ T2: table A\); t1-A \(T1: table A\); "):
+        default_weights_id(False, manifest, tables=["mine"])
+    with pytest.raises(WeightsError, match="predict table A, not B"):  # an explicit file is checked too
+        load_weights(folder / "t1t2-A.safetensors", tables=["B"])
+    (folder / "t1t2-B.safetensors").unlink()  # a missing file is skipped while choosing
+    assert default_weights_id(True, manifest, tables=["B"]) == "t1t2-AB"
+
+
 def test_shipped_manifest_is_valid():
     manifest = read_manifest()
     assert "default" in manifest
