@@ -264,7 +264,8 @@ def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None,
 
     Falls back to the other kind when the manifest lists only one; None when it lists no default.  With
     ``tables`` (Table I columns, e.g. ``["B"]``), the default is kept if it predicts all of them; otherwise the
-    first listed weights that do are taken, those with the inputs at hand (T1 + T2, or T1 only) first.
+    first listed weights that do are taken: T1 + T2 weights first when a T2 is given, only T1-only weights when
+    not.
 
     Raises
     ------
@@ -289,10 +290,12 @@ def _default_id(manifest: dict, t2_given: bool, manifest_path: Path,
             continue  # a missing or broken file is reported when it is loaded, not while choosing
         listed[entry.get("id")] = (list(header["input"].get("channels", [])),
                                    [table.get("name") for table in header["tables"] if isinstance(table, dict)])
-    inputs = 2 if t2_given else 1
-    order = [default] + sorted(listed, key=lambda weights_id: len(listed[weights_id][0]) != inputs)
+    # T1 + T2 weights first when a T2 is given (T1-only ones run too: they ignore it); without a T2 only T1-only
+    # weights can run.
+    order = [default] + sorted(listed, key=lambda weights_id: len(listed[weights_id][0]) != 2)
     for weights_id in order:
-        if weights_id in listed and set(tables) <= set(listed[weights_id][1]):
+        channels, names = listed.get(weights_id, ((), ()))
+        if channels and (t2_given or len(channels) == 1) and set(tables) <= set(names):
             return weights_id
     installed = "; ".join(f"{weights_id} ({' + '.join(channels).upper()}: table {', '.join(names)})"
                           for weights_id, (channels, names) in listed.items()) or "none"

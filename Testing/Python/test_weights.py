@@ -235,7 +235,7 @@ def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
     assert default_weights_id(True, manifest, tables=["A"]) == "t1t2-A"
     assert default_weights_id(False, manifest, tables=None) == "t1-A"
     assert default_weights_id(True, manifest, tables=["B"]) == "t1t2-B"
-    assert default_weights_id(False, manifest, tables=["B"]) == "t1-B"  # listed later, but T1 only: first without a T2
+    assert default_weights_id(False, manifest, tables=["B"]) == "t1-B"  # T1 + T2 weights cannot run without a T2
     assert default_weights_id(True, manifest, tables=["A", "B"]) == "t1t2-AB"
     loaded = load_weights(manifest_path=manifest, t2_given=False, tables=["B"])
     assert (loaded.weights_id, [t.name for t in loaded.tables]) == ("t1-B", ["B"])
@@ -244,8 +244,13 @@ def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
         default_weights_id(False, manifest, tables=["mine"])
     with pytest.raises(WeightsError, match="predict table A, not B"):  # an explicit file is checked too
         load_weights(folder / "t1t2-A.safetensors", tables=["B"])
+    with pytest.raises(WeightsError, match="predict table A and B from a T1 alone"):  # T1 + T2 weights need a T2
+        default_weights_id(False, manifest, tables=["A", "B"])
     (folder / "t1t2-B.safetensors").unlink()  # a missing file is skipped while choosing
     assert default_weights_id(True, manifest, tables=["B"]) == "t1t2-AB"
+    (folder / "t1-B.safetensors").unlink()
+    with pytest.raises(WeightsError, match="predict table B from a T1 alone"):
+        default_weights_id(False, manifest, tables=["B"])
 
 
 def test_shipped_manifest_is_valid():
