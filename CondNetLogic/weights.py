@@ -433,13 +433,15 @@ def register_weights(
     weights_id: str,
     version: str,
     manifest_path: Optional[PathLike] = None,
-    make_default: bool = True,
+    make_default: Optional[bool] = None,
 ) -> dict:
     """Add (or replace) a manifest entry for a weights file below the manifest's folder.
 
     Returns the new entry.  The file must load as valid CondNet weights first.  With ``make_default``,
     T1 + T2 weights become the manifest's ``default`` and T1-only weights its ``default_t1_only`` (what
-    :func:`default_weights_id` picks when no T2 is given).
+    :func:`default_weights_id` picks when no T2 is given).  None (the default) makes them the default when they
+    predict Table A, what ``condnet predict`` gives without ``--table``; weights for other tables are only
+    listed, and chosen when their table is asked for (``load_weights(tables=...)``).
 
     Raises
     ------
@@ -459,6 +461,8 @@ def register_weights(
     entry = {"id": weights_id, "version": version, "file": relative.as_posix(), "sha256": file_sha256(path),
              "size": path.stat().st_size}
     manifest["weights"] = [e for e in manifest["weights"] if e.get("id") != weights_id] + [entry]
+    if make_default is None:
+        make_default = "A" in [table.name for table in weights.tables]
     if make_default:
         manifest[DEFAULT_KEYS[weights.config.in_channels == 1]] = weights_id
     manifest.setdefault("default", None)

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming existing checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
     parser.add_argument("--register", metavar="ID",
-                        help="list the weights in Resources/weights.json under ID and make them the default "
-                             "(the weights file must lie below Resources/)")
+                        help="list the weights in Resources/weights.json under ID (the weights file must lie below "
+                             "Resources/); weights for Table A become the default, others are picked by "
+                             "condnet predict --table")
     parser.add_argument("--weights-version", default="1", help="version recorded with --register")
     parser.add_argument("--max-minutes", type=float,
                         help="time limit per direction: stop after the epoch that would overrun it (best kept)")
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.weights_path} (sha256 {result.sha256})")
     if args.register:
         entry = register_weights(result.weights_path, weights_id=args.register, version=args.weights_version)
-        kind = "default when no T2 is given" if args.t1_only else "default"
+        if "A" not in config.tables:
+            kind = f"for --table {' '.join(config.tables)}"
+        else:
+            kind = "default when no T2 is given" if args.t1_only else "default"
         print(f"registered {entry['file']} as {entry['id']!r} ({kind}) in Resources/weights.json")
     return 0

@@ -220,11 +220,11 @@ def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
     folder.mkdir()
     t1_only = CondNetConfig(depth=3, in_channels=1)
     two = CondNetConfig(depth=3, out_channels=2)
-    files = {  # id: (config, tables, input channels, becomes a default)
-        "t1t2-A": (CONFIG, [TABLE_A], ["t1", "t2"], True),
-        "t1-A": (t1_only, [TABLE_A], ["t1"], True),
-        "t1t2-B": (CONFIG, [TABLE_B], ["t1", "t2"], False),
-        "t1-B": (t1_only, [TABLE_B], ["t1"], False),
+    files = {  # id: (config, tables, input channels, make_default: None = if they predict Table A)
+        "t1t2-A": (CONFIG, [TABLE_A], ["t1", "t2"], None),
+        "t1-A": (t1_only, [TABLE_A], ["t1"], None),
+        "t1t2-B": (CONFIG, [TABLE_B], ["t1", "t2"], None),
+        "t1-B": (t1_only, [TABLE_B], ["t1"], None),
         "t1t2-AB": (two, [TABLE_A, TABLE_B], ["t1", "t2"], False),
     }
     for weights_id, (config, tables, channels, default) in files.items():
@@ -232,6 +232,7 @@ def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
         save_weights(path, states(config), config=config, tables=tables, tau=0.1,
                      input_spec={**INPUT, "channels": channels}, training={})
         register_weights(path, weights_id=weights_id, version="1", manifest_path=manifest, make_default=default)
+    assert (read_manifest(manifest)["default"], read_manifest(manifest)["default_t1_only"]) == ("t1t2-A", "t1-A")
     assert default_weights_id(True, manifest, tables=["A"]) == "t1t2-A"
     assert default_weights_id(False, manifest, tables=None) == "t1-A"
     assert default_weights_id(True, manifest, tables=["B"]) == "t1t2-B"
