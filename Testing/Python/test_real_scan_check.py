@@ -175,3 +175,11 @@ def test_check_on_downsampled_scans(check, tmp_path, capsys):
     capsys.readouterr()
     assert check.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # Weights without Table A (Table B, say): the summary gives their table's MAE and says it has no targets.
+    for case in result["cases"]:
+        case["report"]["tables"] = {"B": case["report"]["tables"]["A"]}
+        case["targets"] = {"B": case["targets"]["A"]}
+    summary_rows = [line for line in check.combined_markdown(result).splitlines() if "no targets (Table B)" in line]
+    assert len(summary_rows) == len(names)
+    mae = result["cases"][0]["report"]["tables"]["B"]["mae_condnet_vs_uniform"]
+    assert f"| no targets (Table B) | {mae:.4f} |" in summary_rows[0]
