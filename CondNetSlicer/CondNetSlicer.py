@@ -610,6 +610,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nodes = {
                 "efield_magnitude": p.eMagnitudeVolume,
                 "efield_vector": p.eVectorVolume,
+                "efield_statistics": p.statisticsTable,
                 "uncertainty": p.uncertaintyVolume,
             }
             if p.conductivityVolume:

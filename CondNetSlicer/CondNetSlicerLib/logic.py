@@ -14,6 +14,7 @@ conductivity node they were made from (attribute ``CondNet.Conductivity``), so s
 conductivity never replaces earlier results.
 """
 
+import csv
 import json
 import logging
 import tempfile
@@ -1055,11 +1056,12 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         overwrite: bool = False,
         metadata: Optional[dict] = None,
     ) -> List[Path]:
-        """Write result volumes (``{file stem: node}``) and the coil matrix into ``folder``.
+        """Write result volumes and tables (``{file stem: node}``) and the coil matrix into ``folder``.
 
-        Files: ``<stem><extension>`` for each node (NIfTI ``.nii.gz`` or NRRD ``.nrrd``), plus
-        ``coil_to_ras.txt`` (4x4, RAS mm, in the volumes' frame) and ``condnet_export.json`` (node names,
-        units, coil pose, the solver and prediction info) when ``coilToRas`` is given.
+        Files: ``<stem><extension>`` for each volume node (NIfTI ``.nii.gz`` or NRRD ``.nrrd``), ``<stem>.csv``
+        for each table node (the E-field statistics: region, statistic, value, unit), ``coil_to_ras.txt``
+        (4x4, RAS mm, in the volumes' frame) when ``coilToRas`` is given, and ``condnet_export.json`` (node
+        names, units, coil pose, the solver and prediction info, the tables' rows).
 
         Raises
         ------
@@ -1074,7 +1076,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if not nodes and coilToRas is None:
             raise ValueError("nothing to export: compute a conductivity or E-field first")
         folder = Path(folder)
-        targets = {stem: folder / f"{stem}{extension}" for stem in nodes}
+        targets = {stem: folder / f"{stem}{'.csv' if _isTable(node) else extension}" for stem, node in nodes.items()}
         extra = [folder / "coil_to_ras.txt"] if coilToRas is not None else []
         sidecar = folder / "condnet_export.json"
         existing = [str(p) for p in list(targets.values()) + extra + [sidecar] if p.exists()]
@@ -1084,6 +1086,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         written = []
         description = {"files": {}, "frame": "RAS", "units_length": "mm"}
         for stem, node in nodes.items():
+            if _isTable(node):
+                rows = _tableRows(node)
+                with open(targets[stem], "w", newline="", encoding="utf-8") as handle:
+                    csv.writer(handle).writerows(rows)
+                written.append(targets[stem])
+                description["files"][targets[stem].name] = {"node": node.GetName(), "role": _role(node),
+                                                            "columns": rows[0], "rows": rows[1:]}
+                continue
             written.append(self.writeVolumeNode(node, str(targets[stem]), overwrite=True))
             description["files"][targets[stem].name] = {
                 "node": node.GetName(),
@@ -1101,6 +1111,20 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         sidecar.write_text(json.dumps(description, indent=2, default=str) + "\n", encoding="utf-8")
         written.append(sidecar)
         return written
+
+
+def _isTable(node) -> bool:
+    return bool(node.IsA("vtkMRMLTableNode"))
+
+
+def _tableRows(tableNode) -> List[list]:
+    """A table node's column names, then one list of values per row (numbers as numbers)."""
+    table = tableNode.GetTable()
+    columns = [table.GetColumn(index) for index in range(table.GetNumberOfColumns())]
+    rows = [[column.GetName() for column in columns]]
+    for row in range(table.GetNumberOfRows()):
+        rows.append([column.GetValue(row) for column in columns])
+    return rows
 
 
 def _unitOf(statistic: str) -> str:

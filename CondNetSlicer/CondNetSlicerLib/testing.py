@@ -188,8 +188,11 @@ def runWorkflow(
 
     # 6. Export and read back with identical geometry; a second export must refuse to overwrite.
     files = {f"conductivity_{tables[0]}": sigmaNode, "efield_magnitude": eMagnitude, "efield_vector": eVector}
-    written = logic.exportResults(exportDir, files, coilToRas=pose2)
-    check(len(written) == len(files) + 2, f"exported {written}")
+    written = logic.exportResults(exportDir, {**files, "efield_statistics": table}, coilToRas=pose2)
+    check(len(written) == len(files) + 3, f"exported {written}")
+    exported = (Path(exportDir) / "efield_statistics.csv").read_text(encoding="utf-8").splitlines()
+    check(exported[0] == "Region,Statistic,Value,Unit" and len(exported) == table.GetNumberOfRows() + 1,
+          f"statistics export: {exported[:2]}")
     for stem, node in files.items():
         className = "vtkMRMLVectorVolumeNode" if node.IsA("vtkMRMLVectorVolumeNode") else "vtkMRMLScalarVolumeNode"
         readBack = logic.readVolumeFile(

@@ -184,6 +184,19 @@ def test_whole_workflow_on_an_oblique_lia_head(mrml_scene, head, weights, tmp_pa
     table = result["efield"]["table"]
     rows = {(table.GetCellText(r, 0), table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())}
     assert {("head", "p99"), ("gm", "p99"), ("gm", "ge_vs_uniform_percent"), ("head", "focality_mm3")} <= rows
+    # The statistics are exported too: as CSV, and row by row in the export's JSON sidecar, with the numbers.
+    import csv
+
+    with open(tmp_path / "export" / "efield_statistics.csv", newline="", encoding="utf-8") as handle:
+        exported_rows = list(csv.reader(handle))
+    assert exported_rows[0] == ["Region", "Statistic", "Value", "Unit"]
+    by_key = {(region, name): (float(value), unit) for region, name, value, unit in exported_rows[1:]}
+    assert by_key[("gm", "p99")] == pytest.approx((stats["gm"]["p99"], "V/m"))
+    assert by_key[("head", "focality_mm3")] == pytest.approx((stats["head"]["focality_mm3"], "mm^3"))
+    sidecar = json.loads((tmp_path / "export" / "condnet_export.json").read_text())
+    listed = sidecar["files"]["efield_statistics.csv"]
+    assert listed["role"] == "efield-statistics"
+    assert ["gm", "p99", stats["gm"]["p99"], "V/m"] in listed["rows"]
 
 
 def test_outputs_follow_the_t1_parent_transform(mrml_scene, head, weights):
