@@ -138,16 +138,19 @@ def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compi
         return result
 
     solver._iterate = timed_iterate
-    times = []
+    times, phases = [], []
     for _ in range(repeat):
         start = time.perf_counter()
         psi, info = solver.solve(faces, tol=TOL, maxiter=200)
         _synchronize(solver.device)
         times.append(time.perf_counter() - start)
+        phases.append(info["time_phases_s"])
     if info["device"] != device or info["fallbacks"]:
         # A CUDA out-of-memory error moved the work to the CPU: the numbers are not the GPU's.
         raise RuntimeError(f"ran on {info['device']} ({info['backend']}) instead of {device}: {info['fallbacks']}")
+    median = int(np.argsort(times)[len(times) // 2])
     return {"setup_s": setup, "solve_s": float(np.median(times)), "loop_s": float(np.median(loops[-repeat:])),
+            "phases_s": phases[median],
             "first_s": warmup, "iterations": info["iterations"], "psi": psi, "converged": info["converged"],
             "peak_mib": peak}
 
@@ -346,9 +349,10 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
                 raise
             print(f"{size:4d} {name}: failed: {type(err).__name__}: {err}", flush=True)
             continue
+        steps = ", ".join(f"{step} {1e3 * seconds:.1f}" for step, seconds in result["phases_s"].items())
         print(f"{size:4d} {name}: setup {result['setup_s']:.3f} s, first solve (warm-up, maxiter 1) "
               f"{result['first_s']:.3f} s, solve {result['solve_s']:.4f} s, CG loop {result['loop_s']:.4f} s, "
-              f"{result['iterations']} iterations", flush=True)
+              f"{result['iterations']} iterations; steps of the median solve (ms): {steps}", flush=True)
         finish(name, result)
     for name, runner in (("pyamg SA+CG", run_pyamg), ("scipy CG (Jacobi)", run_scipy_cg)):
         if name.split()[0].lower() + ("-cg" if "scipy" in name else "") in skip:

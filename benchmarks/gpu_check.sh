@@ -133,6 +133,7 @@ if [[ $steps == *" solver "* ]]; then
     step "bench_solver.py" 600 bench_solver.log \
         "$python" benchmarks/bench_solver.py --sizes ${GPU_CHECK_SOLVER_SIZES:-256 128} --skip scipy-cg pyamg \
         --markdown "$summary"
+    grep -E 'steps of the median solve' "$out/bench_solver.log" | sed 's/^/    /' >> "$summary"
 fi
 
 echo

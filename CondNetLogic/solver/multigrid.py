@@ -928,7 +928,10 @@ class PotentialSolver:
             (recomputed from ``psi``), ``converged`` (``residual <= tol``), ``residuals`` (history), ``time_setup_s``,
             ``time_solve_s``, ``device``, ``backend``, ``levels``, ``components``, ``fallbacks`` (messages
             for CUDA out-of-memory errors that moved the work to the CPU), ``warm_start`` (whether ``x0`` was
-            used).
+            used), ``time_phases_s`` (seconds of the call's steps: ``check`` of the inputs, ``rhs`` on the host,
+            ``iterate`` (with the copy of the right-hand side, asynchronous on a GPU, and a warm start's check),
+            ``finish`` (projection and true residual), ``pull`` (the potential back to the host), ``embed``
+            (into the output array); a solve retried on the CPU after running out of GPU memory gives the retry's).
 
         Raises
         ------
@@ -949,6 +952,7 @@ class PotentialSolver:
             raise ValueError(f"maxiter must be >= 1; got {maxiter}")
         history = residuals if residuals is not None else []
         first_entry = len(history)
+        phases: dict = {}
         faces = _checked_faces(dadt_faces, self.shape)
         x0_work = None
         if x0 is not None:
@@ -959,14 +963,17 @@ class PotentialSolver:
                 raise ValueError(f"x0 must have shape {self.shape}; got {x0.shape}")
             x0_work = _embed(x0, self._lo, self._work_shape, self.dtype)
             x0_work[~self._conductive] = 0
-        arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel)
+        phases["check"] = time.perf_counter() - start
+        arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel, phases)
         try:
             iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
             self._fall_back_if_out_of_memory(err, "running")
             del history[first_entry:]
             iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
+        embedding = time.perf_counter()
         psi = _embed(x_work, -self._lo, self.shape, self.dtype)
+        phases["embed"] = time.perf_counter() - embedding
         converged = relative <= tol
         if not converged:
             warnings.warn(f"SPFD solve did not converge: relative residual {relative:.3g} > tol {tol:g} after "
@@ -976,7 +983,7 @@ class PotentialSolver:
             "converged": converged, "residuals": list(history), "time_setup_s": self.time_setup_s,
             "time_solve_s": time.perf_counter() - start, "device": self.device, "backend": self.backend_name,
             "levels": len(self.levels), "components": self.components, "fallbacks": list(self.fallbacks),
-            "warm_start": warm,
+            "warm_start": warm, "time_phases_s": phases,
         }
         logger.info("SPFD solve: %d iterations, relative residual %.3g, %.3f s on %s", iterations, relative,
                     info["time_solve_s"], self.device)
@@ -1037,20 +1044,28 @@ class PotentialSolver:
                                out, magnitude)
         return out, magnitude
 
-    def _solve_on_backend(self, faces, x0_work, tol, maxiter, callback, history, cancel) -> tuple:
+    def _solve_on_backend(self, faces, x0_work, tol, maxiter, callback, history, cancel, phases) -> tuple:
         """Right-hand side into the host mirror of the backend's ``b``, copy over, iterate, project and check the
         residual there, copy the potential back.
 
         Returns ``(iterations, relative residual, true relative residual, x, warm)``: ``x`` is the host mirror of
         the working potential (valid until the next solve), ``warm`` whether ``x0_work`` was kept.  On a GPU only
-        ``b`` (and ``x0_work``) go over and ``x`` comes back, each through page-locked memory.
+        ``b`` (and ``x0_work``) go over and ``x`` comes back, each through page-locked memory.  ``phases`` gets the
+        seconds of ``rhs``, ``iterate``, ``finish`` and ``pull``.
         """
         outer = self._outer
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            now = time.perf_counter()
+            phases[name], clock[0] = now - clock[0], now
+
         if self._work is None:
             self._allocate()
         x, b = self._work["x"], self._work["b"]
         b_host = self._rhs(faces, outer.host_mirror(b))
         b_norm = float(np.sqrt(dot(b_host, b_host)))
+        lap("rhs")
         if b_norm == 0.0:
             history.append(0.0)
             x_host = outer.host_mirror(x)
@@ -1068,11 +1083,14 @@ class PotentialSolver:
         if not warm:
             outer.fill_zero(x)
         iterations, relative = self._iterate(x, b, b_norm, tol, maxiter, callback, history, cancel, r_squared)
+        lap("iterate")
         outer.project_components(x, self._work["labels"])
         # ||b - L psi|| / ||b|| recomputed in the solver dtype (in float32 the rounding of psi itself limits it
         # to about 1e-6 for head models).
         true_relative = float(np.sqrt(outer.residual(0, x, b, self._work["r"]))) / b_norm
+        lap("finish")
         outer.pull(x)
+        lap("pull")
         return iterations, relative, true_relative, outer.host_mirror(x), warm
 
     def _iterate(self, x, b, b_norm, tol, maxiter, callback, history, cancel, r_squared=None) -> tuple:

@@ -307,6 +307,11 @@ def test_info_fields_and_float32_agreement():
     assert info["device"] == "cpu"
     assert info32["converged"]
     assert np.linalg.norm(psi32 - psi64) / np.linalg.norm(psi64) < 1e-5
+    # The call's steps, timed one after the other inside it.
+    phases = info["time_phases_s"]
+    assert list(phases) == ["check", "rhs", "iterate", "finish", "pull", "embed"]
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= info["time_solve_s"]
 
 
 class TestBadInput:
