@@ -373,3 +373,82 @@ def test_sample_data_checksums_match_the_mni152_files():
         declared = re.search(rf'{key} = "([0-9a-f]{{64}})"', text).group(1)
         assert hashlib.sha256((SHARED_MNI / name).read_bytes()).hexdigest() == declared
         assert f'"{name}"' in text or f'+ "{name}"' in text
+
+
+# ------------------------------------------------------------------- calls the widget makes, by signature
+def _calls_on(path: Path, owner: str) -> list:
+    """``(line, name, positional count, keyword names)`` of each call ``<owner>.<name>(...)`` in ``path``, where
+    ``owner`` is a dotted name such as ``self.logic`` (calls with ``*args`` or ``**kwargs`` are left out)."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        if ast.unparse(node.func.value) != owner:
+            continue
+        if any(isinstance(arg, ast.Starred) for arg in node.args) or any(k.arg is None for k in node.keywords):
+            continue
+        calls.append((node.lineno, node.func.attr, len(node.args), [k.arg for k in node.keywords]))
+    return calls
+
+
+def _mismatches(calls: list, resolve) -> list:
+    """Calls whose target is missing or whose arguments its signature does not accept."""
+    import inspect
+
+    problems = []
+    for line, name, positional, keywords in calls:
+        target = resolve(name)
+        if target is None:
+            problems.append(f"line {line}: {name} does not exist")
+            continue
+        try:
+            inspect.signature(target).bind(*([None] * positional), **dict.fromkeys(keywords))
+        except TypeError as err:
+            problems.append(f"line {line}: {name}({positional} positional, keywords {keywords}): {err}")
+    return problems
+
+
+def test_widget_calls_into_the_logic_fit_its_signatures():
+    """The panel (never run here) calls the Logic with arguments its methods accept: a renamed keyword or a
+    missing method would otherwise show only inside Slicer."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    sys.path.insert(0, str(MODULE_DIR))
+    from CondNetSlicerLib.logic import CondNetSlicerLogic
+
+    logic = CondNetSlicerLogic.__new__(CondNetSlicerLogic)  # bound methods, without a scene
+    # Inherited inside Slicer from ScriptedLoadableModuleLogic, which the slicer-core wheel lacks.
+    inherited = {"getParameterNode"}
+    calls = [call for call in _calls_on(MODULE_FILE, "self.logic") if call[1] not in inherited]
+    assert len(calls) > 20
+    assert not _mismatches(calls, lambda name: getattr(logic, name, None))
+
+
+def test_module_calls_into_slicer_util_fit_its_signatures():
+    """The same for ``slicer.util`` (the wheel's ``slicer/util.py`` is Slicer's own) in the panel and its library."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import slicer.util as util
+
+    problems, checked = [], 0
+    for path in [MODULE_FILE, *sorted((MODULE_DIR / "CondNetSlicerLib").glob("*.py"))]:
+        calls = _calls_on(path, "slicer.util")
+        checked += len(calls)
+        problems += [f"{path.name} {p}" for p in _mismatches(calls, lambda name: getattr(util, name, None))]
+    assert checked > 20
+    assert not problems
+
+
+def test_widget_calls_into_its_helper_modules_fit_their_signatures():
+    """``install``, ``testing`` and the background process, as the panel and its self-test call them."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    sys.path.insert(0, str(MODULE_DIR))
+    from CondNetSlicerLib import install, testing
+    from CondNetSlicerLib.process import BackgroundProcess
+
+    running = BackgroundProcess.__new__(BackgroundProcess)
+    problems = []
+    for owner, target in (("install", install), ("testing", testing), ("self._process", running),
+                          ("process", running)):
+        calls = _calls_on(MODULE_FILE, owner)
+        assert calls, owner
+        problems += _mismatches(calls, lambda name, target=target: getattr(target, name, None))
+    assert not problems
