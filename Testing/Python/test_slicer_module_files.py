@@ -452,3 +452,16 @@ def test_widget_calls_into_its_helper_modules_fit_their_signatures():
         assert calls, owner
         problems += _mismatches(calls, lambda name, target=target: getattr(target, name, None))
     assert not problems
+
+
+def test_mrml_classes_and_events_the_module_names_exist():
+    """``slicer.vtkMRML...`` / ``slicer.vtkSlicer...`` classes and their events or static methods, as named in the
+    panel and its library, exist in Slicer's MRML library (the wheel's)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    used = set()
+    for path in [MODULE_FILE, *sorted((MODULE_DIR / "CondNetSlicerLib").glob("*.py"))]:
+        used |= set(re.findall(r"\bslicer\.(vtk\w+)(?:\.(\w+))?", path.read_text()))
+    assert len(used) >= 5
+    missing = [f"{name}.{member}" if member else name for name, member in sorted(used)
+               if not hasattr(slicer, name) or (member and not hasattr(getattr(slicer, name), member))]
+    assert not missing
