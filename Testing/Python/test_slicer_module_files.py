@@ -460,8 +460,12 @@ def test_mrml_classes_and_events_the_module_names_exist():
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
     used = set()
     for path in [MODULE_FILE, *sorted((MODULE_DIR / "CondNetSlicerLib").glob("*.py"))]:
-        used |= set(re.findall(r"\bslicer\.(vtk\w+)(?:\.(\w+))?", path.read_text()))
-    assert len(used) >= 5
+        text = path.read_text()
+        used |= set(re.findall(r"\bslicer\.(vtk\w+)(?:\.(\w+))?", text))
+        used |= {(alias.name, "") for node in ast.walk(ast.parse(text))
+                 if isinstance(node, ast.ImportFrom) and node.module == "slicer"
+                 for alias in node.names if alias.name.startswith("vtk")}  # from slicer import vtkMRML...
+    assert len(used) >= 10
     missing = [f"{name}.{member}" if member else name for name, member in sorted(used)
                if not hasattr(slicer, name) or (member and not hasattr(getattr(slicer, name), member))]
     assert not missing
