@@ -42,6 +42,7 @@ __all__ = [
     "CondNetWeights",
     "default_weights_id",
     "file_sha256",
+    "installed_weights",
     "load_weights",
     "read_manifest",
     "register_weights",
@@ -276,20 +277,34 @@ def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None,
     return _default_id(read_manifest(manifest_path), t2_given, manifest_path, tables)
 
 
+def installed_weights(manifest_path: Optional[PathLike] = None) -> Dict[str, Tuple[list, list]]:
+    """``{id: (input channels, table names)}`` of the manifest's weights, read from their files' headers.
+
+    Entries whose file is missing or has no readable header are left out (loading them says why).
+    """
+    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    return _installed(read_manifest(manifest_path), manifest_path)
+
+
+def _installed(manifest: dict, manifest_path: Path) -> Dict[str, Tuple[list, list]]:
+    listed = {}
+    for entry in manifest["weights"]:
+        try:
+            header = _read_header(manifest_path.parent / entry["file"])
+        except (WeightsError, KeyError, TypeError):
+            continue
+        listed[entry.get("id")] = (list(header["input"].get("channels", [])),
+                                   [table.get("name") for table in header["tables"] if isinstance(table, dict)])
+    return listed
+
+
 def _default_id(manifest: dict, t2_given: bool, manifest_path: Path,
                 tables: Optional[Sequence[str]] = None) -> Optional[str]:
     preferred, other = DEFAULT_KEYS if t2_given else DEFAULT_KEYS[::-1]
     default = manifest.get(preferred) or manifest.get(other)
     if not tables:
         return default
-    listed = {}  # id -> (input channels, table names), for the entries whose file has a readable header
-    for entry in manifest["weights"]:
-        try:
-            header = _read_header(manifest_path.parent / entry["file"])
-        except (WeightsError, KeyError, TypeError):
-            continue  # a missing or broken file is reported when it is loaded, not while choosing
-        listed[entry.get("id")] = (list(header["input"].get("channels", [])),
-                                   [table.get("name") for table in header["tables"] if isinstance(table, dict)])
+    listed = _installed(manifest, manifest_path)
     # T1 + T2 weights first when a T2 is given (T1-only ones run too: they ignore it); without a T2 only T1-only
     # weights can run.
     order = [default] + sorted(listed, key=lambda weights_id: len(listed[weights_id][0]) != 2)

@@ -20,6 +20,24 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _weights() -> list:
+    """The manifest's weights: id, version, inputs, tables and which default they are."""
+    from ..weights import DEFAULT_KEYS, installed_weights, read_manifest
+
+    try:
+        manifest = read_manifest()
+        listed = installed_weights()
+    except ValueError as err:  # WeightsError: a missing or broken manifest is reported, not fatal
+        return [{"error": str(err)}]
+    roles = {manifest.get(DEFAULT_KEYS[0]): "default", manifest.get(DEFAULT_KEYS[1]): "default without a T2"}
+    described = []
+    for entry in manifest["weights"]:
+        inputs, tables = listed.get(entry.get("id"), (None, None))
+        described.append({"id": entry.get("id"), "version": entry.get("version"), "inputs": inputs, "tables": tables,
+                          "default": roles.get(entry.get("id"))})
+    return described
+
+
 def collect() -> dict:
     """Versions, compute devices, shipped weights and coil files, as a dict."""
     from .. import __version__
@@ -31,7 +49,7 @@ def collect() -> dict:
         "versions": {name: _version(name) for name in ("numpy", "scipy", "SimpleITK", "torch", "numba")},
         "commands": {name: help_text for name, (_, help_text) in COMMANDS.items()},
         "coils": sorted(p.stem for p in resource_path("coils").glob("*.json") if not p.stem.endswith(".schema")),
-        "weights": sorted(p.name for p in resource_path("weights").glob("*.safetensors")),
+        "weights": _weights(),
         "cuda": False,
     }
     try:
@@ -48,6 +66,16 @@ def collect() -> dict:
     return info
 
 
+def _describe(entry: dict) -> str:
+    if "error" in entry:
+        return entry["error"]
+    if entry["inputs"] is None:
+        return f"{entry['id']} {entry['version']} (file missing or unreadable)"
+    role = f", {entry['default']}" if entry["default"] else ""
+    return (f"{entry['id']} {entry['version']} ({' + '.join(entry['inputs']).upper()}, table "
+            f"{', '.join(entry['tables'])}{role})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the installation summary."""
     info = collect()
@@ -61,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print("CPU networks: " + ("bfloat16 (native on this CPU; --precision float32 for float32)"
                                   if info["cpu_bfloat16"] else "float32 (no native bfloat16 on this CPU)"))
     print(f"coils: {', '.join(info['coils']) or 'none'}")
-    print(f"weights: {', '.join(info['weights']) or 'none shipped'}")
+    print("weights: " + ("; ".join(_describe(entry) for entry in info["weights"]) or "none installed"))
     print("commands:")
     for name, help_text in info["commands"].items():
         print(f"  condnet {name:<20} {help_text}")

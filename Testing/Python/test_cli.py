@@ -1,5 +1,6 @@
 """The condnet command line: dispatch, convert, info, errors to stderr with a non-zero status."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,13 @@ def test_info_json(capsys):
     assert "convert" in info["commands"]
     assert info["versions"]["numpy"] == np.__version__
     assert isinstance(info["cpu_bfloat16"], bool)
+    shipped = {entry["id"]: entry for entry in info["weights"]}
+    assert shipped["condnet-t1t2-A"]["tables"] == ["A"]
+    assert shipped["condnet-t1t2-A"]["inputs"] == ["t1", "t2"]
+    assert shipped["condnet-t1t2-A"]["default"] == "default"
+    assert shipped["condnet-t1-A"]["default"] == "default without a T2"
+    assert main(["info"]) == 0
+    assert re.search(r"weights: .*condnet-t1t2-A \S+ \(T1 \+ T2, table A, default\)", capsys.readouterr().out)
 
 
 def test_convert_writes_conductivity_on_label_grid(tmp_path, capsys):

@@ -13,6 +13,7 @@ from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.weights import (
     default_weights_id,
     file_sha256,
+    installed_weights,
     load_weights,
     read_manifest,
     register_weights,
@@ -252,6 +253,8 @@ def test_weights_are_chosen_by_the_table_they_predict(tmp_path):
     (folder / "t1-B.safetensors").unlink()
     with pytest.raises(WeightsError, match="predict table B from a T1 alone"):
         default_weights_id(False, manifest, tables=["B"])
+    assert installed_weights(manifest) == {"t1t2-A": (["t1", "t2"], ["A"]), "t1-A": (["t1"], ["A"]),
+                                           "t1t2-AB": (["t1", "t2"], ["A", "B"])}
 
 
 def test_shipped_manifest_is_valid():
