@@ -233,6 +233,7 @@ class EFieldSimulation:
         self.maxiter = int(maxiter)
         self.warm_start = bool(warm_start)
         self._previous: Optional[tuple] = None  # (potential, dI/dt) of the last solve, for warm starts
+        self._potential: Optional[np.ndarray] = None  # the last solve's potential array, reused by the next
         self.primary_field = primary_field
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
@@ -368,9 +369,12 @@ class EFieldSimulation:
         if self.warm_start and self._previous is not None:
             previous, previous_didt = self._previous
             x0 = previous * (didt / previous_didt)
+        # The potential goes into the previous call's array (the warm start was copied from it already).
         psi, solve_info = self.solver.solve(
-            faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel, x0=x0
+            faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel, x0=x0,
+            out=self._potential,
         )
+        self._potential = psi
         self._previous = (psi, didt) if self.warm_start else None
         e_full = np.zeros(self.conductivity.shape + (3,), dtype=np.float32)
         magnitude = np.zeros(self.conductivity.shape, dtype=np.float32)

@@ -554,10 +554,11 @@ class NumbaBackend:
 # ----------------------------------------------------------------------------------------------------------
 # Working grid: the conductor's bounding box plus one air voxel on each side
 # ----------------------------------------------------------------------------------------------------------
-def _embed(source: np.ndarray, lo, shape, dtype) -> np.ndarray:
-    """A new array of ``shape`` whose cell ``p`` is ``source[p + lo]`` where that exists, else 0 (in parallel:
-    a fresh array's pages are first touched by all threads)."""
-    out = np.empty(shape, dtype=dtype)
+def _embed(source: np.ndarray, lo, shape, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """An array of ``shape`` (``out``, else a new one) whose cell ``p`` is ``source[p + lo]`` where that exists,
+    else 0 (in parallel: a fresh array's pages are first touched by all threads)."""
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
     _kernels().shifted_copy(source, *(np.int64(v) for v in lo), out)
     return out
 
@@ -893,7 +894,7 @@ class PotentialSolver:
             backend.sweep(level, x, b, omega, 0)
 
     def solve(self, dadt_faces, *, tol: float = 1e-6, maxiter: int = 100, x0=None, callback=None,
-              residuals: list | None = None, cancel=None) -> tuple:
+              residuals: list | None = None, cancel=None, out: np.ndarray | None = None) -> tuple:
         """Solve for the potential driven by ``dadt_faces``.
 
         Parameters
@@ -918,6 +919,10 @@ class PotentialSolver:
             The relative residual history (starting with the initial one) is appended to it.
         cancel : callable, optional
             ``cancel() -> bool``, polled once per iteration.
+        out : ndarray (I, J, K), optional
+            C-contiguous array of the solver dtype that receives the potential (returned as ``psi``), e.g. the
+            previous call's, instead of a new one: a fresh array of 256^3 float64 costs page faults, milliseconds
+            a call.  It may be the ``x0`` of this call (read before it is written).
 
         Returns
         -------
@@ -938,7 +943,8 @@ class PotentialSolver:
         CondNetLogic.errors.Cancelled
             When ``cancel()`` returns true.
         TypeError, ValueError
-            For bad face arrays, ``x0`` of another dtype or shape, or bad ``tol``/``maxiter``.
+            For bad face arrays, ``x0`` or ``out`` of another dtype or shape (or a read-only or non-contiguous
+            ``out``), or bad ``tol``/``maxiter``.
 
         Warns
         -----
@@ -963,6 +969,10 @@ class PotentialSolver:
                 raise ValueError(f"x0 must have shape {self.shape}; got {x0.shape}")
             x0_work = _embed(x0, self._lo, self._work_shape, self.dtype)
             x0_work[~self._conductive] = 0
+        if out is not None and (not isinstance(out, np.ndarray) or out.dtype != self.dtype or out.shape != self.shape
+                                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous {self.dtype} array of shape {self.shape}; got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
         phases["check"] = time.perf_counter() - start
         arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel, phases)
         try:
@@ -972,7 +982,7 @@ class PotentialSolver:
             del history[first_entry:]
             iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         embedding = time.perf_counter()
-        psi = _embed(x_work, -self._lo, self.shape, self.dtype)
+        psi = _embed(x_work, -self._lo, self.shape, self.dtype, out=out)
         phases["embed"] = time.perf_counter() - embedding
         converged = relative <= tol
         if not converged:

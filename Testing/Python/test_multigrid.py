@@ -237,6 +237,31 @@ def test_warm_start_and_zero_rhs():
     assert np.all(zero == 0)
 
 
+def test_output_array_is_filled_in_full_and_may_be_the_warm_start():
+    sigma = shell_sigma(12)
+    faces = smooth_faces(sigma.shape)
+    solver = PotentialSolver(sigma, H)
+    expected, _ = solver.solve(faces, tol=1e-10)
+    out = np.full(sigma.shape, np.nan)  # every cell is written, air included
+    psi, _ = solver.solve(faces, tol=1e-10, out=out)
+    assert psi is out
+    np.testing.assert_array_equal(psi, expected)
+    half = [0.5 * face for face in faces]
+    again, info = solver.solve(half, tol=1e-10, x0=0.5 * out, out=out)  # x0 is read before out is written
+    assert again is out
+    assert info["warm_start"]
+    assert info["iterations"] == 0
+    np.testing.assert_allclose(again, 0.5 * expected, atol=1e-9 * np.abs(expected).max())
+    for bad in (np.zeros(sigma.shape, np.float32), np.zeros((12, 12, 11)), np.zeros(sigma.shape)[:, :, ::-1],
+                np.zeros(sigma.shape).tolist()):
+        with pytest.raises(ValueError, match="out must be"):
+            solver.solve(faces, out=bad)
+    frozen = np.zeros(sigma.shape)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        solver.solve(faces, out=frozen)
+
+
 def test_callback_and_cancel():
     sigma = shell_sigma(12)
     faces = smooth_faces(sigma.shape)
