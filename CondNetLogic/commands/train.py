@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..conductivity import get_table
     from ..network import CondNetConfig
     from ..training import PRESETS, train, with_overrides
     from ..weights import register_weights
@@ -103,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.weights_path} (sha256 {result.sha256})")
     if args.register:
         entry = register_weights(result.weights_path, weights_id=args.register, version=args.weights_version)
-        if "A" not in config.tables:
-            kind = f"for --table {' '.join(config.tables)}"
+        names = [get_table(table).name for table in config.tables]
+        if "A" not in names:
+            kind = f"picked by condnet predict --table {' or '.join(names)}"
         else:
             kind = "default when no T2 is given" if args.t1_only else "default"
         print(f"registered {entry['file']} as {entry['id']!r} ({kind}) in Resources/weights.json")
