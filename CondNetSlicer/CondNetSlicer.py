@@ -185,7 +185,10 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRequested = False
         self._observedMarkup = None
         self._appliedHandleAngle = None
+        self._modelScalpOffset = None  # the scalp offset (mm) the coil model was last drawn with
         self._updatingCoil = False
+        self._coilMovedWhileBusy = False
+        self._reportedMissingCoil = ""
 
     def resourcePath(self, filename: str) -> str:
         # The shared Resources/ folder sits beside this module's folder, not inside it (see CMakeLists.txt).
@@ -233,6 +236,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # Work on the closing scene's nodes stops: an in-process solve at its next iteration (nothing is added),
+        # a background estimate now (its inputs are gone).
+        self._cancelRequested = True
+        if self._process is not None:
+            self._process.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -242,8 +250,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(CondNetSlicerParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.t1Volume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+            firstVolume = self.logic.firstInputVolume()  # a scan: no label map, no CondNet output
+            if firstVolume:
                 self._parameterNode.t1Volume = firstVolume
         if not self._parameterNode.coilName and self.ui.coilComboBox.count:
             self._parameterNode.coilName = self.ui.coilComboBox.itemText(0)
@@ -267,8 +275,14 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        if p.coilName and self.ui.coilComboBox.currentText != p.coilName:
+        coilInstalled = bool(p.coilName) and self.ui.coilComboBox.findText(p.coilName) >= 0
+        if coilInstalled and self.ui.coilComboBox.currentText != p.coilName:
             self.ui.coilComboBox.setCurrentText(p.coilName)
+        elif p.coilName and not coilInstalled and self._reportedMissingCoil != p.coilName:
+            # e.g. a scene saved where other coils are installed: show no coil rather than a wrong one
+            self._reportedMissingCoil = p.coilName
+            self.ui.coilComboBox.setCurrentIndex(-1)
+            self._log(f"The coil '{p.coilName}' of this scene is not installed here: choose a coil in the list.")
         # Only a CondNet coil markup is snapped and turned: another point list selected here is left alone.
         isCoil = self.logic.isCoilMarkup(p.coilMarkup)
         self._observeCoilMarkup(p.coilMarkup if isCoil else None)
@@ -281,7 +295,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.placeCoilButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.snapCoilButton.enabled = idle and bool(p.conductivityVolume) and hasPoint
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
-        self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and bool(p.coilName)
+        self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
         )
@@ -310,6 +324,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._appliedHandleAngle = p.handleAngleDeg
                     self.logic.setCoilHandleAngle(p.coilMarkup, p.conductivityVolume, p.handleAngleDeg)
                     self._updateCoilModel()
+            elif coilInstalled and self._modelScalpOffset is not None and p.scalpOffsetMm != self._modelScalpOffset:
+                with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
+                    self._updateCoilModel()  # the scalp offset moved the coil along its normal
 
     def onCoilChanged(self, text: str) -> None:
         p = self._parameterNode
@@ -334,9 +351,14 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy = busy
         self._cancelRequested = False
         self.ui.progressBar.value = 0
+        self.ui.progressBar.setFormat("%p%")  # not the last run's message
         if message:
             self._log(message)
         self._onParameterNodeModified()
+        if not busy and self._coilMovedWhileBusy:
+            # The coil was dragged while the GUI was busy: snap it (and re-solve) once the current handler is done.
+            self._coilMovedWhileBusy = False
+            qt.QTimer.singleShot(0, self._onCoilMarkupMoved)
 
     def _showProgress(self, fraction: float, message: str) -> None:
         """Progress of the background process (called from its QTimer poll: the GUI is not blocked)."""
@@ -353,9 +375,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
+        self._log("Cancelling...")
         if self._process is not None:
             self._process.cancel()
-        self._log("Cancelling...")
 
     def _ensureRequirements(self) -> None:
         from CondNetSlicerLib import install
@@ -477,6 +499,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to start placing the coil."), waitCursor=True):
             markup = self._ensureCoilMarkup()
             self.logic.startCoilPlacement(markup, slicer.modules.markups.logic())
+            self._onCoilPointRemoved()  # the old point is gone (place = replace)
             self._log("Click on the head in a slice or 3D view to place the coil.")
 
     def _observeCoilMarkup(self, markup) -> None:
@@ -485,24 +508,34 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The angle the panel applied belongs to the markup observed so far: for another coil markup (chosen
         # in the selector, a new one, or the same one after the panel was left) the coil's own angle is shown.
         self._appliedHandleAngle = None
+        events = (
+            (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onCoilMarkupMoved),
+            (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._onCoilMarkupMoved),
+            (slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._onCoilPointRemoved),
+        )
         if self._observedMarkup is not None:
-            for event in (
-                slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-            ):
-                self.removeObserver(self._observedMarkup, event, self._onCoilMarkupMoved)
+            for event, handler in events:
+                self.removeObserver(self._observedMarkup, event, handler)
         self._observedMarkup = markup
         if markup is not None:
-            for event in (
-                slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-            ):
-                self.addObserver(markup, event, self._onCoilMarkupMoved)
+            for event, handler in events:
+                self.addObserver(markup, event, handler)
+
+    def _onCoilPointRemoved(self, caller=None, event=None) -> None:
+        """The coil's point is gone (Place coil pressed again, or deleted elsewhere): hide the coil, update buttons."""
+        p = self._parameterNode
+        if p is None:
+            return
+        self.logic.setCoilModelVisible(p.coilModel, False)
+        self._onParameterNodeModified()
 
     def _onCoilMarkupMoved(self, caller=None, event=None) -> None:
         """After a click or a drag: snap to the scalp, redraw the coil, and re-solve when asked to."""
         p = self._parameterNode
-        if self._updatingCoil or self._busy or p is None or not p.conductivityVolume:
+        if self._busy:
+            self._coilMovedWhileBusy = True  # handled when the work ends (_setBusy)
+            return
+        if self._updatingCoil or p is None or not p.conductivityVolume:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil on the scalp."), waitCursor=True):
             self._snapCoil()
@@ -555,6 +588,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model, transform = self.logic.updateCoilModel(
             p.coilName, self._coilToRas(), p.conductivityVolume, p.coilModel, p.coilTransform
         )
+        self._modelScalpOffset = p.scalpOffsetMm
         p.coilModel, p.coilTransform = model, transform
 
     # ------------------------------------------------------------------------------- E-field

@@ -711,10 +711,26 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 display.SetLineWidth(3)
                 display.SetVisibility2D(True)
             modelNode.SetAndObserveTransformNodeID(transformNode.GetID())
+            self.setCoilModelVisible(modelNode, True)  # shown again after a new placement hid it
         except Exception:
             adapters.removeNodes(self.scene, created)
             raise
         return modelNode, transformNode
+
+    @staticmethod
+    def setCoilModelVisible(modelNode, visible: bool) -> None:
+        """Show or hide a coil model (hidden while its coil markup has no point: the pose is gone)."""
+        if modelNode is not None and modelNode.GetDisplayNode() is not None:
+            modelNode.GetDisplayNode().SetVisibility(bool(visible))
+
+    def firstInputVolume(self):
+        """The first scalar volume of the scene that can be a T1: not a label map, not a CondNet output."""
+        volumes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for index in range(volumes.GetNumberOfItems()):
+            node = volumes.GetItemAsObject(index)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode") and not _role(node):
+                return node
+        return None
 
     # ------------------------------------------------------------------------------------ E-field
     def _simulationFor(self, conductivityNode, *, device: str, tol: float, progress: Progress = None,

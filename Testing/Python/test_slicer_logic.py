@@ -658,3 +658,28 @@ def test_out_of_memory_during_the_solve_tells_the_user_what_to_do(mrml_scene, he
         logic.computeEField(sigma, logic.coilNames()[0], logic.coilToRas(markup, sigma), 1e8, device="cpu")
     assert logic._simulation is None
     assert node_ids(mrml_scene) == before
+
+
+def test_coil_model_hidden_until_redrawn_and_first_input_volume(mrml_scene):
+    """What the panel uses when the coil's point is removed (hide the model) and when it picks a default T1."""
+    from CondNetLogic.coil import coil_pose
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    assert logic.firstInputVolume() is None
+    labels = add_volume(mrml_scene, Volume(np.zeros((4, 4, 4), np.int16), OBLIQUE), "labels",
+                        className="vtkMRMLLabelMapVolumeNode")
+    output = add_volume(mrml_scene, Volume(np.ones((4, 4, 4), np.float32), OBLIQUE), "sigma_Emag")
+    output.SetAttribute("CondNet.Role", "efield-magnitude")
+    assert logic.firstInputVolume() is None  # neither a label map nor a CondNet output is a scan
+    scan = add_volume(mrml_scene, Volume(np.ones((4, 4, 4), np.float32), OBLIQUE), "T1")
+    assert logic.firstInputVolume() is scan
+    assert labels is not scan
+
+    pose = coil_pose(np.array([0.0, 0.0, 90.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]))
+    model, transform = logic.updateCoilModel(logic.coilNames()[0], pose)
+    assert model.GetDisplayNode().GetVisibility()
+    logic.setCoilModelVisible(model, False)
+    assert not model.GetDisplayNode().GetVisibility()
+    logic.updateCoilModel(logic.coilNames()[0], pose, None, model, transform)  # placed again: shown again
+    assert model.GetDisplayNode().GetVisibility()
+    logic.setCoilModelVisible(None, False)  # no model yet: nothing to do
