@@ -276,13 +276,17 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         coilInstalled = bool(p.coilName) and self.ui.coilComboBox.findText(p.coilName) >= 0
-        if coilInstalled and self.ui.coilComboBox.currentText != p.coilName:
-            self.ui.coilComboBox.setCurrentText(p.coilName)
-        elif p.coilName and not coilInstalled and self._reportedMissingCoil != p.coilName:
+        if coilInstalled:
+            self._reportedMissingCoil = ""
+            if self.ui.coilComboBox.currentText != p.coilName:
+                self.ui.coilComboBox.setCurrentText(p.coilName)
+        elif p.coilName:
             # e.g. a scene saved where other coils are installed: show no coil rather than a wrong one
-            self._reportedMissingCoil = p.coilName
-            self.ui.coilComboBox.setCurrentIndex(-1)
-            self._log(f"The coil '{p.coilName}' of this scene is not installed here: choose a coil in the list.")
+            if self.ui.coilComboBox.currentText:
+                self.ui.coilComboBox.setCurrentIndex(-1)
+            if self._reportedMissingCoil != p.coilName:
+                self._reportedMissingCoil = p.coilName
+                self._log(f"The coil '{p.coilName}' of this scene is not installed here: choose a coil in the list.")
         # Only a CondNet coil markup is snapped and turned: another point list selected here is left alone.
         isCoil = self.logic.isCoilMarkup(p.coilMarkup)
         self._observeCoilMarkup(p.coilMarkup if isCoil else None)
@@ -498,8 +502,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPlaceCoilButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start placing the coil."), waitCursor=True):
             markup = self._ensureCoilMarkup()
-            self.logic.startCoilPlacement(markup, slicer.modules.markups.logic())
-            self._onCoilPointRemoved()  # the old point is gone (place = replace)
+            self.logic.startCoilPlacement(markup, slicer.modules.markups.logic())  # PointRemovedEvent: coil hidden
             self._log("Click on the head in a slice or 3D view to place the coil.")
 
     def _observeCoilMarkup(self, markup) -> None:

@@ -14,38 +14,20 @@ def _private_condnet_cache(tmp_path_factory):
 
 @pytest.fixture
 def mrml_scene():
-    """A fresh MRML scene set up as the Slicer application does, installed as ``slicer.mrmlScene``.
-
-    Application logic, colour logic (default colour nodes), markups logic, and the Red, Yellow and
-    Green slice logics (each adds its slice node and slice composite node), as the app's startup and
-    layout manager do.  Colour files (Viridis, Inferno) are absent without the application.
-    """
+    """A fresh MRML scene set up as the Slicer application does (``_mrml.application_scene``), installed as
+    ``slicer.mrmlScene``."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
     vtk = pytest.importorskip("vtk")
+    from _mrml import application_scene
 
     previous = getattr(slicer, "mrmlScene", None)
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(app)
-    colors.SetMRMLScene(scene)
-    markups = slicer.vtkSlicerMarkupsLogic()
-    markups.SetMRMLApplicationLogic(app)
-    markups.SetMRMLScene(scene)
-    sliceLogics = vtk.vtkCollection()
-    for name in ("Red", "Yellow", "Green"):
-        sliceLogic = slicer.vtkMRMLSliceLogic()
-        sliceLogic.SetMRMLApplicationLogic(app)
-        sliceLogic.SetMRMLScene(scene)
-        sliceLogic.AddSliceNode(name)
-        sliceLogics.AddItem(sliceLogic)
-    app.SetSliceLogics(sliceLogics)
+    scene, app, _, keep = application_scene()
     slicer.mrmlScene = scene
     yield scene
     slicer.mrmlScene = previous
     app.SetSliceLogics(vtk.vtkCollection())
     scene.Clear(1)
+    del keep
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,625 @@
+"""Drive the real ``CondNetSlicerWidget`` on the fakes, as a user would, and check each step.
+
+    python Testing/Python/slicer_gui_fakes/panel_scenario.py WORKDIR
+
+Run it in a fresh interpreter (``test_slicer_widget.py`` does): it installs fake ``qt``/``ctk`` modules for the
+whole process.  Everything else is real: the panel code, its logic, a slicer-core MRML scene, the conductivity
+estimate in a background process (polled by the panel's QTimer, which :func:`pumpUntil` fires) and the E-field
+solve.  Files go to WORKDIR only: weights, exports, and the panel's work folders (TMPDIR is set to WORKDIR).
+
+Exit status 0 after ``PANEL SCENARIO PASSED``; 1 after ``FAILED step '<step>': <why>`` at the first failed check,
+exception in a slot or a VTK observer, unexpected dialog, Qt API the fakes lack, or unrestored wait cursor.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+if not __package__:  # run as a file: import this package by name, with Testing/Python on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path[1:1] = [str(ROOT / "CondNetSlicer"), str(ROOT)]
+
+from slicer_gui_fakes import fakeqt, fakeslicer  # noqa: E402
+
+slicer = fakeslicer.install()
+
+import numpy as np  # noqa: E402
+
+RECORD = fakeslicer.RECORD
+OBSERVER_ERRORS = []  # exceptions raised in VTK observers (VTK prints them through sys.excepthook)
+
+
+def _excepthook(kind, value, tb):
+    OBSERVER_ERRORS.append("".join(traceback.format_exception(kind, value, tb)))
+    sys.__excepthook__(kind, value, tb)
+
+
+class ScenarioFailure(AssertionError):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise ScenarioFailure(message)
+
+
+class Panel:
+    """The panel under test and what the steps share."""
+
+    widget = None
+    parent = None
+    scene = None
+    head = None
+    weights = ""
+    work = None
+    keep = None  # scene logics that must stay alive
+    steps = 0
+
+
+P = Panel()
+
+
+def logText():
+    return P.widget.ui.logTextEdit.toPlainText() if P.widget is not None and hasattr(P.widget, "ui") else ""
+
+
+def params():
+    return P.widget._parameterNode
+
+
+def _problems(marks):
+    """What went wrong since ``marks`` besides failed checks: exceptions in slots and observers, dialogs..."""
+    problems = []
+    for where, slot, err, text in fakeqt.LOG["slot_exceptions"][marks[0]:]:
+        problems.append(f"exception in slot {slot} (signal {where}): {type(err).__name__}: {err}\n{text}")
+    problems += [f"the panel used {attr}, which the fakes lack" for attr in fakeqt.LOG["unknown_attrs"][marks[1]:]]
+    problems += [f"{kind} dialog: {text!r} {extra!r}" for kind, text, extra in RECORD["dialogs"][marks[2]:]]
+    problems += [f"exception in a VTK observer:\n{text}" for text in OBSERVER_ERRORS[marks[3]:]]
+    if RECORD["cursor"] != 0:
+        problems.append(f"the wait cursor was not restored (depth {RECORD['cursor']})")
+    return problems
+
+
+@contextlib.contextmanager
+def step(name):
+    """One scenario step: fails on a failed check and on anything :func:`_problems` finds."""
+    marks = (len(fakeqt.LOG["slot_exceptions"]), len(fakeqt.LOG["unknown_attrs"]), len(RECORD["dialogs"]),
+             len(OBSERVER_ERRORS))
+    started = time.monotonic()
+    print(f"== {name}", flush=True)
+    try:
+        yield
+        problems = _problems(marks)
+        if problems:
+            raise ScenarioFailure("\n".join(problems))
+    except Exception as err:
+        why = str(err) if isinstance(err, ScenarioFailure) else traceback.format_exc()
+        also = [p for p in _problems(marks) if p not in why]
+        print(f"FAILED step '{name}': {why}", flush=True)
+        if also:
+            print("---- also in this step ----\n" + "\n".join(also), flush=True)
+        print("---- last lines of the panel's log ----\n" + "\n".join(logText().splitlines()[-25:]), flush=True)
+        _stopProcesses()
+        raise SystemExit(1) from None
+    P.steps += 1
+    print(f"   ok ({time.monotonic() - started:.1f} s)", flush=True)
+
+
+def _stopProcesses():
+    """Leave no background process behind a failed run."""
+    for process in (getattr(P.widget, "_process", None), getattr(P.widget, "_warmup", None)):
+        if process is not None and process.isRunning():
+            process.cancel()
+
+
+def click(button):
+    """A user's click: only on a visible, enabled button."""
+    check(button.effectivelyVisible(), f"{button.name} is hidden: the user cannot press it")
+    check(button.effectivelyEnabled(), f"{button.name} is disabled: the user cannot press it")
+    button.click()
+
+
+def pumpUntil(condition, timeout, what):
+    """The event loop: fire due timers until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        check(time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}")
+        fakeqt.pumpTimers()
+        time.sleep(0.02)
+
+
+def expectedStates(busy=False):
+    """What _onParameterNodeModified must enable and show, from the parameter node alone."""
+    p, logic, ui = params(), P.widget.logic, P.widget.ui
+    isCoil = logic.isCoilMarkup(p.coilMarkup)
+    hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+    coilInstalled = bool(p.coilName) and ui.coilComboBox.findText(p.coilName) >= 0
+    sigma = p.conductivityVolume is not None
+    idle = not busy
+    return {
+        "estimateButton": idle and p.t1Volume is not None,
+        "showUncertaintyButton": idle and p.uncertaintyVolume is not None,
+        "placeCoilButton": idle and sigma,
+        "snapCoilButton": idle and sigma and hasPoint,
+        "presetButton": idle and sigma and p.landmarks is not None,
+        "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
+        "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
+        "cancelButton visible": busy,
+        "progressBar visible": busy,
+        "customTablePathLineEdit": p.conductivitySet == "custom",
+    }
+
+
+def checkStates(label, busy=False):
+    want, got = expectedStates(busy), {}
+    for name in want:
+        widgetName, _, what = name.partition(" ")
+        widget = getattr(P.widget.ui, widgetName)
+        got[name] = widget.visible if what == "visible" else widget.enabled
+    wrong = {name: f"is {got[name]}, expected {want[name]}" for name in want if got[name] != want[name]}
+    check(not wrong, f"{label}: enabled/visible states of the panel are wrong: {wrong}")
+
+
+def checkGuiMirrorsParameters(label):
+    """Every widget bound with SlicerParameterName shows its parameter."""
+    p, wrong = params(), []
+    for name, widget in vars(P.widget.ui).items():
+        parameter = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if not parameter:
+            continue
+        value = getattr(p, parameter)
+        if isinstance(widget, fakeqt.qMRMLNodeComboBox):
+            shown, same = widget.currentNode(), widget.currentNode() is value
+        elif isinstance(widget, fakeqt.ctkPathLineEdit):
+            shown = widget.currentPath
+            same = shown == str(value)
+        elif isinstance(widget, fakeqt.QComboBox):
+            shown = widget.currentText
+            same = shown == str(value)
+        elif isinstance(widget, fakeqt.QCheckBox):
+            shown = widget.checked
+            same = shown == value
+        else:
+            shown = widget.value
+            same = abs(shown - value) <= 0.5 * 10 ** (-widget.decimals) + 1e-9
+        if not same:
+            wrong.append(f"{name} shows {shown!r} but {parameter} is {value!r}")
+    check(not wrong, f"{label}: the widgets do not show the parameter node: {wrong}")
+
+
+def point(markup):
+    position = np.zeros(3)
+    markup.GetNthControlPointPositionWorld(0, position)
+    return position
+
+
+def headCentre():
+    from CondNetSlicerLib import adapters
+
+    sigma = params().conductivityVolume
+    ijk = np.argwhere(adapters.volumeFromNode(sigma).array > 0).mean(axis=0)
+    return (adapters.ijkToRasFromNode(sigma) @ np.append(ijk, 1.0))[:3]
+
+
+def clickOnHead(markup, offset):
+    """What the place widget does on a click in a view: a control point, then PointPositionDefinedEvent."""
+    fired = []
+    tag = markup.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, lambda c, e: fired.append(e))
+    markup.AddControlPointWorld(*(headCentre() + np.asarray(offset, float)), "coil")
+    markup.RemoveObserver(tag)
+    if not fired:
+        markup.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent)
+
+
+def coilMatrix():
+    return slicer.util.arrayFromTransformMatrix(params().coilTransform)
+
+
+def modelVisible():
+    display = params().coilModel.GetDisplayNode()
+    return display is not None and bool(display.GetVisibility())
+
+
+def addInputs(names=("T1", "T2")):
+    from CondNetSlicerLib import adapters
+
+    return [adapters.addVolumeNode(P.scene, P.head[key], name) for key, name in zip(("t1", "t2"), names)]
+
+
+def enterAgain():
+    P.parent.isEntered = False
+    P.widget.exit()
+    P.parent.isEntered = True
+    P.widget.enter()
+
+
+def chooseInputs(t2):
+    ui = P.widget.ui
+    ui.t2Selector.setCurrentNode(t2)
+    ui.weightsPathLineEdit.currentPath = P.weights
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    ui.fullPrecisionCheckBox.checked = True  # float32: the same numbers with any thread count
+    p = params()
+    check(p.t2Volume is t2, f"picking T2 in its selector did not set t2Volume ({p.t2Volume})")
+    check(str(p.weightsPath) == P.weights, f"the weights path line edit did not set weightsPath ({p.weightsPath})")
+    check(p.device == "cpu", f"the device combo box did not set device ({p.device})")
+    check(p.fullPrecision is True, "the full-precision check box did not set fullPrecision")
+
+
+# ============================================================================================ the steps
+def setUp():
+    with step("set up: module, panel, phantom head; default T1 skips a label map and an earlier CondNet output"):
+        from test_slicer_logic import OBLIQUE, relabel
+
+        from CondNetLogic.phantom import make_head_phantom
+        from CondNetLogic.volume import Volume
+        from CondNetSlicerLib import adapters, testing
+        from CondNetSlicerLib.logic import ROLE
+
+        P.scene, P.keep = fakeslicer.makeScene()
+        import CondNetSlicer as module
+
+        info = type("ModuleParent", (), {})()
+        module.CondNetSlicer(info)
+        check(info.title == "CondNet", f"module title {info.title!r}")
+        slicer.app.startupCompleted.emit()
+        check(len(RECORD["samples"]) == 1, "registerSampleData did not run at startupCompleted")
+
+        phantom = make_head_phantom((48, 48, 48), seed=1, spacing_mm=1.25)
+
+        def lia(volume):
+            out = relabel(volume, (0, 2, 1), (True, True, False))
+            return Volume(out.array, OBLIQUE @ out.ijk_to_ras)
+
+        P.head = {"t1": lia(phantom.t1), "t2": lia(phantom.t2), "tissues": lia(phantom.tissues)}
+        # Scene order: a label map and an earlier CondNet output come before the scans.
+        adapters.addVolumeNode(P.scene, P.head["tissues"], "labels", className="vtkMRMLLabelMapVolumeNode")
+        earlier = adapters.addVolumeNode(P.scene, P.head["t1"], "earlier conductivity")
+        earlier.SetAttribute(ROLE, "conductivity")
+        t1, t2 = addInputs()
+        P.weights = testing.makeTinyWeights(str(P.work / "tiny.safetensors"), size=64)
+
+        P.parent = fakeqt.qMRMLWidget()
+        P.parent.setLayout(fakeqt.QVBoxLayout())
+        P.parent.isEntered = False
+        P.widget = module.CondNetSlicerWidget(P.parent)
+        P.widget.setup()
+        P.parent.isEntered = True
+        P.widget.enter()
+        p, ui = params(), P.widget.ui
+        check(p is not None, "no parameter node after setup() and enter()")
+        nodes = P.scene.GetNodesByClass("vtkMRMLScriptedModuleNode")
+        check(nodes.GetNumberOfItems() == 1, f"{nodes.GetNumberOfItems()} scripted module nodes, expected 1")
+        check(p.t1Volume is t1, f"the default T1 is {p.t1Volume.GetName() if p.t1Volume else None}, expected T1: "
+              "a label map and a CondNet output must be skipped (logic.firstInputVolume)")
+        check(ui.coilComboBox.count >= 1, "no coil in the coil combo box")
+        check(p.coilName == ui.coilComboBox.itemText(0) == ui.coilComboBox.currentText,
+              f"coilName {p.coilName!r} is not the first coil shown ({ui.coilComboBox.currentText!r})")
+        checkStates("after setup")
+        checkGuiMirrorsParameters("after setup")
+        chooseInputs(t2)
+        checkStates("inputs chosen")
+        checkGuiMirrorsParameters("inputs chosen")
+
+
+def estimate():
+    with step("Estimate: conductivity in the background process, polled by the panel's QTimer"):
+        w, ui = P.widget, P.widget.ui
+        history = len(ui.progressBar.history)
+        click(ui.estimateButton)
+        process = w._process
+        check(process is not None and process.isRunning(), "Estimate started no background process")
+        workDir = process.workDir
+        check(Path(workDir).resolve().is_relative_to(P.work), f"the work folder {workDir} is not under WORKDIR")
+        checkStates("while estimating", busy=True)
+        pumpUntil(lambda: w._process is None, 300, "the conductivity process")
+        check(process.returnCode == 0, f"the process ended with {process.returnCode}:\n" + "\n".join(process.output))
+        p = params()
+        check(p.conductivityVolume is not None and p.uncertaintyVolume is not None,
+              "no conductivity/uncertainty volume in the parameter node after the estimate")
+        check(p.conductivityVolume.GetAttribute("CondNet.Table") == "A", "the conductivity is not table A's")
+        check(not os.path.exists(workDir), f"the work folder (copies of the scans) was left: {workDir}")
+        check(len(ui.progressBar.history) > history, "the progress bar never moved")
+        check("Conductivity ready" in logText(), "no 'Conductivity ready' in the log")
+        check(w._warmup is not None, "the E-field warm-up was not started after the estimate")
+        checkStates("after the estimate")
+        checkGuiMirrorsParameters("after the estimate")
+
+    with step("E-field warm-up finishes in the background"):
+        warmup = P.widget._warmup
+        pumpUntil(lambda: not warmup.isRunning() and warmup.returnCode is not None, 300, "the warm-up process")
+        check(warmup.returnCode == 0, f"warm-up ended with {warmup.returnCode}:\n" + "\n".join(warmup.output))
+        check("E-field warm-up: E-field kernels ready" in logText(), "no warm-up line in the log")
+
+
+def placeCoil():
+    with step("Place coil, then a click on the head: point snapped, coil model shown"):
+        w, ui, logic = P.widget, P.widget.ui, P.widget.logic
+        click(ui.placeCoilButton)
+        p = params()
+        markup = p.coilMarkup
+        check(logic.isCoilMarkup(markup), "Place coil did not make a coil markup")
+        check(ui.coilMarkupSelector.currentNode() is markup, "the coil markup selector does not show the new markup")
+        interaction = P.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        check(interaction.GetCurrentInteractionMode() == interaction.Place, "the views are not in place mode")
+        checkStates("coil markup without a point")
+        clickOnHead(markup, [20.0, 0.0, 120.0])
+        check(logic.coilMarkupHasOrientation(markup), "the clicked point was not snapped and aligned")
+        check(p.coilModel is not None and p.coilTransform is not None, "no coil model/transform after placing")
+        check(modelVisible(), "the coil model is hidden after placing")
+        angle = logic.coilHandleAngle(markup, p.conductivityVolume)
+        check(abs(angle - 45.0) < 1e-3 and abs(p.handleAngleDeg - 45.0) < 1e-3,
+              f"a new coil should have the panel's handle angle 45: coil {angle}, panel {p.handleAngleDeg}")
+        check(np.allclose(coilMatrix(), w._coilToRas()), "the coil model is not at the coil's pose")
+        checkStates("coil placed")
+        checkGuiMirrorsParameters("coil placed")
+
+
+def computeEField():
+    with step("Compute E-field on cpu"):
+        ui = P.widget.ui
+        events = RECORD["processEvents"]
+        click(ui.computeEFieldButton)
+        p = params()
+        check(p.eMagnitudeVolume is not None and p.eVectorVolume is not None and p.statisticsTable is not None,
+              "the E-field outputs are not in the parameter node")
+        check(float(slicer.util.arrayFromVolume(p.eMagnitudeVolume).max()) > 0, "|E| is zero everywhere")
+        check(P.widget.logic.samePose(P.widget.logic.solvedCoilToRas(p.eMagnitudeVolume), P.widget._coilToRas()),
+              "the E-field was not solved at the coil's pose")
+        check(ui.statisticsTableView.mrmlTableNode() is p.statisticsTable, "the table view does not show the table")
+        check(RECORD["processEvents"] > events, "the solve never let the event loop run (processEvents)")
+        check("E-field:" in logText(), "no E-field summary in the log")
+        checkStates("after the E-field")
+        checkGuiMirrorsParameters("after the E-field")
+
+
+def scalpOffsetRedrawsCoil():
+    with step("fix: changing the scalp offset redraws the coil model"):
+        ui, p = P.widget.ui, params()
+        before = coilMatrix()
+        ui.scalpOffsetSpinBox.value = 10.0
+        check(abs(p.scalpOffsetMm - 10.0) < 1e-9, f"the spin box did not set scalpOffsetMm ({p.scalpOffsetMm})")
+        after = coilMatrix()
+        moved = np.linalg.norm(after[:3, 3] - before[:3, 3])
+        check(abs(moved - 6.0) < 0.01, f"the coil model moved {moved:.3f} mm for a 4 -> 10 mm scalp offset, not 6 mm")
+        check(np.allclose(after, P.widget._coilToRas()), "the coil model is not at the coil's pose")
+        ui.scalpOffsetSpinBox.value = 4.0
+        check(np.allclose(coilMatrix(), before), "the coil model did not come back with the scalp offset")
+
+
+def dragDuringSolve():
+    with step("fix: a coil drag released during a solve is snapped when the solve ends"):
+        w, ui, logic, p = P.widget, P.widget.ui, P.widget.logic, params()
+        markup, emag = p.coilMarkup, p.eMagnitudeVolume
+        info = emag.GetAttribute("CondNet.Info")
+        dragged = []
+
+        def dragThenCancel():  # the user drags the coil 40 mm off the head, then cancels the solve
+            if not dragged and w._busy:
+                start = point(markup)
+                outward = (start - headCentre()) / np.linalg.norm(start - headCentre())
+                markup.SetNthControlPointPositionWorld(0, *(start + 40.0 * outward))
+                markup.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+                dragged.append(point(markup))
+                click(ui.cancelButton)
+
+        RECORD["processEventsHooks"].append(dragThenCancel)
+        try:
+            click(ui.computeEFieldButton)
+        finally:
+            RECORD["processEventsHooks"].remove(dragThenCancel)
+        check(bool(dragged), "the solve never called processEvents: no drag happened")
+        check("E-field computation cancelled" in logText(), "the cancelled solve was not logged")
+        check(p.eMagnitudeVolume is emag and emag.GetAttribute("CondNet.Info") == info,
+              "a cancelled solve changed the E-field")
+        pumpUntil(lambda: not fakeqt.ACTIVE_TIMERS, 10, "the panel's deferred handler (QTimer.singleShot)")
+        distance = np.linalg.norm(point(markup) - dragged[0])
+        check(distance > 20.0, f"the coil dragged during the solve stayed {distance:.1f} mm from where it was "
+              "dropped, 40 mm off the scalp: the drag was ignored instead of snapped when the solve ended")
+        check(logic.coilMarkupHasOrientation(markup), "the dragged coil is not aligned")
+        check(np.allclose(coilMatrix(), w._coilToRas()), "the coil model did not follow the snapped coil")
+        check(not w._coilMovedWhileBusy, "_coilMovedWhileBusy is still set")
+        checkStates("after the drag")
+
+
+def placeAgain():
+    with step("fix: pressing Place coil again hides the old coil model and disables Snap/Compute"):
+        w, ui, logic, p = P.widget, P.widget.ui, P.widget.logic, params()
+        markup = p.coilMarkup
+        click(ui.placeCoilButton)
+        check(p.coilMarkup is markup and markup.GetNumberOfControlPoints() == 0,
+              "Place coil again did not empty the coil markup")
+        check(not modelVisible(), "the old coil model is still shown while the coil is being placed again")
+        check(not ui.snapCoilButton.enabled and not ui.computeEFieldButton.enabled,
+              f"Snap ({ui.snapCoilButton.enabled}) / Compute ({ui.computeEFieldButton.enabled}) stay enabled "
+              "for a coil markup without a point")
+        checkStates("placing again")
+        clickOnHead(markup, [-20.0, 10.0, 120.0])
+        check(logic.coilMarkupHasOrientation(markup), "the second placement was not snapped")
+        check(modelVisible(), "the coil model is not shown again after the second placement")
+        check(abs(logic.coilHandleAngle(markup, p.conductivityVolume) - p.handleAngleDeg) < 1e-3,
+              "the second placement does not have the panel's handle angle")
+        check(np.allclose(coilMatrix(), w._coilToRas()), "the coil model is not at the new pose")
+        checkStates("placed again")
+
+    with step("fix: the coil's point deleted elsewhere (Markups module) hides the coil model, disables Snap/Compute"):
+        ui, p = P.widget.ui, params()
+        markup = p.coilMarkup
+        pose = point(markup)
+        markup.RemoveNthControlPoint(0)
+        check(not modelVisible(), "the coil model is still shown after the coil's point was deleted")
+        check(not ui.snapCoilButton.enabled and not ui.computeEFieldButton.enabled,
+              "Snap/Compute stay enabled after the coil's point was deleted")
+        checkStates("point deleted")
+        click(ui.placeCoilButton)
+        clickOnHead(markup, pose - headCentre())
+        check(modelVisible() and ui.computeEFieldButton.enabled, "placing the coil again did not bring it back")
+        checkStates("placed after the deletion")
+
+
+def missingCoil():
+    with step("fix: a parameter-node coil that is not installed blanks the coil combo box and disables Compute"):
+        ui, p = P.widget.ui, params()
+        installed = ui.coilComboBox.itemText(0)
+        p.coilName = "coil_from_elsewhere"  # e.g. a scene saved where other coils are installed
+        check(ui.coilComboBox.currentIndex == -1 and ui.coilComboBox.currentText == "",
+              f"the coil combo box shows {ui.coilComboBox.currentText!r} for coil 'coil_from_elsewhere'")
+        check(p.coilName == "coil_from_elsewhere", f"coilName changed to {p.coilName!r}")
+        check("'coil_from_elsewhere' of this scene is not installed" in logText(), "the missing coil was not logged")
+        check(not ui.computeEFieldButton.enabled, "Compute is enabled with a coil that is not installed")
+        checkStates("missing coil")
+        ui.coilComboBox.currentIndex = 0  # the user picks an installed coil
+        check(p.coilName == installed, f"picking {installed!r} in the combo box set coilName {p.coilName!r}")
+        check(ui.computeEFieldButton.enabled, "Compute stays disabled after an installed coil was chosen")
+        checkStates("coil chosen again")
+        p.coilName = "coil_from_elsewhere"  # the same scene loaded again: blank again, and said again
+        check(ui.coilComboBox.currentText == "", f"the second time the combo box shows {ui.coilComboBox.currentText!r}")
+        logged = logText().count("'coil_from_elsewhere' of this scene is not installed")
+        check(logged == 2, f"the missing coil was logged {logged} times, not twice")
+        ui.coilComboBox.currentIndex = 0
+        check(p.coilName == installed, f"coilName {p.coilName!r} after choosing {installed!r} again")
+
+
+def export():
+    with step("Export to a folder"):
+        ui, p = P.widget.ui, params()
+        folder = P.work / "export dir"
+        ui.exportFolderLineEdit.currentPath = str(folder)
+        check(str(p.exportFolder) == str(folder), "the export folder line edit did not set exportFolder")
+        checkStates("export folder chosen")
+        click(ui.exportButton)
+        files = sorted(os.listdir(folder)) if folder.is_dir() else []
+        expected = {"conductivity_A.nii.gz", "uncertainty.nii.gz", "efield_magnitude.nii.gz", "efield_vector.nii.gz",
+                    "efield_statistics.csv", "coil_to_ras.txt", "condnet_export.json"}
+        check(expected <= set(files), f"exported {files}; missing {sorted(expected - set(files))}")
+        pose = np.loadtxt(folder / "coil_to_ras.txt")
+        check(P.widget.logic.samePose(pose, P.widget.logic.solvedCoilToRas(p.eMagnitudeVolume)),
+              "coil_to_ras.txt is not the pose the E-field was solved with")
+        check("Exported:" in logText(), "the export was not logged")
+
+
+def leaveAndEnter():
+    with step("leave the module (GUI disconnected) and enter it again (GUI shows the parameter node)"):
+        w, ui = P.widget, P.widget.ui
+        before = params()
+        outputs = (before.conductivityVolume, before.eMagnitudeVolume, before.coilMarkup)
+        P.parent.isEntered = False
+        w.exit()
+        check(w._parameterNode is None, "exit() kept the parameter node")
+        ui.didtSpinBox.value = 50.0  # edited while the module is not shown: must not reach the parameter node
+        module = sys.modules["CondNetSlicer"]
+        stored = module.CondNetSlicerParameterNode(w.logic.getParameterNode())
+        check(stored.didtAPerUs == 100.0, f"a widget changed the parameter node after exit(): {stored.didtAPerUs}")
+        P.parent.isEntered = True
+        w.enter()
+        p = params()
+        shown = (p.conductivityVolume, p.eMagnitudeVolume, p.coilMarkup)
+        check(all(a is b for a, b in zip(shown, outputs)), "enter() lost the results")
+        check(ui.didtSpinBox.value == 100.0, f"enter() did not show didtAPerUs ({ui.didtSpinBox.value})")
+        check(ui.conductivitySelector.currentNode() is p.conductivityVolume, "the conductivity selector is stale")
+        check(abs(p.handleAngleDeg - w.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume)) < 1e-3,
+              "the handle angle shown on entry is not the coil's")
+        checkStates("entered again")
+        checkGuiMirrorsParameters("entered again")
+
+
+def closeSceneDuringSolve():
+    with step("fix: closing the scene during an E-field solve cancels it; nothing is added to the new scene"):
+        from CondNetSlicerLib.logic import ROLE
+
+        w, ui = P.widget, P.widget.ui
+        closed = []
+
+        def closeScene():
+            if not closed and w._busy:
+                closed.append(True)
+                P.scene.Clear(0)
+
+        RECORD["processEventsHooks"].append(closeScene)
+        try:
+            click(ui.computeEFieldButton)
+        finally:
+            RECORD["processEventsHooks"].remove(closeScene)
+        check(closed == [True], "the solve never called processEvents: the scene was not closed during it")
+        check(not w._busy, "still busy after the solve")
+        check("E-field computation cancelled" in logText().split("Computing the E-field")[-1],
+              "the solve was not cancelled when the scene closed")
+        p = params()
+        check(p is not None, "no parameter node after the scene closed while the module is shown")
+        stale = [name for name in ("eMagnitudeVolume", "eVectorVolume", "statisticsTable", "conductivityVolume")
+                 if getattr(p, name) is not None]
+        check(not stale, f"after closing the scene during a solve the parameter node holds {stale}")
+        made = [P.scene.GetNthNode(i).GetName() for i in range(P.scene.GetNumberOfNodes())
+                if (P.scene.GetNthNode(i).GetAttribute(ROLE) or "").startswith("efield")]
+        check(not made, f"the solve added {made} to the closed scene")
+        checkStates("after the scene closed during a solve")
+
+
+def closeSceneDuringEstimate():
+    with step("fix: closing the scene while an estimate runs cancels the process at once"):
+        from CondNetSlicerLib.process import CANCELLED
+
+        w, ui = P.widget, P.widget.ui
+        t1, t2 = addInputs()
+        enterAgain()
+        check(params().t1Volume is t1, "the default T1 after the scene was closed and loaded again is not T1")
+        chooseInputs(t2)
+        click(ui.estimateButton)
+        process = w._process
+        check(process is not None and process.isRunning(), "Estimate started no background process")
+        P.scene.Clear(0)
+        check(w._process is None and not process.isRunning() and process.returnCode == CANCELLED,
+              f"closing the scene did not cancel the running estimate (return code {process.returnCode})")
+        check(not w._busy, "still busy after the scene closed")
+        check(not os.path.exists(process.workDir), "the work folder of the cancelled estimate was left")
+        check("Conductivity estimation cancelled" in logText(), "the cancelled estimate was not logged")
+        p = params()
+        check(p is not None and p.conductivityVolume is None, "a conductivity is shown in the closed scene")
+        checkStates("after the scene closed during an estimate")
+        checkGuiMirrorsParameters("after the scene closed during an estimate")
+
+
+def cleanup():
+    with step("cleanup() while an estimate runs: process cancelled, no observers or timers left"):
+        from CondNetSlicerLib.process import CANCELLED
+
+        w, ui = P.widget, P.widget.ui
+        t1, t2 = addInputs(("T1 again", "T2 again"))
+        enterAgain()
+        chooseInputs(t2)
+        click(ui.estimateButton)
+        process = w._process
+        check(process is not None and process.isRunning(), "Estimate started no background process")
+        w.cleanup()
+        check(not process.isRunning() and process.returnCode == CANCELLED, "cleanup() did not cancel the estimate")
+        check(w._warmup is None or not w._warmup.isRunning(), "the warm-up process runs on after cleanup()")
+        check(not w.Observations, f"{len(w.Observations)} VTK observers left after cleanup()")
+        check(not fakeqt.ACTIVE_TIMERS, f"{len(fakeqt.ACTIVE_TIMERS)} timers still active after cleanup()")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    args = parser.parse_args(argv)
+    P.work = args.workdir.resolve()
+    P.work.mkdir(parents=True, exist_ok=True)
+    # The panel's work folders (tempfile.mkdtemp, here and in its background processes) go to WORKDIR too.
+    os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
+    sys.excepthook = _excepthook
+    started = time.monotonic()
+    for run in (setUp, estimate, placeCoil, computeEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain,
+                missingCoil, export, leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, cleanup):
+        run()
+    print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
