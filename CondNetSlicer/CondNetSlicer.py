@@ -460,8 +460,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Failed to load the conductivity."), waitCursor=True):
                 result = self.logic.loadConductivityResults(process.outDir, t1Node, tables)
                 # The panel may have been left (exit() drops self._parameterNode) while the process ran:
-                # store the result in the module's parameter node itself, which the panel shows on entry.
-                parameterNode = CondNetSlicerParameterNode(self.logic.getParameterNode())
+                # store the result in the module's parameter node itself, which the panel shows on entry.  A new
+                # wrapper only then: each one keeps observers on the node.
+                parameterNode = self._parameterNode or CondNetSlicerParameterNode(self.logic.getParameterNode())
                 parameterNode.conductivityVolume = result["conductivity"][tables[0]]
                 if tables[0] in result["uncertainty"]:
                     parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
