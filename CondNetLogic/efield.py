@@ -232,8 +232,8 @@ class EFieldSimulation:
         self.tol = float(tol)
         self.maxiter = int(maxiter)
         self.warm_start = bool(warm_start)
-        self._previous: Optional[tuple] = None  # (potential, dI/dt) of the last solve, for warm starts
         self._potential: Optional[np.ndarray] = None  # the last solve's potential array, reused by the next
+        self._previous_didt: Optional[float] = None  # its dI/dt when it may start the next solve (warm_start)
         self.primary_field = primary_field
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
@@ -366,16 +366,15 @@ class EFieldSimulation:
 
         report(0.3, "solving the potential")
         x0 = None
-        if self.warm_start and self._previous is not None:
-            previous, previous_didt = self._previous
-            x0 = previous * (didt / previous_didt)
+        if self.warm_start and self._previous_didt is not None:
+            x0 = self._potential * (didt / self._previous_didt)
         # The potential goes into the previous call's array (the warm start was copied from it already).
         psi, solve_info = self.solver.solve(
             faces, tol=self.tol, maxiter=self.maxiter, callback=on_iteration, cancel=cancel, x0=x0,
             out=self._potential,
         )
         self._potential = psi
-        self._previous = (psi, didt) if self.warm_start else None
+        self._previous_didt = didt if self.warm_start else None
         e_full = np.zeros(self.conductivity.shape + (3,), dtype=np.float32)
         magnitude = np.zeros(self.conductivity.shape, dtype=np.float32)
         self.solver.electric_field(psi, faces, rotation=self.conductivity.direction, out=e_full[self._crop],
