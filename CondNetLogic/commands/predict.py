@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import load_weights
     from ._progress import ProgressBar
 
-    weights = load_weights(args.weights, t2_given=args.t2 is not None, tables=[args.table] if args.table else None)
-    tables = [args.table] if args.table else [t.name for t in weights.tables]
+    requested = [args.table] if args.table else None
+    weights = load_weights(args.weights, t2_given=args.t2 is not None, tables=requested)
+    tables = requested or [t.name for t in weights.tables]
     paths = output_paths(args.out, tables)
     every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
     check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
