@@ -85,7 +85,9 @@ def _synchronize(device: str) -> None:
 
 
 def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compile=False, repeat=REPEAT,
-                backend="auto", cycle="auto") -> dict:
+                backend="auto", cycle="auto", profile=False) -> dict:
+    """Setup, first solve, then ``repeat`` timed solves; with ``profile`` (torch backend) also ``"profile"``:
+    torch.profiler's table of the operators of one more solve, by self time on the device (CPU on the CPU)."""
     import torch
 
     if compile:  # imported here, not inside the traced and timed setup (seconds, and its own memory)
@@ -151,10 +153,23 @@ def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compi
         # A CUDA out-of-memory error moved the work to the CPU: the numbers are not the GPU's.
         raise RuntimeError(f"ran on {info['device']} ({info['backend']}) instead of {device}: {info['fallbacks']}")
     median = int(np.argsort(times)[len(times) // 2])
+    table = _profile_solve(solver, faces, psi) if profile and solver.backend_name == "torch" else None
     return {"setup_s": setup, "solve_s": float(np.median(times)), "loop_s": float(np.median(loops[-repeat:])),
-            "phases_s": phases[median],
+            "phases_s": phases[median], "profile": table,
             "first_s": warmup, "iterations": info["iterations"], "psi": psi, "converged": info["converged"],
             "peak_mib": peak}
+
+
+def _profile_solve(solver, faces, psi) -> str:
+    """torch.profiler's table (12 rows) of one whole ``solve`` on the solver's device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = solver.device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        solver.solve(faces, tol=TOL, maxiter=200, out=psi)
+        _synchronize(solver.device)
+    return prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=12, max_name_column_width=60)
 
 
 def _system(sigma, faces, spacing_m):
@@ -285,8 +300,9 @@ def markdown_row(row: dict) -> str:
             + ("" if row["converged"] else " NOT CONVERGED"))
 
 
-def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
-    """Rows of every method at ``size``; ``emit(row)`` is called for each row as soon as it is complete.
+def benchmark(size: int, skip=(), torch_devices=None, emit=None, profile=False) -> list:
+    """Rows of every method at ``size``; ``emit(row)`` is called for each row as soon as it is complete;
+    ``profile`` prints torch.profiler's table of one solve after each torch row's line.
 
     ``torch_devices``: where the torch backend runs (default: ``["cuda"]`` when torch sees a device); ``"cpu"``
     runs the GPU code path on the CPU (eager only: ``torch.compile`` on the CPU needs a C++ toolchain and
@@ -345,7 +361,7 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
     for name, dtype, cycle_dtype, device, compile, backend, cycle in methods:
         try:
             result = run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device, compile, backend=backend,
-                                 cycle=cycle)
+                                 cycle=cycle, profile=profile)
         except Exception as err:  # noqa: BLE001 - a failed GPU variant (compiler missing, out of memory) is reported
             if device == "cpu" and backend == "numba":
                 raise
@@ -355,6 +371,9 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None) -> list:
         print(f"{size:4d} {name}: setup {result['setup_s']:.3f} s, first solve (warm-up, maxiter 1) "
               f"{result['first_s']:.3f} s, solve {result['solve_s']:.4f} s, CG loop {result['loop_s']:.4f} s, "
               f"{result['iterations']} iterations; steps of the median solve (ms): {steps}", flush=True)
+        table = result.pop("profile")
+        if table:
+            print(f"{size:4d} {name}: profile of one solve\n{table}", flush=True)
         finish(name, result)
     for name, runner in (("pyamg SA+CG", run_pyamg), ("scipy CG (Jacobi)", run_scipy_cg)):
         if name.split()[0].lower() + ("-cg" if "scipy" in name else "") in skip:
@@ -423,6 +442,9 @@ def main(argv=None) -> int:
                              "'cpu' runs the GPU code path on the CPU, eager (a dry run)")
     parser.add_argument("--markdown", help="also append the rows, as in benchmarks/RESULTS.md, to this file")
     parser.add_argument("--study", type=int, nargs="*", help="run the variant study at these sizes instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's table of one solve of each torch row (where the loop's "
+                             "time goes)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     description = machine()
@@ -456,7 +478,7 @@ def main(argv=None) -> int:
         append_markdown([markdown[-1]])
 
     for size in args.sizes:
-        benchmark(size, skip=set(args.skip), torch_devices=args.torch_device, emit=emit)
+        benchmark(size, skip=set(args.skip), torch_devices=args.torch_device, emit=emit, profile=args.profile)
     print("\nRows for benchmarks/RESULTS.md:\n" + MARKDOWN_HEADER + "\n" + "\n".join(markdown))
     return 0
 

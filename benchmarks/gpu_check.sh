@@ -132,7 +132,7 @@ if [[ $steps == *" solver "* ]]; then
     # shellcheck disable=SC2086 # the sizes are separate arguments
     step "bench_solver.py" 600 bench_solver.log \
         "$python" benchmarks/bench_solver.py --sizes ${GPU_CHECK_SOLVER_SIZES:-256 128} --skip scipy-cg pyamg \
-        --markdown "$summary"
+        --profile --markdown "$summary"
     grep -E 'steps of the median solve' "$out/bench_solver.log" | sed 's/^/    /' >> "$summary"
 fi
 

@@ -86,7 +86,8 @@ def validate_dadt_faces(dadt_faces, shape, *, check_finite: bool = True) -> tupl
     shape : tuple of 3 ints
         ``(I, J, K)``.
     check_finite : bool
-        Also refuse NaN/inf values (the solver tests them itself, in parallel).
+        Also refuse NaN/inf values (the multigrid solver instead tests the values it reads, between conductive
+        voxels, while it reads them).
 
     Raises
     ------

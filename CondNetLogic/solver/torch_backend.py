@@ -4,9 +4,9 @@ The same cycle and CG loop as the numba backend (:class:`CondNetLogic.solver.mul
 on dense tensors: a red-black half-sweep computes the residual of the whole interior from shifted slices and
 adds it back scaled by ``omega / d`` on that colour (0 on the other), restriction is a reshape-sum over
 2 x 2 x 2 blocks, prolongation a broadcast.  The arithmetic is that of the numba kernels, rearranged, so both
-backends agree to the rounding of the working dtype.  ``compile=True`` wraps the per-level updates in
-``torch.compile`` (fuses the slice arithmetic into one kernel on CUDA); it is off by default because
-compilation takes tens of seconds and needs a C++ toolchain on the CPU.
+backends agree to the rounding of the working dtype.  ``compile=True`` wraps the per-level updates and the
+operator product in ``torch.compile`` (fuses the slice arithmetic into one kernel on CUDA); it is off by default
+because compilation takes tens of seconds and needs a C++ toolchain on the CPU.
 """
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp):
 def _interior_residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
     """Interior of ``b - L x = b + sum_f w_f x_q - d x`` (a new tensor)."""
     return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).add_(b[_INTERIOR]).addcmul_(d, x[_INTERIOR], value=-1.0)
+
+
+def _apply_interior(x, wxm, wxp, wym, wyp, wzm, wzp, d):
+    """Interior of ``L x = d x - sum_f w_f x_q`` (a new tensor)."""
+    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).neg_().addcmul_(d, x[_INTERIOR])
 
 
 def _sor_update(x, b, wxm, wxp, wym, wyp, wzm, wzp, d, coefficient) -> None:
@@ -100,6 +105,7 @@ class TorchBackend:
         self.pinv = None if pinv is None else torch.as_tensor(pinv, device=self.device, dtype=torch.float64)
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
         self._residual = torch.compile(_interior_residual, dynamic=True) if compile else _interior_residual
+        self._apply = torch.compile(_apply_interior, dynamic=True) if compile else _apply_interior
         #: Host buffers of device tensors (:meth:`host_mirror`); None where the tensors live on the host.
         self._mirrors: dict | None = {} if self.device.type == "cuda" else None
         #: Whether the solver replays its cycles from CUDA graphs (:meth:`capture`): on CUDA devices.
@@ -189,7 +195,7 @@ class TorchBackend:
 
     def apply(self, level, x, y):
         lv = self.levels[level]
-        y[_INTERIOR] = _neighbour_sum(x, *lv.faces).neg_().addcmul_(lv.d, x[_INTERIOR])
+        y[_INTERIOR] = self._apply(x, *lv.faces, lv.d)
         return self.dot(x, y)
 
     @staticmethod
@@ -218,14 +224,19 @@ class TorchBackend:
         x.view(-1).index_add_(0, self.cells, correction.to(self.torch_dtype))
 
     @staticmethod
-    def dot(a, b):
-        return float(torch.sum(a * b, dtype=torch.float64))
+    def _dot(a, b):
+        """``a . b`` accumulated in float64, as a 0-d tensor: one BLAS kernel for float64 grids (no product
+        array), else the float32 product summed in float64."""
+        if a.dtype == b.dtype == torch.float64:
+            return torch.dot(a.view(-1), b.view(-1))
+        return torch.sum(a * b, dtype=torch.float64)
 
-    @staticmethod
-    def dot_pair(a, b, c):
-        """``(a . b, c . b)``."""
-        pair = torch.stack((torch.sum(a * b, dtype=torch.float64), torch.sum(c * b, dtype=torch.float64)))
-        first, second = pair.tolist()
+    def dot(self, a, b):
+        return float(self._dot(a, b))
+
+    def dot_pair(self, a, b, c):
+        """``(a . b, c . b)`` (one device synchronisation)."""
+        first, second = torch.stack((self._dot(a, b), self._dot(c, b))).tolist()
         return first, second
 
     @staticmethod
@@ -244,4 +255,4 @@ class TorchBackend:
 
     @staticmethod
     def cg_direction(p, z, beta):
-        p.mul_(beta).add_(z)
+        torch.add(z, p, alpha=beta, out=p)  # p = z + beta p in one kernel

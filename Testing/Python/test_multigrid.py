@@ -359,6 +359,29 @@ class TestBadInput:
         with pytest.raises(ValueError, match="dadt_faces"):
             solver.solve(smooth_faces((8, 8, 9)))
 
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_nonfinite_faces_in_the_head(self, bad):
+        """A NaN/inf face between conductive voxels is refused by the solve and by the field; one in air is never
+        read and changes nothing."""
+        sigma = shell_sigma(10)
+        solver = PotentialSolver(sigma, H)
+        faces = smooth_faces(sigma.shape)
+        psi, _ = solver.solve(faces, tol=1e-10)
+        inside = tuple(face.copy() for face in faces)
+        inside[1][5, 4, 5] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solver.solve(inside)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solver.electric_field(psi, inside)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solver.electric_field(np.where(sigma > 0, np.nan, psi), faces)
+        in_air = tuple(face.copy() for face in faces)
+        assert sigma[0, 0, 0] == sigma[0, 0, 1] == 0  # the face between them is in air
+        in_air[2][0, 0, 0] = bad
+        again, _ = solver.solve(in_air, tol=1e-10)
+        np.testing.assert_array_equal(again, psi)
+        np.testing.assert_array_equal(solver.electric_field(again, in_air)[0], solver.electric_field(psi, faces)[0])
+
     def test_x0_dtype_and_shape(self):
         solver = PotentialSolver(shell_sigma(8), H, dtype=np.float32)
         faces = smooth_faces((8, 8, 8))
