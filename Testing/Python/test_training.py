@@ -358,7 +358,6 @@ def test_failed_history_write_keeps_the_file_and_leaves_no_temporary_file(tmp_pa
 def test_run_started_on_cpu_resumes_on_cuda_with_mixed_precision(request, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    pytest.importorskip("SimpleITK", reason="writing the training set needs SimpleITK")
     training_set = request.getfixturevalue("training_set")
     kwargs = {"network_config": NET, "config": TINY, "directions": ["axial"], "show_bar": False}
     with pytest.raises(Cancelled):
