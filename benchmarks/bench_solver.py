@@ -329,7 +329,9 @@ def benchmark(size: int, skip=(), torch_devices=None, emit=None, profile=False) 
             # W-cycles: fewer iterations than V; with the cycle replayed from a CUDA graph their extra coarse-level
             # launches may no longer cost more than they save (V is the GPU default).
             methods += [(f"condnet f64 torch {device} W-cycle", np.float64, np.float32, device, False, "torch", "W"),
-                        (f"condnet f64 torch {device} compiled", np.float64, np.float32, device, True, "torch", "auto")]
+                        (f"condnet f64 torch {device} compiled", np.float64, np.float32, device, True, "torch", "auto"),
+                        (f"condnet f64 torch {device} W-cycle compiled", np.float64, np.float32, device, True, "torch",
+                         "W")]
     methods = [m for m in methods if f"condnet-{m[3].split(':')[0]}" not in skip]
     results, rows = {}, []
     pending = []
