@@ -153,7 +153,12 @@ def run_condnet(sigma, faces, spacing_m, dtype, cycle_dtype, device="cpu", compi
         # A CUDA out-of-memory error moved the work to the CPU: the numbers are not the GPU's.
         raise RuntimeError(f"ran on {info['device']} ({info['backend']}) instead of {device}: {info['fallbacks']}")
     median = int(np.argsort(times)[len(times) // 2])
-    table = _profile_solve(solver, faces, psi) if profile and solver.backend_name == "torch" else None
+    table = None
+    if profile and solver.backend_name == "torch":
+        try:
+            table = _profile_solve(solver, faces, psi)
+        except Exception as err:  # noqa: BLE001 - a profiler failure must not cost the row its timings
+            table = f"profile failed: {type(err).__name__}: {err}"
     return {"setup_s": setup, "solve_s": float(np.median(times)), "loop_s": float(np.median(loops[-repeat:])),
             "phases_s": phases[median], "profile": table,
             "first_s": warmup, "iterations": info["iterations"], "psi": psi, "converged": info["converged"],
