@@ -284,11 +284,9 @@ def divergence(w, ax, ay, az, lo0, lo1, lo2, scale, out):  # pragma: no cover - 
 
     ``ax``, ``ay``, ``az`` are the input's face arrays; working cell ``p`` is input voxel ``p + lo``.  A face
     value is read only where ``w_f > 0``, i.e. between two conductive voxels, which lie inside the input.
-    Accumulates in float64 and stores in the dtype of ``out``.  Returns the number of cells whose sum is not
-    finite (a NaN or infinite face value read), so that no separate pass over the faces has to test them.
+    Accumulates in float64 and stores in the dtype of ``out``.
     """
     n0, n1, n2 = out.shape
-    bad = 0
     for i in prange(1, n0 - 1):
         for j in range(1, n1 - 1):
             for k in range(1, n2 - 1):
@@ -308,10 +306,7 @@ def divergence(w, ax, ay, az, lo0, lo1, lo2, scale, out):  # pragma: no cover - 
                     total += np.float64(w[2, i, j, k]) * np.float64(az[fi, fj, fk])
                 if w[2, i, j, k - 1] > 0:
                     total -= np.float64(w[2, i, j, k - 1]) * np.float64(az[fi, fj, fk - 1])
-                if not np.isfinite(total):
-                    bad += 1
                 out[i, j, k] = scale * total
-    return bad
 
 
 @njit(cache=True, inline="always")

@@ -257,12 +257,6 @@ def divergence(w: np.ndarray, faces: tuple, lo, scale: float, out: np.ndarray | 
         Factor (the voxel size in metres for the solver's scaling).
     out : ndarray (n0, n1, n2), optional
         Filled and returned (a buffer reused between solves); C-contiguous, of the dtype of ``w``.
-
-    Raises
-    ------
-    ValueError
-        For mismatched shapes, or NaN/inf face values between conductive voxels (the only ones read; ``out`` is
-        then overwritten all the same).
     """
     _check(w=w)
     if w.ndim != 4 or w.shape[0] != 3:
@@ -291,10 +285,8 @@ def divergence(w: np.ndarray, faces: tuple, lo, scale: float, out: np.ndarray | 
         for axis in range(3):  # the kernel writes the interior only
             out[tuple(0 if d == axis else slice(None) for d in range(3))] = 0
             out[tuple(-1 if d == axis else slice(None) for d in range(3))] = 0
-    bad = _kernels().divergence(w, arrays[0], arrays[1], arrays[2], np.int64(lo[0]), np.int64(lo[1]),
-                                np.int64(lo[2]), float(scale), out)
-    if bad:
-        raise ValueError(f"dadt_faces hold NaN/inf values on faces between conductive voxels ({bad} voxels)")
+    _kernels().divergence(w, arrays[0], arrays[1], arrays[2], np.int64(lo[0]), np.int64(lo[1]), np.int64(lo[2]),
+                          float(scale), out)
     return out
 
 
@@ -524,6 +516,11 @@ class NumbaBackend:
         first, second = _kernels().dot_pair(a, b, c)
         return float(first), float(second)
 
+    def rhs(self, faces, lo, scale: float, b) -> None:
+        """``b`` = the right-hand side on level 0 from the input's face arrays (:func:`divergence`)."""
+        self._on(0)
+        divergence(self.w[0], faces, lo, scale, out=b)
+
     def cast(self, level, source, target):
         """``target = source`` on the conductive spans of ``level``, in the dtype of ``target``."""
         self._on(level)
@@ -572,9 +569,10 @@ def _embed(source: np.ndarray, lo, shape, dtype, out: np.ndarray | None = None) 
 
 
 def _checked_faces(dadt_faces, shape) -> tuple:
-    """:func:`~CondNetLogic.solver.spfd.validate_dadt_faces` without its NaN/inf test: the kernels that read the
-    faces (``divergence``, ``voxel_field``) test the values they read, between conductive voxels, in the same
-    pass (a separate test of 50 M values on a 256^3 grid took 3.5 ms of a 58 ms GPU solve)."""
+    """:func:`~CondNetLogic.solver.spfd.validate_dadt_faces` without its NaN/inf test: the solve tests the norm of
+    its right-hand side and ``voxel_field`` the field it computes, which hold every face value they read (between
+    conductive voxels), at no cost (a separate test of 50 M values on a 256^3 grid took 3.5 ms of a 58 ms GPU
+    solve)."""
     return validate_dadt_faces(dadt_faces, shape, check_finite=False)
 
 
@@ -925,8 +923,8 @@ class PotentialSolver:
             (recomputed from ``psi``), ``converged`` (``residual <= tol``), ``residuals`` (history), ``time_setup_s``,
             ``time_solve_s``, ``device``, ``backend``, ``levels``, ``components``, ``fallbacks`` (messages
             for CUDA out-of-memory errors that moved the work to the CPU), ``warm_start`` (whether ``x0`` was
-            used), ``time_phases_s`` (seconds of the call's steps: ``check`` of the inputs, ``rhs`` (computed on the
-            host, copied to the device, projected and measured there), ``iterate`` (with a warm start's check),
+            used), ``time_phases_s`` (seconds of the call's steps: ``check`` of the inputs, ``rhs`` (on a GPU: the
+            faces copied over, the sum taken there), ``iterate`` (with a warm start's check),
             ``finish`` (projection and true residual), ``pull`` (the potential back to the host), ``embed``
             (into the output array); a solve retried on the CPU after running out of GPU memory gives the retry's).
 
@@ -1053,13 +1051,13 @@ class PotentialSolver:
         return out, magnitude
 
     def _solve_on_backend(self, faces, x0_work, tol, maxiter, callback, history, cancel, phases) -> tuple:
-        """Right-hand side into the host mirror of the backend's ``b``, copy over, project it and take its norm
-        there, iterate, project the potential and check its residual there, copy the potential back.
+        """Right-hand side into the backend's ``b`` (on a GPU from the faces around the working grid, sent over),
+        project it and take its norm, iterate, project the potential and check its residual, copy it back.
 
         Returns ``(iterations, relative residual, true relative residual, x, warm)``: ``x`` is the host mirror of
         the working potential (valid until the next solve), ``warm`` whether ``x0_work`` was kept.  On a GPU only
-        ``b`` (and ``x0_work``) go over and ``x`` comes back, each through page-locked memory.  ``phases`` gets the
-        seconds of ``rhs``, ``iterate``, ``finish`` and ``pull``.
+        the faces around the working grid (and ``x0_work``) go over and ``x`` comes back, each through page-locked
+        memory.  ``phases`` gets the seconds of ``rhs``, ``iterate``, ``finish`` and ``pull``.
         """
         outer = self._outer
         clock = [time.perf_counter()]
@@ -1071,10 +1069,11 @@ class PotentialSolver:
         if self._work is None:
             self._allocate()
         x, b = self._work["x"], self._work["b"]
-        divergence(self.operator.w, faces, self._lo, self.spacing_m, out=outer.host_mirror(b))
-        outer.push(b)
+        outer.rhs(faces, self._lo, self.spacing_m, b)
         outer.project_components(b, self._work["labels"])
         b_norm = float(np.sqrt(outer.dot(b, b)))
+        if not np.isfinite(b_norm):  # a NaN/inf face value read spreads through its conductor's mean
+            raise ValueError("dadt_faces hold NaN/inf values on faces between conductive voxels")
         lap("rhs")
         if b_norm == 0.0:
             history.append(0.0)

@@ -40,6 +40,16 @@ def _apply_interior(x, wxm, wxp, wym, wyp, wzm, wzp, d):
     return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).neg_().addcmul_(d, x[_INTERIOR])
 
 
+def _divergence_interior(ax, ay, az, wxm, wxp, wym, wyp, wzm, wzp, scale: float):
+    """Interior of the right-hand side ``scale * sum_f s_f w_f a_f`` (a new tensor), the terms in the numba
+    kernel's order; ``ax``, ``ay``, ``az`` hold the faces' values on the working grid (``a_d[p]`` on the face
+    between cells ``p`` and ``p + e_d``), 0 where the face does not conduct."""
+    s = wxp * ax[_INTERIOR]
+    s.addcmul_(wxm, ax[:-2, 1:-1, 1:-1], value=-1.0).addcmul_(wyp, ay[_INTERIOR])
+    s.addcmul_(wym, ay[1:-1, :-2, 1:-1], value=-1.0).addcmul_(wzp, az[_INTERIOR])
+    return s.addcmul_(wzm, az[1:-1, 1:-1, :-2], value=-1.0).mul_(scale)
+
+
 def _sor_update(x, b, wxm, wxp, wym, wyp, wzm, wzp, d, coefficient) -> None:
     """Red-black SOR half-sweep in place: ``x_p += c_p (b_p + sum_f w_f x_q - d_p x_p)`` with ``c = omega / d`` on
     the cells of one colour and 0 elsewhere (``_TorchLevel.coefficient``), which is
@@ -53,6 +63,8 @@ class _TorchLevel:
 
     def __init__(self, w: np.ndarray, device, dtype):
         w = torch.as_tensor(w, device=device, dtype=dtype)
+        #: Face conductances ``(3, n0, n1, n2)``; ``faces`` are views into it.
+        self.w = w
         self.shape = tuple(w.shape[1:])
         self.faces = (w[0, :-2, 1:-1, 1:-1], w[0, 1:-1, 1:-1, 1:-1], w[1, 1:-1, :-2, 1:-1],
                       w[1, 1:-1, 1:-1, 1:-1], w[2, 1:-1, 1:-1, :-2], w[2, 1:-1, 1:-1, 1:-1])
@@ -106,6 +118,10 @@ class TorchBackend:
         self._sor = torch.compile(_sor_update, dynamic=True) if compile else _sor_update
         self._residual = torch.compile(_interior_residual, dynamic=True) if compile else _interior_residual
         self._apply = torch.compile(_apply_interior, dynamic=True) if compile else _apply_interior
+        self._divergence = torch.compile(_divergence_interior, dynamic=True) if compile else _divergence_interior
+        #: Level 0's face values of dA/dt by (axis, dtype), and where its faces do not conduct (:meth:`rhs`).
+        self._faces: dict = {}
+        self._insulating = None
         #: Host buffers of device tensors (:meth:`host_mirror`); None where the tensors live on the host.
         self._mirrors: dict | None = {} if self.device.type == "cuda" else None
         #: Whether the solver replays its cycles from CUDA graphs (:meth:`capture`): on CUDA devices.
@@ -153,6 +169,32 @@ class TorchBackend:
         """``host_mirror(tensor) = tensor`` (waits for the device)."""
         if self._mirrors is not None:
             self._mirror(tensor).copy_(tensor)
+
+    def rhs(self, faces, lo, scale: float, b) -> None:
+        """``b`` = the right-hand side on level 0 from the input's face arrays (V/m; working cell ``p`` is input
+        voxel ``p + lo``), as ``multigrid.divergence`` computes it on the host.
+
+        Each array's part around the working grid is copied in parallel into its host mirror and sent over
+        (on a GPU less data than the host's sum reading the float64 conductances); the device zeroes the faces
+        that do not conduct (never read: a NaN there is harmless) and takes the sum.
+        """
+        from .multigrid import _embed
+
+        level = self.levels[0]
+        if self._insulating is None:
+            self._insulating = level.w <= 0
+        values = []
+        for axis, face in enumerate(faces):
+            face = face if face.dtype in (np.float32, np.float64) else face.astype(np.float64)
+            key = (axis, face.dtype)
+            tensor = self._faces.get(key)
+            if tensor is None:
+                dtype = torch.float32 if face.dtype == np.float32 else torch.float64
+                tensor = self._faces[key] = torch.zeros(level.shape, device=self.device, dtype=dtype)
+            _embed(face, lo, level.shape, face.dtype, out=self.host_mirror(tensor))
+            self.push(tensor)
+            values.append(tensor.masked_fill_(self._insulating[axis], 0))
+        b[_INTERIOR] = self._divergence(*values, *level.faces, float(scale))
 
     def component_labels(self, labels: np.ndarray, count: int) -> tuple:
         """The argument of :meth:`project_components`: flat labels ``0 .. count`` on the device, and the number of

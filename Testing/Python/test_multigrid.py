@@ -360,11 +360,14 @@ class TestBadInput:
             solver.solve(smooth_faces((8, 8, 9)))
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf])
-    def test_nonfinite_faces_in_the_head(self, bad):
+    @pytest.mark.parametrize("backend", ["numba", "torch"])
+    def test_nonfinite_faces_in_the_head(self, bad, backend):
         """A NaN/inf face between conductive voxels is refused by the solve and by the field; one in air is never
         read and changes nothing."""
+        if backend == "torch":
+            pytest.importorskip("torch")
         sigma = shell_sigma(10)
-        solver = PotentialSolver(sigma, H)
+        solver = PotentialSolver(sigma, H, backend=backend)
         faces = smooth_faces(sigma.shape)
         psi, _ = solver.solve(faces, tol=1e-10)
         inside = tuple(face.copy() for face in faces)

@@ -178,6 +178,33 @@ def test_islands_warm_start_and_reuse_match_numba(device):
     assert (solver._outer._mirrors is None) == (device == "cpu")
 
 
+@pytest.mark.parametrize("face_dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_rhs_from_faces_matches_the_host_divergence(face_dtype, mirrored):
+    """The torch backend's right-hand side (faces sent over, summed on the device) is the host kernel's, also where
+    the conductor touches the grid's border and with NaN/inf on faces that do not conduct."""
+    sigma = sigma_with_jumps((11, 9, 8))
+    solver = PotentialSolver(sigma, H, max_coarse=20)
+    assert np.any(solver._lo < 0)  # the working grid overhangs the input
+    faces = [(face * 1e3).astype(face_dtype) for face in faces_for(sigma.shape)]
+    insulating = np.nonzero((sigma[:-1] == 0) | (sigma[1:] == 0))
+    assert insulating[0].size
+    if face_dtype != np.int64:
+        faces[0][tuple(axis[:2] for axis in insulating)] = [np.nan, np.inf]
+    numba_backend = mg.NumbaBackend([solver.operator], np.float64)
+    torch_backend = TorchBackend([solver.operator], np.float64, None, None, "cpu")
+    if mirrored:
+        torch_backend._mirrors = {}  # separate host buffers, as on CUDA (there page-locked)
+    expected = np.zeros(solver.operator.shape)
+    numba_backend.rhs(faces, solver._lo, H, expected)
+    assert np.all(np.isfinite(expected))
+    assert np.abs(expected).max() > 0
+    b = torch_backend.zeros(solver.operator.shape)
+    for _ in range(2):  # the second call reuses the face buffers
+        torch_backend.rhs(faces, solver._lo, H, b)
+        np.testing.assert_allclose(b.numpy(), expected, rtol=0, atol=1e-15 * np.abs(expected).max())
+
+
 def test_cast_and_dot_pair_match_numba():
     solver, numba_backend, torch_backend = backends(np.float64)
     rng = np.random.default_rng(5)
