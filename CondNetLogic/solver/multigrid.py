@@ -685,14 +685,13 @@ class PotentialSolver:
         stage(0.0, "finding the conductors")
         labels, self.components = conductor_components(work_sigma)
         self._labels = labels
-        self._conductive = labels > 0
 
         stage(0.1, "face conductances")
         w0 = np.zeros((3,) + self._work_shape, dtype=self.dtype)
         for axis, g in enumerate(face_conductances(work_sigma)):
             w0[axis][tuple(slice(None, -1) if d == axis else slice(None) for d in range(3))] = g
         #: The operator of the solution (``dtype``); ``levels`` are the preconditioner's (``cycle_dtype``).
-        self.operator = Level(w0, int(np.count_nonzero(self._conductive)), row_bounds(w0))
+        self.operator = Level(w0, int(np.count_nonzero(labels)), row_bounds(w0))
         self.levels = [self.operator if self.cycle_dtype == self.dtype else
                        Level(w0.astype(self.cycle_dtype), self.operator.unknowns, self.operator.rows)]
         while self.levels[-1].unknowns > self.max_coarse and len(self.levels) < 24:
@@ -951,21 +950,18 @@ class PotentialSolver:
         first_entry = len(history)
         phases: dict = {}
         faces = _checked_faces(dadt_faces, self.shape)
-        x0_work = None
         if x0 is not None:
             if not isinstance(x0, np.ndarray) or x0.dtype != self.dtype:
                 raise TypeError(f"x0 must be a numpy array of the solver dtype {self.dtype}; "
                                 f"got {getattr(x0, 'dtype', type(x0).__name__)}")
             if x0.shape != self.shape:
                 raise ValueError(f"x0 must have shape {self.shape}; got {x0.shape}")
-            x0_work = _embed(x0, self._lo, self._work_shape, self.dtype)
-            x0_work[~self._conductive] = 0
         if out is not None and (not isinstance(out, np.ndarray) or out.dtype != self.dtype or out.shape != self.shape
                                 or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writable C-contiguous {self.dtype} array of shape {self.shape}; got "
                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
         phases["check"] = time.perf_counter() - start
-        arguments = (faces, x0_work, tol, int(maxiter), callback, history, cancel, phases)
+        arguments = (faces, x0, tol, int(maxiter), callback, history, cancel, phases)
         try:
             iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
@@ -1050,14 +1046,14 @@ class PotentialSolver:
                              "between conductive voxels")
         return out, magnitude
 
-    def _solve_on_backend(self, faces, x0_work, tol, maxiter, callback, history, cancel, phases) -> tuple:
+    def _solve_on_backend(self, faces, x0, tol, maxiter, callback, history, cancel, phases) -> tuple:
         """Right-hand side into the backend's ``b`` (on a GPU from the faces around the working grid, sent over),
         project it and take its norm, iterate, project the potential and check its residual, copy it back.
 
         Returns ``(iterations, relative residual, true relative residual, x, warm)``: ``x`` is the host mirror of
-        the working potential (valid until the next solve), ``warm`` whether ``x0_work`` was kept.  On a GPU only
-        the faces around the working grid (and ``x0_work``) go over and ``x`` comes back, each through page-locked
-        memory.  ``phases`` gets the seconds of ``rhs``, ``iterate``, ``finish`` and ``pull``.
+        the working potential (valid until the next solve), ``warm`` whether ``x0`` (on the input grid) was kept.
+        On a GPU only the faces around the working grid (and ``x0``'s part) go over and ``x`` comes back, each
+        through page-locked memory.  ``phases`` gets the seconds of ``rhs``, ``iterate``, ``finish`` and ``pull``.
         """
         outer = self._outer
         clock = [time.perf_counter()]
@@ -1081,9 +1077,11 @@ class PotentialSolver:
             x_host.fill(0)
             return 0, 0.0, 0.0, x_host, False
         r_squared = None  # |b - L x|^2 of the start, where it is known
-        if x0_work is not None:
-            outer.host_mirror(x)[...] = x0_work
+        if x0 is not None:
+            _embed(x0, self._lo, self._work_shape, self.dtype, out=outer.host_mirror(x))
             outer.push(x)
+            # 0 on air and zero mean per conductor, like the solution; the operator does not see either change.
+            outer.project_components(x, self._work["labels"])
             r_squared = outer.residual(0, x, b, self._work["r"])
             if r_squared >= b_norm**2:  # a worse start than zero is dropped
                 r_squared = None

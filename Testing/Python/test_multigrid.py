@@ -226,6 +226,11 @@ def test_warm_start_and_zero_rhs():
     assert info["converged"]
     assert info["warm_start"]
     np.testing.assert_allclose(again, psi, atol=1e-12 * np.abs(psi).max())
+    # What the operator cannot see does not matter: values on air and a constant added to the conductor.
+    shifted = np.where(sigma > 0, psi + 0.7 * np.abs(psi).max(), 1e6)
+    again, info = solver.solve(faces, tol=1e-8, x0=shifted)
+    assert (info["iterations"], info["warm_start"]) == (0, True)
+    np.testing.assert_allclose(again, psi, atol=1e-12 * np.abs(psi).max())
     cold = solver.solve(faces, tol=1e-8)[1]
     worse = np.random.default_rng(0).normal(size=psi.shape) * 1e3 * np.abs(psi).max()  # worse than zero: dropped
     restarted, info = solver.solve(faces, tol=1e-8, x0=worse)
