@@ -241,9 +241,14 @@ def _read_header(path: Path) -> dict:
     return header
 
 
+def _manifest_path(manifest_path: Optional[PathLike]) -> Path:
+    """``manifest_path``, or the shipped ``Resources/weights.json`` when None."""
+    return Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+
+
 def read_manifest(manifest_path: Optional[PathLike] = None) -> dict:
     """Read ``Resources/weights.json`` (or ``manifest_path``); raises :class:`WeightsError` if malformed."""
-    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    manifest_path = _manifest_path(manifest_path)
     try:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError as err:
@@ -273,7 +278,7 @@ def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None,
     WeightsError
         If ``tables`` are given and no listed weights predict them all.
     """
-    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    manifest_path = _manifest_path(manifest_path)
     return _default_id(read_manifest(manifest_path), t2_given, manifest_path, tables)
 
 
@@ -282,7 +287,7 @@ def installed_weights(manifest_path: Optional[PathLike] = None) -> Dict[str, Tup
 
     Entries whose file is missing or has no readable header are left out (loading them says why).
     """
-    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    manifest_path = _manifest_path(manifest_path)
     return _installed(read_manifest(manifest_path), manifest_path)
 
 
@@ -378,7 +383,7 @@ def load_weights(
 
     from .network import CondNet, CondNetConfig
 
-    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    manifest_path = _manifest_path(manifest_path)
     entry = None
     if weights is None:
         manifest = read_manifest(manifest_path)
@@ -465,7 +470,7 @@ def register_weights(
     WeightsError
         If the file is not valid CondNet weights.
     """
-    manifest_path = Path(manifest_path) if manifest_path is not None else resource_path("weights.json")
+    manifest_path = _manifest_path(manifest_path)
     path = Path(path).resolve()
     weights = load_weights(path)
     try:
