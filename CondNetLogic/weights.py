@@ -40,6 +40,7 @@ __all__ = [
     "DIRECTIONS",
     "FORMAT_VERSION",
     "CondNetWeights",
+    "default_roles",
     "default_weights_id",
     "file_sha256",
     "installed_weights",
@@ -262,6 +263,13 @@ def read_manifest(manifest_path: Optional[PathLike] = None) -> dict:
 
 #: Manifest keys of the default weights: T1 + T2, then T1 only.
 DEFAULT_KEYS = ("default", "default_t1_only")
+
+
+def default_roles(manifest: dict) -> Dict[str, str]:
+    """``{weights id: role}`` of the manifest's defaults: ``"default"`` (T1 + T2) and ``"default without a T2"``."""
+    roles = {manifest.get(key): role for key, role in zip(DEFAULT_KEYS, ("default", "default without a T2"))}
+    roles.pop(None, None)
+    return roles
 
 
 def default_weights_id(t2_given: bool, manifest_path: Optional[PathLike] = None, *,

@@ -22,14 +22,14 @@ def _version(module: str) -> str:
 
 def _weights() -> list:
     """The manifest's weights: id, version, inputs, tables and which default they are."""
-    from ..weights import DEFAULT_KEYS, installed_weights, read_manifest
+    from ..weights import default_roles, installed_weights, read_manifest
 
     try:
         manifest = read_manifest()
         listed = installed_weights()
     except ValueError as err:  # WeightsError: a missing or broken manifest is reported, not fatal
         return [{"error": str(err)}]
-    roles = {manifest.get(DEFAULT_KEYS[0]): "default", manifest.get(DEFAULT_KEYS[1]): "default without a T2"}
+    roles = default_roles(manifest)
     described = []
     for entry in manifest["weights"]:
         inputs, tables = listed.get(entry.get("id"), (None, None))

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conductivity import get_table
     from ..network import CondNetConfig
     from ..training import PRESETS, train, with_overrides
-    from ..weights import register_weights
+    from ..weights import default_roles, read_manifest, register_weights
 
     if args.threads is not None:
         if args.threads < 1:
@@ -104,10 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.weights_path} (sha256 {result.sha256})")
     if args.register:
         entry = register_weights(result.weights_path, weights_id=args.register, version=args.weights_version)
-        names = [get_table(table).name for table in config.tables]
-        if "A" not in names:
-            kind = f"picked by condnet predict --table {' or '.join(names)}"
-        else:
-            kind = "default when no T2 is given" if args.t1_only else "default"
+        # What register_weights decided: a default (weights for Table A), else weights picked by their table.
+        kind = default_roles(read_manifest()).get(entry["id"]) or (
+            f"picked by condnet predict --table {' or '.join(get_table(table).name for table in config.tables)}")
         print(f"registered {entry['file']} as {entry['id']!r} ({kind}) in Resources/weights.json")
     return 0
