@@ -21,7 +21,8 @@ Design (paper Sec. III-C solves Eq. 4 "based on a multi-grid method with success
 * Smoother: red-black SOR in numba (parallel over the outer axis).  The symmetric V-cycle (pre-smoothing
   red then black, post-smoothing black then red) with a symmetric positive semi-definite coarsest solve is
   an SPD preconditioner for any SPD coarse operator, so CG is safe even when the coarse operator is not
-  Galerkin.
+  Galerkin; so is the W-cycle (the same cycle twice).  The F-cycle (an F-cycle then a V-cycle on the next
+  level, the torch default) is not symmetric; the flexible CG below absorbs that as it does float32 rounding.
 * The coarsest level (at most ``max_coarse`` unknowns) is solved with its Moore-Penrose pseudo-inverse,
   computed once in float64: one null vector per connected component, so floating potentials and separate
   islands are handled on every level.
@@ -577,6 +578,7 @@ def _checked_faces(dadt_faces, shape) -> tuple:
 
 
 _SMOOTHERS = ("sor", "gauss_seidel")
+_CYCLES = ("V", "W", "F")
 
 
 class PotentialSolver:
@@ -606,10 +608,14 @@ class PotentialSolver:
     smoother : (name, kwargs)
         ``("sor", {"omega": 1.15, "sweeps": 2})`` red-black SOR with ``sweeps`` pre- and post-smoothing
         steps (default); ``("gauss_seidel", {"sweeps": 2})`` is the same with ``omega = 1``.
-    cycle : {"auto", "V", "W"}
-        Multigrid cycle.  ``"auto"``: W on the numba backend (half the CPU time of V at 128^3: 7 instead of
-        14 iterations for a cost per cycle about 1.2x), V on torch (on a GPU the coarse levels are bound by
-        kernel launches, which a W-cycle multiplies).
+    cycle : {"auto", "V", "W", "F"}
+        Multigrid cycle; each level corrects with one cycle on the next (V), two (W), or an F-cycle then a
+        V-cycle (F: level ``k`` visited ``k + 1`` times a cycle, against ``2^k`` for W; the coarsest level as
+        often as the one above it).  ``"auto"``: W on the numba backend (half the CPU time of V at 128^3: 7
+        instead of 14 iterations for a cost per cycle about 1.2x; F ties with W there), F on torch, whose
+        coarse levels are bound by kernel launches on a GPU: as few iterations as W (8 against V's 12 on the
+        256^3 phantom of ``benchmarks/bench_solver.py``) for fewer coarse visits (the torch code on 2 CPU
+        cores: CG loop 2.11 s, against 2.25 s with W and 3.46 s with V).
     accel : {"cg", None}
         ``"cg"``: the cycle preconditions CG (default, robust).  ``None``: stand-alone cycles.
     coarse_scale : float
@@ -662,8 +668,8 @@ class PotentialSolver:
         self.dtype = self._parse_dtype(dtype, "dtype")
         self.cycle_dtype = self._parse_dtype(cycle_dtype, "cycle_dtype")
         self._smoother = self._parse_smoother(smoother)
-        if cycle not in ("auto", "V", "W"):
-            raise ValueError(f"cycle must be 'auto', 'V' or 'W'; got {cycle!r}")
+        if cycle not in ("auto",) + _CYCLES:
+            raise ValueError(f"cycle must be 'auto', 'V', 'W' or 'F'; got {cycle!r}")
         if accel not in ("cg", None):
             raise ValueError(f"accel must be 'cg' or None; got {accel!r}")
         if not 0 < coarse_scale <= 1:
@@ -722,13 +728,17 @@ class PotentialSolver:
         cells, pinv = self._coarse
         self._backend = self._outer = self._work = None
         if self._cycle_requested == "auto":
-            self.cycle = "V" if self.backend_name == "torch" else "W"
+            self.cycle = "F" if self.backend_name == "torch" else "W"
         if self.backend_name == "torch":
             from .torch_backend import TorchBackend
 
-            self._backend = TorchBackend(self.levels, self.cycle_dtype, cells, pinv, self.device, compile=compile)
+            # A float32 CG needs the operator's products in the difference form (TorchBackend's ``differences``).
+            differences = self.dtype == np.float32
+            self._backend = TorchBackend(self.levels, self.cycle_dtype, cells, pinv, self.device, compile=compile,
+                                         differences=differences)
             self._outer = self._backend if self._same_dtypes else \
-                TorchBackend([self.operator], self.dtype, None, None, self.device, compile=compile)
+                TorchBackend([self.operator], self.dtype, None, None, self.device, compile=compile,
+                             differences=differences)
         else:
             self._backend = NumbaBackend(self.levels, self.cycle_dtype, cells, pinv)
             self._outer = self._backend if self._same_dtypes else NumbaBackend([self.operator], self.dtype)
@@ -860,8 +870,13 @@ class PotentialSolver:
         self._mg_cycle(0, z_cycle, r_cycle)
         backend.cast(0, z_cycle, z)
 
-    def _mg_cycle(self, level: int, x, b) -> None:
-        """One cycle on ``level``: improves ``x`` (in place) for ``L x = b``."""
+    def _mg_cycle(self, level: int, x, b, cycle: str | None = None) -> None:
+        """One ``cycle`` (default the solver's) on ``level``: improves ``x`` (in place) for ``L x = b``.
+
+        The coarse correction is one cycle of the same kind on the next level (V), two (W), or an F-cycle and
+        then a V-cycle (F, as pyamg's ``cycle='F'``); one exact solve where the next level is the coarsest.
+        """
+        cycle = cycle or self.cycle
         backend = self._backend
         if level == len(self.levels) - 1:
             backend.coarse_solve(level, x, b)
@@ -875,8 +890,11 @@ class PotentialSolver:
         xc, bc, _ = self._work["levels"][level + 1]
         backend.restrict(level, r, bc)
         backend.fill_zero(xc)
-        for _ in range(2 if self.cycle == "W" and level + 1 < len(self.levels) - 1 else 1):
-            self._mg_cycle(level + 1, xc, bc)
+        if level + 1 == len(self.levels) - 1 or cycle == "V":
+            self._mg_cycle(level + 1, xc, bc, "V")
+        else:
+            self._mg_cycle(level + 1, xc, bc, cycle)
+            self._mg_cycle(level + 1, xc, bc, "V" if cycle == "F" else "W")
         backend.prolong_add(level, xc, x)
         for _ in range(sweeps):
             backend.sweep(level, x, b, omega, 1)

@@ -177,7 +177,7 @@ def test_coarse_pseudo_inverse_is_moore_penrose():
     np.testing.assert_allclose(pinv, np.linalg.pinv(matrix.toarray() * H**2), atol=1e-10 * np.abs(pinv).max())
 
 
-@pytest.mark.parametrize(("cycle", "bound"), [("W", 10), ("V", 16)])
+@pytest.mark.parametrize(("cycle", "bound"), [("W", 10), ("F", 10), ("V", 16)])
 def test_iterations_bounded_and_grid_independent(cycle, bound):
     counts = {}
     for n in (24, 48):
@@ -191,7 +191,8 @@ def test_iterations_bounded_and_grid_independent(cycle, bound):
 
 
 @pytest.mark.parametrize(("cycle", "accel", "coarse_scale"), [("V", "cg", 0.5), ("W", None, 0.5),
-                                                              ("V", None, 1.0), ("W", "cg", 1.0)])
+                                                              ("V", None, 1.0), ("W", "cg", 1.0),
+                                                              ("F", "cg", 0.5), ("F", None, 0.5)])
 def test_cycle_variants_converge(cycle, accel, coarse_scale):
     sigma = shell_sigma(20)
     faces = smooth_faces(sigma.shape)
@@ -204,6 +205,38 @@ def test_cycle_variants_converge(cycle, accel, coarse_scale):
     assert history[-1] <= 1e-8
     assert len(history) == info["iterations"] + 1
     np.testing.assert_allclose(psi, direct_solve(sigma, faces), atol=1e-6 * np.abs(psi).max())
+
+
+@pytest.mark.parametrize(("cycle", "visits"), [("V", [1, 1, 1, 1]), ("W", [1, 2, 4, 4]), ("F", [1, 2, 3, 3])])
+def test_cycle_visits_each_level_as_its_definition_says(cycle, visits):
+    """Per cycle, level k is smoothed 1 (V), 2^k (W) or k + 1 (F: an F-cycle then a V-cycle below) times; the
+    coarsest level is solved once per visit of the level above it."""
+    solver = PotentialSolver(shell_sigma(24), H, cycle=cycle, max_coarse=100)
+    assert len(solver.levels) == 4
+    backend = solver._backend
+    counts = [0] * 4
+    sweep, coarse_solve = backend.sweep, backend.coarse_solve
+
+    def counting_sweep(level, x, b, omega, color):
+        counts[level] += color == 0  # two red half-sweeps per visit (pre and post), sweeps=2 each
+        sweep(level, x, b, omega, color)
+
+    def counting_coarse_solve(level, x, b):
+        counts[level] += 4
+        coarse_solve(level, x, b)
+
+    backend.sweep, backend.coarse_solve = counting_sweep, counting_coarse_solve
+    _, info = solver.solve(smooth_faces(solver.shape), tol=1e-6)
+    cycles = info["iterations"]  # CG preconditions before each iteration, and not after the last
+    assert [count // (4 * cycles) for count in counts] == visits
+    assert all(count % (4 * cycles) == 0 for count in counts)
+
+
+def test_auto_cycle_is_w_on_numba_and_f_on_torch():
+    assert PotentialSolver(shell_sigma(8), H).cycle == "W"
+    pytest.importorskip("torch")
+    assert PotentialSolver(shell_sigma(8), H, backend="torch").cycle == "F"
+    assert PotentialSolver(shell_sigma(8), H, backend="torch", cycle="V").cycle == "V"
 
 
 def test_conductor_touching_the_grid_edge_and_offset_box():
@@ -400,7 +433,7 @@ class TestBadInput:
 
     @pytest.mark.parametrize(("options", "error"), [
         ({"dtype": np.int32}, TypeError), ({"dtype": np.float16}, TypeError), ({"cycle_dtype": "half"}, TypeError),
-        ({"cycle_dtype": np.float16}, TypeError), ({"cycle": "F"}, ValueError),
+        ({"cycle_dtype": np.float16}, TypeError), ({"cycle": "AMLI"}, ValueError),
         ({"accel": "gmres"}, ValueError), ({"smoother": "sor"}, TypeError),
         ({"smoother": ("jacobi", {})}, ValueError), ({"smoother": ("sor", {"omega": 2.5})}, ValueError),
         ({"smoother": ("gauss_seidel", {"omega": 1.2})}, ValueError), ({"coarse_scale": 0}, ValueError),
