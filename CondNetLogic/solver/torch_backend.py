@@ -22,9 +22,10 @@ logger = logging.getLogger(__name__)
 _INTERIOR = (slice(1, -1),) * 3
 
 
-def _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp, differences: bool = False):
-    """``sum_f w_f x_q`` over the six neighbours of every interior cell, as a new tensor accumulated in place
-    (six kernels in eager mode, where a sum of products launches eleven, each with its own temporary).
+def _add_neighbour_sum(start, x, wxm, wxp, wym, wyp, wzm, wzp, value: float = 1.0, differences: bool = False):
+    """``start += value * sum_f w_f x_q`` over the six neighbours of every interior cell (``start``: a new tensor
+    of the interior's shape, returned): one kernel a face in eager mode, where a sum of products launches eleven,
+    each with its own temporary.
 
     ``differences``: ``sum_f w_f (x_q - x_p)`` instead, as the numba kernels take it.  In float32 it keeps the
     digits that ``sum_f w_f x_q - d x`` cancels where ``x`` is smooth (all-float32 CG stalled near a relative
@@ -34,29 +35,30 @@ def _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp, differences: bool = False):
                   x[1:-1, 1:-1, 2:])
     if differences:
         neighbours = tuple(q - x[_INTERIOR] for q in neighbours)
-    s = wxm * neighbours[0]
-    s.addcmul_(wxp, neighbours[1]).addcmul_(wym, neighbours[2]).addcmul_(wyp, neighbours[3])
-    return s.addcmul_(wzm, neighbours[4]).addcmul_(wzp, neighbours[5])
+    for w, q in zip((wxm, wxp, wym, wyp, wzm, wzp), neighbours):
+        start.addcmul_(w, q, value=value)
+    return start
 
 
 def _interior_residual(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
-    """Interior of ``b - L x = b + sum_f w_f x_q - d x`` (a new tensor)."""
-    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).add_(b[_INTERIOR]).addcmul_(d, x[_INTERIOR], value=-1.0)
+    """Interior of ``b - L x = b - d x + sum_f w_f x_q`` (a new tensor)."""
+    return _add_neighbour_sum(torch.addcmul(b[_INTERIOR], d, x[_INTERIOR], value=-1.0), x, wxm, wxp, wym, wyp, wzm,
+                              wzp)
 
 
 def _apply_interior(x, wxm, wxp, wym, wyp, wzm, wzp, d):
     """Interior of ``L x = d x - sum_f w_f x_q`` (a new tensor)."""
-    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp).neg_().addcmul_(d, x[_INTERIOR])
+    return _add_neighbour_sum(d * x[_INTERIOR], x, wxm, wxp, wym, wyp, wzm, wzp, value=-1.0)
 
 
 def _interior_residual_of_differences(x, b, wxm, wxp, wym, wyp, wzm, wzp, d):
     """:func:`_interior_residual` from neighbour differences (``d`` unused: the same signature)."""
-    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp, differences=True).add_(b[_INTERIOR])
+    return _add_neighbour_sum(b[_INTERIOR].clone(), x, wxm, wxp, wym, wyp, wzm, wzp, differences=True)
 
 
 def _apply_interior_of_differences(x, wxm, wxp, wym, wyp, wzm, wzp, d):
     """:func:`_apply_interior` from neighbour differences (``d`` unused: the same signature)."""
-    return _neighbour_sum(x, wxm, wxp, wym, wyp, wzm, wzp, differences=True).neg_()
+    return _add_neighbour_sum(torch.zeros_like(d), x, wxm, wxp, wym, wyp, wzm, wzp, value=-1.0, differences=True)
 
 
 def _divergence_interior(ax, ay, az, wxm, wxp, wym, wyp, wzm, wzp, scale: float):
@@ -121,7 +123,7 @@ class TorchBackend:
     compile : bool
         Wrap the level updates in ``torch.compile``.
     differences : bool
-        Residuals and operator products from neighbour differences (``_neighbour_sum``), for a float32 backend
+        Residuals and operator products from neighbour differences (``_add_neighbour_sum``), for a float32 backend
         that runs CG; the smoother keeps the cheaper form, whose rounding its ``omega / d`` scales down.
     """
 
