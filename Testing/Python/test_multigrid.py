@@ -218,11 +218,11 @@ def test_cycle_visits_each_level_as_its_definition_says(cycle, visits):
     sweep, coarse_solve = backend.sweep, backend.coarse_solve
 
     def counting_sweep(level, x, b, omega, color):
-        counts[level] += color == 0  # two red half-sweeps per visit (pre and post), sweeps=2 each
+        counts[level] += color == 0  # four red half-sweeps per visit: two pre- and two post-smoothing sweeps
         sweep(level, x, b, omega, color)
 
     def counting_coarse_solve(level, x, b):
-        counts[level] += 4
+        counts[level] += 4  # one solve per visit, counted as the four half-sweeps of a smoothed level
         coarse_solve(level, x, b)
 
     backend.sweep, backend.coarse_solve = counting_sweep, counting_coarse_solve
