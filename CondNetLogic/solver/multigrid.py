@@ -1055,7 +1055,6 @@ class PotentialSolver:
                                  f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
             if not array.flags.writeable:
                 raise ValueError(f"{name} is read-only")
-        faces = [face if face.dtype in _FLOATS else face.astype(np.float64) for face in faces]
         lo = [np.int64(v) for v in self._lo]
         bad = _kernels().voxel_field(psi, self.operator.w, *faces, *lo, self.spacing_m,
                                      np.ascontiguousarray(rotation), out, magnitude)

@@ -76,7 +76,8 @@ def validate_sigma(sigma) -> np.ndarray:
 
 
 def validate_dadt_faces(dadt_faces, shape, *, check_finite: bool = True) -> tuple:
-    """Check the face values of dA/dt (V/m) for a grid of ``shape`` and return them as float arrays.
+    """Check the face values of dA/dt (V/m) for a grid of ``shape`` and return them as float arrays (float32 and
+    float64 ones as they are, other real dtypes cast to float64).
 
     Parameters
     ----------
@@ -110,7 +111,7 @@ def validate_dadt_faces(dadt_faces, shape, *, check_finite: bool = True) -> tupl
                              f"got {face.shape}")
         if check_finite and not np.all(np.isfinite(face)):
             raise ValueError(f"dadt_faces[{axis}] holds NaN/inf values")
-        faces.append(face)
+        faces.append(face if face.dtype in (np.float32, np.float64) else face.astype(np.float64))
     return tuple(faces)
 
 

@@ -237,3 +237,20 @@ class TestBadInput:
         sigma = np.ones((4, 4, 4))
         with pytest.raises(ValueError, match="psi must have the shape"):
             electric_field(np.zeros((4, 4, 3)), sigma, random_faces(sigma.shape), 1e-3)
+
+
+def test_dadt_faces_are_returned_as_float_arrays():
+    """float32/float64 faces pass through uncopied; integer ones come back as float64 (the solver's field kernel
+    reads float faces only); complex ones are refused."""
+    from CondNetLogic.solver.spfd import validate_dadt_faces
+
+    shape = (4, 5, 3)
+    faces = random_faces(shape)
+    floats = (faces[0].astype(np.float32), faces[1], faces[2])
+    assert all(out is face for out, face in zip(validate_dadt_faces(floats, shape), floats))
+    integers = tuple(np.round(face * 10).astype(np.int16) for face in faces)
+    checked = validate_dadt_faces(integers, shape)
+    assert [face.dtype for face in checked] == [np.float64] * 3
+    assert all(np.array_equal(out, face) for out, face in zip(checked, integers))
+    with pytest.raises(TypeError, match="real"):
+        validate_dadt_faces((faces[0] * 1j, faces[1], faces[2]), shape)
