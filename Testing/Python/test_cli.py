@@ -124,3 +124,29 @@ def test_precision_choices_are_the_inference_ones():
     add_network_arguments(parser)
     action = next(a for a in parser._actions if a.dest == "precision")
     assert tuple(action.choices) == PRECISIONS
+
+
+def test_log_records_go_above_the_progress_bar_not_onto_its_line(capsys):
+    import logging
+    import sys
+
+    from CondNetLogic.commands._progress import ProgressBar
+
+    console = logging.StreamHandler(sys.stderr)  # the console handler basicConfig gives the CLI
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(console)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        with ProgressBar("predict") as bar:
+            bar(0.5, "half way")
+            logging.getLogger("CondNetLogic.test").info("a message")
+        logging.getLogger("CondNetLogic.test").info("after the bar")
+        assert root.handlers[-1] is console  # the console handler is back once the bar is closed
+    finally:
+        root.removeHandler(console)
+        root.setLevel(old_level)
+    pieces = re.split(r"[\r\n]", capsys.readouterr().err)
+    assert "INFO CondNetLogic.test: a message" in pieces  # a line of its own, not glued to the bar's
+    assert "INFO CondNetLogic.test: after the bar" in pieces
