@@ -49,9 +49,11 @@ magnetic stimulation", Phys. Med. Biol. 57, 7753-7765, 2012, doi:10.1088/0031-91
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable, Optional
 
 import numpy as np
@@ -581,6 +583,27 @@ _SMOOTHERS = ("sor", "gauss_seidel")
 _CYCLES = ("V", "W", "F")
 
 
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device, without importing torch (about 2 s) where its build cannot have one.
+
+    A missing torch, or a CPU-only build (versions tagged ``+cpu``, as the CPU wheels of download.pytorch.org
+    are), is known from the package metadata alone; otherwise torch is imported and asked.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            return False
+        if version.partition("+")[2].startswith("cpu"):
+            return False
+        try:
+            import torch
+        except ImportError:
+            return False
+    return bool(torch.cuda.is_available())
+
+
 class PotentialSolver:
     """Reusable MG-PCG solver of the SPFD equation for one conductivity (many right-hand sides).
 
@@ -798,13 +821,8 @@ class PotentialSolver:
         device = str(device)
         if device == "auto":
             device = "cpu"
-            if backend != "numba":
-                try:
-                    import torch
-                except ImportError:
-                    torch = None
-                if torch is not None and torch.cuda.is_available():
-                    device = "cuda"
+            if backend != "numba" and _cuda_available():
+                device = "cuda"
         if device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}")
         if device.startswith("cuda") and backend == "numba":

@@ -452,6 +452,39 @@ class TestBadInput:
             solver.solve(smooth_faces((8, 8, 8)), tol=tol, maxiter=maxiter)
 
 
+@pytest.mark.parametrize(("torch_version", "imports_torch"), [("9.9.9+cpu", False), (None, False), ("9.9.9", True)])
+def test_auto_device_imports_torch_only_where_its_build_may_have_cuda(torch_version, imports_torch):
+    # In a fresh interpreter: importing torch costs about 2 s of every `condnet efield` on a CPU-only install.
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from importlib import metadata\n"
+        "real = metadata.version\n"
+        "def version(name):\n"
+        "    if name != 'torch':\n"
+        "        return real(name)\n"
+        f"    if {torch_version!r} is None:\n"
+        "        raise metadata.PackageNotFoundError(name)\n"
+        f"    return {torch_version!r}\n"
+        "metadata.version = version\n"
+        "import numpy as np\n"
+        "from CondNetLogic.solver import PotentialSolver\n"
+        "sigma = np.ones((6, 6, 6)); sigma[0] = sigma[-1] = 0\n"
+        "solver = PotentialSolver(sigma, 1e-3, device='auto')\n"
+        "print(solver.device, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if imports_torch:
+        import torch
+
+        assert out == [("cuda" if torch.cuda.is_available() else "cpu"), "True"]
+    else:
+        assert out == ["cpu", "False"]
+
+
 def test_auto_device_without_cuda_runs_numba():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
