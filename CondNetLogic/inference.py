@@ -533,6 +533,7 @@ def predict_conductivity(
         "table_values": {t.name: dict(t.values) for t in weights.tables},
         "t2_used": t2 is not None,
         "t2_head_coverage": pair.t2_coverage,
+        "t2_head_offset_mm": pair.t2_offset_mm,
         "register": register,
         "model_grid": pair.grid.to_dict(),
         "timings_s": timings,

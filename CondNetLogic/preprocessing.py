@@ -14,7 +14,9 @@ Steps (each a small function):
    same time the canonical reorientation (:func:`reorient_canonical`), the resampling to 1 mm isotropic
    (:func:`resample_isotropic`) and the crop/pad to ``size``^3.  When the T1 is already on a 1 mm lattice
    aligned with the world axes, this is an exact integer crop/pad without interpolation.
-6. :func:`zscore_unit` - per-volume z-score, then scaling to [0, 1] (paper Sec. III-A).
+6. :func:`head_mask` on the model grid - the share of the head the T2 covers (refused below half), and the
+   offset between the T1's and the T2's head (a warning above ``MAX_T2_OFFSET_MM``).
+7. :func:`zscore_unit` - per-volume z-score, then scaling to [0, 1] (paper Sec. III-A).
 
 References
 ----------
@@ -58,6 +60,10 @@ _REGISTRATION_SAMPLES = 50_000
 MIN_T2_HEAD_COVERAGE = 0.5
 #: Head-mask share of the T1's field of view above which the image is taken to have no air around the head.
 MAX_HEAD_FILL = 0.95
+#: Distance (mm) between the T1's and the T2's head above which :func:`prepare_pair` warns that the scans look
+#: misregistered.  The training pairs are offset by up to 1 mm (``SynthOptions.misregistration_mm``); the real,
+#: co-registered MNI152 pair measures 1.3 mm (its T2's head mask reaches further down the neck).
+MAX_T2_OFFSET_MM = 3.0
 
 
 def validate_mri(volume: Volume, *, name: str) -> None:
@@ -652,6 +658,10 @@ class PreparedPair:
         The model grid; ``grid.to_reference`` puts results back onto the T1 grid.
     t2_coverage : float or None
         Share of the head mask inside the T2's field of view (1.0: all of it); None without a T2.
+    t2_offset_mm : tuple of 3 float or None
+        RAS vector (mm) from the centroid of the T1's head mask to the T2's (after registration, when asked
+        for), over the voxels inside both fields of view: a translation between the scans shows here.  None
+        without a T2.
     """
 
     t1: np.ndarray
@@ -659,6 +669,7 @@ class PreparedPair:
     mask: np.ndarray
     grid: ModelGrid
     t2_coverage: Optional[float] = None
+    t2_offset_mm: Optional[tuple] = None
 
 
 def _head_coverage(mask: np.ndarray, grid: ModelGrid, other: Volume, step: int = 2) -> float:
@@ -667,6 +678,24 @@ def _head_coverage(mask: np.ndarray, grid: ModelGrid, other: Volume, step: int =
     if len(ijk) == 0:
         return 0.0
     return _resample.inside_fraction(ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3], other)
+
+
+def _head_offset_mm(t1_mask: np.ndarray, t2_mask: np.ndarray, grid: ModelGrid, t1: Volume, t2: Volume,
+                    step: int = 2) -> tuple | None:
+    """RAS vector (mm) between the centroids of two head masks on the model grid (sampled every ``step``
+    voxels), each taken over the voxels inside both scans' fields of view; None if either is empty there."""
+    ijk = np.argwhere(t1_mask[::step, ::step, ::step] | t2_mask[::step, ::step, ::step]) * step
+    ras = ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    tolerance = 1e-6
+    common = np.ones(len(ijk), dtype=bool)
+    for volume in (t1, t2):
+        voxel = volume.ras_to_ijk_points(ras)
+        common &= np.all((voxel >= -0.5 - tolerance) & (voxel <= np.asarray(volume.shape) - 0.5 + tolerance), axis=1)
+    in_t1 = common & t1_mask[tuple(ijk.T)]
+    in_t2 = common & t2_mask[tuple(ijk.T)]
+    if not in_t1.any() or not in_t2.any():
+        return None
+    return tuple(float(d) for d in ras[in_t2].mean(axis=0) - ras[in_t1].mean(axis=0))
 
 
 def prepare_pair(
@@ -714,7 +743,9 @@ def prepare_pair(
     Notes
     -----
     A T2 that covers between ``MIN_T2_HEAD_COVERAGE`` and 99 % of the head is used with a logged warning:
-    the network sees no T2 signal in the rest of the head, so the conductivity there is unreliable.
+    the network sees no T2 signal in the rest of the head, so the conductivity there is unreliable.  A T2 whose
+    head lies more than ``MAX_T2_OFFSET_MM`` from the T1's (``PreparedPair.t2_offset_mm``) is used with a logged
+    warning to register it: centroids catch a translation between the scans, not a rotation.
     """
     def step(fraction: float, message: str) -> None:
         if cancel is not None and cancel():
@@ -757,7 +788,7 @@ def prepare_pair(
         t2_model = grid.to_model(t2)
     step(0.9, "head mask and intensity scaling")
     mask = head_mask(grid.as_volume(t1_model))
-    coverage = None
+    coverage = offset = None
     if t2 is not None:
         coverage = _head_coverage(mask, grid, t2)
         message = (f"only {100 * coverage:.0f}% of the head lies inside the T2's field of view "
@@ -768,7 +799,18 @@ def prepare_pair(
         if coverage < 0.99:
             logger.warning("%s; CondNet sees no T2 signal in the rest, so the conductivity there is unreliable",
                            message)
+        offset = _head_offset_mm(mask, head_mask(grid.as_volume(t2_model)), grid, t1, t2)
+        if offset is not None and np.linalg.norm(offset) > MAX_T2_OFFSET_MM:
+            logger.warning(
+                "the T2's head lies %.1f mm from the T1's (R %+.1f, A %+.1f, S %+.1f mm between the centroids of "
+                "their head masks): the scans look misregistered, and CondNet reads them voxel by voxel. %s",
+                np.linalg.norm(offset), *offset,
+                "Check the registration" if register else
+                "Unless both come from one session without head motion, register T2 to T1 (condnet predict "
+                "--register; Slicer: tick Register T2 to T1)",
+            )
     t1_unit = zscore_unit(t1_model, mask)
     t2_unit = None if t2_model is None else zscore_unit(t2_model, mask)
     step(1.0, "preprocessing done")
-    return PreparedPair(t1=t1_unit, t2=t2_unit, mask=mask, grid=grid, t2_coverage=coverage)
+    return PreparedPair(t1=t1_unit, t2=t2_unit, mask=mask, grid=grid, t2_coverage=coverage,
+                        t2_offset_mm=offset)

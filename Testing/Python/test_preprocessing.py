@@ -542,6 +542,33 @@ def test_prepare_pair_refuses_a_t2_slab_and_warns_on_partial_cover(caplog):
     assert pp.prepare_pair(t1, phantom((40, 40, 40), contrast="t2"), size=48).t2_coverage == 1.0
 
 
+@pytest.mark.parametrize("shift", [(6.0, 0.0, 0.0), (0.0, -5.0, 0.0), (0.0, 0.0, 5.0)])
+def test_prepare_pair_measures_and_warns_of_an_offset_between_t1_and_t2(caplog, shift):
+    t1 = phantom((40, 40, 40))
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        aligned = pp.prepare_pair(t1, phantom((40, 40, 40), contrast="t2", seed=1), size=48)
+    assert np.linalg.norm(aligned.t2_offset_mm) < 0.5
+    assert "misregistered" not in caplog.text
+    # Same field of view, the T2's head moved: the scans disagree about where the head is.
+    moved = phantom((40, 40, 40), contrast="t2", head_at=shift, seed=1)
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        pair = pp.prepare_pair(t1, moved, size=48)
+    np.testing.assert_allclose(pair.t2_offset_mm, shift, atol=0.5)
+    assert "the scans look misregistered" in caplog.text
+    assert "--register" in caplog.text
+    assert pp.prepare_pair(t1, None, size=48).t2_offset_mm is None
+
+
+def test_offset_is_measured_where_both_scans_see_the_head(caplog):
+    # A T2 covering the upper half of the head only: a whole-head centroid would differ by about 5 mm.
+    t1 = phantom((40, 40, 40))
+    upper = phantom((40, 40, 14), centre=(0, 0, 6), head_at=(0, 0, 0), contrast="t2")
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        pair = pp.prepare_pair(t1, upper, size=48)
+    assert np.linalg.norm(pair.t2_offset_mm) < 0.5
+    assert "misregistered" not in caplog.text
+
+
 def test_prepare_pair_refuses_an_image_without_air_around_the_head():
     noise = Volume(np.random.default_rng(0).rayleigh(size=(30, 30, 30)).astype(np.float32), np.eye(4))
     with pytest.raises(ValueError, match="no air was found around the head"):
@@ -579,6 +606,7 @@ def test_prepare_pair_mni152():
     # T1 and T2 are co-registered: white matter is bright on T1 and darker on T2.
     wm = pair.t1 > np.percentile(pair.t1[pair.mask], 80)
     assert pair.t2[wm].mean() < pair.t2[pair.mask].mean()
+    assert np.linalg.norm(pair.t2_offset_mm) < pp.MAX_T2_OFFSET_MM  # no misregistration warning
     # Registering the co-registered pair moves T2 by less than one 2 mm voxel and rotates it by under a degree.
     _, moving_to_fixed = pp.register_rigid(t2, t1)
     assert np.linalg.norm(moving_to_fixed[:3, 3]) < 1.5

@@ -202,3 +202,26 @@ def test_warmup_in_a_background_process(mrml_scene):
     process = logic.startWarmupProcess(logCallback=lines.append)
     assert process.waitForCompletion(timeout=600) == 0, "\n".join(process.output)
     assert any(line.startswith("E-field kernels ready in") for line in lines)
+
+
+def test_log_records_of_a_background_run_reach_the_log_as_lines_of_their_own(logic_and_head, tmp_path):
+    # The panel's log drops progress-bar redraws (lines with "%|"), so a log record written onto the bar's line
+    # was lost with it: the preprocessing steps always were, and so was any warning issued right after a redraw.
+    import slicer
+
+    logic, t1, t2, weights = logic_and_head
+    moved = logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2 of another session")
+    moved.CopyOrientation(t2)
+    moved.SetOrigin(*(np.array(t2.GetOrigin()) + [10.0, 0.0, 0.0]))  # the head 10 mm right of the T1's
+    slicer.util.updateVolumeFromArray(moved, slicer.util.arrayFromVolume(t2))
+    lines = []
+    process = logic.startConductivityProcess(t1, moved, weightsPath=weights, device="cpu", precision="float32",
+                                             workDir=str(tmp_path / "work"), logCallback=lines.append)
+    assert process.waitForCompletion(timeout=300) == 0, "\n".join(process.output)
+    records = [line for line in lines if "CondNetLogic." in line]
+    assert any("preprocessing: checking the inputs" in line for line in records)
+    assert any("the scans look misregistered" in line for line in records)
+    glued = [line for line in records if not line.startswith(("INFO ", "WARNING "))]
+    assert not glued, "\n".join(glued)
+    sidecar = json.loads((Path(process.outDir) / "sigma.json").read_text())
+    np.testing.assert_allclose(sidecar["t2_head_offset_mm"], [10.0, 0.0, 0.0], atol=1.0)  # RAS mm
