@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import predict_conductivity
     from ..io import read_volume
     from ..weights import file_sha256, load_weights
+    from ._progress import ProgressBar
 
     mapping_path = label_mapping_path(args.mapping)
     mapping = read_label_mapping(mapping_path)
@@ -36,11 +37,16 @@ def run(args: argparse.Namespace) -> int:
     labels = read_volume(args.labels)
     weights = load_weights(args.weights, t2_given=args.t2 is not None)
     report_paths(args.out, [table.name for table in weights.tables], overwrite=args.overwrite)  # before the work
-    prediction = predict_conductivity(t1, t2, weights=weights, **network_kwargs(args))
-    evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
     extra = {"inputs": {"t1": args.t1, "t2": args.t2, "labels": args.labels, "mapping": str(mapping_path),
                         "labels_sha256": file_sha256(args.labels)}}
-    paths = write_report(evaluation, prediction, args.out, t1=t1, t2=t2, extra=extra, overwrite=args.overwrite)
+    with ProgressBar("evaluate") as progress:
+        prediction = predict_conductivity(t1, t2, weights=weights, progress=progress.stage(0, 85),
+                                          **network_kwargs(args))
+        progress.stage(85, 100)(0.0, "per-tissue statistics")
+        evaluation = evaluate_prediction(prediction, labels, mapping, t1=t1)
+        progress.stage(85, 100)(0.5, "report and comparison figures")
+        paths = write_report(evaluation, prediction, args.out, t1=t1, t2=t2, extra=extra, overwrite=args.overwrite)
+        progress(1.0, "done")
     print(markdown_table(evaluation.report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

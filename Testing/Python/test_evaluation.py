@@ -160,7 +160,7 @@ def test_report_files_and_overwrite(phantom, tmp_path):
         write_report(evaluation, prediction, tmp_path, t1=phantom.t1, t2=phantom.t2)
 
 
-def test_evaluate_cli(phantom, tmp_path):
+def test_evaluate_cli(phantom, tmp_path, capsys):
     import torch
 
     from CondNetLogic.cli import main
@@ -187,6 +187,9 @@ def test_evaluate_cli(phantom, tmp_path):
     finally:
         torch.set_num_threads(previous)
     assert code == 0
+    bar = capsys.readouterr().err  # the progress bar of the prediction, then of the report
+    assert "sagittal network" in bar
+    assert "evaluate: 100%" in bar
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["prediction"]["weights"]["sha256"]
     assert (tmp_path / "eval" / "comparison_A.png").exists()
