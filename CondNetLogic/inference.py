@@ -48,7 +48,8 @@ class Prediction:
         uint8 (1 = head) on the T1 grid.
     info : dict
         Device, precision, timings (s), weights id/sha256, directions used, batch size, fallbacks, ``warnings``
-        (plausibility checks, e.g. :func:`inside_out_score` for T1 and T2 passed the wrong way round).
+        (plausibility checks: the preprocessing's ``PreparedPair.warnings``, and :func:`inside_out_score` for T1
+        and T2 passed the wrong way round).
     """
 
     conductivity: Dict[str, Volume]
@@ -500,7 +501,7 @@ def predict_conductivity(
     del per_direction
     mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
     inside = mask_ref.array > 0
-    conductivity, uncertainty, warnings = {}, {}, []
+    conductivity, uncertainty, warnings = {}, {}, list(pair.warnings)
     for v, table in enumerate(weights.tables):
         mean, spread = per_table[v]
         if v == 0:

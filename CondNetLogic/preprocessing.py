@@ -662,6 +662,9 @@ class PreparedPair:
         RAS vector (mm) from the centroid of the T1's head mask to the T2's (after registration, when asked
         for), over the voxels inside both fields of view: a translation between the scans shows here.  None
         without a T2.
+    warnings : tuple of str
+        What the checks found doubtful but not wrong enough to refuse (partial T2 cover, T1/T2 offset); each
+        was also logged.
     """
 
     t1: np.ndarray
@@ -670,6 +673,7 @@ class PreparedPair:
     grid: ModelGrid
     t2_coverage: Optional[float] = None
     t2_offset_mm: Optional[tuple] = None
+    warnings: tuple = ()
 
 
 def _head_coverage(mask: np.ndarray, grid: ModelGrid, other: Volume, step: int = 2) -> float:
@@ -789,6 +793,7 @@ def prepare_pair(
     step(0.9, "head mask and intensity scaling")
     mask = head_mask(grid.as_volume(t1_model))
     coverage = offset = None
+    warnings: list = []
     if t2 is not None:
         coverage = _head_coverage(mask, grid, t2)
         message = (f"only {100 * coverage:.0f}% of the head lies inside the T2's field of view "
@@ -797,20 +802,21 @@ def prepare_pair(
             raise ValueError(f"{message}: CondNet needs a T2 of the whole head. Check that both scans come from the "
                              "same subject and session, or pass the T1 alone with T1-only weights")
         if coverage < 0.99:
-            logger.warning("%s; CondNet sees no T2 signal in the rest, so the conductivity there is unreliable",
-                           message)
+            warnings.append(f"{message}; CondNet sees no T2 signal in the rest, so the conductivity there is "
+                            "unreliable")
         offset = _head_offset_mm(mask, head_mask(grid.as_volume(t2_model)), grid, t1, t2)
         if offset is not None and np.linalg.norm(offset) > MAX_T2_OFFSET_MM:
-            logger.warning(
-                "the T2's head lies %.1f mm from the T1's (R %+.1f, A %+.1f, S %+.1f mm between the centroids of "
-                "their head masks): the scans look misregistered, and CondNet reads them voxel by voxel. %s",
-                np.linalg.norm(offset), *offset,
-                "Check the registration" if register else
+            advice = "Check the registration" if register else (
                 "Unless both come from one session without head motion, register T2 to T1 (condnet predict "
-                "--register; Slicer: tick Register T2 to T1)",
-            )
+                "--register; Slicer: tick Register T2 to T1)")
+            warnings.append(
+                f"the T2's head lies {np.linalg.norm(offset):.1f} mm from the T1's (R {offset[0]:+.1f}, "
+                f"A {offset[1]:+.1f}, S {offset[2]:+.1f} mm between the centroids of their head masks): the scans "
+                f"look misregistered, and CondNet reads them voxel by voxel. {advice}")
+    for warning in warnings:
+        logger.warning("%s", warning)
     t1_unit = zscore_unit(t1_model, mask)
     t2_unit = None if t2_model is None else zscore_unit(t2_model, mask)
     step(1.0, "preprocessing done")
     return PreparedPair(t1=t1_unit, t2=t2_unit, mask=mask, grid=grid, t2_coverage=coverage,
-                        t2_offset_mm=offset)
+                        t2_offset_mm=offset, warnings=tuple(warnings))

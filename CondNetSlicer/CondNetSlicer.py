@@ -468,6 +468,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameterNode.uncertaintyVolume = result["uncertainty"][tables[0]]
                 self._log("Conductivity ready: " + ", ".join(n.GetName() for n in result["conductivity"].values()))
                 self._startWarmup()
+                if result["warnings"]:  # already in the log, as the process wrote them; too important to miss
+                    slicer.util.warningDisplay(
+                        "\n\n".join(result["warnings"]),
+                        windowTitle=_("CondNet: check the inputs of this conductivity"),
+                    )
         finally:
             # The folder holds copies of the patient's scans: do not leave them in the temporary folder.
             if process is not None:

@@ -151,7 +151,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Returns
         -------
         dict
-            ``{"conductivity": {table: node}, "uncertainty": {table: node}}``.
+            ``{"conductivity": {table: node}, "uncertainty": {table: node}, "warnings": [str, ...]}``; the
+            warnings are CondNet's plausibility checks (T1/T2 offset, partial T2 cover, T1 and T2 swapped).
 
         Raises
         ------
@@ -238,6 +239,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             raise
         if show and tables:
             self.showOverlay(t1Node, result["conductivity"][tables[0]])
+        result["warnings"] = [str(text) for text in info.get("warnings", [])]
         return result
 
     # -- background process (GUI path) --------------------------------------------------------
@@ -390,6 +392,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """Load what ``condnet predict --out <outDir>/sigma.nii.gz`` wrote (listed in its ``sigma.json``).
 
         The files must lie on the T1 grid (to 1e-3 mm); the nodes get the T1's exact IJK-to-RAS matrix.
+
+        Returns
+        -------
+        dict
+            As :meth:`estimateConductivity`; the warnings come from the sidecar.
 
         Raises
         ------

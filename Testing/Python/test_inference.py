@@ -141,6 +141,16 @@ def test_t2_on_another_grid_is_resampled(phantom, weights):
     assert result.conductivity["A"].same_grid(phantom.t1)
 
 
+def test_preprocessing_warnings_reach_the_info(phantom, weights):
+    aligned = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu")
+    assert aligned.info["warnings"] == []
+    assert np.linalg.norm(aligned.info["t2_head_offset_mm"]) < 0.5
+    moved = Volume(phantom.t2.array, _shift(8.0) @ phantom.t2.ijk_to_ras)  # the T2's head 8 mm to the right
+    result = predict_conductivity(phantom.t1, moved, weights=weights, device="cpu")
+    assert any("look misregistered" in text for text in result.info["warnings"])
+    assert result.info["t2_head_offset_mm"][0] > 5.0
+
+
 def test_progress_and_cancel(phantom, weights):
     seen = []
     predict_conductivity(phantom.t1, phantom.t2, weights=weights, progress=lambda f, m: seen.append(f))

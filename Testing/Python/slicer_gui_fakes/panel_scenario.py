@@ -586,6 +586,33 @@ def closeSceneDuringEstimate():
         checkGuiMirrorsParameters("after the scene closed during an estimate")
 
 
+def misregisteredT2():
+    with step("fix: a T2 10 mm off the T1 gives a warning dialog; the conductivity is still loaded"):
+        from CondNetLogic.volume import Volume
+        from CondNetSlicerLib import adapters
+
+        w, ui = P.widget, P.widget.ui
+        t1, _ = addInputs()  # the scene was closed in the step before
+        enterAgain()
+        check(params().t1Volume is t1, "the default T1 is not T1")
+        moved = P.head["t2"].ijk_to_ras.copy()
+        moved[:3, 3] += [10.0, 0.0, 0.0]
+        t2 = adapters.addVolumeNode(P.scene, Volume(P.head["t2"].array, moved), "T2 of another session")
+        chooseInputs(t2)
+        dialogs = len(RECORD["dialogs"])
+        click(ui.estimateButton)
+        pumpUntil(lambda: w._process is None, 300, "the conductivity process")
+        warmup = w._warmup
+        pumpUntil(lambda: warmup is None or not warmup.isRunning(), 300, "the warm-up process")
+        shown = RECORD["dialogs"][dialogs:]
+        check(len(shown) == 1 and shown[0][0] == "warning" and "look misregistered" in shown[0][1],
+              f"expected one warning dialog about the misregistered T2; got {shown}")
+        del RECORD["dialogs"][dialogs:]  # the expected dialog is not a problem of this step
+        check("look misregistered" in logText(), "the warning is not in the log")
+        check(params().conductivityVolume is not None, "no conductivity after an estimate with a warning")
+        checkStates("after an estimate with a warning")
+
+
 def cleanup():
     with step("cleanup() while an estimate runs: process cancelled, no observers or timers left"):
         from CondNetSlicerLib.process import CANCELLED
@@ -615,7 +642,8 @@ def main(argv=None):
     sys.excepthook = _excepthook
     started = time.monotonic()
     for run in (setUp, estimate, placeCoil, computeEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain,
-                missingCoil, export, leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, cleanup):
+                missingCoil, export, leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2,
+                cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
     return 0
