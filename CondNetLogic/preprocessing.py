@@ -544,20 +544,25 @@ class ModelGrid:
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
             affine[:3, 3] = centre - spacing_mm * half
         grid = cls(affine, (size,) * 3, reference.shape, reference.ijk_to_ras)
-        grid._warn_if_cut(low, high)
+        cut = grid.cut_warning(low, high)
+        if cut is not None:
+            logger.warning("%s", cut)
         return grid
 
-    def _warn_if_cut(self, low_ras: np.ndarray, high_ras: np.ndarray) -> None:
+    def cut_warning(self, low_ras: np.ndarray, high_ras: np.ndarray) -> Optional[str]:
+        """What of the head, a box from ``low_ras`` to ``high_ras`` (RAS mm), lies outside this grid; None if
+        nothing does."""
         inverse = np.linalg.inv(self.affine)
         ijk = np.stack([low_ras, high_ras]) @ inverse[:3, :3].T + inverse[:3, 3]
         low_ijk, high_ijk = ijk.min(axis=0), ijk.max(axis=0)
         outside = np.maximum(-0.5 - low_ijk, 0) + np.maximum(high_ijk - (self.size - 0.5), 0)
-        if np.any(outside > 0):
-            logger.warning(
-                "the head (%.0f x %.0f x %.0f mm) does not fit the model's %.0f mm field of view: "
-                "%.0f, %.0f, %.0f mm along R, A, S are cut off and come back as 0",
-                *(high_ras - low_ras), self.size * self.spacing_mm, *(outside * self.spacing_mm),
-            )
+        if not np.any(outside > 0):
+            return None
+        size = np.asarray(high_ras) - np.asarray(low_ras)
+        cut = outside * self.spacing_mm
+        return (f"the head ({size[0]:.0f} x {size[1]:.0f} x {size[2]:.0f} mm) does not fit the model's "
+                f"{self.size * self.spacing_mm:.0f} mm field of view: {cut[0]:.0f}, {cut[1]:.0f}, {cut[2]:.0f} mm "
+                "along R, A, S are cut off and come back as 0")
 
     @property
     def size(self) -> int:
@@ -663,8 +668,8 @@ class PreparedPair:
         for), over the voxels inside both fields of view: a translation between the scans shows here.  None
         without a T2.
     warnings : tuple of str
-        What the checks found doubtful but not wrong enough to refuse (partial T2 cover, T1/T2 offset); each
-        was also logged.
+        What the checks found doubtful but not wrong enough to refuse (a head cut off by the model grid, partial
+        T2 cover, T1/T2 offset); each was also logged.
     """
 
     t1: np.ndarray
@@ -778,7 +783,9 @@ def prepare_pair(
             "Expected a head scan with background around it (not noise, a brain-extracted image or a crop inside "
             "the head)"
         )
-    grid = ModelGrid.for_volume(t1, size=size, mask=t1_mask)
+    grid = ModelGrid.for_volume(t1, size=size, mask=t1_mask)  # logs a cut-off head
+    cut = grid.cut_warning(*_resample.mask_ras_bounds(t1_mask, t1.ijk_to_ras))
+    warnings: list = [] if cut is None else [cut]
     step(0.55, "resampling T1 onto the model grid")
     t1_model = grid.to_model(t1)
     t2_model = None
@@ -793,7 +800,6 @@ def prepare_pair(
     step(0.9, "head mask and intensity scaling")
     mask = head_mask(grid.as_volume(t1_model))
     coverage = offset = None
-    warnings: list = []
     if t2 is not None:
         coverage = _head_coverage(mask, grid, t2)
         message = (f"only {100 * coverage:.0f}% of the head lies inside the T2's field of view "
@@ -804,6 +810,7 @@ def prepare_pair(
         if coverage < 0.99:
             warnings.append(f"{message}; CondNet sees no T2 signal in the rest, so the conductivity there is "
                             "unreliable")
+            logger.warning("%s", warnings[-1])
         offset = _head_offset_mm(mask, head_mask(grid.as_volume(t2_model)), grid, t1, t2)
         if offset is not None and np.linalg.norm(offset) > MAX_T2_OFFSET_MM:
             advice = "Check the registration" if register else (
@@ -813,8 +820,7 @@ def prepare_pair(
                 f"the T2's head lies {np.linalg.norm(offset):.1f} mm from the T1's (R {offset[0]:+.1f}, "
                 f"A {offset[1]:+.1f}, S {offset[2]:+.1f} mm between the centroids of their head masks): the scans "
                 f"look misregistered, and CondNet reads them voxel by voxel. {advice}")
-    for warning in warnings:
-        logger.warning("%s", warning)
+            logger.warning("%s", warnings[-1])
     t1_unit = zscore_unit(t1_model, mask)
     t2_unit = None if t2_model is None else zscore_unit(t2_model, mask)
     step(1.0, "preprocessing done")

@@ -569,6 +569,16 @@ def test_offset_is_measured_where_both_scans_see_the_head(caplog):
     assert "misregistered" not in caplog.text
 
 
+def test_prepare_pair_reports_a_head_cut_off_by_the_model_grid_once(caplog):
+    t1 = phantom((40, 40, 40))
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        pair = pp.prepare_pair(t1, phantom((40, 40, 40), contrast="t2"), size=24)
+    assert len(pair.warnings) == 1
+    assert "does not fit the model's 24 mm field of view" in pair.warnings[0]
+    assert caplog.text.count("does not fit") == 1
+    assert pp.prepare_pair(t1, None, size=48).warnings == ()
+
+
 def test_prepare_pair_refuses_an_image_without_air_around_the_head():
     noise = Volume(np.random.default_rng(0).rayleigh(size=(30, 30, 30)).astype(np.float32), np.eye(4))
     with pytest.raises(ValueError, match="no air was found around the head"):
