@@ -645,6 +645,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"E-field: {info.get('iterations')} iterations, residual {info.get('residual', 0):.2e}, "
                 f"{info.get('timings', {}).get('total', 0):.1f} s on {info.get('device')}."
             )
+            if result["warnings"]:
+                slicer.util.warningDisplay("\n\n".join(result["warnings"]), windowTitle=_("CondNet: E-field"))
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:

@@ -824,7 +824,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Returns
         -------
         dict
-            ``{"eVector": node, "eMagnitude": node, "table": node, "stats": dict, "info": dict}``.
+            ``{"eVector": node, "eMagnitude": node, "table": node, "stats": dict, "info": dict,
+            "warnings": [str, ...]}``; a warning says that the solve stopped short of its tolerance.
         """
         from CondNetLogic.coil import check_coil_to_ras, load_coil
 
@@ -862,6 +863,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             ) from err
         for note in result.info.get("fallbacks", []):
             self.log(f"CondNet: {note}")
+        warnings = []
+        if not result.info.get("converged", True):
+            warnings.append(
+                f"The E-field solve stopped after {result.info.get('iterations')} iterations at a relative residual "
+                f"of {result.info.get('residual', float('nan')):.2g}, above its tolerance {tol:g}: the field may be "
+                "inaccurate. Check the conductivity for isolated or extreme values."
+            )
+            self.log(f"CondNet: {warnings[-1]}")
         stats = self._statistics(
             result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
         )
@@ -879,9 +888,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 result, uniform, uniformKey, pose, coil, didt, device, tol, tissues, progress, cancel
             ).items():
                 stats.setdefault(region, {}).update(entries)
-        return self._writeEField(
+        written = self._writeEField(
             conductivityNode, result, stats, coil, pose, didt, eVectorNode, eMagnitudeNode, tableNode, show=show
         )
+        written["warnings"] = warnings
+        return written
 
     def _reusableEFieldNode(self, node, role: str, conductivityNode):
         """``node`` if it may be updated with an E-field of ``conductivityNode``, else None (a new node).

@@ -463,6 +463,27 @@ def test_place_coil_puts_the_views_in_place_mode_for_the_coil_markup(mrml_scene)
     assert userList.GetNumberOfControlPoints() == 1
 
 
+def test_an_unconverged_efield_solve_comes_back_with_a_warning(mrml_scene, head):
+    import warnings
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    mask = tissues.array > 0
+    sigma = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
+    markup = logic.createCoilMarkup()
+    markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
+    logic.snapCoilMarkup(markup, sigma)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
+    solved = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False)
+    assert solved["warnings"] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the solver's own warning
+        short = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-20, show=False)
+    assert len(short["warnings"]) == 1
+    assert "above its tolerance 1e-20: the field may be inaccurate" in short["warnings"][0]
+    assert short["eMagnitude"] is not None  # the field is still shown
+
+
 def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, head):
     """Re-solving updates the E-field nodes of the same conductivity; another conductivity gets new nodes."""
     logic = CondNetSlicerLogic(mrml_scene)

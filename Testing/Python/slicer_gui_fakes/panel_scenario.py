@@ -380,6 +380,28 @@ def computeEField():
         checkGuiMirrorsParameters("after the E-field")
 
 
+def unconvergedEField():
+    with step("fix: an E-field solve that stops short of its tolerance gives a warning dialog"):
+        import functools
+        import warnings
+
+        logic = P.widget.logic
+        solve = logic.computeEField
+        logic.computeEField = functools.partial(solve, tol=1e-20)  # unreachable: the solve runs out of iterations
+        dialogs = len(RECORD["dialogs"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the solver's own warning
+                click(P.widget.ui.computeEFieldButton)
+        finally:
+            logic.computeEField = solve
+        shown = RECORD["dialogs"][dialogs:]
+        check(len(shown) == 1 and shown[0][0] == "warning" and "the field may be inaccurate" in shown[0][1],
+              f"expected one warning dialog about the unconverged solve; got {shown}")
+        del RECORD["dialogs"][dialogs:]  # the expected dialog is not a problem of this step
+        checkStates("after an unconverged E-field")
+
+
 def scalpOffsetRedrawsCoil():
     with step("fix: changing the scalp offset redraws the coil model"):
         ui, p = P.widget.ui, params()
@@ -641,9 +663,9 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, computeEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain,
-                missingCoil, export, leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2,
-                cleanup):
+    for run in (setUp, estimate, placeCoil, computeEField, unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve,
+                placeAgain, missingCoil, export, leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate,
+                misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
     return 0
