@@ -266,12 +266,16 @@ def fov_samples(volume: Volume, n: int = 16) -> np.ndarray:
     return volume.ijk_to_ras_points(ijk)
 
 
-def inside_fraction(points_ras: np.ndarray, volume: Volume) -> float:
-    """Share of RAS points (N, 3) that lie inside the field of view of ``volume`` (voxel faces included)."""
+def inside(points_ras: np.ndarray, volume: Volume) -> np.ndarray:
+    """Which RAS points (N, 3) lie inside the field of view of ``volume`` (voxel faces included); bool (N,)."""
     ijk = volume.ras_to_ijk_points(points_ras)
     tolerance = 1e-6
-    inside = np.all((ijk >= -0.5 - tolerance) & (ijk <= np.asarray(volume.shape) - 0.5 + tolerance), axis=1)
-    return float(inside.mean())
+    return np.all((ijk >= -0.5 - tolerance) & (ijk <= np.asarray(volume.shape[:3]) - 0.5 + tolerance), axis=1)
+
+
+def inside_fraction(points_ras: np.ndarray, volume: Volume) -> float:
+    """Share of RAS points (N, 3) that lie inside the field of view of ``volume`` (voxel faces included)."""
+    return float(inside(points_ras, volume).mean())
 
 
 def ras_bounds(volume: Volume) -> str:

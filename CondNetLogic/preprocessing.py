@@ -695,11 +695,7 @@ def _head_offset_mm(t1_mask: np.ndarray, t2_mask: np.ndarray, grid: ModelGrid, t
     voxels), each taken over the voxels inside both scans' fields of view; None if either is empty there."""
     ijk = np.argwhere(t1_mask[::step, ::step, ::step] | t2_mask[::step, ::step, ::step]) * step
     ras = ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-    tolerance = 1e-6
-    common = np.ones(len(ijk), dtype=bool)
-    for volume in (t1, t2):
-        voxel = volume.ras_to_ijk_points(ras)
-        common &= np.all((voxel >= -0.5 - tolerance) & (voxel <= np.asarray(volume.shape) - 0.5 + tolerance), axis=1)
+    common = _resample.inside(ras, t1) & _resample.inside(ras, t2)
     in_t1 = common & t1_mask[tuple(ijk.T)]
     in_t2 = common & t2_mask[tuple(ijk.T)]
     if not in_t1.any() or not in_t2.any():
