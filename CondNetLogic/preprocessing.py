@@ -60,6 +60,8 @@ _REGISTRATION_SAMPLES = 50_000
 MIN_T2_HEAD_COVERAGE = 0.5
 #: Head-mask share of the T1's field of view above which the image is taken to have no air around the head.
 MAX_HEAD_FILL = 0.95
+#: Voxels of the model grid kept above the top of a head taller than the grid (:meth:`ModelGrid.for_volume`).
+_TOP_MARGIN_VOXELS = 4
 #: Distance (mm) between the T1's and the T2's head above which :func:`prepare_pair` warns that the scans look
 #: misregistered.  The training pairs are offset by up to 1 mm (``SynthOptions.misregistration_mm``); the real,
 #: co-registered MNI152 pair measures 1.3 mm (its T2's head mask reaches further down the neck).
@@ -494,7 +496,9 @@ class ModelGrid:
             Model voxel size in mm.
         center_ras : array-like (3,), optional
             RAS position (mm) of the model grid's centre.  Default: the centre of the bounding box of the head
-            mask (:func:`head_mask`, or ``mask``), so a head anywhere in a large field of view ends up centred.
+            mask (:func:`head_mask`, or ``mask``), so a head anywhere in a large field of view ends up centred;
+            a head taller (along S) than the model's field of view keeps its top, with 4 voxels above it, and
+            loses the neck.
         mask : ndarray of bool (I, J, K), optional
             Head mask on the reference grid, for references that are not MRI (label maps: ``labels > 0``).
 
@@ -525,8 +529,13 @@ class ModelGrid:
             if not mask.any():
                 raise ValueError("mask is empty: no head voxel to centre the model grid on")
         low, high = _resample.mask_ras_bounds(mask, reference.ijk_to_ras)
+        half = (size - 1) / 2.0
         if center_ras is None:
             centre = 0.5 * (low + high)
+            if high[2] - low[2] > spacing_mm * (size - 1 - 2 * _TOP_MARGIN_VOXELS):
+                # Taller than the field of view (neck and shoulders in the scan): keep the top of the head, where
+                # the cortex is, with a few voxels of air above it, and cut at the neck.
+                centre[2] = high[2] + spacing_mm * (_TOP_MARGIN_VOXELS - half)
         else:
             centre = np.asarray(center_ras, dtype=float).reshape(-1)
             if centre.shape != (3,) or not np.all(np.isfinite(centre)):
@@ -534,7 +543,6 @@ class ModelGrid:
 
         axes, signs = _resample.closest_axes(reference.direction)
         canonical = _resample.reorder_affine(reference.ijk_to_ras, reference.shape, axes, signs)
-        half = (size - 1) / 2.0
         if np.allclose(canonical[:3, :3], spacing_mm * np.eye(3), atol=1e-4 * spacing_mm):
             start = np.floor(np.linalg.solve(canonical, np.append(centre, 1.0))[:3] - half + 0.5)
             shift = np.eye(4)

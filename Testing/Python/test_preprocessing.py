@@ -569,6 +569,23 @@ def test_offset_is_measured_where_both_scans_see_the_head(caplog):
     assert "misregistered" not in caplog.text
 
 
+@pytest.mark.parametrize("direction", ["RAS", "oblique"])
+def test_model_grid_keeps_the_top_of_a_head_taller_than_it(caplog, direction):
+    # Neck and shoulders in the scan: centring would cut the vertex, where TMS targets the cortex.
+    reference = phantom((40, 40, 50), direction=DIRECTIONS[direction])
+    ras = reference.ijk_to_ras_points(np.argwhere(np.ones(reference.shape, dtype=bool))).reshape(*reference.shape, 3)
+    tall = (ras[..., 0] / 8) ** 2 + (ras[..., 1] / 8) ** 2 + (ras[..., 2] / 20) ** 2 <= 1  # 40 mm along S
+    top = ras[..., 2][tall].max()
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
+        grid = pp.ModelGrid.for_volume(reference, size=24, mask=tall)
+    model_top = (grid.affine @ [0, 0, 23, 1])[2]
+    assert top + 2.5 <= model_top <= top + 4.5  # the top of the head, with about 4 voxels of air above it
+    assert "along R, A, S are cut off" in caplog.text
+    short = (ras[..., 0] / 8) ** 2 + (ras[..., 1] / 8) ** 2 + (ras[..., 2] / 8) ** 2 <= 1
+    centred = pp.ModelGrid.for_volume(reference, size=24, mask=short)  # fits: centred as before
+    np.testing.assert_allclose((centred.affine @ [11.5, 11.5, 11.5, 1])[:3], 0.0, atol=1.0)
+
+
 def test_prepare_pair_reports_a_head_cut_off_by_the_model_grid_once(caplog):
     t1 = phantom((40, 40, 40))
     with caplog.at_level(logging.WARNING, logger="CondNetLogic.preprocessing"):
