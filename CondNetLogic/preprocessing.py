@@ -532,7 +532,7 @@ class ModelGrid:
         half = (size - 1) / 2.0
         if center_ras is None:
             centre = 0.5 * (low + high)
-            if high[2] - low[2] > spacing_mm * (size - 1 - 2 * _TOP_MARGIN_VOXELS):
+            if high[2] - low[2] > spacing_mm * (size - 1):
                 # Taller than the field of view (neck and shoulders in the scan): keep the top of the head, where
                 # the cortex is, with a few voxels of air above it, and cut at the neck.
                 centre[2] = high[2] + spacing_mm * (_TOP_MARGIN_VOXELS - half)
