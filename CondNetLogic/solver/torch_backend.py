@@ -198,7 +198,8 @@ class TorchBackend:
 
     def rhs(self, faces, lo, scale: float, b) -> None:
         """``b`` = the right-hand side on level 0 from the input's face arrays (V/m; working cell ``p`` is input
-        voxel ``p + lo``), as ``multigrid.divergence`` computes it on the host.
+        voxel ``p + lo``), as ``multigrid.divergence`` computes it on the host.  The faces are float32 or float64,
+        as ``spfd.validate_dadt_faces`` returns them.
 
         Each array's part around the working grid is copied in parallel into its host mirror and sent over
         (on a GPU less data than the host's sum reading the float64 conductances); the device zeroes the faces
@@ -211,7 +212,6 @@ class TorchBackend:
             self._insulating = level.w <= 0
         values = []
         for axis, face in enumerate(faces):
-            face = face if face.dtype in (np.float32, np.float64) else face.astype(np.float64)
             key = (axis, face.dtype)
             tensor = self._faces.get(key)
             if tensor is None:

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from CondNetLogic.solver import PotentialSolver  # noqa: E402
 from CondNetLogic.solver import multigrid as mg  # noqa: E402
+from CondNetLogic.solver.spfd import validate_dadt_faces  # noqa: E402
 from CondNetLogic.solver.torch_backend import TorchBackend  # noqa: E402
 
 H = 1e-3
@@ -227,7 +228,9 @@ def test_rhs_from_faces_matches_the_host_divergence(face_dtype, mirrored):
     sigma = sigma_with_jumps((11, 9, 8))
     solver = PotentialSolver(sigma, H, max_coarse=20)
     assert np.any(solver._lo < 0)  # the working grid overhangs the input
-    faces = [(face * 1e3).astype(face_dtype) for face in faces_for(sigma.shape)]
+    # As the solver passes them: validate_dadt_faces turns integer faces into float64 ones.
+    faces = list(validate_dadt_faces([(face * 1e3).astype(face_dtype) for face in faces_for(sigma.shape)],
+                                     sigma.shape, check_finite=False))
     insulating = np.nonzero((sigma[:-1] == 0) | (sigma[1:] == 0))
     assert insulating[0].size
     if face_dtype != np.int64:
