@@ -53,6 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"condnet {known.command}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(rest)
+    logging.captureWarnings(True)  # warnings become log records: one format, and kept off the progress bar's line
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: missing, existing or unreadable files
@@ -62,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = " (rerun the same command to resume from the last finished epoch)" if known.command == "train" else ""
         print(f"condnet {known.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":

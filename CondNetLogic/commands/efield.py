@@ -170,8 +170,12 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
     head = summary["stats"]["head"]
+    info = result.info
+    status = "" if info["converged"] else (
+        f" NOT CONVERGED (relative residual {info['residual']:.2g} > --tol {info['tol']:g}: the field is approximate)"
+    )
     print(
         f"E-field: max {head['max']:.1f} V/m, 99.9th percentile {head['p99_9']:.1f} V/m, "
-        f"{result.info['iterations']} iterations on {result.info['device']}; wrote {args.out}"
+        f"{info['iterations']} iterations on {info['device']}{status}; wrote {args.out}"
     )
     return 0

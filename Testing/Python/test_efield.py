@@ -342,6 +342,15 @@ def test_cli_warns_that_float32_cannot_reach_a_tight_tolerance(sigma_file, tmp_p
     assert "--tol 1e-06 is tighter" in caplog.text
 
 
+def test_cli_says_when_the_solve_did_not_converge(sigma_file, tmp_path, capsys, caplog):
+    # The solver's RuntimeWarning reaches the log (not a bare warnings line), and the last line says it.
+    with caplog.at_level("WARNING"):
+        assert main(_cli_args(sigma_file, tmp_path / "out", "--tol", "1e-30", "--primary-field", "direct")) == 0
+    assert "NOT CONVERGED" in capsys.readouterr().out
+    assert any(r.name == "py.warnings" and "did not converge" in r.getMessage() for r in caplog.records)
+    assert not json.loads((tmp_path / "out" / "efield.json").read_text())["solver"]["converged"]
+
+
 def test_cli_checks_the_coil_before_building_the_solver(sigma_file, tmp_path, capsys, monkeypatch):
     import CondNetLogic.solver as solver
 
