@@ -1,9 +1,15 @@
 """Numba kernels of the primary field (``@njit`` only; checked wrappers live in :mod:`.primary_field`).
 
-All lengths in metres.  The "line sum" at a point ``r`` is ``sum_s u_s ln((|r-a_s| + |r-b_s| + L_s) /
-(|r-a_s| + |r-b_s| - L_s))`` over straight segments ``a_s -> b_s`` (unit vector ``u_s``, length ``L_s``):
-the exact line integral of ``dl' / |r - r'|`` along the wire (dimensionless).  Multiplied by
-``mu0 / (4 pi) * dI/dt`` it gives ``dA/dt`` in V/m.
+All lengths in metres.  The "source sum" at a point ``r`` adds two kinds of sources of a coil:
+
+* straight wire segments ``a_s -> b_s`` (unit vector ``u_s``, length ``L_s``):
+  ``u_s ln((|r-a_s| + |r-b_s| + L_s) / (|r-a_s| + |r-b_s| - L_s))``, the exact line integral of
+  ``dl' / |r - r'|`` along the segment (dimensionless);
+* magnetic dipoles at ``p_d`` with moment ``m_d`` per unit coil current (m^2):
+  ``m_d x (r - p_d) / |r - p_d|^3`` (1/m).
+
+Multiplied by ``mu0 / (4 pi) * dI/dt`` either gives ``dA/dt`` in V/m.  A coil without dipoles passes
+empty ``(0, 3)`` dipole arrays (and one without wires empty segment arrays): the same compiled kernel serves both.
 """
 from __future__ import annotations
 
@@ -50,11 +56,41 @@ def _line_sum(px, py, pz, starts, units, lengths):
     return sx, sy, sz, math.sqrt(max(min_d2, 0.0))
 
 
+@njit(cache=True, inline="always")
+def _dipole_sum(px, py, pz, positions, moments):
+    """Dipole sum at one point and the distance (m) from the point to the nearest dipole."""
+    sx = 0.0
+    sy = 0.0
+    sz = 0.0
+    min_d2 = np.inf
+    for d in range(positions.shape[0]):
+        rx = px - positions[d, 0]
+        ry = py - positions[d, 1]
+        rz = pz - positions[d, 2]
+        r2 = rx * rx + ry * ry + rz * rz
+        inv3 = 1.0 / (r2 * math.sqrt(r2))
+        sx += (moments[d, 1] * rz - moments[d, 2] * ry) * inv3
+        sy += (moments[d, 2] * rx - moments[d, 0] * rz) * inv3
+        sz += (moments[d, 0] * ry - moments[d, 1] * rx) * inv3
+        if r2 < min_d2:
+            min_d2 = r2
+    return sx, sy, sz, math.sqrt(min_d2)
+
+
+@njit(cache=True, inline="always")
+def _source_sum(px, py, pz, starts, units, lengths, positions, moments):
+    """Line sum plus dipole sum at one point, and the distance (m) to the nearest wire or dipole."""
+    lx, ly, lz, line_distance = _line_sum(px, py, pz, starts, units, lengths)
+    dx, dy, dz, dipole_distance = _dipole_sum(px, py, pz, positions, moments)
+    return lx + dx, ly + dy, lz + dz, min(line_distance, dipole_distance)
+
+
 @njit(cache=True, parallel=True)
-def line_sum_points(points, starts, units, lengths, scale, out, min_distance):
-    """``out[n] = scale * line_sum(points[n])``; ``min_distance[n]`` = distance to the wire (m)."""
+def source_sum_points(points, starts, units, lengths, positions, moments, scale, out, min_distance):
+    """``out[n] = scale * source_sum(points[n])``; ``min_distance[n]`` = distance to the nearest source (m)."""
     for n in prange(points.shape[0]):
-        sx, sy, sz, dist = _line_sum(points[n, 0], points[n, 1], points[n, 2], starts, units, lengths)
+        sx, sy, sz, dist = _source_sum(points[n, 0], points[n, 1], points[n, 2], starts, units, lengths, positions,
+                                       moments)
         out[n, 0] = scale * sx
         out[n, 1] = scale * sy
         out[n, 2] = scale * sz
@@ -62,11 +98,12 @@ def line_sum_points(points, starts, units, lengths, scale, out, min_distance):
 
 
 @njit(cache=True, parallel=True)
-def line_sum_lattice(origin, steps, mask, projection, starts, units, lengths, scale, out, row_min_distance):
-    """Line sum on the lattice ``origin + i*steps[0] + j*steps[1] + k*steps[2]`` where ``mask`` is true.
+def source_sum_lattice(origin, steps, mask, projection, starts, units, lengths, positions, moments, scale, out,
+                       row_min_distance):
+    """Source sum on the lattice ``origin + i*steps[0] + j*steps[1] + k*steps[2]`` where ``mask`` is true.
 
-    ``out[i, j, k, :] = scale * projection @ line_sum`` (``projection`` (P, 3)); unmasked entries are left
-    as they are.  ``row_min_distance[i]`` = smallest wire distance (m) over the masked points of row ``i``.
+    ``out[i, j, k, :] = scale * projection @ source_sum`` (``projection`` (P, 3)); unmasked entries are left
+    as they are.  ``row_min_distance[i]`` = smallest source distance (m) over the masked points of row ``i``.
     """
     n_i, n_j, n_k = mask.shape
     n_p = projection.shape[0]
@@ -79,7 +116,7 @@ def line_sum_lattice(origin, steps, mask, projection, starts, units, lengths, sc
                 px = origin[0] + i * steps[0, 0] + j * steps[1, 0] + k * steps[2, 0]
                 py = origin[1] + i * steps[0, 1] + j * steps[1, 1] + k * steps[2, 1]
                 pz = origin[2] + i * steps[0, 2] + j * steps[1, 2] + k * steps[2, 2]
-                sx, sy, sz, dist = _line_sum(px, py, pz, starts, units, lengths)
+                sx, sy, sz, dist = _source_sum(px, py, pz, starts, units, lengths, positions, moments)
                 for c in range(n_p):
                     out[i, j, k, c] = scale * (projection[c, 0] * sx + projection[c, 1] * sy + projection[c, 2] * sz)
                 if dist < row_min:

@@ -1,4 +1,4 @@
-"""Thin-wire TMS coils: data files, the coil frame, and placing a coil on the head.
+"""TMS coils as thin wires or magnetic dipoles: data files, the coil frame, and placing a coil on the head.
 
 Coil frame
 ----------
@@ -13,6 +13,14 @@ coils the wing at ``+x`` circulates counter-clockwise about ``+z`` and the wing 
 below the centre both wings carry the current along ``-y``: for a positive ``dI/dt`` the induced primary
 field ``-dA/dt`` under the centre points along ``+y``, towards the handle.
 
+Dipole coils
+------------
+A coil may instead be a set of magnetic dipoles (positions in mm, moments in m^2 = A m^2 per ampere of coil
+current), the model of SimNIBS's ``.ccd`` coil files, which :meth:`Coil.from_ccd` and :func:`load_coil` read
+(positions m -> mm, ``dIdtmax`` A/us -> A/s).  SimNIBS's coil frame is this one (``+z`` into the head,
+``+y`` the handle; its ``matsimnibs`` is ``coil_to_ras``), with the origin at the centre of the casing's
+bottom face, so the scalp offset means what SimNIBS's coil ``distance`` means.
+
 Pose
 ----
 ``coil_to_ras`` (4x4, mm) maps coil-frame points to RAS: its columns are the RAS directions of the coil
@@ -26,7 +34,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Union
 
@@ -125,6 +134,8 @@ def figure8_spiral_polylines(
 
 def _polylines_from_winding(winding: dict) -> list:
     kind = winding["type"]
+    if kind == "dipoles":
+        return []
     if kind == "figure8_spiral":
         return figure8_spiral_polylines(
             winding["inner_diameter_mm"],
@@ -141,14 +152,115 @@ def _polylines_from_winding(winding: dict) -> list:
             if np.any(np.linalg.norm(np.diff(line, axis=0), axis=1) == 0.0):
                 raise ValueError(f"polyline {index} has repeated consecutive vertices (zero-length segment)")
         return polylines
-    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral' or 'polylines'")
+    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral', 'polylines' or 'dipoles'")
+
+
+def _schema_view(data: dict) -> dict:
+    """``data`` for the schema check: a dipole winding's arrays cut to their first row.
+
+    jsonschema would take about 0.6 s for a coil of 14,000 dipoles; :func:`_dipoles_from_winding` checks
+    every row instead.
+    """
+    winding = data.get("winding") if isinstance(data, dict) else None
+    if not isinstance(winding, dict) or winding.get("type") != "dipoles":
+        return data
+    cut = {key: value[:1] if key in ("positions_mm", "moments_m2") and isinstance(value, list) else value
+           for key, value in winding.items()}
+    return {**data, "winding": cut}
+
+
+def _vectors(rows, name: str) -> np.ndarray:
+    """A list of ``[x, y, z]`` numbers as a float array (N, 3); anything else raises ``ValueError``."""
+    if not all(isinstance(row, list) and len(row) == 3 for row in rows) or not all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for row in rows for value in row
+    ):
+        raise ValueError(f"invalid coil description at winding/{name}: every item must be 3 numbers")
+    return np.asarray(rows, dtype=float).reshape(-1, 3)
+
+
+def _dipoles_from_winding(winding: dict) -> tuple:
+    """``(positions_mm (D, 3), moments_m2 (D, 3))`` of a ``dipoles`` winding; empty arrays for wire windings."""
+    if winding["type"] != "dipoles":
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    positions = _vectors(winding["positions_mm"], "positions_mm")
+    moments = _vectors(winding["moments_m2"], "moments_m2")
+    if len(positions) != len(moments):
+        raise ValueError(f"the dipole winding has {len(positions)} positions but {len(moments)} moments")
+    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(moments))):
+        raise ValueError("the dipole winding holds non-finite positions or moments")
+    return positions, moments
+
+
+def _ccd_header(line: str) -> tuple:
+    """``(description, {key: value})`` of a ``.ccd`` file's first line: ``# text;key=value;key=value``."""
+    parts = [part.strip() for part in line.strip().split(";")]
+    description = parts[0].lstrip("#").strip()
+    fields = {}
+    for part in parts[1:]:
+        if part:
+            key, _, value = part.partition("=")
+            fields[key.strip()] = value.strip()
+    return description, fields
+
+
+def _read_ccd(path: Path) -> dict:
+    """A SimNIBS ``.ccd`` dipole coil file as a coil dictionary (see :meth:`Coil.from_ccd`)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from err
+    if len(lines) < 3:
+        raise ValueError(f"{path}: a .ccd file has a header line, the number of dipoles and one line per dipole; "
+                         f"this one has {len(lines)} lines")
+    description, fields = _ccd_header(lines[0])
+    try:
+        count = int(lines[1].split()[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"{path}: line 2 must give the number of dipoles; got {lines[1]!r}") from None
+    rows = []
+    for number, line in enumerate(lines[2:], start=3):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            row = [float(value) for value in text.split()]
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: expected 6 numbers (x y z in m, mx my mz in m^2); "
+                             f"got {line!r}") from None
+        if len(row) != 6:
+            raise ValueError(f"{path}, line {number}: expected 6 numbers (x y z in m, mx my mz in m^2); "
+                             f"got {len(row)}")
+        rows.append(row)
+    if len(rows) != count:
+        raise ValueError(f"{path}: line 2 announces {count} dipoles but the file holds {len(rows)} "
+                         "(truncated or edited file?)")
+    if "dIdtmax" not in fields:
+        raise ValueError(f"{path}: the first line gives no dIdtmax (the stimulator's maximum dI/dt, A/us); "
+                         "add one, e.g. ';dIdtmax=100.0'")
+    try:
+        didt_max = float(fields["dIdtmax"]) * 1e6
+    except ValueError:
+        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a number (A/us)") from None
+    data = np.asarray(rows, dtype=float)
+    label = " ".join(fields[key] for key in ("brand", "coilname") if fields.get(key) not in (None, "", "none"))
+    return {
+        "format_version": _FORMAT_VERSION,
+        "name": path.stem,
+        "description": "; ".join(text for text in (label, description) if text) or f"Dipole coil from {path.name}",
+        "notes": [f"Imported from the SimNIBS coil file {path.name} ({count} dipoles; positions m -> mm, "
+                  "moments in m^2 per A of coil current; dIdtmax A/us -> A/s)."],
+        "didt_max_a_per_s": didt_max,
+        "winding": {
+            "type": "dipoles", "positions_mm": (data[:, :3] * 1e3).tolist(), "moments_m2": data[:, 3:].tolist()
+        },
+    }
 
 
 @dataclass(frozen=True, eq=False)
 class Coil:
-    """A thin-wire TMS coil described by a coil file (see the module docstring for the frame).
+    """A TMS coil of thin wires or magnetic dipoles, described by a coil file (see the module docstring).
 
-    Build it with :meth:`from_dict`, :meth:`from_file` or :func:`load_coil`.
+    Build it with :meth:`from_dict`, :meth:`from_file`, :meth:`from_ccd` or :func:`load_coil`.
 
     Attributes
     ----------
@@ -157,12 +269,16 @@ class Coil:
     didt_max : float
         Current slope dI/dt at maximum stimulator output, A/s.
     winding : dict
-        The winding as in the file: a ``figure8_spiral`` generator spec or explicit ``polylines``.
+        The winding as in the file: a ``figure8_spiral`` generator spec, explicit ``polylines`` or ``dipoles``.
     polylines_mm : tuple of ndarray (N, 3)
-        Wire polylines in the coil frame, mm (generated from ``winding``).
+        Wire polylines in the coil frame, mm (generated from ``winding``; empty for a dipole coil).
     description : str
     notes : tuple of str
         Sources of the numbers.
+    dipole_positions_mm : ndarray (D, 3)
+        Dipole positions in the coil frame, mm (``D = 0`` for a wire coil).
+    dipole_moments_m2 : ndarray (D, 3)
+        Dipole moments per ampere of coil current, m^2 (A m^2 / A), coil-frame components.
     """
 
     name: str
@@ -171,6 +287,8 @@ class Coil:
     polylines_mm: tuple
     description: str = ""
     notes: tuple = ()
+    dipole_positions_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    dipole_moments_m2: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
     @classmethod
     def from_dict(cls, data: dict) -> Coil:
@@ -185,14 +303,15 @@ class Coil:
         import jsonschema
 
         try:
-            jsonschema.validate(data, _schema())
+            jsonschema.validate(_schema_view(data), _schema())
         except jsonschema.ValidationError as err:
             where = "/".join(str(p) for p in err.absolute_path) or "<root>"
             raise ValueError(f"invalid coil description at {where}: {err.message}") from err
         winding = json.loads(json.dumps(data["winding"]))
         polylines = tuple(_polylines_from_winding(winding))
-        for line in polylines:
-            line.setflags(write=False)
+        positions, moments = _dipoles_from_winding(winding)
+        for array in (*polylines, positions, moments):
+            array.setflags(write=False)
         return cls(
             name=data["name"],
             didt_max=float(data["didt_max_a_per_s"]),
@@ -200,6 +319,8 @@ class Coil:
             polylines_mm=polylines,
             description=data.get("description", ""),
             notes=tuple(data.get("notes", ())),
+            dipole_positions_mm=positions,
+            dipole_moments_m2=moments,
         )
 
     @classmethod
@@ -224,6 +345,33 @@ class Coil:
             return cls.from_dict(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+
+    @classmethod
+    def from_ccd(cls, path: Union[str, os.PathLike]) -> Coil:
+        """Read a SimNIBS ``.ccd`` dipole coil file.
+
+        The format: a first line ``# description;key=value;...`` (``coilname``, ``dIdtmax`` in A/us, and others
+        that are ignored), a line with the number of dipoles, then one line ``x y z mx my mz`` per dipole
+        (position in m, moment in m^2 per A of coil current; ``#`` starts a comment).  The coil is named after
+        the file (as :func:`list_coils` lists it); ``brand`` and ``coilname`` go into its description.
+        :meth:`to_file` writes it as a coil JSON file.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            If the file is malformed or truncated (fewer dipoles than announced), has no ``dIdtmax``, or holds
+            non-finite values.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"coil file {path} does not exist")
+        try:
+            return cls.from_dict(_read_ccd(path))
+        except ValueError as err:
+            message = str(err)
+            raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from err
 
     def to_dict(self) -> dict:
         """The coil as a schema-valid dictionary; ``Coil.from_dict(c.to_dict())`` rebuilds the same coil."""
@@ -253,14 +401,19 @@ class Coil:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         return path
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """SHA-256 of the canonical JSON of :meth:`to_dict` (identifies the coil in result sidecars)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def segments_mm(self) -> np.ndarray:
-        """Straight wire segments in the coil frame, float array (S, 2, 3), mm: ``[:, 0]`` start, ``[:, 1]`` end."""
+        """Straight wire segments in the coil frame, float array (S, 2, 3), mm: ``[:, 0]`` start, ``[:, 1]`` end.
+
+        ``S = 0`` for a dipole coil.
+        """
+        if not self.polylines_mm:
+            return np.zeros((0, 2, 3))
         return np.concatenate([np.stack([line[:-1], line[1:]], axis=1) for line in self.polylines_mm], axis=0)
 
     def segments_ras_mm(self, coil_to_ras: np.ndarray) -> np.ndarray:
@@ -268,10 +421,23 @@ class Coil:
         pose = check_coil_to_ras(coil_to_ras)
         return self.segments_mm() @ pose[:3, :3].T + pose[:3, 3]
 
+    def dipoles_ras(self, coil_to_ras: np.ndarray) -> tuple:
+        """Dipoles placed by ``coil_to_ras`` (4x4, mm): ``(positions (D, 3) RAS mm, moments (D, 3) m^2, RAS)``."""
+        pose = check_coil_to_ras(coil_to_ras)
+        rotation = pose[:3, :3]  # a proper rotation turns the moments (axial vectors) like positions
+        return self.dipole_positions_mm @ rotation.T + pose[:3, 3], self.dipole_moments_m2 @ rotation.T
+
+    def source_points_mm(self) -> np.ndarray:
+        """Every wire vertex and dipole position in the coil frame, float array (N, 3), mm."""
+        return np.concatenate([self.segments_mm().reshape(-1, 3), self.dipole_positions_mm], axis=0)
+
     def __repr__(self) -> str:
-        n_segments = sum(len(line) - 1 for line in self.polylines_mm)
         kind = self.winding["type"]
-        return f"Coil(name={self.name!r}, winding={kind!r}, segments={n_segments}, didt_max={self.didt_max:.3g} A/s)"
+        if kind == "dipoles":
+            size = f"dipoles={len(self.dipole_positions_mm)}"
+        else:
+            size = f"segments={sum(len(line) - 1 for line in self.polylines_mm)}"
+        return f"Coil(name={self.name!r}, winding={kind!r}, {size}, didt_max={self.didt_max:.3g} A/s)"
 
 
 def check_coil_to_ras(coil_to_ras: np.ndarray, *, tol: float = 1e-6) -> np.ndarray:
@@ -373,12 +539,14 @@ def coil_pose(
 
 
 def list_coils() -> list:
-    """Names of the coil files shipped in ``Resources/coils`` (without ``.json``), sorted."""
-    return sorted(p.stem for p in resource_path("coils").glob("*.json") if p.name != _SCHEMA_FILE)
+    """Names of the coil files in ``Resources/coils`` (coil JSON and SimNIBS ``.ccd``, without the suffix), sorted."""
+    folder = resource_path("coils")
+    files = [*folder.glob("*.json"), *folder.glob("*.ccd")]
+    return sorted({path.stem for path in files if path.name != _SCHEMA_FILE})
 
 
 def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
-    """Path of a coil file given by path or by the name of a shipped coil (see :func:`list_coils`).
+    """Path of a coil file given by path or by the name of a coil in ``Resources/coils`` (see :func:`list_coils`).
 
     Raises
     ------
@@ -389,17 +557,21 @@ def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
     if path.is_file():
         return path
     name = str(name_or_path)
-    if name in list_coils():
-        return resource_path("coils", name + ".json")
+    if name in list_coils():  # a coil JSON file before a .ccd file of the same name
+        json_file = resource_path("coils", name + ".json")
+        return json_file if json_file.is_file() else resource_path("coils", name + ".ccd")
     raise ValueError(f"no coil file or shipped coil named {name!r}; shipped coils: {', '.join(list_coils())}")
 
 
 def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
-    """Load a shipped coil by name (see :func:`list_coils`) or a coil JSON file by path.
+    """Load a shipped coil by name (see :func:`list_coils`), a coil JSON file or a SimNIBS ``.ccd`` file by path.
 
     Raises
     ------
     ValueError
         If ``name_or_path`` is neither an existing file nor a shipped coil name, or the file is invalid.
     """
-    return Coil.from_file(coil_file(name_or_path))
+    path = coil_file(name_or_path)
+    if path.suffix.lower() == ".ccd":
+        return Coil.from_ccd(path)
+    return Coil.from_file(path)

@@ -45,7 +45,7 @@ MIN_WIRE_DISTANCE_MM = 1.0
 
 
 def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) -> None:
-    """Raise ``ValueError`` if a coil wire runs through a conducting voxel (wires sampled every quarter voxel).
+    """Raise ``ValueError`` if a coil wire or dipole lies in a conducting voxel (wires sampled every quarter voxel).
 
     Parameters
     ----------
@@ -58,16 +58,16 @@ def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) 
     Notes
     -----
     A cheap test, run before any solver is built.  :func:`~CondNetLogic.primary_field.dadt_faces` then also
-    rejects wires within ``MIN_WIRE_DISTANCE_MM`` of a conducting face midpoint.
+    rejects wires and dipoles within ``MIN_WIRE_DISTANCE_MM`` of a conducting face midpoint.
     """
     segments = coil.segments_ras_mm(coil_to_ras)
     step_mm = 0.25 * float(conducting.spacing[0])
     lengths = np.linalg.norm(segments[:, 1] - segments[:, 0], axis=1)
     counts = np.maximum(np.ceil(lengths / step_mm).astype(np.int64), 1)
-    fractions = np.concatenate([np.arange(n + 1) / n for n in counts])
+    fractions = np.concatenate([np.arange(n + 1) / n for n in counts] + [np.zeros(0)])
     starts = np.repeat(segments[:, 0], counts + 1, axis=0)
     ends = np.repeat(segments[:, 1], counts + 1, axis=0)
-    points = starts + fractions[:, None] * (ends - starts)
+    points = np.concatenate([starts + fractions[:, None] * (ends - starts), coil.dipoles_ras(coil_to_ras)[0]])
     ijk = np.rint(conducting.ras_to_ijk_points(points)).astype(np.int64)
     inside = np.all((ijk >= 0) & (ijk < np.array(conducting.shape)), axis=1)
     hits = inside.copy()
@@ -75,7 +75,7 @@ def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) 
     if np.any(hits):
         where = points[np.argmax(hits)]
         raise ValueError(
-            f"the coil wire passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
+            f"the coil passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
             f"{where[2]:.1f}) mm: place the coil outside the scalp (check the normal points into the head "
             "and the scalp offset)"
         )

@@ -1,10 +1,11 @@
-"""Primary field of a thin-wire coil: ``dA/dt`` (V/m) at points, voxel-face midpoints and voxel centres.
+"""Primary field of a coil: ``dA/dt`` (V/m) at points, voxel-face midpoints and voxel centres.
 
 ``A(r) = mu0 / (4 pi) * I * integral dl' / |r - r'|`` along the wire.  For a straight segment ``a -> b``
 (unit vector ``u``, length ``L``) the integral is exact in closed form,
 ``u * ln((|r-a| + |r-b| + L) / (|r-a| + |r-b| - L))``, so the field of a polyline coil is evaluated
-without point sampling; ``dA/dt`` is the same with ``dI/dt`` (A/s) in place of ``I``.  The induced
-primary electric field is ``-dA/dt``.
+without point sampling; ``dA/dt`` is the same with ``dI/dt`` (A/s) in place of ``I``.  A dipole coil
+(moments ``m`` per unit current, m^2, at ``p``) adds ``mu0 / (4 pi) * I * m x (r - p) / |r - p|^3`` per
+dipole.  The induced primary electric field is ``-dA/dt``.
 
 Where the solver needs it
 -------------------------
@@ -75,49 +76,94 @@ GRID_DEPTH_MM = 250.0
 _GRID_FORMAT_VERSION = 1
 
 
-def _segment_arrays(segments_m: np.ndarray):
+def _sources(segments_m: np.ndarray, dipoles_m: Optional[tuple] = None) -> tuple:
+    """Kernel arrays ``(starts, units, lengths, dipole positions, dipole moments)`` of wires and dipoles (m, m^2)."""
     segments = np.asarray(segments_m, dtype=np.float64)
-    if segments.ndim != 3 or segments.shape[1:] != (2, 3) or segments.shape[0] < 1:
-        raise ValueError(f"segments must be a float array (S, 2, 3) with S >= 1; got shape {segments.shape}")
+    if segments.ndim != 3 or segments.shape[1:] != (2, 3):
+        raise ValueError(f"segments must be a float array (S, 2, 3); got shape {segments.shape}")
     if not np.all(np.isfinite(segments)):
         raise ValueError("segments hold NaN or infinite coordinates")
+    positions, moments = (np.zeros((0, 3)), np.zeros((0, 3))) if dipoles_m is None else dipoles_m
+    positions = np.array(positions, dtype=np.float64, order="C")  # copies: the kernels compile for writable arrays
+    moments = np.array(moments, dtype=np.float64, order="C")
+    if positions.ndim != 2 or positions.shape[1] != 3 or moments.shape != positions.shape:
+        raise ValueError(f"dipole positions and moments must both be (D, 3); got {positions.shape} and {moments.shape}")
+    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(moments))):
+        raise ValueError("dipoles hold NaN or infinite values")
+    if len(segments) + len(positions) == 0:
+        raise ValueError("the coil has neither wire segments nor dipoles")
     delta = segments[:, 1] - segments[:, 0]
     lengths = np.linalg.norm(delta, axis=1)
     if np.any(lengths == 0.0):
         raise ValueError(f"{int(np.count_nonzero(lengths == 0))} segments have zero length")
     starts = np.ascontiguousarray(segments[:, 0])
     units = np.ascontiguousarray(delta / lengths[:, None])
-    return starts, units, np.ascontiguousarray(lengths)
+    return starts, units, np.ascontiguousarray(lengths), positions, moments
 
 
-def mirror_symmetries(segments_m: np.ndarray, *, tol_m: float = 1e-9) -> dict:
-    """Coil-frame mirror planes ``x = 0`` (axis 0) and ``y = 0`` (axis 1) that map the wires onto themselves.
+def _coil_sources_m(coil: Coil, coil_to_ras: Optional[np.ndarray] = None) -> tuple:
+    """``(segments_m, (dipole positions m, moments m^2))`` of a coil, in its own frame or placed by a pose."""
+    if coil_to_ras is None:
+        return coil.segments_mm() * MM_TO_M, (coil.dipole_positions_mm * MM_TO_M, coil.dipole_moments_m2)
+    positions, moments = coil.dipoles_ras(coil_to_ras)
+    return coil.segments_ras_mm(coil_to_ras) * MM_TO_M, (positions * MM_TO_M, moments)
+
+
+def mirror_symmetries(segments_m: np.ndarray, *, dipoles_m: Optional[tuple] = None, tol_m: float = 1e-9) -> dict:
+    """Coil-frame mirror planes ``x = 0`` (axis 0) and ``y = 0`` (axis 1) that map the coil onto itself.
 
     Parameters
     ----------
     segments_m : float array (S, 2, 3)
-        Wire segments (start, end) in the coil frame, m.
+        Wire segments (start, end) in the coil frame, m (``S`` may be 0).
+    dipoles_m : tuple of float arrays (D, 3), optional
+        Dipole positions (m) and moments (m^2) in the coil frame.
     tol_m : float
-        Largest distance (m) between a mirrored end point and the coil's own.
+        Largest distance (m) between a mirrored end point (or dipole) and the coil's own; moments must match
+        to ``1e-9`` of the largest moment.
 
     Returns
     -------
     dict
         ``{axis: sign}``.  With ``M`` the mirror: ``sign = +1`` when every mirrored segment is a segment of the
         coil in the same direction, so that ``dA/dt(M r) = M dA/dt(r)``; ``-1`` when in the opposite direction
-        (the current reverses), so that ``dA/dt(M r) = -M dA/dt(r)``.  A plane that fits neither is left out.
+        (the current reverses), so that ``dA/dt(M r) = -M dA/dt(r)``.  A dipole moment is an axial vector: the
+        mirror image of a dipole ``(p, m)`` under ``sign = +1`` is ``(M p, -M m)``, under ``-1`` ``(M p, M m)``.
+        A plane that fits neither is left out.
     """
     from scipy.spatial import cKDTree
 
-    segments = np.asarray(segments_m, dtype=np.float64)
-    tree = cKDTree(segments.reshape(len(segments), 6))
+    segments = np.asarray(segments_m, dtype=np.float64).reshape(-1, 6)  # start and end of each segment
+    positions, moments = (np.zeros((0, 3)), np.zeros((0, 3))) if dipoles_m is None else dipoles_m
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    moments = np.asarray(moments, dtype=np.float64).reshape(-1, 3)
+    segment_tree = cKDTree(segments) if len(segments) else None
+    dipole_tree = cKDTree(positions) if len(positions) else None
+    moment_tol = 1e-9 * float(np.abs(moments).max()) if len(moments) else 0.0
+
+    def maps_onto_itself(axis: int, sign: int) -> bool:
+        if segment_tree is not None:
+            mirrored = segments.reshape(-1, 2, 3).copy()
+            mirrored[..., axis] *= -1.0
+            if sign < 0:  # the current runs the other way: the mirrored segment's ends swap
+                mirrored = mirrored[:, ::-1]
+            if float(segment_tree.query(mirrored.reshape(-1, 6))[0].max()) > tol_m:
+                return False
+        if dipole_tree is not None:
+            mirrored_positions = positions.copy()
+            mirrored_positions[:, axis] *= -1.0
+            expected = moments.copy()
+            expected[:, axis] *= -1.0
+            expected *= -sign  # an axial vector: the image of (p, m) is (M p, -sign M m)
+            distance, index = dipole_tree.query(mirrored_positions)
+            if float(distance.max()) > tol_m or float(np.abs(moments[index] - expected).max()) > moment_tol:
+                return False
+        return True
+
     found = {}
     for axis in (0, 1):
-        mirrored = segments.copy()
-        mirrored[..., axis] *= -1.0
-        for sign, candidate in ((1, mirrored), (-1, mirrored[:, ::-1])):
-            distance, _ = tree.query(candidate.reshape(len(segments), 6))
-            if float(distance.max()) <= tol_m:
+        for sign in (1, -1):
+            if maps_onto_itself(axis, sign):
                 found[axis] = sign
                 break
     return found
@@ -133,7 +179,7 @@ def _check_didt(didt: float) -> float:
 def _raise_if_too_close(distance_m: float, min_distance_m: float) -> None:
     if distance_m < min_distance_m:
         raise ValueError(
-            f"a coil wire passes {distance_m / MM_TO_M:.3g} mm from a point where the field is needed "
+            f"a coil wire or dipole lies {distance_m / MM_TO_M:.3g} mm from a point where the field is needed "
             f"(minimum {min_distance_m / MM_TO_M:.3g} mm): the coil must not touch or intersect the head; "
             "increase the scalp offset or move the coil"
         )
@@ -144,20 +190,24 @@ def dadt_at_points(
     segments_m: np.ndarray,
     didt: float,
     *,
+    dipoles_m: Optional[tuple] = None,
     min_distance_m: float = DEFAULT_MIN_DISTANCE_MM * MM_TO_M,
 ) -> np.ndarray:
-    """``dA/dt`` (V/m) of straight wire segments at arbitrary points, exact for each segment.
+    """``dA/dt`` (V/m) of straight wire segments and magnetic dipoles at arbitrary points, exact for each.
 
     Parameters
     ----------
     points_m : float array (N, 3), m
         Evaluation points, in the frame of ``segments_m``.
     segments_m : float array (S, 2, 3), m
-        Segment start ``[:, 0]`` and end ``[:, 1]``; the current flows from start to end.
+        Segment start ``[:, 0]`` and end ``[:, 1]``; the current flows from start to end (``S`` may be 0 when
+        there are dipoles).
     didt : float
         Current slope dI/dt, A/s.
+    dipoles_m : tuple of float arrays (D, 3), optional
+        Dipole positions (m) and moments per unit current (m^2), same frame.
     min_distance_m : float
-        Points closer than this to a segment raise.
+        Points closer than this to a segment or dipole raise.
 
     Returns
     -------
@@ -167,8 +217,8 @@ def dadt_at_points(
     Raises
     ------
     ValueError
-        If shapes are wrong, values are not finite, a segment has zero length, or a point lies within
-        ``min_distance_m`` of a wire.
+        If shapes are wrong, values are not finite, a segment has zero length, there is no source, or a point
+        lies within ``min_distance_m`` of a wire or dipole.
     """
     from . import _primary_kernels as kernels
 
@@ -177,31 +227,29 @@ def dadt_at_points(
         raise ValueError(f"points_m must be (N, 3); got shape {points.shape}")
     if not np.all(np.isfinite(points)):
         raise ValueError("points_m hold NaN or infinite values")
-    starts, units, lengths = _segment_arrays(segments_m)
+    sources = _sources(segments_m, dipoles_m)
     didt = _check_didt(didt)
     out = np.zeros((points.shape[0], 3))
     distance = np.full(points.shape[0], np.inf)
     if points.shape[0]:
-        kernels.line_sum_points(points, starts, units, lengths, MU0_OVER_4PI * didt, out, distance)
+        kernels.source_sum_points(points, *sources, MU0_OVER_4PI * didt, out, distance)
         _raise_if_too_close(float(distance.min()), min_distance_m)
     return out
 
 
-def _lattice_direct(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m) -> np.ndarray:
+def _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m) -> np.ndarray:
+    """Direct ``dA/dt`` on a lattice; ``sources`` as :func:`_sources` returns them."""
     from . import _primary_kernels as kernels
 
-    starts, units, lengths = _segment_arrays(segments_m)
     out = np.zeros(mask.shape + (projection.shape[0],))
     row_min = np.full(mask.shape[0], np.inf)
     if mask.size:
-        kernels.line_sum_lattice(
+        kernels.source_sum_lattice(
             np.ascontiguousarray(origin_m, dtype=np.float64),
             np.ascontiguousarray(steps_m, dtype=np.float64),
             mask,
             np.ascontiguousarray(projection, dtype=np.float64),
-            starts,
-            units,
-            lengths,
+            *sources,
             MU0_OVER_4PI * didt,
             out,
             row_min,
@@ -217,8 +265,8 @@ class PrimaryFieldGrid:
     Built once per coil (cost: one direct evaluation per grid node; :meth:`save` / :meth:`load` keep it
     between sessions), then resampled trilinearly for any pose in :func:`dadt_faces` /
     :func:`dadt_centres` (``grid=``).  The grid starts
-    ``min_distance_mm`` beyond the highest wire (coil ``+z``, into the head), so every point inside it is
-    at least that far from the wires; points outside the grid are evaluated directly.
+    ``min_distance_mm`` beyond the wire or dipole deepest along coil ``+z`` (into the head), so every point
+    inside it is at least that far from the coil; points outside the grid are evaluated directly.
 
     Parameters
     ----------
@@ -261,16 +309,17 @@ class PrimaryFieldGrid:
             raise ValueError(f"the grid must span at least one cell; got spacing {spacing_mm} mm")
         self.coil_name = coil.name
         self.coil_sha256 = coil.sha256
-        segments_m = coil.segments_mm() * MM_TO_M
+        segments_m, dipoles_m = _coil_sources_m(coil)
+        sources = _sources(segments_m, dipoles_m)
         self.spacing_m = float(spacing_mm) * MM_TO_M
         n_xy, _, n_z = self.grid_shape(spacing_mm, half_width_mm=half_width_mm, depth_mm=depth_mm)
-        z0 = float(segments_m[..., 2].max()) + min_distance_mm * MM_TO_M
+        z0 = float(coil.source_points_mm()[:, 2].max()) * MM_TO_M + min_distance_mm * MM_TO_M
         self.origin_m = np.array([-half_width_mm * MM_TO_M, -half_width_mm * MM_TO_M, z0])
         steps = np.eye(3) * self.spacing_m
         values = np.zeros((n_xy, n_xy, n_z, 3), dtype=np.float32)
         # Mirror planes of the coil that are mirror planes of the grid too: the nodes at -x mirror those at +x.
         centred = np.isclose((n_xy - 1) * spacing_mm, 2.0 * half_width_mm, rtol=0.0, atol=1e-9)
-        mirrors = mirror_symmetries(segments_m) if centred else {}
+        mirrors = mirror_symmetries(segments_m, dipoles_m=dipoles_m) if centred else {}
         first = [n_xy // 2 if axis in mirrors else 0 for axis in (0, 1)]
         computed = values[first[0]:, first[1]:]
 
@@ -279,7 +328,7 @@ class PrimaryFieldGrid:
                 progress(fraction, f"primary-field grid: {fraction:.0%}")
 
         _lattice_direct_chunked(self.origin_m + steps[0] * first[0] + steps[1] * first[1], steps,
-                                np.ones(computed.shape[:3], dtype=bool), np.eye(3), segments_m, 1.0,
+                                np.ones(computed.shape[:3], dtype=bool), np.eye(3), sources, 1.0,
                                 0.99 * min_distance_mm * MM_TO_M, report, cancel, out=computed)
         for axis in sorted(mirrors, reverse=True):  # y first, over every x; then x from the completed +x half
             low = [slice(None)] * 4
@@ -402,7 +451,7 @@ class PrimaryFieldGrid:
         )
 
 
-def _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m, report,
+def _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, min_distance_m, report,
                             cancel, out=None) -> np.ndarray:
     """:func:`_lattice_direct` in slabs along the first axis, calling ``report(fraction)`` and ``cancel()``.
 
@@ -420,7 +469,7 @@ def _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, did
         last = min(n, first + chunk)
         origin = np.asarray(origin_m, dtype=np.float64) + first * np.asarray(steps_m)[0]
         out[first:last] = _lattice_direct(origin, steps_m, np.ascontiguousarray(mask[first:last]), projection,
-                                          segments_m, didt, min_distance_m)
+                                          sources, didt, min_distance_m)
         report(last / n)
     return out
 
@@ -428,11 +477,12 @@ def _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, did
 def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid, min_distance_m,
              report=None, cancel=None) -> np.ndarray:
     """``dA/dt`` projected by ``projection`` (P, 3) on a RAS lattice, direct or through ``grid``."""
-    segments_m = coil.segments_ras_mm(coil_to_ras) * MM_TO_M
+    segments_m, dipoles_m = _coil_sources_m(coil, coil_to_ras)
     if grid is None:
+        sources = _sources(segments_m, dipoles_m)
         if report is None and cancel is None:
-            return _lattice_direct(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m)
-        return _lattice_direct_chunked(origin_m, steps_m, mask, projection, segments_m, didt, min_distance_m,
+            return _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m)
+        return _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, min_distance_m,
                                        report or (lambda fraction: None), cancel)
     if not isinstance(grid, PrimaryFieldGrid):
         raise TypeError(f"grid must be a PrimaryFieldGrid or None; got {type(grid).__name__}")
@@ -445,7 +495,7 @@ def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid,
         index = np.nonzero(outside)
         ijk = np.stack(index, axis=1).astype(np.float64)
         points = origin_m + ijk @ np.asarray(steps_m)
-        direct = dadt_at_points(points, segments_m, didt, min_distance_m=min_distance_m)
+        direct = dadt_at_points(points, segments_m, didt, dipoles_m=dipoles_m, min_distance_m=min_distance_m)
         out[index] = direct @ np.asarray(projection).T
     return out
 

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``condnet efield`` (heavy modules are imported in :func:`run`, so ``--help`` is instant)."""
     parser.add_argument("--conductivity", required=True, type=Path, help="conductivity volume (S/m, isotropic)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--coil", default="figure8_70mm", help="shipped coil name or coil JSON file")
+    parser.add_argument(
+        "--coil", default="figure8_70mm", help="coil name (Resources/coils), coil JSON file or SimNIBS .ccd file"
+    )
     parser.add_argument(
         "--coil-center", required=True, nargs=3, type=float, metavar=("R", "A", "S"),
         help="scalp point under the coil centre, RAS mm",

@@ -42,13 +42,13 @@ def collect() -> dict:
     """Versions, compute devices, shipped weights and coil files, as a dict."""
     from .. import __version__
     from ..cli import COMMANDS
-    from ..conductivity import resource_path
+    from ..coil import list_coils
 
     info = {
         "condnet": __version__,
         "versions": {name: _version(name) for name in ("numpy", "scipy", "SimpleITK", "torch", "numba")},
         "commands": {name: help_text for name, (_, help_text) in COMMANDS.items()},
-        "coils": sorted(p.stem for p in resource_path("coils").glob("*.json") if not p.stem.endswith(".schema")),
+        "coils": list_coils(),
         "weights": _weights(),
         "cuda": False,
     }

@@ -669,9 +669,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def updateCoilModel(
         self, coilName: str, coilToRas: np.ndarray, conductivityNode=None, modelNode=None, transformNode=None
     ):
-        """Show the coil's wire as a polyline model placed by ``coil_to_ras``.
+        """Show the coil's wire as a polyline model (a dipole coil: its dipoles as points) placed by ``coil_to_ras``.
 
-        The polyline stays in the coil frame; a linear transform node (``coil-transform``) holds
+        The model stays in the coil frame; a linear transform node (``coil-transform``) holds
         ``coil_to_ras`` and sits under the conductivity's parent transform, so moving the coil only
         changes one matrix.  Returns ``(modelNode, transformNode)``.
         """
@@ -701,9 +701,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                     for vertex in np.asarray(line, dtype=float):
                         ids.InsertNextId(points.InsertNextPoint(*vertex))
                     lines.InsertNextCell(ids)
+                vertices = vtk.vtkCellArray()
+                for position in np.asarray(coil.dipole_positions_mm, dtype=float):
+                    vertices.InsertNextCell(1)
+                    vertices.InsertCellPoint(points.InsertNextPoint(*position))
                 polyData = vtk.vtkPolyData()
                 polyData.SetPoints(points)
                 polyData.SetLines(lines)
+                polyData.SetVerts(vertices)
                 if modelNode is None:
                     modelNode = self.scene.AddNewNodeByClass(
                         "vtkMRMLModelNode", self.scene.GenerateUniqueName("CondNet coil")
@@ -716,6 +721,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 display = modelNode.GetDisplayNode()
                 display.SetColor(0.95, 0.55, 0.1)
                 display.SetLineWidth(3)
+                display.SetPointSize(4)
                 display.SetVisibility2D(True)
             modelNode.SetAndObserveTransformNodeID(transformNode.GetID())
             self.setCoilModelVisible(modelNode, True)  # shown again after a new placement hid it

@@ -154,6 +154,84 @@ def test_bad_files_and_names(tmp_path):
         load_coil("no_such_coil")
 
 
+CCD = """# Test coil, version 1.0;brand=Acme;coilname=Tiny B2;stimulator=none;dIdtmax=120.5;x=-0.2,0.2
+3
+# x y z mx my mz
+0.01 0.0 -0.002  0.0 0.0 1.5e-4
+-0.01 0.0 -0.002  0.0 0.0 -1.5e-4
+0.0 0.02 -0.004  1e-5 0.0 0.0
+"""
+
+
+def test_ccd_dipole_coil_is_read_in_mm_and_a_per_s(tmp_path):
+    path = tmp_path / "tiny_b2.ccd"
+    path.write_text(CCD)
+    coil = load_coil(path)
+    assert coil.name == "tiny_b2"  # named after the file, as list_coils names coil files
+    assert coil.description == "Acme Tiny B2; Test coil, version 1.0"
+    assert coil.didt_max == pytest.approx(120.5e6)  # dIdtmax is in A/us
+    np.testing.assert_allclose(coil.dipole_positions_mm, [[10, 0, -2], [-10, 0, -2], [0, 20, -4]])
+    np.testing.assert_allclose(coil.dipole_moments_m2, [[0, 0, 1.5e-4], [0, 0, -1.5e-4], [1e-5, 0, 0]])
+    assert coil.segments_mm().shape == (0, 2, 3)
+    assert coil.polylines_mm == ()
+    assert "dipoles=3" in repr(coil)
+    json_file = coil.to_file(tmp_path / "tiny_b2.json")  # the coil JSON form, for Resources/coils
+    again = load_coil(json_file)
+    assert again.sha256 == coil.sha256
+    np.testing.assert_array_equal(again.dipole_moments_m2, coil.dipole_moments_m2)
+    pose = coil_pose([0.0, 0.0, 80.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], scalp_offset_mm=4.0)
+    positions, moments = coil.dipoles_ras(pose)
+    np.testing.assert_allclose(positions[0], [0.0, 10.0, 86.0])  # y along R, z along -S: x = y x z along A
+    np.testing.assert_allclose(moments[0], [0.0, 0.0, -1.5e-4])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (CCD.replace("\n3\n", "\n4\n"), "announces 4 dipoles but the file holds 3"),
+        ("\n".join(CCD.splitlines()[:-1]) + "\n", "announces 3 dipoles but the file holds 2"),
+        (CCD.replace("1e-5 0.0 0.0", "1e-5 0.0"), "line 6: expected 6 numbers"),
+        (CCD.replace("1e-5", "x"), "line 6: expected 6 numbers"),
+        (CCD.replace("1e-5", "nan"), "non-finite"),
+        (CCD.replace(";dIdtmax=120.5", ""), "no dIdtmax"),
+        (CCD.replace("dIdtmax=120.5", "dIdtmax=fast"), "not a number"),
+        (CCD.replace("\n3\n", "\nthree\n"), "line 2 must give the number of dipoles"),
+        ("# only a header;dIdtmax=1.0\n", "has 1 lines"),
+    ],
+)
+def test_malformed_ccd_files_raise(tmp_path, text, match):
+    path = tmp_path / "bad.ccd"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as raised:
+        load_coil(path)
+    assert str(path) in str(raised.value)
+
+
+def test_ccd_files_in_the_coil_folder_are_listed_and_loaded_by_name(tmp_path, monkeypatch):
+    import CondNetLogic.coil as coil_module
+
+    folder = tmp_path / "coils"
+    folder.mkdir()
+    for name in ("coil.schema.json", "figure8_70mm.json"):
+        (folder / name).write_text(coil_module.resource_path("coils", name).read_text())
+    (folder / "tiny_b2.ccd").write_text(CCD)
+    monkeypatch.setattr(coil_module, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    assert list_coils() == ["figure8_70mm", "tiny_b2"]
+    assert load_coil("tiny_b2").didt_max == pytest.approx(120.5e6)
+    assert coil_file("figure8_70mm").suffix == ".json"
+
+
+def test_dipole_winding_must_pair_positions_and_moments():
+    data = {"format_version": 1, "name": "d", "didt_max_a_per_s": 1.0,
+            "winding": {"type": "dipoles", "positions_mm": [[0, 0, 0], [1, 0, 0]], "moments_m2": [[0, 0, 1]]}}
+    with pytest.raises(ValueError, match="2 positions but 1 moments"):
+        Coil.from_dict(data)
+    for bad in ([0, 0], [0, "a", 1], [0, True, 1]):  # rows after the first are checked too (not by jsonschema)
+        data["winding"]["moments_m2"] = [[0, 0, 1], bad]
+        with pytest.raises(ValueError, match="winding/moments_m2: every item must be 3 numbers"):
+            Coil.from_dict(data)
+
+
 def test_coil_pose_frame():
     pose = coil_pose([10.0, 20.0, 80.0], [0.0, 0.0, -2.0], [0.2, 1.0, 0.5], scalp_offset_mm=4.0)
     rotation = pose[:3, :3]

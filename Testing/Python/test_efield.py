@@ -217,6 +217,53 @@ def test_coil_touching_the_head_raises(coil):
     simulation.solve(coil, coil_pose([6.5, 6.5, 12.5], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], scalp_offset_mm=0.0), 1e8)
 
 
+def _figure8_as_ccd(path, cell_mm: float = 1.0):
+    """The shipped figure-8 as a SimNIBS ``.ccd`` dipole model: a dipole per cell, moment = winding number x area.
+
+    A closed planar wire and the dipole sheet over the area it encloses (moment density = current x winding
+    number, along +z) have the same vector potential; each wing's spiral is closed by its lead.
+    """
+    coil = load_coil("figure8_70mm")
+    positions, moments = [], []
+    for line in coil.polylines_mm:
+        low, high = line[:, :2].min(axis=0), line[:, :2].max(axis=0)
+        axes = [(np.arange(np.floor(a / cell_mm), np.ceil(b / cell_mm)) + 0.5) * cell_mm for a, b in zip(low, high)]
+        centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 2)
+        here, after = line[None, :-1, :2] - centres[:, None], line[None, 1:, :2] - centres[:, None]
+        cross = here[..., 0] * after[..., 1] - here[..., 1] * after[..., 0]
+        winding = np.rint(np.arctan2(cross, (here * after).sum(-1)).sum(axis=1) / (2 * np.pi))
+        keep = winding != 0
+        positions.append(np.column_stack([centres[keep], np.zeros(keep.sum())]) * 1e-3)
+        moments.append(np.column_stack([np.zeros((keep.sum(), 2)), winding[keep] * (cell_mm * 1e-3) ** 2]))
+    rows = np.column_stack([np.concatenate(positions), np.concatenate(moments)])
+    header = f"# figure8_70mm as dipoles;coilname=figure8 dipoles;dIdtmax={coil.didt_max / 1e6:g}\n{len(rows)}\n"
+    path.write_text(header + "\n".join(" ".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
+    return path
+
+
+def test_a_dipole_model_of_the_coil_gives_its_e_field(tmp_path, coil, ras_result):
+    """The same coil as SimNIBS-style dipoles (.ccd) and as wires: the same field in the head, direct or gridded."""
+    dipoles = load_coil(_figure8_as_ccd(tmp_path / "figure8_dipoles.ccd"))
+    assert dipoles.didt_max == coil.didt_max
+    _, wire = ras_result
+    reference = wire.e_vector.array
+    peak = np.linalg.norm(reference, axis=-1).max()
+    direct = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, primary_field="direct").solve(
+        dipoles, _top_pose(), 1e8)
+    assert np.abs(direct.e_vector.array - reference).max() < 0.005 * peak  # measured 0.09 %
+    grid = PrimaryFieldGrid(dipoles, spacing_mm=2.0, half_width_mm=40.0, depth_mm=70.0)
+    gridded = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, grid=grid, primary_field="grid").solve(
+        dipoles, _top_pose(), 1e8)
+    assert np.abs(gridded.e_vector.array - reference).max() < 0.005 * peak  # measured 0.15 % (2 mm grid)
+
+
+def test_a_dipole_inside_the_head_raises(tmp_path, simulation):
+    dipoles = load_coil(_figure8_as_ccd(tmp_path / "figure8_dipoles.ccd", cell_mm=4.0))
+    pose = coil_pose([2.0, -3.0, 1.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], scalp_offset_mm=0.0)
+    with pytest.raises(ValueError, match="passes through the head"):
+        simulation.solve(dipoles, pose, 1e8)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -340,6 +387,16 @@ def test_cli_warns_that_float32_cannot_reach_a_tight_tolerance(sigma_file, tmp_p
     with caplog.at_level("WARNING", logger="CondNetLogic.commands.efield"):
         assert main(_cli_args(sigma_file, tmp_path / "out", "--dtype", "float32")) == 0
     assert "--tol 1e-06 is tighter" in caplog.text
+
+
+def test_cli_takes_a_simnibs_ccd_coil(sigma_file, tmp_path):
+    ccd = _figure8_as_ccd(tmp_path / "figure8_dipoles.ccd", cell_mm=2.0)
+    for name, coil_arg in (("wire", "figure8_70mm"), ("ccd", str(ccd))):
+        assert main(_cli_args(sigma_file, tmp_path / name, "--coil", coil_arg, "--primary-field", "direct")) == 0
+    wire, dipoles = (json.loads((tmp_path / name / "efield.json").read_text()) for name in ("wire", "ccd"))
+    assert dipoles["coil"] == {**dipoles["coil"], "name": "figure8_dipoles", "file": str(ccd)}
+    assert dipoles["didt_a_per_s"] == wire["didt_a_per_s"] == 1e8  # from the file's dIdtmax (A/us)
+    assert dipoles["stats"]["head"]["p99"] == pytest.approx(wire["stats"]["head"]["p99"], rel=0.01)
 
 
 def test_cli_says_when_the_solve_did_not_converge(sigma_file, tmp_path, capsys, caplog):

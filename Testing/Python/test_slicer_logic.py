@@ -704,3 +704,20 @@ def test_coil_model_hidden_until_redrawn_and_first_input_volume(mrml_scene):
     logic.updateCoilModel(logic.coilNames()[0], pose, None, model, transform)  # placed again: shown again
     assert model.GetDisplayNode().GetVisibility()
     logic.setCoilModelVisible(None, False)  # no model yet: nothing to do
+
+
+def test_dipole_coil_model_shows_its_dipoles(mrml_scene, tmp_path):
+    from CondNetLogic.coil import coil_pose
+
+    path = tmp_path / "pair.ccd"
+    path.write_text("# two dipoles;dIdtmax=100\n2\n0.01 0 -0.003 0 0 1e-4\n-0.01 0 -0.003 0 0 -1e-4\n")
+    logic = CondNetSlicerLogic(mrml_scene)
+    pose = coil_pose(np.array([0.0, 0.0, 90.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]))
+    model, transform = logic.updateCoilModel(str(path), pose)
+    polyData = model.GetPolyData()
+    assert (polyData.GetNumberOfVerts(), polyData.GetNumberOfLines()) == (2, 0)
+    np.testing.assert_allclose(polyData.GetPoint(0), [10.0, 0.0, -3.0])  # coil frame, mm
+    assert model.GetAttribute("CondNet.Coil") == "pair"
+    wire, _ = logic.updateCoilModel(logic.coilNames()[0], pose, None, model, transform)  # another coil: redrawn
+    assert wire.GetPolyData().GetNumberOfVerts() == 0
+    assert wire.GetPolyData().GetNumberOfLines() == 2

@@ -10,7 +10,7 @@ warm_up()
 from CondNetLogic import _primary_kernels as primary
 from CondNetLogic.solver import _kernels as solver
 kernels = {name: getattr(solver, name) for name in solver.__all__}
-kernels.update(line_sum_lattice=primary.line_sum_lattice, resample_lattice=primary.resample_lattice)
+kernels.update(source_sum_lattice=primary.source_sum_lattice, resample_lattice=primary.resample_lattice)
 print(sorted(name for name, kernel in kernels.items() if not kernel.signatures))
 """
 
