@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -192,14 +193,18 @@ def _dipoles_from_winding(winding: dict) -> tuple:
 
 
 def _ccd_header(line: str) -> tuple:
-    """``(description, {key: value})`` of a ``.ccd`` file's first line: ``# text;key=value;key=value``."""
-    parts = [part.strip() for part in line.strip().split(";")]
-    description = parts[0].lstrip("#").strip()
+    """``(description, {key: value})`` of a ``.ccd`` file's first line: ``# text;key=value;key=value``.
+
+    Every ``key=value`` counts, the first part's too (older files start with one); a first part without ``=``
+    is the description.
+    """
+    parts = [part.strip() for part in line.strip().lstrip("#").split(";")]
+    description = parts[0] if "=" not in parts[0] else ""
     fields = {}
-    for part in parts[1:]:
-        if part:
-            key, _, value = part.partition("=")
-            fields[key.strip()] = value.strip()
+    for part in parts:
+        match = re.fullmatch(r"(\w+)\s*=\s*(.*)", part)
+        if match:
+            fields[match.group(1)] = match.group(2).strip()
     return description, fields
 
 

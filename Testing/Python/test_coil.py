@@ -185,6 +185,14 @@ def test_ccd_dipole_coil_is_read_in_mm_and_a_per_s(tmp_path):
     np.testing.assert_allclose(moments[0], [0.0, 0.0, -1.5e-4])
 
 
+def test_ccd_header_without_a_description(tmp_path):
+    path = tmp_path / "bare.ccd"
+    path.write_text("# dIdtmax=80;coilname=Bare\n1\n0 0 -0.01 0 0 1e-4\n")
+    coil = load_coil(path)
+    assert coil.didt_max == pytest.approx(80e6)
+    assert coil.description == "Bare"
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
