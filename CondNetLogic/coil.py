@@ -577,6 +577,10 @@ def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
         If ``name_or_path`` is neither an existing file nor a shipped coil name, or the file is invalid.
     """
     path = coil_file(name_or_path)
-    if path.suffix.lower() == ".ccd":
+    suffix = path.suffix.lower()
+    if suffix == ".ccd":
         return Coil.from_ccd(path)
+    if suffix == ".tcd" or path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: SimNIBS .tcd and NIfTI coil files are not supported; use the coil's SimNIBS .ccd "
+                         "dipole file or a coil JSON file (Resources/coils/coil.schema.json)")
     return Coil.from_file(path)

@@ -152,6 +152,10 @@ def test_bad_files_and_names(tmp_path):
         load_coil(invalid)
     with pytest.raises(ValueError, match="figure8_70mm"):
         load_coil("no_such_coil")
+    for name in ("MagVenture_MC_B70.tcd", "Magstim_70mm_Fig8.nii.gz"):
+        (tmp_path / name).write_text("{}")
+        with pytest.raises(ValueError, match="not supported; use the coil's SimNIBS .ccd"):
+            load_coil(tmp_path / name)
 
 
 CCD = """# Test coil, version 1.0;brand=Acme;coilname=Tiny B2;stimulator=none;dIdtmax=120.5;x=-0.2,0.2
