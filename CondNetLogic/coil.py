@@ -18,8 +18,9 @@ Dipole coils
 A coil may instead be a set of magnetic dipoles (positions in mm, moments in m^2 = A m^2 per ampere of coil
 current), the model of SimNIBS's ``.ccd`` coil files, which :meth:`Coil.from_ccd` and :func:`load_coil` read
 (positions m -> mm, ``dIdtmax`` A/us -> A/s).  SimNIBS's coil frame is this one (``+z`` into the head,
-``+y`` the handle; its ``matsimnibs`` is ``coil_to_ras``), with the origin at the centre of the casing's
-bottom face, so the scalp offset means what SimNIBS's coil ``distance`` means.
+``+y`` the handle; its ``matsimnibs`` is ``coil_to_ras``), and SimNIBS puts the coil origin ``distance`` mm
+outside the skin along the normal as :func:`coil_pose` does with ``scalp_offset_mm``, so a SimNIBS coil file
+lands where SimNIBS puts it.
 
 Pose
 ----
