@@ -46,7 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "direction towards the head centre when the point is not on the scalp)",
     )
     parser.add_argument("--scalp-offset", type=float, default=4.0, help="scalp to winding plane, mm (default 4)")
-    parser.add_argument("--didt", type=float, help="current slope dI/dt, A/s (default: the coil's maximum output)")
+    strength = parser.add_mutually_exclusive_group()
+    strength.add_argument("--didt", type=float, help="current slope dI/dt, A/s (default: the coil's maximum output)")
+    strength.add_argument(
+        "--mso", type=float, metavar="PERCENT",
+        help="stimulator output in %% of its maximum: dI/dt = PERCENT/100 x the coil file's maximum dI/dt",
+    )
     parser.add_argument("--tol", type=float, default=1e-6, help="relative residual of the solver (default 1e-6)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="solver device")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="solver precision")
@@ -67,6 +72,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
+    """dI/dt (A/s) from ``--didt`` (A/s) or ``--mso`` (percent of the coil file's maximum); default: the maximum.
+
+    The maximum is the coil file's ``didt_max_a_per_s`` (SimNIBS ``dIdtmax``), the dI/dt of its stimulator at
+    100 % output; dI/dt is taken proportional to the output, as the stimulator's capacitor voltage is.
+    """
+    if mso_percent is not None:
+        if not 0.0 < mso_percent <= 100.0:
+            raise ValueError(f"--mso must be a percentage in (0, 100]; got {mso_percent}")
+        return coil.didt_max * mso_percent / 100.0
+    if didt is None:
+        return coil.didt_max
+    percent = 100.0 * abs(didt) / coil.didt_max
+    if percent > 100.0:
+        logger.warning("--didt %.4g A/s is %.0f %% of the maximum of coil %s (%.4g A/s)", didt, percent, coil.name,
+                       coil.didt_max)
+    elif percent < 0.1:
+        logger.warning("--didt %.4g A/s is %.2g %% of the maximum of coil %s (%.4g A/s): --didt is in A/s (did you "
+                       "mean %.4g A/us, i.e. --didt %.4g?)", didt, percent, coil.name, coil.didt_max, didt, didt * 1e6)
+    return float(didt)
 
 
 def default_normal(conducting, center_ras):
@@ -109,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
     path = coil_file(args.coil)
     coil = load_coil(path)
-    didt = coil.didt_max if args.didt is None else float(args.didt)
+    didt = stimulus_didt(coil, args.didt, args.mso)
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
     center = np.asarray(args.coil_center, dtype=float)
@@ -147,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "handle_direction_ras": list(args.coil_direction),
         "scalp_offset_mm": args.scalp_offset,
         "didt_a_per_s": didt,
+        "didt_percent_of_coil_max": 100.0 * didt / coil.didt_max,
         "solver": {
             key: result.info[key]
             for key in ("tol", "iterations", "residual", "true_residual", "converged", "device", "fallbacks",

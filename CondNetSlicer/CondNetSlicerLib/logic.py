@@ -855,7 +855,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                                              cancel=cancel)
             # per-solve choices; the built solver does not depend on them
             simulation.primary_field, simulation.warm_start = primaryField, bool(warmStart)
-            self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s")
+            self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s "
+                     f"({100.0 * didt / coil.didt_max:.0f} % of the coil file's maximum, {coil.didt_max:.4g} A/s)")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
         except (RuntimeError, MemoryError) as err:
             from CondNetLogic.errors import is_out_of_memory

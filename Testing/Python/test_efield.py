@@ -399,6 +399,25 @@ def test_cli_takes_a_simnibs_ccd_coil(sigma_file, tmp_path):
     assert dipoles["stats"]["head"]["p99"] == pytest.approx(wire["stats"]["head"]["p99"], rel=0.01)
 
 
+def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):
+    coarse = ["--primary-field", "direct", "--tol", "1e-3"]
+    assert main(_cli_args(sigma_file, tmp_path / "half", "--mso", "50", *coarse)) == 0
+    summary = json.loads((tmp_path / "half" / "efield.json").read_text())
+    assert summary["didt_a_per_s"] == pytest.approx(5e7)  # 50 % of figure8_70mm's 1e8 A/s
+    assert summary["didt_percent_of_coil_max"] == pytest.approx(50.0)
+    for bad in ("0", "150"):
+        assert main(_cli_args(sigma_file, tmp_path / "bad", "--mso", bad, *coarse)) == 2
+        assert "--mso must be a percentage in (0, 100]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one or the other
+        main(_cli_args(sigma_file, tmp_path / "both", "--mso", "50", "--didt", "1e8"))
+    assert "not allowed with argument" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="CondNetLogic.commands.efield"):
+        assert main(_cli_args(sigma_file, tmp_path / "us", "--didt", "120", *coarse)) == 0
+        assert main(_cli_args(sigma_file, tmp_path / "over", "--didt", "2e8", *coarse)) == 0
+    assert "did you mean 120 A/us, i.e. --didt 1.2e+08?" in caplog.text
+    assert "--didt 2e+08 A/s is 200 % of the maximum of coil figure8_70mm" in caplog.text
+
+
 def test_cli_says_when_the_solve_did_not_converge(sigma_file, tmp_path, capsys, caplog):
     # The solver's RuntimeWarning reaches the log (not a bare warnings line), and the last line says it.
     with caplog.at_level("WARNING"):

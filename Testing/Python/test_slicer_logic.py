@@ -474,8 +474,11 @@ def test_an_unconverged_efield_solve_comes_back_with_a_warning(mrml_scene, head)
     markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
     logic.snapCoilMarkup(markup, sigma)
     coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
-    solved = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False)
+    logged = []
+    logic.logCallback = logged.append
+    solved = logic.computeEField(sigma, coil, pose, 6e7, device="cpu", tol=1e-3, show=False)
     assert solved["warnings"] == []
+    assert any("dI/dt = 6e+07 A/s (60 % of the coil file's maximum, 1e+08 A/s)" in line for line in logged)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the solver's own warning
         short = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-20, show=False)
