@@ -54,6 +54,7 @@ __all__ = [
     "figure8_spiral_polylines",
     "list_coils",
     "load_coil",
+    "user_coil_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -544,33 +545,56 @@ def coil_pose(
     return pose
 
 
+def user_coil_dir() -> Path:
+    """Folder for your own coil files: ``$CONDNET_COIL_DIR``, else ``~/.condnet/coils`` (need not exist)."""
+    root = os.environ.get("CONDNET_COIL_DIR")
+    return Path(root) if root else Path.home() / ".condnet" / "coils"
+
+
+def _coil_files() -> dict:
+    """``{name: path}`` of the coil files by name: ``Resources/coils``, then :func:`user_coil_dir`.
+
+    In each folder a coil JSON file comes before a ``.ccd`` file of the same name; a shipped coil before a user's.
+    """
+    found = {}
+    for folder in (resource_path("coils"), user_coil_dir()):
+        if not folder.is_dir():
+            continue
+        for suffix in (".json", ".ccd"):
+            for path in sorted(folder.glob("*" + suffix)):
+                if path.name != _SCHEMA_FILE and path.is_file():
+                    found.setdefault(path.stem, path)
+    return found
+
+
 def list_coils() -> list:
-    """Names of the coil files in ``Resources/coils`` (coil JSON and SimNIBS ``.ccd``, without the suffix), sorted."""
-    folder = resource_path("coils")
-    files = [*folder.glob("*.json"), *folder.glob("*.ccd")]
-    return sorted({path.stem for path in files if path.name != _SCHEMA_FILE})
+    """Names of the coil files (coil JSON and SimNIBS ``.ccd``, without the suffix), sorted.
+
+    The shipped ones in ``Resources/coils`` and your own in :func:`user_coil_dir`.
+    """
+    return sorted(_coil_files())
 
 
 def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
-    """Path of a coil file given by path or by the name of a coil in ``Resources/coils`` (see :func:`list_coils`).
+    """Path of a coil file given by path or by name (see :func:`list_coils`).
 
     Raises
     ------
     ValueError
-        If ``name_or_path`` is neither an existing file nor a shipped coil name.
+        If ``name_or_path`` is neither an existing file nor the name of a coil file.
     """
     path = Path(name_or_path)
     if path.is_file():
         return path
-    name = str(name_or_path)
-    if name in list_coils():  # a coil JSON file before a .ccd file of the same name
-        json_file = resource_path("coils", name + ".json")
-        return json_file if json_file.is_file() else resource_path("coils", name + ".ccd")
-    raise ValueError(f"no coil file or shipped coil named {name!r}; shipped coils: {', '.join(list_coils())}")
+    files = _coil_files()
+    if str(name_or_path) in files:
+        return files[str(name_or_path)]
+    raise ValueError(f"no coil file or coil named {str(name_or_path)!r}; coils: {', '.join(sorted(files))} "
+                     f"(add your own to {user_coil_dir()})")
 
 
 def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
-    """Load a shipped coil by name (see :func:`list_coils`), a coil JSON file or a SimNIBS ``.ccd`` file by path.
+    """Load a coil by name (see :func:`list_coils`), or a coil JSON file or SimNIBS ``.ccd`` file by path.
 
     Raises
     ------

@@ -5,9 +5,11 @@ import pytest
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_condnet_cache(tmp_path_factory):
-    """Coil grids built by the tests go to a temporary folder, never to the user's ``~/.cache``."""
+    """Coil grids built by the tests go to a temporary folder, never to the user's ``~/.cache``; the user's own
+    coil folder (``~/.condnet/coils``) is replaced by an empty one."""
     patch = pytest.MonkeyPatch()
     patch.setenv("CONDNET_CACHE_DIR", str(tmp_path_factory.mktemp("condnet_cache")))
+    patch.setenv("CONDNET_COIL_DIR", str(tmp_path_factory.mktemp("condnet_coils")))
     yield
     patch.undo()
 

@@ -219,18 +219,29 @@ def test_malformed_ccd_files_raise(tmp_path, text, match):
     assert str(path) in str(raised.value)
 
 
-def test_ccd_files_in_the_coil_folder_are_listed_and_loaded_by_name(tmp_path, monkeypatch):
+def test_coil_files_are_listed_and_loaded_by_name_from_both_folders(tmp_path, monkeypatch):
     import CondNetLogic.coil as coil_module
 
-    folder = tmp_path / "coils"
-    folder.mkdir()
+    shipped, own = tmp_path / "Resources" / "coils", tmp_path / "own"
+    shipped.mkdir(parents=True)
+    own.mkdir()
     for name in ("coil.schema.json", "figure8_70mm.json"):
-        (folder / name).write_text(coil_module.resource_path("coils", name).read_text())
-    (folder / "tiny_b2.ccd").write_text(CCD)
-    monkeypatch.setattr(coil_module, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
-    assert list_coils() == ["figure8_70mm", "tiny_b2"]
+        (shipped / name).write_text(coil_module.resource_path("coils", name).read_text())
+    (shipped / "tiny_b2.ccd").write_text(CCD)
+    (own / "figure8_70mm.ccd").write_text(CCD)  # a user's file never hides a shipped coil of the same name
+    (own / "mine.ccd").write_text(CCD.replace("dIdtmax=120.5", "dIdtmax=80"))
+    monkeypatch.setattr(coil_module, "resource_path", lambda *parts: tmp_path.joinpath("Resources", *parts))
+    monkeypatch.setenv("CONDNET_COIL_DIR", str(own))
+    assert list_coils() == ["figure8_70mm", "mine", "tiny_b2"]
     assert load_coil("tiny_b2").didt_max == pytest.approx(120.5e6)
-    assert coil_file("figure8_70mm").suffix == ".json"
+    assert load_coil("mine").didt_max == pytest.approx(80e6)
+    assert coil_file("figure8_70mm") == shipped / "figure8_70mm.json"
+    with pytest.raises(ValueError, match=f"add your own to {own}"):
+        coil_file("theirs")
+    monkeypatch.delenv("CONDNET_COIL_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert coil_module.user_coil_dir() == tmp_path / ".condnet" / "coils"
+    assert list_coils() == ["figure8_70mm", "tiny_b2"]  # no such folder: the shipped coils only
 
 
 def test_dipole_winding_must_pair_positions_and_moments():
