@@ -479,7 +479,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     # --------------------------------------------------------------------------------------- coil
     @staticmethod
     def coilNames() -> List[str]:
-        """Names of the shipped coils."""
+        """Names of the coils: the shipped ones and those in ``~/.condnet/coils`` (see ``CondNetLogic.coil``)."""
         from CondNetLogic.coil import list_coils
 
         return list_coils()
