@@ -66,6 +66,9 @@ DEFAULT_SCALP_OFFSET_MM = 4.0
 DEFAULT_POINTS_PER_TURN = 64
 
 _SCHEMA_FILE = "coil.schema.json"
+
+#: User coil files already reported as hidden by a shipped coil of the same name (reported once per process).
+_REPORTED_HIDDEN: set = set()
 _FORMAT_VERSION = 1
 
 
@@ -213,7 +216,7 @@ def _ccd_header(line: str) -> tuple:
 def _read_ccd(path: Path) -> dict:
     """A SimNIBS ``.ccd`` dipole coil file as a coil dictionary (see :meth:`Coil.from_ccd`)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Notepad) is dropped
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a text file ({err})") from err
     if len(lines) < 3:
@@ -224,6 +227,8 @@ def _read_ccd(path: Path) -> dict:
         count = int(lines[1].split()[0])
     except (IndexError, ValueError):
         raise ValueError(f"{path}: line 2 must give the number of dipoles; got {lines[1]!r}") from None
+    if count < 1:
+        raise ValueError(f"{path}: line 2 announces {count} dipoles; a coil needs at least one")
     rows = []
     for number, line in enumerate(lines[2:], start=3):
         text = line.split("#", 1)[0].strip()
@@ -247,7 +252,9 @@ def _read_ccd(path: Path) -> dict:
     try:
         didt_max = float(fields["dIdtmax"]) * 1e6
     except ValueError:
-        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a number (A/us)") from None
+        didt_max = float("nan")
+    if not (np.isfinite(didt_max) and didt_max > 0):
+        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a positive number (A/us)")
     data = np.asarray(rows, dtype=float)
     label = " ".join(fields[key] for key in ("brand", "coilname") if fields.get(key) not in (None, "", "none"))
     return {
@@ -560,10 +567,16 @@ def _coil_files() -> dict:
     for folder in (resource_path("coils"), user_coil_dir()):
         if not folder.is_dir():
             continue
-        for suffix in (".json", ".ccd"):
-            for path in sorted(folder.glob("*" + suffix)):
-                if path.name != _SCHEMA_FILE and path.is_file():
-                    found.setdefault(path.stem, path)
+        files = [path for path in sorted(folder.iterdir()) if path.is_file() and path.name != _SCHEMA_FILE]
+        for suffix in (".json", ".ccd"):  # any case: MY_COIL.CCD too
+            for path in files:
+                if path.suffix.lower() != suffix:
+                    continue
+                if path.stem in found and found[path.stem].parent != path.parent and path not in _REPORTED_HIDDEN:
+                    _REPORTED_HIDDEN.add(path)
+                    logger.warning("coil file %s is not used: a shipped coil has the name %r (rename the file)",
+                                   path, path.stem)
+                found.setdefault(path.stem, path)
     return found
 
 

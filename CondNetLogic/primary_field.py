@@ -96,9 +96,9 @@ def _sources(segments_m: np.ndarray, dipoles_m: Optional[tuple] = None) -> tuple
     lengths = np.linalg.norm(delta, axis=1)
     if np.any(lengths == 0.0):
         raise ValueError(f"{int(np.count_nonzero(lengths == 0))} segments have zero length")
-    starts = np.ascontiguousarray(segments[:, 0])
-    units = np.ascontiguousarray(delta / lengths[:, None])
-    return starts, units, np.ascontiguousarray(lengths), positions, moments
+    starts = np.array(segments[:, 0], order="C")  # copies, writable: one compiled kernel signature
+    units = np.array(delta / lengths[:, None], order="C")
+    return starts, units, np.array(lengths, order="C"), positions, moments
 
 
 def _coil_sources_m(coil: Coil, coil_to_ras: Optional[np.ndarray] = None) -> tuple:

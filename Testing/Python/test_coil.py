@@ -190,8 +190,8 @@ def test_ccd_dipole_coil_is_read_in_mm_and_a_per_s(tmp_path):
 
 
 def test_ccd_header_without_a_description(tmp_path):
-    path = tmp_path / "bare.ccd"
-    path.write_text("# dIdtmax=80;coilname=Bare\n1\n0 0 -0.01 0 0 1e-4\n")
+    path = tmp_path / "BARE.CCD"
+    path.write_text("\ufeff# dIdtmax=80;coilname=Bare\r\n1\r\n0\t0 -0.01 0 0 1e-4\r\n\r\n")  # BOM, CRLF, tab
     coil = load_coil(path)
     assert coil.didt_max == pytest.approx(80e6)
     assert coil.description == "Bare"
@@ -206,7 +206,10 @@ def test_ccd_header_without_a_description(tmp_path):
         (CCD.replace("1e-5", "x"), "line 6: expected 6 numbers"),
         (CCD.replace("1e-5", "nan"), "non-finite"),
         (CCD.replace(";dIdtmax=120.5", ""), "no dIdtmax"),
-        (CCD.replace("dIdtmax=120.5", "dIdtmax=fast"), "not a number"),
+        (CCD.replace("dIdtmax=120.5", "dIdtmax=fast"), "not a positive number"),
+        (CCD.replace("dIdtmax=120.5", "dIdtmax=nan"), "not a positive number"),
+        (CCD.replace("dIdtmax=120.5", "dIdtmax=-3"), "not a positive number"),
+        ("# empty;dIdtmax=80\n0\n\n", "announces 0 dipoles; a coil needs at least one"),
         (CCD.replace("\n3\n", "\nthree\n"), "line 2 must give the number of dipoles"),
         ("# only a header;dIdtmax=1.0\n", "has 1 lines"),
     ],
@@ -219,7 +222,7 @@ def test_malformed_ccd_files_raise(tmp_path, text, match):
     assert str(path) in str(raised.value)
 
 
-def test_coil_files_are_listed_and_loaded_by_name_from_both_folders(tmp_path, monkeypatch):
+def test_coil_files_are_listed_and_loaded_by_name_from_both_folders(tmp_path, monkeypatch, caplog):
     import CondNetLogic.coil as coil_module
 
     shipped, own = tmp_path / "Resources" / "coils", tmp_path / "own"
@@ -227,12 +230,17 @@ def test_coil_files_are_listed_and_loaded_by_name_from_both_folders(tmp_path, mo
     own.mkdir()
     for name in ("coil.schema.json", "figure8_70mm.json"):
         (shipped / name).write_text(coil_module.resource_path("coils", name).read_text())
-    (shipped / "tiny_b2.ccd").write_text(CCD)
+    (shipped / "tiny_b2.CCD").write_text(CCD)  # any case
     (own / "figure8_70mm.ccd").write_text(CCD)  # a user's file never hides a shipped coil of the same name
     (own / "mine.ccd").write_text(CCD.replace("dIdtmax=120.5", "dIdtmax=80"))
     monkeypatch.setattr(coil_module, "resource_path", lambda *parts: tmp_path.joinpath("Resources", *parts))
     monkeypatch.setenv("CONDNET_COIL_DIR", str(own))
-    assert list_coils() == ["figure8_70mm", "mine", "tiny_b2"]
+    with caplog.at_level("WARNING", logger="CondNetLogic.coil"):
+        assert list_coils() == ["figure8_70mm", "mine", "tiny_b2"]
+        assert list_coils() == ["figure8_70mm", "mine", "tiny_b2"]
+    hidden = [r.getMessage() for r in caplog.records if "is not used: a shipped coil has the name" in r.getMessage()]
+    assert len(hidden) == 1  # once per process
+    assert str(own / "figure8_70mm.ccd") in hidden[0]
     assert load_coil("tiny_b2").didt_max == pytest.approx(120.5e6)
     assert load_coil("mine").didt_max == pytest.approx(80e6)
     assert coil_file("figure8_70mm") == shipped / "figure8_70mm.json"

@@ -458,3 +458,16 @@ def test_points_near_a_dipole_raise():
         dadt_at_points(np.array([[0.0, 0.0, 5e-4]]), np.zeros((0, 2, 3)), 1.0, dipoles_m=dipoles_m)
     with pytest.raises(ValueError, match="both be"):
         dadt_at_points(np.ones((1, 3)), np.zeros((0, 2, 3)), 1.0, dipoles_m=(np.zeros((2, 3)), np.zeros((1, 3))))
+
+
+@pytest.mark.parametrize("kind", ["dipoles", "polylines"])
+def test_grid_starts_1mm_beyond_the_deepest_source(kind):
+    """Sources at several depths: the first grid plane lies 1 mm beyond the one deepest along +z (into the head)."""
+    if kind == "dipoles":
+        winding = {"type": "dipoles", "positions_mm": [[5.0, 0.0, -7.5], [-5.0, 0.0, -3.0]],
+                   "moments_m2": [[0.0, 0.0, 1e-4], [0.0, 0.0, -1e-4]]}
+    else:
+        winding = {"type": "polylines", "polylines_mm": [[[0, 0, -7.5], [10, 0, -7.5], [10, 10, -3.0], [0, 0, -7.5]]]}
+    coil = Coil.from_dict({"format_version": 1, "name": kind, "didt_max_a_per_s": 1e8, "winding": winding})
+    grid = PrimaryFieldGrid(coil, spacing_mm=5.0, half_width_mm=20.0, depth_mm=10.0)
+    assert grid.origin_m[2] == pytest.approx(-2e-3)
