@@ -66,10 +66,10 @@ DEFAULT_SCALP_OFFSET_MM = 4.0
 DEFAULT_POINTS_PER_TURN = 64
 
 _SCHEMA_FILE = "coil.schema.json"
+_FORMAT_VERSION = 1
 
 #: User coil files already reported as hidden by a shipped coil of the same name (reported once per process).
 _REPORTED_HIDDEN: set = set()
-_FORMAT_VERSION = 1
 
 
 def _schema() -> dict:

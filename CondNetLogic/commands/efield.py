@@ -78,7 +78,7 @@ def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
     """dI/dt (A/s) from ``--didt`` (A/s) or ``--mso`` (percent of the coil file's maximum); default: the maximum.
 
     The maximum is the coil file's ``didt_max_a_per_s`` (SimNIBS ``dIdtmax``), the dI/dt of its stimulator at
-    100 % output; dI/dt is taken proportional to the output, as the stimulator's capacitor voltage is.
+    100 % output; dI/dt is taken proportional to the output (the stimulator's capacitor voltage).
     """
     if mso_percent is not None:
         if not 0.0 < mso_percent <= 100.0:
@@ -90,7 +90,7 @@ def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
     if percent > 100.0:
         logger.warning("--didt %.4g A/s is %.0f %% of the maximum of coil %s (%.4g A/s)", didt, percent, coil.name,
                        coil.didt_max)
-    elif percent < 0.1:
+    elif 0.0 < percent < 0.1:
         logger.warning("--didt %.4g A/s is %.2g %% of the maximum of coil %s (%.4g A/s): --didt is in A/s (did you "
                        "mean %.4g A/us, i.e. --didt %.4g?)", didt, percent, coil.name, coil.didt_max, didt, didt * 1e6)
     return float(didt)
