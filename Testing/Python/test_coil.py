@@ -179,6 +179,9 @@ def test_ccd_dipole_coil_is_read_in_mm_and_a_per_s(tmp_path):
     assert coil.segments_mm().shape == (0, 2, 3)
     assert coil.polylines_mm == ()
     assert "dipoles=3" in repr(coil)
+    assert load_coil(path) is coil  # read once per version of the file
+    path.write_text(CCD.replace("dIdtmax=120.5", "dIdtmax=90"))  # edited (another size too): read again
+    assert load_coil(path).didt_max == pytest.approx(90e6)
     json_file = coil.to_file(tmp_path / "tiny_b2.json")  # the coil JSON form, for Resources/coils
     again = load_coil(json_file)
     assert again.sha256 == coil.sha256
