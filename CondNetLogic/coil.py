@@ -13,11 +13,13 @@ coils the wing at ``+x`` circulates counter-clockwise about ``+z`` and the wing 
 below the centre both wings carry the current along ``-y``: for a positive ``dI/dt`` the induced primary
 field ``-dA/dt`` under the centre points along ``+y``, towards the handle.
 
-Dipole coils
-------------
+Dipole coils and SimNIBS coil files
+-----------------------------------
 A coil may instead be a set of magnetic dipoles (positions in mm, moments in m^2 = A m^2 per ampere of coil
 current), the model of SimNIBS's ``.ccd`` coil files, which :meth:`Coil.from_ccd` and :func:`load_coil` read
-(positions m -> mm, ``dIdtmax`` A/us -> A/s).  SimNIBS's coil frame is this one (``+z`` into the head,
+(positions m -> mm, ``dIdtmax`` A/us -> A/s), or wires and dipoles together.  SimNIBS 4's ``.tcd`` files
+(:meth:`Coil.from_tcd`) give line elements, read as straight wires, and dipoles; see
+:mod:`CondNetLogic.simnibs_coil`.  SimNIBS's coil frame is this one (``+z`` into the head,
 ``+y`` the handle; its ``matsimnibs`` is ``coil_to_ras``), and SimNIBS puts the coil origin ``distance`` mm
 outside the skin along the normal as :func:`coil_pose` does with ``scalp_offset_mm``, so a SimNIBS coil file
 lands where SimNIBS puts it.
@@ -35,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Union
 import numpy as np
 
 from .conductivity import resource_path
+from .simnibs_coil import read_ccd, read_tcd
 
 __all__ = [
     "DEFAULT_SCALP_OFFSET_MM",
@@ -150,28 +152,36 @@ def _polylines_from_winding(winding: dict) -> list:
             wing_spacing_mm=winding.get("wing_spacing_mm"),
             points_per_turn=winding.get("points_per_turn", DEFAULT_POINTS_PER_TURN),
         )
-    if kind == "polylines":
-        polylines = [np.asarray(line, dtype=float) for line in winding["polylines_mm"]]
-        for index, line in enumerate(polylines):
+    if kind in ("polylines", "mixed"):
+        polylines = []
+        for index, line in enumerate(winding["polylines_mm"]):
+            if not isinstance(line, list) or len(line) < 2:
+                raise ValueError(f"invalid coil description at winding/polylines_mm/{index}: a polyline needs at "
+                                 "least 2 vertices")
+            polylines.append(line := _vectors(line, f"polylines_mm/{index}"))
             if not np.all(np.isfinite(line)):
                 raise ValueError(f"polyline {index} holds non-finite coordinates")
             if np.any(np.linalg.norm(np.diff(line, axis=0), axis=1) == 0.0):
                 raise ValueError(f"polyline {index} has repeated consecutive vertices (zero-length segment)")
         return polylines
-    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral', 'polylines' or 'dipoles'")
+    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral', 'polylines', 'dipoles' or 'mixed'")
 
 
 def _schema_view(data: dict) -> dict:
-    """``data`` for the schema check: a dipole winding's arrays cut to their first row.
+    """``data`` for the schema check: a winding's arrays cut to their first dipole and first polyline segment.
 
-    jsonschema would take about 0.6 s for a coil of 14,000 dipoles; :func:`_dipoles_from_winding` checks
-    every row instead.
+    jsonschema would take about 0.6 s for a coil of 14,000 dipoles and 4.6 s for 50,000 wire segments;
+    :func:`_dipoles_from_winding` and :func:`_polylines_from_winding` check every row instead.
     """
     winding = data.get("winding") if isinstance(data, dict) else None
-    if not isinstance(winding, dict) or winding.get("type") != "dipoles":
+    if not isinstance(winding, dict):
         return data
-    cut = {key: value[:1] if key in ("positions_mm", "moments_m2") and isinstance(value, list) else value
-           for key, value in winding.items()}
+    cut = dict(winding)
+    for key in ("positions_mm", "moments_m2", "polylines_mm"):
+        if isinstance(cut.get(key), list):
+            cut[key] = cut[key][:1]
+    if cut.get("polylines_mm") and isinstance(cut["polylines_mm"][0], list):
+        cut["polylines_mm"] = [cut["polylines_mm"][0][:2]]
     return {**data, "winding": cut}
 
 
@@ -185,8 +195,8 @@ def _vectors(rows, name: str) -> np.ndarray:
 
 
 def _dipoles_from_winding(winding: dict) -> tuple:
-    """``(positions_mm (D, 3), moments_m2 (D, 3))`` of a ``dipoles`` winding; empty arrays for wire windings."""
-    if winding["type"] != "dipoles":
+    """``(positions_mm (D, 3), moments_m2 (D, 3))`` of a ``dipoles`` or ``mixed`` winding; empty for wires only."""
+    if winding["type"] not in ("dipoles", "mixed"):
         return np.zeros((0, 3)), np.zeros((0, 3))
     positions = _vectors(winding["positions_mm"], "positions_mm")
     moments = _vectors(winding["moments_m2"], "moments_m2")
@@ -197,83 +207,11 @@ def _dipoles_from_winding(winding: dict) -> tuple:
     return positions, moments
 
 
-def _ccd_header(line: str) -> tuple:
-    """``(description, {key: value})`` of a ``.ccd`` file's first line: ``# text;key=value;key=value``.
-
-    Every ``key=value`` counts, the first part's too (older files start with one); a first part without ``=``
-    is the description.
-    """
-    parts = [part.strip() for part in line.strip().lstrip("#").split(";")]
-    description = parts[0] if "=" not in parts[0] else ""
-    fields = {}
-    for part in parts:
-        match = re.fullmatch(r"(\w+)\s*=\s*(.*)", part)
-        if match:
-            fields[match.group(1)] = match.group(2).strip()
-    return description, fields
-
-
-def _read_ccd(path: Path) -> dict:
-    """A SimNIBS ``.ccd`` dipole coil file as a coil dictionary (see :meth:`Coil.from_ccd`)."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Notepad) is dropped
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a text file ({err})") from err
-    if len(lines) < 3:
-        raise ValueError(f"{path}: a .ccd file has a header line, the number of dipoles and one line per dipole; "
-                         f"this one has {len(lines)} lines")
-    description, fields = _ccd_header(lines[0])
-    try:
-        count = int(lines[1].split()[0])
-    except (IndexError, ValueError):
-        raise ValueError(f"{path}: line 2 must give the number of dipoles; got {lines[1]!r}") from None
-    if count < 1:
-        raise ValueError(f"{path}: line 2 announces {count} dipoles; a coil needs at least one")
-    rows = []
-    for number, line in enumerate(lines[2:], start=3):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            row = [float(value) for value in text.split()]
-        except ValueError:
-            row = []
-        if len(row) != 6:
-            raise ValueError(f"{path}, line {number}: expected 6 numbers (x y z in m, mx my mz in m^2); "
-                             f"got {line!r}")
-        rows.append(row)
-    if len(rows) != count:
-        raise ValueError(f"{path}: line 2 announces {count} dipoles but the file holds {len(rows)} "
-                         "(truncated or edited file?)")
-    if "dIdtmax" not in fields:
-        raise ValueError(f"{path}: the first line gives no dIdtmax (the stimulator's maximum dI/dt, A/us); "
-                         "add one, e.g. ';dIdtmax=100.0'")
-    try:
-        didt_max = float(fields["dIdtmax"]) * 1e6
-    except ValueError:
-        didt_max = float("nan")
-    if not (np.isfinite(didt_max) and didt_max > 0):
-        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a positive number (A/us)")
-    data = np.asarray(rows, dtype=float)
-    label = " ".join(fields[key] for key in ("brand", "coilname") if fields.get(key) not in (None, "", "none"))
-    return {
-        "format_version": _FORMAT_VERSION,
-        "name": path.stem,
-        "description": "; ".join(text for text in (label, description) if text) or f"Dipole coil from {path.name}",
-        "notes": [f"Imported from the SimNIBS coil file {path.name} ({count} dipoles; positions m -> mm, "
-                  "moments in m^2 per A of coil current; dIdtmax A/us -> A/s)."],
-        "didt_max_a_per_s": didt_max,
-        "winding": {
-            "type": "dipoles", "positions_mm": (data[:, :3] * 1e3).tolist(), "moments_m2": data[:, 3:].tolist()
-        },
-    }
-
-
 @dataclass(frozen=True, eq=False)
 class Coil:
     """A TMS coil of thin wires or magnetic dipoles, described by a coil file (see the module docstring).
 
-    Build it with :meth:`from_dict`, :meth:`from_file`, :meth:`from_ccd` or :func:`load_coil`.
+    Build it with :meth:`from_dict`, :meth:`from_file`, :meth:`from_ccd`, :meth:`from_tcd` or :func:`load_coil`.
 
     Attributes
     ----------
@@ -282,7 +220,8 @@ class Coil:
     didt_max : float
         Current slope dI/dt at maximum stimulator output, A/s.
     winding : dict
-        The winding as in the file: a ``figure8_spiral`` generator spec, explicit ``polylines`` or ``dipoles``.
+        The winding as in the file: a ``figure8_spiral`` generator spec, explicit ``polylines``, ``dipoles``, or
+        ``mixed`` (polylines and dipoles, from a SimNIBS ``.tcd`` file that has both).
     polylines_mm : tuple of ndarray (N, 3)
         Wire polylines in the coil frame, mm (generated from ``winding``; empty for a dipole coil).
     description : str
@@ -377,11 +316,34 @@ class Coil:
             If the file is malformed or truncated (fewer dipoles than announced), has no ``dIdtmax``, or holds
             non-finite values.
         """
+        return cls._from_simnibs(path, read_ccd)
+
+    @classmethod
+    def from_tcd(cls, path: Union[str, os.PathLike]) -> Coil:
+        """Read a SimNIBS ``.tcd`` coil definition file (JSON; SimNIBS 4) of line elements and/or dipoles.
+
+        Line elements (midpoint, segment vector, mm) become straight wires integrated exactly, joined into
+        polylines; dipoles keep their positions (mm) and moments (m^2 per A); element deformations are applied
+        at their initial values; ``maxdIdt`` is in A/s.  See :mod:`CondNetLogic.simnibs_coil` for the details.
+        The coil is named after the file.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            If the file is not JSON or is malformed, holds a sampled A-field element (type 3), drives its elements
+            from more than one stimulator, or gives no positive ``maxdIdt``.
+        """
+        return cls._from_simnibs(path, read_tcd)
+
+    @classmethod
+    def _from_simnibs(cls, path: Union[str, os.PathLike], reader) -> Coil:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"coil file {path} does not exist")
         try:
-            return cls.from_dict(_read_ccd(path))
+            return cls.from_dict({"format_version": _FORMAT_VERSION, **reader(path)})
         except ValueError as err:
             message = str(err)
             raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from err
@@ -446,10 +408,9 @@ class Coil:
 
     def __repr__(self) -> str:
         kind = self.winding["type"]
-        if kind == "dipoles":
-            size = f"dipoles={len(self.dipole_positions_mm)}"
-        else:
-            size = f"segments={sum(len(line) - 1 for line in self.polylines_mm)}"
+        segments, dipoles = sum(len(line) - 1 for line in self.polylines_mm), len(self.dipole_positions_mm)
+        size = ", ".join(([f"segments={segments}"] if segments or not dipoles else [])
+                         + ([f"dipoles={dipoles}"] if dipoles else []))
         return f"Coil(name={self.name!r}, winding={kind!r}, {size}, didt_max={self.didt_max:.3g} A/s)"
 
 
@@ -560,14 +521,15 @@ def user_coil_dir() -> Path:
 def _coil_files() -> dict:
     """``{name: path}`` of the coil files by name: ``Resources/coils``, then :func:`user_coil_dir`.
 
-    In each folder a coil JSON file comes before a ``.ccd`` file of the same name; a shipped coil before a user's.
+    In each folder a coil JSON file comes before a ``.ccd``, then a ``.tcd`` file of the same name; a shipped coil
+    before a user's.
     """
     found = {}
     for folder in (resource_path("coils"), user_coil_dir()):
         if not folder.is_dir():
             continue
         files = [path for path in sorted(folder.iterdir()) if path.is_file() and path.name != _SCHEMA_FILE]
-        for suffix in (".json", ".ccd"):  # any case: MY_COIL.CCD too
+        for suffix in (".json", ".ccd", ".tcd"):  # any case: MY_COIL.CCD too
             for path in files:
                 if path.suffix.lower() != suffix:
                     continue
@@ -580,7 +542,7 @@ def _coil_files() -> dict:
 
 
 def list_coils() -> list:
-    """Names of the coil files (coil JSON and SimNIBS ``.ccd``, without the suffix), sorted.
+    """Names of the coil files (coil JSON, SimNIBS ``.ccd`` and ``.tcd``, without the suffix), sorted.
 
     The shipped ones in ``Resources/coils`` and your own in :func:`user_coil_dir`.
     """
@@ -606,7 +568,7 @@ def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
 
 
 def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
-    """Load a coil by name (see :func:`list_coils`), or a coil JSON file or SimNIBS ``.ccd`` file by path.
+    """Load a coil by name (see :func:`list_coils`), or a coil JSON, SimNIBS ``.ccd`` or ``.tcd`` file by path.
 
     Raises
     ------
@@ -614,9 +576,10 @@ def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
         If ``name_or_path`` is neither an existing file nor a shipped coil name, or the file is invalid.
     """
     path = coil_file(name_or_path)
-    if path.suffix.lower() == ".tcd" or path.name.lower().endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path}: SimNIBS .tcd and NIfTI coil files are not supported; use the coil's SimNIBS .ccd "
-                         "dipole file or a coil JSON file (Resources/coils/coil.schema.json)")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: NIfTI coil files (a sampled A-field) are not supported; use the coil's SimNIBS "
+                         ".ccd or .tcd file (dipoles or line elements) or a coil JSON file "
+                         "(Resources/coils/coil.schema.json)")
     stat = path.stat()
     # absolute, not resolved: a coil reached through a link is named after the link
     return _read_coil_file(path.absolute(), stat.st_mtime_ns, stat.st_size)
@@ -626,4 +589,5 @@ def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
 def _read_coil_file(path: Path, mtime_ns: int, size: int) -> Coil:
     """The coil of one version of a file (the key holds its time stamp and size), read once: the Slicer panel loads
     its coil on every coil move, and a SimNIBS file of 14,000 dipoles takes 0.1 s to parse.  Coils are immutable."""
-    return Coil.from_ccd(path) if path.suffix.lower() == ".ccd" else Coil.from_file(path)
+    reader = {".ccd": Coil.from_ccd, ".tcd": Coil.from_tcd}.get(path.suffix.lower(), Coil.from_file)
+    return reader(path)

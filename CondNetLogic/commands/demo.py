@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; must be empty unless --overwrite)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device")
     parser.add_argument("--weights", default=None, help="CondNet weights (default: the shipped weights)")
-    parser.add_argument("--coil", default="figure8_70mm", help="coil name, coil JSON file or SimNIBS .ccd file")
+    parser.add_argument("--coil", default="figure8_70mm", help="coil name, coil JSON file or SimNIBS .ccd/.tcd file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
 
 

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conductivity", required=True, type=Path, help="conductivity volume (S/m, isotropic)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
-        "--coil", default="figure8_70mm", help="coil name (condnet info lists them), coil JSON or SimNIBS .ccd file"
+        "--coil", default="figure8_70mm",
+        help="coil name (condnet info lists them), coil JSON or SimNIBS .ccd/.tcd file",
     )
     parser.add_argument(
         "--coil-center", required=True, nargs=3, type=float, metavar=("R", "A", "S"),

@@ -132,6 +132,23 @@ def test_inconsistent_figure8_raises(winding, match):
         Coil.from_dict(_spec(**winding))
 
 
+@pytest.mark.parametrize(
+    ("polylines", "match"),
+    [
+        ([[[0, 0, 0], [1, 0, 0]], [[0, 0, 0], [1, 0, "a"]]], "winding/polylines_mm/1: every item must be 3 numbers"),
+        ([[[0, 0, 0], [1, 0, 0]], [[0, 0, 0], [1, 0]]], "winding/polylines_mm/1: every item must be 3 numbers"),
+        ([[[0, 0, 0], [1, 0, 0]], [[0, 0, 0]]], "winding/polylines_mm/1: a polyline needs at least 2 vertices"),
+        ([[[0, 0, 0]]], "winding"),
+    ],
+)
+def test_malformed_polylines_raise(polylines, match):
+    """Only the first segment goes through the schema (fast for big coils); every other vertex is checked too."""
+    data = {"format_version": 1, "name": "p", "didt_max_a_per_s": 1.0,
+            "winding": {"type": "polylines", "polylines_mm": polylines}}
+    with pytest.raises(ValueError, match=match):
+        Coil.from_dict(data)
+
+
 def test_zero_length_polyline_segment_raises():
     data = {"format_version": 1, "name": "z", "didt_max_a_per_s": 1.0,
             "winding": {"type": "polylines", "polylines_mm": [[[0, 0, 0], [0, 0, 0], [1, 0, 0]]]}}
@@ -152,9 +169,9 @@ def test_bad_files_and_names(tmp_path):
         load_coil(invalid)
     with pytest.raises(ValueError, match="figure8_70mm"):
         load_coil("no_such_coil")
-    for name in ("MagVenture_MC_B70.tcd", "Magstim_70mm_Fig8.nii.gz"):
+    for name in ("Magstim_70mm_Fig8.nii", "Magstim_70mm_Fig8.nii.gz"):
         (tmp_path / name).write_text("{}")
-        with pytest.raises(ValueError, match="not supported; use the coil's SimNIBS .ccd"):
+        with pytest.raises(ValueError, match="NIfTI coil files .* not supported; use the coil's SimNIBS .ccd or .tcd"):
             load_coil(tmp_path / name)
 
 

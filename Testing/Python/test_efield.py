@@ -1,7 +1,9 @@
 """E-field API and ``condnet efield``: validation, geometry (any orientation), reuse, outputs, errors."""
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -389,14 +391,30 @@ def test_cli_warns_that_float32_cannot_reach_a_tight_tolerance(sigma_file, tmp_p
     assert "--tol 1e-06 is tighter" in caplog.text
 
 
-def test_cli_takes_a_simnibs_ccd_coil(sigma_file, tmp_path):
+def _figure8_as_tcd(path):
+    """The shipped figure-8 as a SimNIBS 4.5 ``.tcd`` file: its segments as line elements, zlib + base64 arrays."""
+    coil = load_coil("figure8_70mm")
+    segments = coil.segments_mm()
+    points, values = (base64.b64encode(zlib.compress(np.asarray(array, "<f8").tobytes())).decode()
+                      for array in (segments.mean(axis=1), segments[:, 1] - segments[:, 0]))
+    element = {"name": "windings", "stimulator": 0, "type": 2, "points": points, "values": values}
+    path.write_text(json.dumps({"coilElementList": [element],
+                                "stimulatorList": [{"name": "stimulator", "maxdIdt": coil.didt_max}]}))
+    return path
+
+
+def test_cli_takes_simnibs_ccd_and_tcd_coils(sigma_file, tmp_path):
     ccd = _figure8_as_ccd(tmp_path / "figure8_dipoles.ccd", cell_mm=2.0)
-    for name, coil_arg in (("wire", "figure8_70mm"), ("ccd", str(ccd))):
+    tcd = _figure8_as_tcd(tmp_path / "figure8_lines.tcd")
+    for name, coil_arg in (("wire", "figure8_70mm"), ("ccd", str(ccd)), ("tcd", str(tcd))):
         assert main(_cli_args(sigma_file, tmp_path / name, "--coil", coil_arg, "--primary-field", "direct")) == 0
-    wire, dipoles = (json.loads((tmp_path / name / "efield.json").read_text()) for name in ("wire", "ccd"))
+    wire, dipoles, lines = (json.loads((tmp_path / name / "efield.json").read_text())
+                            for name in ("wire", "ccd", "tcd"))
     assert dipoles["coil"] == {**dipoles["coil"], "name": "figure8_dipoles", "file": str(ccd)}
-    assert dipoles["didt_a_per_s"] == wire["didt_a_per_s"] == 1e8  # from the file's dIdtmax (A/us)
+    assert lines["coil"] == {**lines["coil"], "name": "figure8_lines", "file": str(tcd)}
+    assert dipoles["didt_a_per_s"] == lines["didt_a_per_s"] == wire["didt_a_per_s"] == 1e8  # dIdtmax A/us, maxdIdt A/s
     assert dipoles["stats"]["head"]["p99"] == pytest.approx(wire["stats"]["head"]["p99"], rel=0.01)
+    assert lines["stats"]["head"]["p99"] == pytest.approx(wire["stats"]["head"]["p99"], rel=1e-6)  # the same wires
 
 
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):

@@ -724,3 +724,19 @@ def test_dipole_coil_model_shows_its_dipoles(mrml_scene, tmp_path):
     wire, _ = logic.updateCoilModel(logic.coilNames()[0], pose, None, model, transform)  # another coil: redrawn
     assert wire.GetPolyData().GetNumberOfVerts() == 0
     assert wire.GetPolyData().GetNumberOfLines() == 2
+
+
+def test_a_simnibs_tcd_coil_shows_its_wires_and_dipoles(mrml_scene, tmp_path):
+    from CondNetLogic.coil import coil_pose
+
+    lines = {"stimulator": 0, "type": 2, "points": [[0, 0, 0], [10, 0, 0]], "values": [[10, 0, 0], [10, 0, 0]]}
+    dipole = {"stimulator": 0, "type": 1, "points": [[0, 20, -3]], "values": [[0, 0, 1e-4]]}
+    path = tmp_path / "both.tcd"
+    path.write_text(json.dumps({"coilElementList": [lines, dipole], "stimulatorList": [{"maxdIdt": 1e8}]}))
+    logic = CondNetSlicerLogic(mrml_scene)
+    pose = coil_pose(np.array([0.0, 0.0, 90.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]))
+    model, _ = logic.updateCoilModel(str(path), pose)
+    polyData = model.GetPolyData()
+    assert (polyData.GetNumberOfLines(), polyData.GetNumberOfVerts(), polyData.GetNumberOfPoints()) == (1, 1, 4)
+    np.testing.assert_allclose(polyData.GetPoint(0), [-5.0, 0.0, 0.0])  # the first element's start: p - dl / 2
+    np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 20.0, -3.0])

@@ -1,0 +1,280 @@
+"""SimNIBS coil files as coil dictionaries: ``.ccd`` dipole files and ``.tcd`` coil definition files.
+
+Both readers return the dictionary of a coil JSON file (``Resources/coils/coil.schema.json``) without its
+``format_version``; :class:`CondNetLogic.coil.Coil` builds the coil.  Frames and units follow SimNIBS's own
+readers (``TmsCoil.from_ccd`` and ``TmsCoil.from_tcd``), whose coil frame is ours (``+z`` into the head,
+``+y`` the handle).
+
+``.ccd``
+    A header line ``# description;key=value;...`` (``dIdtmax`` in A/us), the number of dipoles, then
+    ``x y z mx my mz`` per dipole: positions in m, moments in m^2 (A m^2 per ampere of coil current).
+``.tcd``
+    JSON.  ``coilElementList`` holds the stimulating elements, each driven by one entry of
+    ``stimulatorList`` (``maxdIdt`` in A/s):
+
+    * type 1, magnetic dipoles: ``points`` (mm) and ``values`` (moments, A m^2 per ampere);
+    * type 2, line elements: ``points`` (segment midpoints, mm) and ``values`` (the segment vector ``dl``,
+      mm).  SimNIBS samples each element at its midpoint (``A = 1e-7 sum dl / |r - p|``); here each becomes
+      the straight wire from ``p - dl/2`` to ``p + dl/2``, integrated exactly, and consecutive segments that
+      meet are joined into polylines.  The two agree to ``O((|dl| / r)^2)``.
+    * type 3, an A-field sampled on a grid: not read (refused with a message).
+
+    Arrays are lists of ``[x, y, z]`` or base64 strings of little-endian float64 triples, zlib-compressed
+    (SimNIBS 4.5) or not (SimNIBS 4.1).  An element's ``deformations`` (translations along ``x``/``y``/``z``
+    in mm, rotations ``rot2p`` in degrees about the axis from ``point1`` to ``point2``, right-handed) are
+    applied at their initial values, in the listed order, as SimNIBS places a coil before optimisation.
+    Casings and coil models (shapes for display and optimisation) are ignored.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_ccd", "read_tcd"]
+
+#: Two segment ends closer than this (mm) are the same vertex of a polyline.
+_JOIN_TOL_MM = 1e-6
+
+_TCD_TYPES = {1: "magnetic dipoles", 2: "line elements", 3: "a sampled A-field grid"}
+
+
+def _ccd_header(line: str) -> tuple:
+    """``(description, {key: value})`` of a ``.ccd`` file's first line: ``# text;key=value;key=value``.
+
+    Every ``key=value`` counts, the first part's too (older files start with one); a first part without ``=``
+    is the description.
+    """
+    parts = [part.strip() for part in line.strip().lstrip("#").split(";")]
+    description = parts[0] if "=" not in parts[0] else ""
+    fields = {}
+    for part in parts:
+        match = re.fullmatch(r"(\w+)\s*=\s*(.*)", part)
+        if match:
+            fields[match.group(1)] = match.group(2).strip()
+    return description, fields
+
+
+def read_ccd(path: Path) -> dict:
+    """A SimNIBS ``.ccd`` dipole coil file as a coil dictionary (positions m -> mm, ``dIdtmax`` A/us -> A/s).
+
+    Raises
+    ------
+    ValueError
+        If the file is not text, is truncated (fewer dipoles than announced), has rows that are not 6 numbers,
+        or gives no positive ``dIdtmax``.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Notepad) is dropped
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from err
+    if len(lines) < 3:
+        raise ValueError(f"{path}: a .ccd file has a header line, the number of dipoles and one line per dipole; "
+                         f"this one has {len(lines)} lines")
+    description, fields = _ccd_header(lines[0])
+    try:
+        count = int(lines[1].split()[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"{path}: line 2 must give the number of dipoles; got {lines[1]!r}") from None
+    if count < 1:
+        raise ValueError(f"{path}: line 2 announces {count} dipoles; a coil needs at least one")
+    rows = []
+    for number, line in enumerate(lines[2:], start=3):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            row = [float(value) for value in text.split()]
+        except ValueError:
+            row = []
+        if len(row) != 6:
+            raise ValueError(f"{path}, line {number}: expected 6 numbers (x y z in m, mx my mz in m^2); "
+                             f"got {line!r}")
+        rows.append(row)
+    if len(rows) != count:
+        raise ValueError(f"{path}: line 2 announces {count} dipoles but the file holds {len(rows)} "
+                         "(truncated or edited file?)")
+    if "dIdtmax" not in fields:
+        raise ValueError(f"{path}: the first line gives no dIdtmax (the stimulator's maximum dI/dt, A/us); "
+                         "add one, e.g. ';dIdtmax=100.0'")
+    try:
+        didt_max = float(fields["dIdtmax"]) * 1e6
+    except ValueError:
+        didt_max = float("nan")
+    if not (np.isfinite(didt_max) and didt_max > 0):
+        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a positive number (A/us)")
+    data = np.asarray(rows, dtype=float)
+    label = " ".join(fields[key] for key in ("brand", "coilname") if fields.get(key) not in (None, "", "none"))
+    return {
+        "name": path.stem,
+        "description": "; ".join(text for text in (label, description) if text) or f"Dipole coil from {path.name}",
+        "notes": [f"Imported from the SimNIBS coil file {path.name} ({count} dipoles; positions m -> mm, "
+                  "moments in m^2 per A of coil current; dIdtmax A/us -> A/s)."],
+        "didt_max_a_per_s": didt_max,
+        "winding": {
+            "type": "dipoles", "positions_mm": (data[:, :3] * 1e3).tolist(), "moments_m2": data[:, 3:].tolist()
+        },
+    }
+
+
+def _tcd_vectors(value, where: str) -> np.ndarray:
+    """A ``.tcd`` array of 3-vectors (a list, or base64 of float64 triples, zlib-compressed or not) as (N, 3)."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error as err:
+            raise ValueError(f"{where}: not valid base64 ({err})") from None
+        try:
+            raw = zlib.decompress(raw)
+        except zlib.error:
+            pass  # SimNIBS 4.1 wrote the float64 bytes uncompressed
+        if len(raw) == 0 or len(raw) % 24:
+            raise ValueError(f"{where}: {len(raw)} bytes are not float64 [x, y, z] triples (truncated file?)")
+        array = np.frombuffer(raw, dtype="<f8").reshape(-1, 3).astype(float)
+    else:
+        try:
+            array = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a list of [x, y, z] numbers") from None
+        if array.ndim != 2 or array.shape[1] != 3 or len(array) == 0:
+            raise ValueError(f"{where}: expected a non-empty list of [x, y, z] numbers; got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{where}: holds non-finite numbers")
+    return array
+
+
+def _rotation_deg(axis: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Right-handed rotation matrix (3, 3) by ``angle_deg`` about the unit vector ``axis`` (Rodrigues)."""
+    x, y, z = axis
+    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    angle = np.deg2rad(angle_deg)
+    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
+
+
+def _deformation(coil: dict, index: int) -> np.ndarray:
+    """The 4x4 matrix (mm) of ``deformList[index]`` at its initial value."""
+    deforms = coil.get("deformList", [])
+    if not isinstance(index, int) or not 0 <= index < len(deforms):
+        raise ValueError(f"deformation {index!r} is not in deformList ({len(deforms)} entries)")
+    deform, where = deforms[index], f"deformList[{index}]"
+    if "deformRange" in deform:  # SimNIBS 4.5: the value lives in deformRangeList
+        ranges, which = coil.get("deformRangeList", []), deform["deformRange"]
+        if not isinstance(which, int) or not 0 <= which < len(ranges):
+            raise ValueError(f"{where}: deformRange {which!r} is not in deformRangeList ({len(ranges)} entries)")
+        value = ranges[which].get("initial")
+    else:
+        value = deform.get("initial")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"{where}: no numeric initial value; got {value!r}")
+    matrix = np.eye(4)
+    kind = deform.get("type")
+    if kind in ("x", "y", "z"):
+        matrix["xyz".index(kind), 3] = value
+    elif kind == "rot2p":
+        try:
+            start, end = (np.asarray(deform[key], dtype=float).reshape(3) for key in ("point1", "point2"))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: a rot2p rotation needs point1 and point2 as [x, y, z] (mm)") from None
+        length = np.linalg.norm(end - start)
+        if not np.isfinite(length) or length == 0.0:
+            raise ValueError(f"{where}: point1 and point2 must be two different finite points")
+        rotation = _rotation_deg((end - start) / length, value)
+        matrix[:3, :3] = rotation
+        matrix[:3, 3] = start - rotation @ start
+    else:
+        raise ValueError(f"{where}: unknown deformation type {kind!r}; expected 'x', 'y', 'z' or 'rot2p'")
+    return matrix
+
+
+def _polylines(starts: np.ndarray, ends: np.ndarray) -> list:
+    """Segments (start, end) joined into polylines wherever one ends where the next starts."""
+    breaks = np.flatnonzero(np.linalg.norm(starts[1:] - ends[:-1], axis=1) > _JOIN_TOL_MM) + 1
+    return [np.vstack([starts[run[0]], ends[run]]) for run in np.split(np.arange(len(starts)), breaks)]
+
+
+def read_tcd(path: Path) -> dict:
+    """A SimNIBS ``.tcd`` coil definition file as a coil dictionary (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        If the file is not JSON, holds a sampled A-field element, drives its elements from more than one
+        stimulator, gives no positive ``maxdIdt``, or has malformed arrays, indices or deformations.
+    """
+    try:
+        coil = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON coil definition file ({err})") from err
+    elements = coil.get("coilElementList") if isinstance(coil, dict) else None
+    if not isinstance(elements, list) or not elements or not all(isinstance(item, dict) for item in elements):
+        raise ValueError(f"{path}: a .tcd file needs a non-empty coilElementList of stimulating elements")
+    stimulators = coil.get("stimulatorList", [])
+    if not isinstance(stimulators, list):
+        raise ValueError(f"{path}: stimulatorList must be a list of stimulators")
+    polylines, positions, moments, used = [], [], [], set()
+    counts = {1: 0, 2: 0}
+    for number, element in enumerate(elements):
+        where = f"coilElementList[{number}]" + (f" ({element['name']})" if element.get("name") else "")
+        kind = element.get("type")
+        if kind == 3:
+            raise ValueError(f"{path}: {where} is {_TCD_TYPES[3]} (type 3), which is not read: CondNet evaluates "
+                             "wires and dipoles exactly; use the coil's line-element or dipole model (.tcd or .ccd)")
+        if kind not in (1, 2):
+            raise ValueError(f"{path}: {where} has type {kind!r}; expected 1 (dipoles), 2 (line elements) or 3")
+        stimulator = element.get("stimulator")
+        if not isinstance(stimulator, int) or not 0 <= stimulator < len(stimulators):
+            raise ValueError(f"{path}: {where}: stimulator {stimulator!r} is not in stimulatorList "
+                             f"({len(stimulators)} entries)")
+        used.add(stimulator)
+        try:
+            points = _tcd_vectors(element.get("points"), f"{where}/points")
+            values = _tcd_vectors(element.get("values"), f"{where}/values")
+            matrix = np.eye(4)
+            for index in element.get("deformations", []):
+                matrix = _deformation(coil, index) @ matrix
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        if len(points) != len(values):
+            raise ValueError(f"{path}: {where} has {len(points)} points but {len(values)} values")
+        points = points @ matrix[:3, :3].T + matrix[:3, 3]
+        values = values @ matrix[:3, :3].T  # moments and segment vectors turn with the element
+        counts[kind] += len(points)
+        if kind == 1:
+            positions.append(points)
+            moments.append(values)
+            continue
+        lengths = np.linalg.norm(values, axis=1)
+        if np.any(lengths == 0.0):
+            raise ValueError(f"{path}: {where} has a line element of zero length "
+                             f"(index {int(np.flatnonzero(lengths == 0.0)[0])})")
+        polylines += _polylines(points - 0.5 * values, points + 0.5 * values)
+    if len(used) > 1:
+        raise ValueError(f"{path}: the elements are driven by {len(used)} stimulators ({sorted(used)}); CondNet "
+                         "takes one dI/dt per coil: split the file into one coil per stimulator")
+    stimulator = stimulators[used.pop()]
+    didt_max = stimulator.get("maxdIdt") if isinstance(stimulator, dict) else None
+    if isinstance(didt_max, bool) or not isinstance(didt_max, (int, float)) or not (
+            np.isfinite(didt_max) and didt_max > 0):
+        raise ValueError(f"{path}: the stimulator gives no positive maxdIdt (A/s); got {didt_max!r}: add one, "
+                         "e.g. \"maxdIdt\": 1.4e8")
+    label = " ".join(str(coil[key]) for key in ("brand", "name", "version") if coil.get(key))
+    winding = {"type": "polylines" if not positions else "dipoles" if not polylines else "mixed"}
+    if polylines:
+        winding["polylines_mm"] = [line.tolist() for line in polylines]
+    if positions:
+        winding["positions_mm"] = np.concatenate(positions).tolist()
+        winding["moments_m2"] = np.concatenate(moments).tolist()
+    return {
+        "name": path.stem,
+        "description": label or f"Coil from {path.name}",
+        "notes": [f"Imported from the SimNIBS coil file {path.name} ({counts[2]} line elements as "
+                  f"{len(polylines)} polylines, {counts[1]} dipoles; deformations at their initial values; "
+                  "maxdIdt in A/s)."],
+        "didt_max_a_per_s": float(didt_max),
+        "winding": winding,
+    }
