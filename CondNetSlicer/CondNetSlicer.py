@@ -230,10 +230,30 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        self._updateCoilList()
         self.initializeParameterNode()
 
     def exit(self) -> None:
         self.setParameterNode(None)
+
+    def _updateCoilList(self) -> None:
+        """List the coil files as they are now: one added to or removed from the user coil folder shows on entering.
+
+        The shown coil stays, and no coil change reaches the parameter node (signals are blocked); a coil whose file
+        was removed is reported by ``_onParameterNodeModified``.
+        """
+        combo = self.ui.coilComboBox
+        names = self.logic.coilNames()
+        if names == [combo.itemText(index) for index in range(combo.count)]:
+            return
+        current = combo.currentText
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            combo.addItems(names)
+            combo.setCurrentIndex(combo.findText(current))
+        finally:
+            combo.blockSignals(wasBlocked)
 
     def onSceneStartClose(self, caller, event) -> None:
         # Work on the closing scene's nodes stops: an in-process solve at its next iteration (nothing is added),

@@ -71,6 +71,8 @@ class Signal:
             LOG["unknown_attrs"].append(f"disconnect of a slot that is not connected to {self.name}")
 
     def emit(self, *args):
+        if getattr(self.owner, "_signalsBlocked", False):
+            return
         for slot in list(self.slots):
             callSlot(slot, args, f"{getattr(self.owner, 'name', '?')}.{self.name}")
 
@@ -153,7 +155,8 @@ class QObject:
         return type(self).__name__
 
     def blockSignals(self, block):
-        return False
+        was, self._signalsBlocked = getattr(self, "_signalsBlocked", False), bool(block)
+        return was
 
     def deleteLater(self):
         pass

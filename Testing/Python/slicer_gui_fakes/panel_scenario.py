@@ -532,8 +532,13 @@ def leaveAndEnter():
         w, ui = P.widget, P.widget.ui
         before = params()
         outputs = (before.conductivityVolume, before.eMagnitudeVolume, before.coilMarkup)
+        coil, coils = before.coilName, [ui.coilComboBox.itemText(i) for i in range(ui.coilComboBox.count)]
         P.parent.isEntered = False
         w.exit()
+        ownCoils = P.work / "own_coils"  # a coil file dropped into the user coil folder while the module is hidden
+        ownCoils.mkdir()
+        (ownCoils / "aaa_dropped.ccd").write_text("# dropped;dIdtmax=100\n1\n0 0 -0.01 0 0 1e-4\n")
+        os.environ["CONDNET_COIL_DIR"] = str(ownCoils)
         check(w._parameterNode is None, "exit() kept the parameter node")
         ui.didtSpinBox.value = 50.0  # edited while the module is not shown: must not reach the parameter node
         module = sys.modules["CondNetSlicer"]
@@ -545,6 +550,15 @@ def leaveAndEnter():
         shown = (p.conductivityVolume, p.eMagnitudeVolume, p.coilMarkup)
         check(all(a is b for a, b in zip(shown, outputs)), "enter() lost the results")
         check(ui.didtSpinBox.value == 100.0, f"enter() did not show didtAPerUs ({ui.didtSpinBox.value})")
+        shownCoils = [ui.coilComboBox.itemText(i) for i in range(ui.coilComboBox.count)]
+        check(shownCoils == sorted(coils + ["aaa_dropped"]), f"the coil list on entering is {shownCoils}")
+        check(p.coilName == ui.coilComboBox.currentText == coil,
+              f"refreshing the coil list changed the coil from {coil!r} to {p.coilName!r}")
+        (ownCoils / "aaa_dropped.ccd").unlink()  # and removed again
+        w.exit()
+        w.enter()
+        shownCoils = [ui.coilComboBox.itemText(i) for i in range(ui.coilComboBox.count)]
+        check(shownCoils == coils and params().coilName == coil, f"after removing the file the list is {shownCoils}")
         check(ui.conductivitySelector.currentNode() is p.conductivityVolume, "the conductivity selector is stale")
         check(abs(p.handleAngleDeg - w.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume)) < 1e-3,
               "the handle angle shown on entry is not the coil's")
