@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -158,7 +158,8 @@ def _polylines_from_winding(winding: dict) -> list:
             if not isinstance(line, list) or len(line) < 2:
                 raise ValueError(f"invalid coil description at winding/polylines_mm/{index}: a polyline needs at "
                                  "least 2 vertices")
-            polylines.append(line := _vectors(line, f"polylines_mm/{index}"))
+            line = _vectors(line, f"polylines_mm/{index}")
+            polylines.append(line)
             if not np.all(np.isfinite(line)):
                 raise ValueError(f"polyline {index} holds non-finite coordinates")
             if np.any(np.linalg.norm(np.diff(line, axis=0), axis=1) == 0.0):
@@ -338,7 +339,7 @@ class Coil:
         return cls._from_simnibs(path, read_tcd)
 
     @classmethod
-    def _from_simnibs(cls, path: Union[str, os.PathLike], reader) -> Coil:
+    def _from_simnibs(cls, path: Union[str, os.PathLike], reader: Callable[[Path], dict]) -> Coil:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"coil file {path} does not exist")

@@ -234,8 +234,11 @@ def read_tcd(path: Path) -> dict:
         try:
             points = _tcd_vectors(element.get("points"), f"{where}/points")
             values = _tcd_vectors(element.get("values"), f"{where}/values")
+            deformations = element.get("deformations", [])
+            if not isinstance(deformations, list):
+                raise ValueError(f"{where}/deformations: expected a list of indices into deformList")
             matrix = np.eye(4)
-            for index in element.get("deformations", []):
+            for index in deformations:
                 matrix = _deformation(coil, index) @ matrix
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None

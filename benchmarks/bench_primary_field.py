@@ -5,9 +5,10 @@ script that prints the numbers with the machine and versions::
 
     python benchmarks/bench_primary_field.py            # 256^3, 1 mm, default 2 mm grid
     python benchmarks/bench_primary_field.py --size 128 --grid-spacing 3
+    python benchmarks/bench_primary_field.py --coil my_coil.ccd    # any coil name or file (.json, .ccd, .tcd)
 
 The head is an ellipsoid (semi-axes 75/95/90 mm, about 2.7 million voxels at 1 mm) filling a 256 mm box;
-the figure-8 coil (1154 segments) sits 4 mm above its vertex, tilted.  What is timed:
+the coil (default: the shipped figure-8, 1154 segments) sits 4 mm above its vertex, tilted.  What is timed:
 
 * ``time_grid_faces``: ``dadt_faces`` on every head face by resampling a prebuilt coil-frame grid — the
   cost of a coil move in the Slicer module (target <= 1 s on the CPU);
@@ -62,9 +63,10 @@ class PrimaryFieldSuite:
     params = ([256], [2.0])
     param_names = ["size", "grid_spacing_mm"]
     timeout = 1800
+    coil_name = "figure8_70mm"
 
     def setup(self, size, grid_spacing_mm):
-        self.coil = load_coil("figure8_70mm")
+        self.coil = load_coil(self.coil_name)
         self.mask, self.volume = head_box(size)
         self.pose = coil_move_pose()
         start = time.perf_counter()
@@ -116,8 +118,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="head box edge in 1 mm voxels")
     parser.add_argument("--grid-spacing", type=float, default=2.0, help="coil grid spacing, mm")
     parser.add_argument("--repeat", type=int, default=3, help="timed coil moves (best is reported)")
+    parser.add_argument("--coil", default=PrimaryFieldSuite.coil_name, help="coil name or coil file")
     args = parser.parse_args()
     suite = PrimaryFieldSuite()
+    suite.coil_name = args.coil
     suite.setup(args.size, args.grid_spacing)
     moves = []
     for _ in range(args.repeat):
@@ -132,7 +136,9 @@ def main() -> None:
         "size": args.size,
         "head_voxels": int(suite.mask.sum()),
         "head_faces": suite.n_faces,
+        "coil": suite.coil.name,
         "coil_segments": int(suite.coil.segments_mm().shape[0]),
+        "coil_dipoles": len(suite.coil.dipole_positions_mm),
         "grid": {"spacing_mm": args.grid_spacing, "shape": list(suite.grid.shape),
                  "build_s": suite.grid_build_s},
         "coil_move_grid_s": {"best": min(moves), "all": moves},

@@ -151,6 +151,7 @@ def _valid():
         (lambda d: d["coilElementList"][0].update(values=[[0, 0, 1], [0, 0, 1]]), "1 points but 2 values"),
         (lambda d: d["coilElementList"][0].update(type=2, values=[[0, 0, 0]]), "line element of zero length"),
         (lambda d: d["coilElementList"][0].update(deformations=[0]), r"deformation 0 is not in deformList \(0"),
+        (lambda d: d["coilElementList"][0].update(deformations=0), "deformations: expected a list of indices"),
         (lambda d: (d.update(deformList=[{"type": "w", "initial": 1.0}]),
                     d["coilElementList"][0].update(deformations=[0])), "unknown deformation type 'w'"),
         (lambda d: (d.update(deformList=[{"type": "x", "deformRange": 2}]),
