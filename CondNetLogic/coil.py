@@ -56,6 +56,7 @@ __all__ = [
     "figure8_spiral_polylines",
     "list_coils",
     "load_coil",
+    "read_coil_to_ras",
     "user_coil_dir",
 ]
 
@@ -450,6 +451,43 @@ def check_coil_to_ras(coil_to_ras: np.ndarray, *, tol: float = 1e-6) -> np.ndarr
     if abs(det - 1.0) > tol:
         raise ValueError(f"coil_to_ras rotation must have determinant +1 (right-handed); got {det:.6g}")
     return pose
+
+
+def read_coil_to_ras(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Read a coil pose (4x4, coil frame -> RAS, mm) from a file and validate it (:func:`check_coil_to_ras`).
+
+    A text file of 4 rows of 4 numbers (spaces or commas; the Slicer panel exports ``coil_to_ras.txt``), or a
+    JSON file holding the matrix as a list of rows or under ``"coil_to_ras"`` (``condnet efield``'s
+    ``efield.json``) or ``"matsimnibs"`` (SimNIBS's coil pose, which is ``coil_to_ras`` in the head's world
+    coordinates).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it holds no 4x4 matrix of numbers or the matrix is not a rigid pose.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"coil pose file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict):
+                keys = [key for key in ("coil_to_ras", "matsimnibs") if key in data]
+                if not keys:
+                    raise ValueError("a JSON pose file holds the matrix as a list of rows, or under 'coil_to_ras' "
+                                     "or 'matsimnibs'")
+                data = data[keys[0]]
+            pose = np.asarray(data, dtype=float)
+        else:
+            pose = np.asarray([[float(value) for value in line.replace(",", " ").split()]
+                               for line in text.splitlines() if line.split("#", 1)[0].strip()], dtype=float)
+        return check_coil_to_ras(pose)
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a 4x4 coil pose (coil frame -> RAS, mm): {err}") from None
 
 
 def coil_pose(

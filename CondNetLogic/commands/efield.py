@@ -5,7 +5,10 @@ Example::
     condnet efield --conductivity sigma.nii.gz --coil-center -40 -15 70 --coil-direction 0 1 0 --out run1
 
 writes ``run1/efield.nii.gz`` (vector, V/m, RAS components), ``run1/efield_magnitude.nii.gz`` (V/m) and
-``run1/efield.json`` on the conductivity's grid.  Existing outputs are kept unless ``--overwrite``.
+``run1/efield.json`` on the conductivity's grid.  Existing outputs are kept unless ``--overwrite``.  The same pose
+again, or one exported by the Slicer panel (``coil_to_ras.txt``) or taken from SimNIBS (``matsimnibs``)::
+
+    condnet efield --conductivity sigma.nii.gz --coil-matrix run1/efield.json --didt 5e7 --out run2
 """
 from __future__ import annotations
 
@@ -34,11 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="coil name (condnet info lists them), coil JSON or SimNIBS .ccd/.tcd file",
     )
     parser.add_argument(
-        "--coil-center", required=True, nargs=3, type=float, metavar=("R", "A", "S"),
-        help="scalp point under the coil centre, RAS mm",
+        "--coil-center", nargs=3, type=float, metavar=("R", "A", "S"),
+        help="scalp point under the coil centre, RAS mm (with --coil-direction, or give --coil-matrix)",
     )
     parser.add_argument(
-        "--coil-direction", required=True, nargs=3, type=float, metavar=("R", "A", "S"),
+        "--coil-direction", nargs=3, type=float, metavar=("R", "A", "S"),
         help="handle direction (coil +y), RAS; made orthogonal to the normal",
     )
     parser.add_argument(
@@ -46,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="coil normal pointing into the head, RAS (default: the scalp's inward normal at --coil-center, or the "
              "direction towards the head centre when the point is not on the scalp)",
     )
-    parser.add_argument("--scalp-offset", type=float, default=4.0, help="scalp to winding plane, mm (default 4)")
+    parser.add_argument("--scalp-offset", type=float, help="scalp to winding plane, mm (default 4)")
+    parser.add_argument(
+        "--coil-matrix", type=Path, metavar="FILE",
+        help="the whole coil pose instead of --coil-center/--coil-direction: a 4x4 coil frame -> RAS matrix (mm) "
+             "as text (the Slicer panel's coil_to_ras.txt), or JSON (an efield.json, or SimNIBS's matsimnibs)",
+    )
     strength = parser.add_mutually_exclusive_group()
     strength.add_argument("--didt", type=float, help="current slope dI/dt, A/s (default: the coil's maximum output)")
     strength.add_argument(
@@ -123,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__
-    from ..coil import coil_file, coil_pose, load_coil
+    from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, coil_pose, load_coil, read_coil_to_ras
     from ..efield import EFieldSimulation, check_wire_outside, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
@@ -133,16 +141,30 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
         logger.warning("--dtype float32 reaches a true relative residual of about %g at best; --tol %g is tighter "
                        "than that (use float64 for a tighter solve)", FLOAT32_TOL_FLOOR, args.tol)
+    pose_flags = {"--coil-center": args.coil_center, "--coil-direction": args.coil_direction,
+                  "--normal": args.normal, "--scalp-offset": args.scalp_offset}
+    if args.coil_matrix is not None and any(value is not None for value in pose_flags.values()):
+        given = ", ".join(flag for flag, value in pose_flags.items() if value is not None)
+        raise ValueError(f"--coil-matrix is the whole coil pose: drop {given}")
+    if args.coil_matrix is None and (args.coil_center is None or args.coil_direction is None):
+        raise ValueError("give the coil pose: --coil-center and --coil-direction, or --coil-matrix FILE")
     outputs = [args.out / name for name in OUTPUT_NAMES]
     check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
+    matrix = None if args.coil_matrix is None else read_coil_to_ras(args.coil_matrix)  # a bad file fails fast
     path = coil_file(args.coil)
     coil = load_coil(path)
     didt = stimulus_didt(coil, args.didt, args.mso)
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
-    center = np.asarray(args.coil_center, dtype=float)
-    normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
-    pose = coil_pose(center, normal, args.coil_direction, scalp_offset_mm=args.scalp_offset)
+    if matrix is not None:
+        pose = matrix
+        placement = {"coil_matrix_file": str(args.coil_matrix)}
+    else:
+        center = np.asarray(args.coil_center, dtype=float)
+        normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
+        offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
+        pose = coil_pose(center, normal, args.coil_direction, scalp_offset_mm=offset)
+        placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
     check_wire_outside(coil, pose, conducting)  # before the solver is built
     with ProgressBar("efield") as bar:
         grid = None
@@ -170,10 +192,9 @@ def run(args: argparse.Namespace) -> int:
         "conductivity": {"path": str(args.conductivity), "sha256": file_sha256(args.conductivity)},
         "coil": {"name": coil.name, "file": str(path), "file_sha256": file_sha256(path), "sha256": coil.sha256},
         "coil_to_ras": pose.tolist(),
-        "coil_center_scalp_ras_mm": center.tolist(),
-        "normal_into_head_ras": (normal / np.linalg.norm(normal)).tolist(),
-        "handle_direction_ras": list(args.coil_direction),
-        "scalp_offset_mm": args.scalp_offset,
+        **placement,
+        "normal_into_head_ras": pose[:3, 2].tolist(),
+        "handle_direction_ras": pose[:3, 1].tolist(),
         "didt_a_per_s": didt,
         "didt_percent_of_coil_max": 100.0 * didt / coil.didt_max,
         "solver": {

@@ -14,6 +14,7 @@ from CondNetLogic.coil import (
     figure8_spiral_polylines,
     list_coils,
     load_coil,
+    read_coil_to_ras,
 )
 from CondNetLogic.primary_field import dadt_at_points
 
@@ -344,3 +345,41 @@ def _with_rotation(rotation):
 def test_check_coil_to_ras_rejects(pose, match):
     with pytest.raises(ValueError, match=match):
         check_coil_to_ras(pose)
+
+
+def test_coil_pose_files_are_read_as_text_or_json(tmp_path):
+    pose = coil_pose([10.0, -20.0, 70.0], [0.2, 0.1, -1.0], [0.0, 1.0, 0.3])
+    text = tmp_path / "coil_to_ras.txt"
+    np.savetxt(text, pose)  # as the Slicer panel exports it
+    commas = tmp_path / "pose.csv"
+    lines = [",".join(repr(float(value)) for value in row) for row in pose]
+    commas.write_text("# coil frame -> RAS, mm\n" + "\n".join(lines) + "\n")
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(pose.tolist()))
+    sidecar = tmp_path / "efield.json"
+    sidecar.write_text(json.dumps({"coil_to_ras": pose.tolist(), "didt_a_per_s": 1e8}))
+    simnibs = tmp_path / "simnibs.json"
+    simnibs.write_text(json.dumps({"matsimnibs": pose.tolist()}))
+    for path in (text, commas, rows, sidecar, simnibs):
+        np.testing.assert_allclose(read_coil_to_ras(path), pose, atol=1e-15, err_msg=str(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "match"),
+    [
+        ("1 0 0 0\n0 1 0 0\n0 0 1 0\n", "short.txt", "4x4 matrix; got shape \\(3, 4\\)"),
+        ("1 0 0 0\n0 1 0 0\n0 0 1 x\n0 0 0 1\n", "word.txt", "could not convert"),
+        ("1 0 0 0\n0 1 0 0\n0 0 -1 0\n0 0 0 1\n", "mirror.txt", "determinant"),
+        ("1 0 0 0\n0 1 0\n0 0 1 0\n0 0 0 1\n", "ragged.txt", "not a 4x4 coil pose"),
+        ('{"pose": [[1, 0, 0, 0]]}', "other.json", "under 'coil_to_ras' or 'matsimnibs'"),
+        ('{"coil_to_ras": [[1, 0, 0, 0]', "cut.json", "not a 4x4 coil pose"),
+    ],
+)
+def test_bad_coil_pose_files_raise(tmp_path, content, name, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as raised:
+        read_coil_to_ras(path)
+    assert str(path) in str(raised.value)
+    with pytest.raises(FileNotFoundError):
+        read_coil_to_ras(tmp_path / "missing.txt")

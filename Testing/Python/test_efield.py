@@ -417,6 +417,34 @@ def test_cli_takes_simnibs_ccd_and_tcd_coils(sigma_file, tmp_path):
     assert lines["stats"]["head"]["p99"] == pytest.approx(wire["stats"]["head"]["p99"], rel=1e-6)  # the same wires
 
 
+def test_cli_reruns_a_pose_from_a_coil_matrix_file(sigma_file, tmp_path, capsys):
+    coarse = ["--primary-field", "direct", "--tol", "1e-8"]
+    assert main(_cli_args(sigma_file, tmp_path / "first", *coarse)) == 0
+    first = json.loads((tmp_path / "first" / "efield.json").read_text())
+    np.savetxt(tmp_path / "coil_to_ras.txt", np.array(first["coil_to_ras"]))  # as the Slicer panel exports it
+    for name, source in (("json", tmp_path / "first" / "efield.json"), ("text", tmp_path / "coil_to_ras.txt")):
+        args = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / name), "--device", "cpu",
+                "--coil-matrix", str(source), *coarse]
+        assert main(args) == 0
+        again = json.loads((tmp_path / name / "efield.json").read_text())
+        assert again["coil_to_ras"] == first["coil_to_ras"]
+        assert again["coil_matrix_file"] == str(source)
+        assert "coil_center_scalp_ras_mm" not in again
+        np.testing.assert_array_equal(read_volume(tmp_path / name / "efield.nii.gz", allow_vector=True).array,
+                                      read_volume(tmp_path / "first" / "efield.nii.gz", allow_vector=True).array)
+    np.testing.assert_allclose(first["handle_direction_ras"], [0.0, 1.0, 0.0], atol=1e-12)
+    assert first["scalp_offset_mm"] == 4.0
+    capsys.readouterr()
+    matrix = ["--coil-matrix", str(tmp_path / "coil_to_ras.txt")]
+    assert main(_cli_args(sigma_file, tmp_path / "both", *matrix)) == 2
+    assert "--coil-matrix is the whole coil pose: drop --coil-center, --coil-direction" in capsys.readouterr().err
+    bare = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "none")]
+    assert main(bare) == 2
+    assert "give the coil pose: --coil-center and --coil-direction, or --coil-matrix FILE" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    assert not (tmp_path / "both").exists()
+
+
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):
     coarse = ["--primary-field", "direct", "--tol", "1e-3"]
     assert main(_cli_args(sigma_file, tmp_path / "half", "--mso", "50", *coarse)) == 0
