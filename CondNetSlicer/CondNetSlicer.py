@@ -189,6 +189,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingCoil = False
         self._coilMovedWhileBusy = False
         self._reportedMissingCoil = ""
+        self._coilMaxDidt = {}  # coil name -> maximum dI/dt (A/us) or None (unreadable); emptied on entering
 
     def resourcePath(self, filename: str) -> str:
         # The shared Resources/ folder sits beside this module's folder, not inside it (see CMakeLists.txt).
@@ -213,6 +214,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.estimateButton.connect("clicked(bool)", self.onEstimateButton)
         self.ui.showUncertaintyButton.connect("clicked(bool)", self.onShowUncertaintyButton)
         self.ui.coilComboBox.connect("currentTextChanged(QString)", self.onCoilChanged)
+        self.ui.msoSpinBox.connect("valueChanged(double)", self.onMsoChanged)
         self.ui.placeCoilButton.connect("clicked(bool)", self.onPlaceCoilButton)
         self.ui.snapCoilButton.connect("clicked(bool)", self.onSnapCoilButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
@@ -230,6 +232,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        self._coilMaxDidt.clear()  # coil files may have been edited meanwhile
         self._updateCoilList()
         self.initializeParameterNode()
 
@@ -314,6 +317,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
         idle = not self._busy
         self.ui.customTablePathLineEdit.enabled = p.conductivitySet == "custom"
+        self._showOutputPercent(p, coilInstalled)
         self.ui.estimateButton.enabled = idle and bool(p.t1Volume)
         self.ui.showUncertaintyButton.enabled = idle and bool(p.uncertaintyVolume)
         self.ui.placeCoilButton.enabled = idle and bool(p.conductivityVolume)
@@ -361,6 +365,32 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if placed and p.conductivityVolume and not self._busy:
                 with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
                     self._updateCoilModel()
+
+    def _coilMaxDidtAPerUs(self, name: str) -> Optional[float]:
+        """The coil's dI/dt at maximum stimulator output (A/us), or None when its file cannot be read."""
+        if name not in self._coilMaxDidt:
+            try:
+                self._coilMaxDidt[name] = self.logic.coilMaxDidt(name) / 1e6
+            except (ValueError, OSError):  # reported when the E-field is computed with it
+                self._coilMaxDidt[name] = None
+        return self._coilMaxDidt[name]
+
+    def _showOutputPercent(self, p, coilInstalled: bool) -> None:
+        """The output box shows dI/dt as a percentage of the coil's maximum; without a readable coil it is disabled."""
+        maxDidt = self._coilMaxDidtAPerUs(p.coilName) if coilInstalled else None
+        box = self.ui.msoSpinBox
+        box.enabled = maxDidt is not None
+        if maxDidt is not None and abs(box.value - 100.0 * p.didtAPerUs / maxDidt) >= 0.05:
+            wasBlocked = box.blockSignals(True)  # showing the percentage must not set dI/dt again
+            box.value = 100.0 * p.didtAPerUs / maxDidt
+            box.blockSignals(wasBlocked)
+
+    def onMsoChanged(self, percent: float) -> None:
+        """Output edited: dI/dt = percent x the coil's maximum (A/us, to the dI/dt box's 0.1 A/us)."""
+        p = self._parameterNode
+        maxDidt = self._coilMaxDidtAPerUs(p.coilName) if p and p.coilName else None
+        if maxDidt is not None:
+            p.didtAPerUs = min(max(round(percent * maxDidt / 100.0, 1), 0.1), 1000.0)
 
     def _log(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)

@@ -484,6 +484,13 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
         return list_coils()
 
+    @staticmethod
+    def coilMaxDidt(name: str) -> float:
+        """dI/dt (A/s) of the coil ``name`` (or coil file) at maximum stimulator output, from its coil file."""
+        from CondNetLogic.coil import load_coil
+
+        return load_coil(name).didt_max
+
     def createCoilMarkup(self, name: str = "CondNet coil"):
         """A single-point fiducial node for the coil: position = scalp point, orientation = coil axes."""
         node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self.scene.GenerateUniqueName(name))

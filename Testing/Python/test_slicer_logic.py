@@ -740,3 +740,12 @@ def test_a_simnibs_tcd_coil_shows_its_wires_and_dipoles(mrml_scene, tmp_path):
     assert (polyData.GetNumberOfLines(), polyData.GetNumberOfVerts(), polyData.GetNumberOfPoints()) == (1, 1, 4)
     np.testing.assert_allclose(polyData.GetPoint(0), [-5.0, 0.0, 0.0])  # the first element's start: p - dl / 2
     np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 20.0, -3.0])
+
+
+def test_coil_max_didt_comes_from_the_coil_file(tmp_path):
+    path = tmp_path / "fast.ccd"
+    path.write_text("# fast;dIdtmax=150\n1\n0 0 -0.01 0 0 1e-4\n")
+    assert CondNetSlicerLogic.coilMaxDidt("figure8_70mm") == 1e8  # A/s
+    assert CondNetSlicerLogic.coilMaxDidt(str(path)) == pytest.approx(1.5e8)
+    with pytest.raises(ValueError, match="no coil file or coil named"):
+        CondNetSlicerLogic.coilMaxDidt("not_a_coil")

@@ -154,6 +154,7 @@ def expectedStates(busy=False):
         "cancelButton visible": busy,
         "progressBar visible": busy,
         "customTablePathLineEdit": p.conductivitySet == "custom",
+        "msoSpinBox": coilInstalled,
     }
 
 
@@ -537,7 +538,7 @@ def leaveAndEnter():
         w.exit()
         ownCoils = P.work / "own_coils"  # a coil file dropped into the user coil folder while the module is hidden
         ownCoils.mkdir()
-        (ownCoils / "aaa_dropped.ccd").write_text("# dropped;dIdtmax=100\n1\n0 0 -0.01 0 0 1e-4\n")
+        (ownCoils / "aaa_dropped.ccd").write_text("# dropped;dIdtmax=150\n1\n0 0 -0.01 0 0 1e-4\n")
         os.environ["CONDNET_COIL_DIR"] = str(ownCoils)
         check(w._parameterNode is None, "exit() kept the parameter node")
         ui.didtSpinBox.value = 50.0  # edited while the module is not shown: must not reach the parameter node
@@ -554,6 +555,17 @@ def leaveAndEnter():
         check(shownCoils == sorted(coils + ["aaa_dropped"]), f"the coil list on entering is {shownCoils}")
         check(p.coilName == ui.coilComboBox.currentText == coil,
               f"refreshing the coil list changed the coil from {coil!r} to {p.coilName!r}")
+        check(ui.msoSpinBox.enabled and ui.msoSpinBox.value == 100.0,  # figure8_70mm: 100 A/us at 100 %
+              f"the output box shows {ui.msoSpinBox.value} % for 100 A/us")
+        ui.coilComboBox.setCurrentText("aaa_dropped")  # its maximum is 150 A/us
+        check(p.coilName == "aaa_dropped" and p.didtAPerUs == 100.0, "choosing another coil changed dI/dt")
+        check(ui.msoSpinBox.value == 66.7, f"100 A/us of a 150 A/us coil is shown as {ui.msoSpinBox.value} %")
+        ui.msoSpinBox.value = 50.0  # the user sets the stimulator output
+        check(p.didtAPerUs == 75.0 and ui.didtSpinBox.value == 75.0, f"50 % of 150 A/us set {p.didtAPerUs} A/us")
+        ui.coilComboBox.setCurrentText(coil)
+        check(p.didtAPerUs == 75.0 and ui.msoSpinBox.value == 75.0, f"back on {coil}: {ui.msoSpinBox.value} %")
+        p.didtAPerUs = 100.0
+        check(ui.msoSpinBox.value == 100.0, f"dI/dt set to 100 A/us shows {ui.msoSpinBox.value} %")
         (ownCoils / "aaa_dropped.ccd").unlink()  # and removed again
         w.exit()
         w.enter()
