@@ -217,6 +217,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.msoSpinBox.connect("valueChanged(double)", self.onMsoChanged)
         self.ui.placeCoilButton.connect("clicked(bool)", self.onPlaceCoilButton)
         self.ui.snapCoilButton.connect("clicked(bool)", self.onSnapCoilButton)
+        self.ui.loadPoseButton.connect("clicked(bool)", self.onLoadPoseButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
@@ -322,6 +323,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showUncertaintyButton.enabled = idle and bool(p.uncertaintyVolume)
         self.ui.placeCoilButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.snapCoilButton.enabled = idle and bool(p.conductivityVolume) and hasPoint
+        self.ui.loadPoseButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.exportButton.enabled = (
@@ -622,6 +624,29 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSnapCoilButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to snap the coil to the scalp."), waitCursor=True):
             self._snapCoil()
+
+    def onLoadPoseButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Coil pose"), _pathText(self._parameterNode.exportFolder),
+            "Coil pose (*.txt *.csv *.json);;All files (*)",
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the saved pose."), waitCursor=True):
+            p = self._parameterNode
+            pose = self.logic.readCoilPose(path)  # a bad file changes nothing
+            markup = self._ensureCoilMarkup()
+            self._updatingCoil = True
+            try:
+                distance = self.logic.placeCoilAtPose(markup, p.conductivityVolume, pose,
+                                                      scalpOffsetMm=p.scalpOffsetMm)
+                angle = round(self.logic.coilHandleAngle(markup, p.conductivityVolume), 6)
+                self._appliedHandleAngle = angle
+                p.handleAngleDeg = angle
+                self._updateCoilModel()
+            finally:
+                self._updatingCoil = False
+            self._log(f"Coil placed at the pose in {path} ({distance:.1f} mm from the scalp).")
 
     def onPresetButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the EEG position."), waitCursor=True):

@@ -46,6 +46,8 @@ TABLE_CHOICES = {"A": ("A",), "B": ("B",), "A+B": ("A", "B"), "custom": ()}
 CONDUCTIVITY_COLORS = ("Viridis", "Rainbow")
 EFIELD_COLORS = ("Inferno", "Iron")
 UNCERTAINTY_COLORS = ("Magma", "Warm1")
+#: A loaded coil pose whose point lies further than this (mm) from the head's scalp is reported.
+POSE_SCALP_TOLERANCE_MM = 5.0
 
 Progress = Optional[Callable[[float, str], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -643,6 +645,37 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
         point, axes = self._markupFrame(markupNode, conductivityNode)
         return coil_pose(point, axes[:, 2], axes[:, 1], scalp_offset_mm=scalpOffsetMm)
+
+    @staticmethod
+    def readCoilPose(path: str) -> np.ndarray:
+        """A saved coil pose (4x4, coil frame -> RAS, mm): an exported ``coil_to_ras.txt``, an ``efield.json`` of
+        ``condnet efield``, or SimNIBS's ``matsimnibs`` (see ``CondNetLogic.coil.read_coil_to_ras``)."""
+        from CondNetLogic.coil import read_coil_to_ras
+
+        return read_coil_to_ras(path)
+
+    def placeCoilAtPose(self, markupNode, conductivityNode, coilToRas, *, scalpOffsetMm: float = 4.0) -> float:
+        """Put the coil markup where ``coilToRas`` (4x4, mm, the conductivity node's local RAS, as exported) puts
+        the coil: its point ``scalpOffsetMm`` from the coil centre along +z, its axes the pose's, so that
+        :meth:`coilToRas` gives the pose back.  The point is not snapped; a point more than
+        ``POSE_SCALP_TOLERANCE_MM`` from this head's scalp is logged (a pose of another head or frame?).
+
+        Returns the distance (mm) from the point to the scalp.
+        """
+        from CondNetLogic.coil import check_coil_to_ras
+
+        self._checkCoilMarkup(markupNode)
+        mask = self._headMask(conductivityNode)
+        pose = check_coil_to_ras(coilToRas)
+        point = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
+        self._setMarkupFrame(markupNode, conductivityNode, point, pose[:3, :3])
+        scalpPoint, _ = geometry.snapToScalp(mask, point)
+        distance = float(np.linalg.norm(scalpPoint - point))
+        if distance > POSE_SCALP_TOLERANCE_MM:
+            self.log(f"The coil pose puts the coil point {distance:.0f} mm from this head's scalp (scalp offset "
+                     f"{scalpOffsetMm:g} mm): is it a pose of another head, or in another frame? Snap the coil to "
+                     "put it on the scalp.")
+        return distance
 
     def landmarkPoints(self, landmarksNode) -> Dict[str, np.ndarray]:
         """``{label: world RAS}`` of a markups node's control points."""

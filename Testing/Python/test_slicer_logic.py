@@ -321,6 +321,33 @@ def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
     assert (OBLIQUE[:3, :3].T @ axes[:, 2])[0] > 0.3
 
 
+def test_a_saved_coil_pose_puts_the_coil_markup_back(mrml_scene, head, tmp_path):
+    """Export's coil_to_ras.txt read back: the markup gives the same pose; a pose off this scalp is logged."""
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    messages = []
+    logic.logCallback = messages.append
+    sigma, landmarks, _ = labelled_head(mrml_scene, head)
+    placed = logic.createCoilMarkup()
+    logic.placeCoilAtPreset(placed, landmarks, sigma, "C4", handleAngleDeg=30.0)
+    pose = logic.coilToRas(placed, sigma, scalpOffsetMm=6.0)
+    np.savetxt(tmp_path / "coil_to_ras.txt", pose)
+    markup = logic.createCoilMarkup("loaded")
+    distance = logic.placeCoilAtPose(markup, sigma, logic.readCoilPose(str(tmp_path / "coil_to_ras.txt")),
+                                     scalpOffsetMm=6.0)
+    np.testing.assert_allclose(logic.coilToRas(markup, sigma, scalpOffsetMm=6.0), pose, atol=1e-9)
+    assert distance < 1.0  # the preset's point was on the scalp
+    assert abs(logic.coilHandleAngle(markup, sigma) - 30.0) < 1e-6
+    assert not messages
+    away = pose.copy()
+    away[:3, 3] -= 20.0 * pose[:3, 2]  # 20 mm further out along the normal
+    assert abs(logic.placeCoilAtPose(markup, sigma, away, scalpOffsetMm=6.0) - 20.0) < 2.0
+    assert "mm from this head's scalp" in messages[-1]
+    with pytest.raises(ValueError, match="determinant"):
+        logic.placeCoilAtPose(markup, sigma, np.diag([1.0, 1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(logic.coilToRas(markup, sigma, scalpOffsetMm=6.0), away, atol=1e-9)  # unchanged
+
+
 def panel_default(field: str):
     """Default value of a CondNetSlicerParameterNode field, read from CondNetSlicer.py (it imports Qt)."""
     import ast

@@ -497,6 +497,19 @@ class QPlainTextEdit(QWidget):
         self.setPlainText("")
 
 
+class QFileDialog(QWidget):
+    """Static dialogs only: ``getOpenFileName`` returns the next of ``answers`` ("" = cancelled), as PythonQt
+    returns a string; each call is recorded in ``calls``."""
+
+    answers = []
+    calls = []
+
+    @staticmethod
+    def getOpenFileName(parent=None, caption="", directory="", filter="", *args):
+        QFileDialog.calls.append((caption, directory, filter))
+        return QFileDialog.answers.pop(0) if QFileDialog.answers else ""
+
+
 class QIcon:
     def __init__(self, path=""):
         self.path = path
