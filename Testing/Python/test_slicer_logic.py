@@ -323,7 +323,6 @@ def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
 
 def test_a_saved_coil_pose_puts_the_coil_markup_back(mrml_scene, head, tmp_path):
     """Export's coil_to_ras.txt read back: the markup gives the same pose; a pose off this scalp is logged."""
-
     logic = CondNetSlicerLogic(mrml_scene)
     messages = []
     logic.logCallback = messages.append
