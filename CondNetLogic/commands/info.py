@@ -1,4 +1,4 @@
-"""``condnet info``: versions, devices, shipped weights and coils of this installation."""
+"""``condnet info``: versions, devices, weights and coils of this installation; ``--coil`` describes a coil."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,11 @@ HELP = "what this installation can do (versions, devices, weights, coils, comman
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``condnet info``."""
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--coil", metavar="NAME_OR_FILE",
+        help="describe one coil instead (name, coil JSON or SimNIBS .ccd/.tcd file): its sources, size and maximum "
+             "dI/dt, to check an imported coil's units",
+    )
 
 
 def _version(module: str) -> str:
@@ -66,6 +71,46 @@ def collect() -> dict:
     return info
 
 
+def coil_summary(name_or_path: str) -> dict:
+    """A coil as read: file, winding, source counts, extent of its sources in the coil frame (mm), maximum dI/dt.
+
+    ``extent_mm`` is ``[[xmin, xmax], [ymin, ymax], [zmin, zmax]]``; ``+z`` points into the head, so ``zmax`` is
+    the source nearest the head (the coil origin sits ``--scalp-offset`` outside the scalp).
+    """
+    from ..coil import coil_file, load_coil
+
+    path = coil_file(name_or_path)
+    coil = load_coil(path)
+    points = coil.source_points_mm()
+    return {
+        "name": coil.name,
+        "file": str(path),
+        "description": coil.description,
+        "winding": coil.winding["type"],
+        "segments": int(coil.segments_mm().shape[0]),
+        "dipoles": int(len(coil.dipole_positions_mm)),
+        "extent_mm": [[float(points[:, axis].min()), float(points[:, axis].max())] for axis in range(3)],
+        "didt_max_a_per_s": coil.didt_max,
+        "notes": list(coil.notes),
+        "sha256": coil.sha256,
+    }
+
+
+def _print_coil(summary: dict) -> None:
+    (x0, x1), (y0, y1), (z0, z1) = summary["extent_mm"]
+    sources = ", ".join(f"{summary[key]} {key}" for key in ("segments", "dipoles") if summary[key])
+    print(f"coil {summary['name']} ({summary['file']}): {summary['description']}")
+    print(f"winding: {summary['winding']}, {sources}")
+    print(f"size: {x1 - x0:.1f} x {y1 - y0:.1f} mm (x: {x0:.1f} to {x1:.1f}, y: {y0:.1f} to {y1:.1f}); sources at "
+          f"z = {z0:.1f} to {z1:.1f} mm (+z into the head)")
+    print(f"maximum dI/dt: {summary['didt_max_a_per_s']:.4g} A/s ({summary['didt_max_a_per_s'] / 1e6:.4g} A/us)")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    if max(x1 - x0, y1 - y0) < 5.0:
+        print("warning: the coil is less than 5 mm across: coordinates in metres? Coil files are in mm "
+              "(SimNIBS .ccd files in m are converted when read)")
+
+
 def _describe(entry: dict) -> str:
     if "error" in entry:
         return entry["error"]
@@ -77,7 +122,14 @@ def _describe(entry: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the installation summary."""
+    """Print the installation summary, or one coil's (``--coil``)."""
+    if args.coil is not None:
+        summary = coil_summary(args.coil)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_coil(summary)
+        return 0
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -150,3 +150,25 @@ def test_log_records_go_above_the_progress_bar_not_onto_its_line(capsys):
     pieces = re.split(r"[\r\n]", capsys.readouterr().err)
     assert "INFO CondNetLogic.test: a message" in pieces  # a line of its own, not glued to the bar's
     assert "INFO CondNetLogic.test: after the bar" in pieces
+
+
+def test_info_describes_one_coil(tmp_path, capsys):
+    assert main(["info", "--coil", "figure8_70mm"]) == 0
+    out = capsys.readouterr().out
+    assert "winding: figure8_spiral, 1154 segments" in out
+    assert "size: 194.0 x 94.2 mm" in out  # two 97 mm wings side by side
+    assert "(100 A/us)" in out
+    ccd = tmp_path / "pair.ccd"
+    ccd.write_text("# pair;dIdtmax=150\n2\n0.01 0 -0.003 0 0 1e-4\n-0.01 0.02 -0.005 0 0 -1e-4\n")
+    assert main(["info", "--coil", str(ccd), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["winding"], summary["segments"], summary["dipoles"]) == ("dipoles", 0, 2)
+    np.testing.assert_allclose(summary["extent_mm"], [[-10, 10], [0, 20], [-5, -3]])  # m -> mm
+    assert summary["didt_max_a_per_s"] == pytest.approx(1.5e8)
+    metres = tmp_path / "metres.json"
+    metres.write_text(json.dumps({"format_version": 1, "name": "metres", "didt_max_a_per_s": 1e8, "winding": {
+        "type": "polylines", "polylines_mm": [[[0, 0, 0], [0.05, 0, 0], [0.05, 0.05, 0], [0, 0, 0]]]}}))
+    assert main(["info", "--coil", str(metres)]) == 0
+    assert "coordinates in metres?" in capsys.readouterr().out
+    assert main(["info", "--coil", "no_such_coil"]) == 2
+    assert "no coil file or coil named 'no_such_coil'" in capsys.readouterr().err
