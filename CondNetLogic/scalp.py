@@ -4,16 +4,42 @@ Used to place a TMS coil: the coil centre sits above a scalp point, its +z axis 
 (see :mod:`CondNetLogic.coil` for the coil frame).  EEG positions follow the 10-20/10-10 proportional
 scheme: points at fixed fractions of scalp arcs from nasion (Nz) to inion (Iz) over the vertex, and from the
 left to the right pre-auricular point (LPA, RPA) through Cz.
+
+Handle angle (:func:`handle_direction`, :func:`handle_angle`): measured on the scalp's tangent plane from
+the posterior direction, positive towards lateral (away from the midline), so that +45 degrees is the
+usual motor-cortex orientation (handle posterior-lateral at 45 degrees to the midline) on either
+hemisphere.  Seen from outside the head, positive angles turn the handle clockwise on the left
+hemisphere and counter-clockwise on the right.  On the midline (outward normal within 5 degrees of the
+mid-sagittal plane) the left-hemisphere sense is used: positive turns towards the subject's left.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import json
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Sequence, Union
 
 import numpy as np
 
 from .volume import Volume
 
-__all__ = ["EEG_1010_CENTRAL", "eeg_position", "head_centre", "scalp_normal", "scalp_point_along_ray"]
+__all__ = [
+    "EEG_1010_CENTRAL",
+    "LANDMARK_ALIASES",
+    "MIDLINE_SINE",
+    "coil_axes",
+    "eeg_position",
+    "find_landmarks",
+    "handle_angle",
+    "handle_direction",
+    "head_centre",
+    "lateral_sense",
+    "read_landmarks",
+    "rotate_about",
+    "scalp_normal",
+    "scalp_point_along_ray",
+    "unit_vector",
+]
 
 #: Fractions of the LPA -> Cz -> RPA arc (coronal line) and of the Nz -> Cz -> Iz arc (midline).
 EEG_1010_CENTRAL = {
@@ -24,6 +50,152 @@ EEG_1010_CENTRAL = {
     "Oz": ("midline", 0.9),
 }
 _STEP_MM = 0.5
+
+#: Accepted labels for the four landmarks (compared case-insensitively).
+LANDMARK_ALIASES = {
+    "Nz": ("nz", "nasion", "na"),
+    "Iz": ("iz", "inion", "in"),
+    "LPA": ("lpa", "al", "left preauricular"),
+    "RPA": ("rpa", "ar", "right preauricular"),
+}
+
+#: Outward normals whose left-right (R) component is below this (the sine of 5 degrees) are on the midline.
+MIDLINE_SINE = float(np.sin(np.deg2rad(5.0)))
+
+
+def unit_vector(vector, what: str) -> np.ndarray:
+    """``vector`` (3,) scaled to length 1; ``what`` names it in the error.
+
+    Raises
+    ------
+    ValueError
+        If it has zero or non-finite length.
+    """
+    vector = np.asarray(vector, dtype=float).reshape(3)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"{what} has zero length")
+    return vector / norm
+
+
+def rotate_about(vector, axis, angle_deg: float) -> np.ndarray:
+    """Rotate ``vector`` about ``axis`` by ``angle_deg`` (right-hand rule; Rodrigues' formula)."""
+    vector = np.asarray(vector, dtype=float).reshape(3)
+    axis = unit_vector(axis, "the rotation axis")
+    angle = np.deg2rad(angle_deg)
+    return (
+        vector * np.cos(angle)
+        + np.cross(axis, vector) * np.sin(angle)
+        + axis * np.dot(axis, vector) * (1.0 - np.cos(angle))
+    )
+
+
+def coil_axes(normal_into_head, handle_hint=None) -> np.ndarray:
+    """Orthonormal, right-handed coil axes (3, 3), columns x, y (handle), z (normal into the head).
+
+    ``handle_hint`` is projected onto the plane normal to z.  Without a usable hint the handle points
+    posterior (RAS (0, -1, 0)), or superior where the normal is (anti)parallel to that.
+    """
+    z = unit_vector(normal_into_head, "the coil normal")
+    hints = [] if handle_hint is None else [np.asarray(handle_hint, dtype=float).reshape(3)]
+    hints += [np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])]
+    for hint in hints:
+        y = hint - np.dot(hint, z) * z
+        if np.linalg.norm(y) > 1e-3 * max(float(np.linalg.norm(hint)), 1e-12):
+            y = y / np.linalg.norm(y)
+            break
+    return np.column_stack([np.cross(y, z), y, z])
+
+
+def lateral_sense(normal_into_head) -> float:
+    """Sense, about the outward normal (right-hand rule), in which positive handle angles turn the handle.
+
+    +1 (counter-clockwise seen from outside) on the right hemisphere, where the outward normal points
+    to the subject's right (+R); -1 (clockwise) on the left hemisphere and on the midline (see
+    :data:`MIDLINE_SINE`).  Either way a positive angle turns the handle from posterior towards lateral.
+    """
+    outward = -unit_vector(normal_into_head, "the coil normal")
+    return 1.0 if outward[0] > MIDLINE_SINE else -1.0
+
+
+def handle_direction(normal_into_head, angle_deg: float) -> np.ndarray:
+    """Unit handle direction (RAS) on the tangent plane: ``angle_deg`` from posterior, positive towards lateral."""
+    z = unit_vector(normal_into_head, "the coil normal")
+    reference = coil_axes(z)[:, 1]
+    return rotate_about(reference, -z, lateral_sense(z) * float(angle_deg))
+
+
+def handle_angle(normal_into_head, handle) -> float:
+    """Angle (degrees, in (-180, 180]) of ``handle`` on the tangent plane; inverse of :func:`handle_direction`."""
+    z = unit_vector(normal_into_head, "the coil normal")
+    reference = coil_axes(z)[:, 1]
+    handle = np.asarray(handle, dtype=float).reshape(3)
+    counter_clockwise = np.degrees(np.arctan2(np.dot(np.cross(reference, handle), -z), np.dot(reference, handle)))
+    angle = float(lateral_sense(z) * counter_clockwise)
+    return angle + 360.0 if angle <= -180.0 else angle
+
+
+def find_landmarks(labelled: Mapping[str, Sequence[float]]) -> Dict[str, np.ndarray]:
+    """Pick ``Nz``, ``Iz``, ``LPA``, ``RPA`` out of ``{label: RAS point}`` (see :data:`LANDMARK_ALIASES`).
+
+    Raises
+    ------
+    ValueError
+        Naming the landmarks that are missing.
+    """
+    lookup = {
+        str(label).strip().lower(): np.asarray(point, dtype=float).reshape(3) for label, point in labelled.items()
+    }
+    found = {}
+    for name, aliases in LANDMARK_ALIASES.items():
+        match = next((alias for alias in aliases if alias in lookup), None)
+        if match is not None:
+            found[name] = lookup[match]
+    missing = [name for name in LANDMARK_ALIASES if name not in found]
+    if missing:
+        raise ValueError(
+            f"EEG positions need landmarks labelled Nz, Iz, LPA and RPA; missing {', '.join(missing)} "
+            f"(labels found: {', '.join(map(str, labelled)) or 'none'})"
+        )
+    return found
+
+
+def read_landmarks(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
+    """``Nz``, ``Iz``, ``LPA``, ``RPA`` (RAS mm) from a JSON file.
+
+    Either a Slicer markups file (``.mrk.json``: the control points' labels and positions, in its
+    ``coordinateSystem``, LPS by default since Slicer 5, converted here to RAS), or ``{"landmarks": {label:
+    [R, A, S]}}`` (as ``Resources/sample/*_landmarks.json``) or ``{label: [R, A, S]}``, in RAS mm.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not JSON, a point is not 3 numbers, the coordinate system is neither RAS nor LPS, or a landmark
+        is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"landmarks file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        labelled = {}
+        if isinstance(data, dict) and isinstance(data.get("markups"), list):
+            for markup in data["markups"]:
+                system = str(markup.get("coordinateSystem", "LPS")).upper()
+                if system not in ("RAS", "LPS"):
+                    raise ValueError(f"coordinateSystem {system!r} is neither RAS nor LPS")
+                flip = np.array([-1.0, -1.0, 1.0]) if system == "LPS" else np.ones(3)
+                for point in markup.get("controlPoints", []):
+                    labelled[point.get("label", "")] = flip * np.asarray(point["position"], dtype=float).reshape(3)
+        elif isinstance(data, dict):
+            labelled = data.get("landmarks", data)
+        else:
+            raise ValueError("expected a JSON object")
+        return find_landmarks(labelled)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{path}: no landmarks read ({err})") from None
 
 
 def _inside(mask: Volume, points_ras: np.ndarray) -> np.ndarray:

@@ -9,6 +9,12 @@ writes ``run1/efield.nii.gz`` (vector, V/m, RAS components), ``run1/efield_magni
 again, or one exported by the Slicer panel (``coil_to_ras.txt``) or taken from SimNIBS (``matsimnibs``)::
 
     condnet efield --conductivity sigma.nii.gz --coil-matrix run1/efield.json --didt 5e7 --out run2
+
+or at a 10-10 position found from the landmarks Nz, Iz, LPA and RPA (a Slicer point list), the handle at 45 degrees
+posterior-lateral (the angle convention of :mod:`CondNetLogic.scalp`)::
+
+    condnet efield --conductivity sigma.nii.gz --eeg-position C3 --landmarks fiducials.mrk.json --handle-angle 45 \\
+        --out run3
 """
 from __future__ import annotations
 
@@ -38,11 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--coil-center", nargs=3, type=float, metavar=("R", "A", "S"),
-        help="scalp point under the coil centre, RAS mm (with --coil-direction, or give --coil-matrix)",
+        help="scalp point under the coil centre, RAS mm (or --eeg-position; or give --coil-matrix)",
+    )
+    parser.add_argument(
+        "--eeg-position", metavar="NAME",
+        help="instead of --coil-center: a 10-10 position on the scalp (C3, Cz, Fz, ...; needs --landmarks)",
+    )
+    parser.add_argument(
+        "--landmarks", type=Path, metavar="FILE",
+        help="Nz, Iz, LPA, RPA for --eeg-position: a Slicer markups .mrk.json (LPS or RAS) or JSON of RAS points",
     )
     parser.add_argument(
         "--coil-direction", nargs=3, type=float, metavar=("R", "A", "S"),
-        help="handle direction (coil +y), RAS; made orthogonal to the normal",
+        help="handle direction (coil +y), RAS; made orthogonal to the normal (or --handle-angle)",
+    )
+    parser.add_argument(
+        "--handle-angle", type=float, metavar="DEG",
+        help="instead of --coil-direction: handle angle on the scalp, 0 = posterior, positive towards lateral "
+             "(45: the usual motor-cortex orientation on either hemisphere)",
     )
     parser.add_argument(
         "--normal", nargs=3, type=float, metavar=("R", "A", "S"),
@@ -81,6 +100,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def check_pose_options(args: argparse.Namespace) -> None:
+    """The coil pose is ``--coil-matrix``, or a centre (``--coil-center`` or ``--eeg-position`` with ``--landmarks``)
+    and a handle (``--coil-direction`` or ``--handle-angle``); anything else raises ``ValueError`` naming the options.
+    """
+    given = {flag: value is not None for flag, value in (
+        ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--landmarks", args.landmarks),
+        ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle), ("--normal", args.normal),
+        ("--scalp-offset", args.scalp_offset))}
+    if args.coil_matrix is not None:
+        if any(given.values()):
+            dropped = ", ".join(flag for flag, present in given.items() if present)
+            raise ValueError(f"--coil-matrix is the whole coil pose: drop {dropped}")
+        return
+    for first, second in (("--coil-center", "--eeg-position"), ("--coil-direction", "--handle-angle")):
+        if given[first] and given[second]:
+            raise ValueError(f"give {first} or {second}, not both")
+        if not (given[first] or given[second]):
+            raise ValueError("give the coil pose: --coil-center (or --eeg-position with --landmarks) and "
+                             "--coil-direction (or --handle-angle), or --coil-matrix FILE")
+    if given["--eeg-position"] != given["--landmarks"]:
+        raise ValueError("--eeg-position and --landmarks go together (the 10-10 positions are found from Nz, Iz, LPA "
+                         "and RPA)")
+    from ..scalp import EEG_1010_CENTRAL
+
+    if args.eeg_position is not None and args.eeg_position not in EEG_1010_CENTRAL:
+        raise ValueError(f"--eeg-position {args.eeg_position!r} is not a known 10-10 position; known: "
+                         f"{', '.join(EEG_1010_CENTRAL)}")
 
 
 def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
@@ -132,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, coil_pose, load_coil, read_coil_to_ras
+    from ..scalp import eeg_position, handle_angle, handle_direction, read_landmarks
     from ..efield import EFieldSimulation, check_wire_outside, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
@@ -141,16 +190,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
         logger.warning("--dtype float32 reaches a true relative residual of about %g at best; --tol %g is tighter "
                        "than that (use float64 for a tighter solve)", FLOAT32_TOL_FLOOR, args.tol)
-    pose_flags = {"--coil-center": args.coil_center, "--coil-direction": args.coil_direction,
-                  "--normal": args.normal, "--scalp-offset": args.scalp_offset}
-    if args.coil_matrix is not None and any(value is not None for value in pose_flags.values()):
-        given = ", ".join(flag for flag, value in pose_flags.items() if value is not None)
-        raise ValueError(f"--coil-matrix is the whole coil pose: drop {given}")
-    if args.coil_matrix is None and (args.coil_center is None or args.coil_direction is None):
-        raise ValueError("give the coil pose: --coil-center and --coil-direction, or --coil-matrix FILE")
+    check_pose_options(args)
     outputs = [args.out / name for name in OUTPUT_NAMES]
     check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
-    matrix = None if args.coil_matrix is None else read_coil_to_ras(args.coil_matrix)  # a bad file fails fast
+    # bad files fail before the conductivity is read
+    matrix = None if args.coil_matrix is None else read_coil_to_ras(args.coil_matrix)
+    landmarks = None if args.landmarks is None else read_landmarks(args.landmarks)
     path = coil_file(args.coil)
     coil = load_coil(path)
     didt = stimulus_didt(coil, args.didt, args.mso)
@@ -160,11 +205,17 @@ def run(args: argparse.Namespace) -> int:
         pose = matrix
         placement = {"coil_matrix_file": str(args.coil_matrix)}
     else:
-        center = np.asarray(args.coil_center, dtype=float)
+        if args.eeg_position is not None:
+            center = eeg_position(args.eeg_position, landmarks, conducting)
+        else:
+            center = np.asarray(args.coil_center, dtype=float)
         normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
+        handle = args.coil_direction if args.handle_angle is None else handle_direction(normal, args.handle_angle)
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
-        pose = coil_pose(center, normal, args.coil_direction, scalp_offset_mm=offset)
+        pose = coil_pose(center, normal, handle, scalp_offset_mm=offset)
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
+        if args.eeg_position is not None:
+            placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))
     check_wire_outside(coil, pose, conducting)  # before the solver is built
     with ProgressBar("efield") as bar:
         grid = None
@@ -195,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         **placement,
         "normal_into_head_ras": pose[:3, 2].tolist(),
         "handle_direction_ras": pose[:3, 1].tolist(),
+        "handle_angle_deg": handle_angle(pose[:3, 2], pose[:3, 1]),
         "didt_a_per_s": didt,
         "didt_percent_of_coil_max": 100.0 * didt / coil.didt_max,
         "solver": {

@@ -9,12 +9,9 @@ Coil frame (as in :mod:`CondNetLogic.coil`): origin at the coil centre, +z = nor
 head, +y = handle direction, +x = y cross z.  The coil markup's control point stores the same axes as
 its orientation matrix (columns x, y, z), so rotating the point in a 3D view turns the handle.
 
-Handle angle (:func:`handleDirection`, :func:`handleAngle`): measured on the scalp's tangent plane from
-the posterior direction, positive towards lateral (away from the midline), so that +45 degrees is the
-usual motor-cortex orientation (handle posterior-lateral at 45 degrees to the midline) on either
-hemisphere.  Seen from outside the head, positive angles turn the handle clockwise on the left
-hemisphere and counter-clockwise on the right.  On the midline (outward normal within 5 degrees of the
-mid-sagittal plane) the left-hemisphere sense is used: positive turns towards the subject's left.
+Handle angle (:func:`handleDirection`, :func:`handleAngle`): as in :mod:`CondNetLogic.scalp`, measured on the
+scalp's tangent plane from the posterior direction, positive towards lateral (away from the midline), so that
++45 degrees is the usual motor-cortex orientation on either hemisphere.
 """
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -38,24 +35,16 @@ __all__ = [
     "snapToScalp",
 ]
 
-#: Accepted control-point labels for the four landmarks (compared case-insensitively).
-LANDMARK_ALIASES = {
-    "Nz": ("nz", "nasion", "na"),
-    "Iz": ("iz", "inion", "in"),
-    "LPA": ("lpa", "al", "left preauricular"),
-    "RPA": ("rpa", "ar", "right preauricular"),
-}
-
-#: Outward normals whose left-right (R) component is below this (the sine of 5 degrees) are on the midline.
-MIDLINE_SINE = float(np.sin(np.deg2rad(5.0)))
-
-
-def _unit(vector, what: str) -> np.ndarray:
-    vector = np.asarray(vector, dtype=float).reshape(3)
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise ValueError(f"{what} has zero length")
-    return vector / norm
+# The coil axes, handle angle and landmark helpers live in CondNetLogic.scalp (the command line uses them too);
+# the Slicer module calls them by these names.
+LANDMARK_ALIASES = scalp.LANDMARK_ALIASES
+MIDLINE_SINE = scalp.MIDLINE_SINE
+rotateAbout = scalp.rotate_about
+coilFrame = scalp.coil_axes
+lateralSense = scalp.lateral_sense
+handleDirection = scalp.handle_direction
+handleAngle = scalp.handle_angle
+findLandmarks = scalp.find_landmarks
 
 
 def headMask(conductivity: Volume, *, threshold: float = 0.0) -> Volume:
@@ -92,7 +81,7 @@ def snapToScalp(
     point = np.asarray(pointRas, dtype=float).reshape(3)
     if directionIntoHead is None:
         directionIntoHead = scalp.head_centre(mask) - point
-    direction = _unit(directionIntoHead, "the direction into the head")
+    direction = scalp.unit_vector(directionIntoHead, "the direction into the head")
     gridCentre = mask.ijk_to_ras_points((np.array(mask.shape) - 1) / 2.0)
     gridDiagonal = float(np.linalg.norm(np.array(mask.shape) * mask.spacing))
     # Far enough to start beyond the head on the far side, wherever the point is.
@@ -114,88 +103,6 @@ def snapToScalp(
         if moved < tolerance:
             break
     return hit, normal
-
-
-def rotateAbout(vector, axis, angleDeg: float) -> np.ndarray:
-    """Rotate ``vector`` about ``axis`` by ``angleDeg`` (right-hand rule; Rodrigues' formula)."""
-    vector = np.asarray(vector, dtype=float).reshape(3)
-    axis = _unit(axis, "the rotation axis")
-    angle = np.deg2rad(angleDeg)
-    return (
-        vector * np.cos(angle)
-        + np.cross(axis, vector) * np.sin(angle)
-        + axis * np.dot(axis, vector) * (1.0 - np.cos(angle))
-    )
-
-
-def coilFrame(normalIntoHead, handleHint=None) -> np.ndarray:
-    """Orthonormal, right-handed coil axes (3, 3), columns x, y (handle), z (normal into the head).
-
-    ``handleHint`` is projected onto the plane normal to z.  Without a usable hint the handle points
-    posterior (RAS (0, -1, 0)), or superior where the normal is (anti)parallel to that.
-    """
-    z = _unit(normalIntoHead, "the coil normal")
-    hints = [] if handleHint is None else [np.asarray(handleHint, dtype=float).reshape(3)]
-    hints += [np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])]
-    for hint in hints:
-        y = hint - np.dot(hint, z) * z
-        if np.linalg.norm(y) > 1e-3 * max(float(np.linalg.norm(hint)), 1e-12):
-            y = y / np.linalg.norm(y)
-            break
-    return np.column_stack([np.cross(y, z), y, z])
-
-
-def lateralSense(normalIntoHead) -> float:
-    """Sense, about the outward normal (right-hand rule), in which positive handle angles turn the handle.
-
-    +1 (counter-clockwise seen from outside) on the right hemisphere, where the outward normal points
-    to the subject's right (+R); -1 (clockwise) on the left hemisphere and on the midline (see
-    :data:`MIDLINE_SINE`).  Either way a positive angle turns the handle from posterior towards lateral.
-    """
-    outward = -_unit(normalIntoHead, "the coil normal")
-    return 1.0 if outward[0] > MIDLINE_SINE else -1.0
-
-
-def handleDirection(normalIntoHead, angleDeg: float) -> np.ndarray:
-    """Unit handle direction on the tangent plane: ``angleDeg`` from posterior, positive towards lateral."""
-    z = _unit(normalIntoHead, "the coil normal")
-    reference = coilFrame(z)[:, 1]
-    return rotateAbout(reference, -z, lateralSense(z) * float(angleDeg))
-
-
-def handleAngle(normalIntoHead, handle) -> float:
-    """Angle (degrees, in (-180, 180]) of ``handle`` on the tangent plane; inverse of :func:`handleDirection`."""
-    z = _unit(normalIntoHead, "the coil normal")
-    reference = coilFrame(z)[:, 1]
-    handle = np.asarray(handle, dtype=float).reshape(3)
-    counterClockwise = np.degrees(np.arctan2(np.dot(np.cross(reference, handle), -z), np.dot(reference, handle)))
-    angle = float(lateralSense(z) * counterClockwise)
-    return angle + 360.0 if angle <= -180.0 else angle
-
-
-def findLandmarks(labelled: Dict[str, Sequence[float]]) -> Dict[str, np.ndarray]:
-    """Pick ``Nz``, ``Iz``, ``LPA``, ``RPA`` out of ``{label: RAS point}`` (see :data:`LANDMARK_ALIASES`).
-
-    Raises
-    ------
-    ValueError
-        Naming the landmarks that are missing.
-    """
-    lookup = {
-        str(label).strip().lower(): np.asarray(point, dtype=float).reshape(3) for label, point in labelled.items()
-    }
-    found = {}
-    for name, aliases in LANDMARK_ALIASES.items():
-        match = next((alias for alias in aliases if alias in lookup), None)
-        if match is not None:
-            found[name] = lookup[match]
-    missing = [name for name in LANDMARK_ALIASES if name not in found]
-    if missing:
-        raise ValueError(
-            f"EEG presets need control points labelled Nz, Iz, LPA and RPA; missing {', '.join(missing)} "
-            f"(labels found: {', '.join(map(str, labelled)) or 'none'})"
-        )
-    return found
 
 
 def eegPositions(

@@ -440,9 +440,42 @@ def test_cli_reruns_a_pose_from_a_coil_matrix_file(sigma_file, tmp_path, capsys)
     assert "--coil-matrix is the whole coil pose: drop --coil-center, --coil-direction" in capsys.readouterr().err
     bare = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "none")]
     assert main(bare) == 2
-    assert "give the coil pose: --coil-center and --coil-direction, or --coil-matrix FILE" in capsys.readouterr().err
+    assert "give the coil pose: --coil-center (or --eeg-position" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
     assert not (tmp_path / "both").exists()
+
+
+def test_cli_places_the_coil_at_an_eeg_position_with_a_handle_angle(sigma_file, tmp_path, capsys):
+    """Cz of the sphere (landmarks on its equator, a Slicer .mrk.json in LPS) with the handle posterior (0 deg)."""
+    centre, radius = np.array([2.0, -3.0, 1.0]), RADIUS_MM
+    ras = {"Nz": [0, radius, 0], "Iz": [0, -radius, 0], "LPA": [-radius, 0, 0], "RPA": [radius, 0, 0]}
+    points = [{"label": label, "position": ((centre + offset) * [-1, -1, 1]).tolist()} for label, offset in ras.items()]
+    landmarks = tmp_path / "fiducials.mrk.json"
+    landmarks.write_text(json.dumps({"markups": [{"coordinateSystem": "LPS", "controlPoints": points}]}))
+    coarse = ["--primary-field", "direct", "--tol", "1e-3"]
+    eeg = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "cz"), "--device", "cpu",
+           "--eeg-position", "Cz", "--landmarks", str(landmarks), "--handle-angle", "0", *coarse]
+    assert main(eeg) == 0
+    summary = json.loads((tmp_path / "cz" / "efield.json").read_text())
+    assert summary["eeg_position"] == "Cz"
+    assert summary["landmarks_file"] == str(landmarks)
+    np.testing.assert_allclose(summary["coil_center_scalp_ras_mm"], centre + [0, 0, radius], atol=SPACING_MM)
+    np.testing.assert_allclose(summary["handle_direction_ras"], [0, -1, 0], atol=0.1)  # posterior
+    assert summary["handle_angle_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert main(_cli_args(sigma_file, tmp_path / "vector", *coarse)) == 0  # handle along +A
+    assert json.loads((tmp_path / "vector" / "efield.json").read_text())["handle_angle_deg"] == pytest.approx(
+        180.0, abs=6.0)
+    capsys.readouterr()
+    base = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "bad"), "--handle-angle", "0"]
+    for args, message in (
+        (base + ["--eeg-position", "Cz"], "--eeg-position and --landmarks go together"),
+        (base + ["--eeg-position", "C9", "--landmarks", str(landmarks)], "'C9' is not a known 10-10 position"),
+        (_cli_args(sigma_file, tmp_path / "bad", "--handle-angle", "45"), "--coil-direction or --handle-angle, not"),
+        (_cli_args(sigma_file, tmp_path / "bad", "--eeg-position", "Cz"), "--coil-center or --eeg-position, not"),
+    ):
+        assert main(args) == 2, args
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):

@@ -1,8 +1,10 @@
-"""Scalp points, normals and 10-10 positions on an analytic sphere head, in a non-RAS grid."""
+"""Scalp points, normals and 10-10 positions on an analytic sphere head, in a non-RAS grid; landmark files."""
+import json
+
 import numpy as np
 import pytest
 
-from CondNetLogic.scalp import eeg_position, head_centre, scalp_normal, scalp_point_along_ray
+from CondNetLogic.scalp import eeg_position, head_centre, read_landmarks, scalp_normal, scalp_point_along_ray
 from CondNetLogic.volume import Volume
 
 RADIUS = 40.0
@@ -56,3 +58,57 @@ def test_bad_requests(sphere_mask):
         eeg_position("C3", {"Nz": np.zeros(3)}, sphere_mask)
     with pytest.raises(ValueError, match="empty"):
         head_centre(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)))
+
+
+LANDMARKS_RAS = {"Nz": [1.0, 90.0, -10.0], "Iz": [2.0, -95.0, -20.0], "LPA": [-75.0, -10.0, -30.0],
+                 "RPA": [74.0, -12.0, -29.0]}
+
+
+def _markups(system, labels=("Nz", "Iz", "LPA", "RPA")):
+    flip = np.array([-1.0, -1.0, 1.0]) if system == "LPS" else np.ones(3)
+    points = [{"label": label, "position": (flip * LANDMARKS_RAS[key]).tolist()}
+              for label, key in zip(labels, LANDMARKS_RAS)]
+    return {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
+                       "Schema/markups-schema-v1.0.3.json#",
+            "markups": [{"type": "Fiducial", "coordinateSystem": system, "controlPoints": points}]}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _markups("LPS"),  # what Slicer 5 writes by default: converted to RAS
+        _markups("RAS"),
+        _markups("LPS", labels=("nasion", "INION", "lpa", "RPA")),  # the aliases the panel accepts
+        {"frame": "RAS", "units": "mm", "landmarks": LANDMARKS_RAS},  # as Resources/sample/*_landmarks.json
+        LANDMARKS_RAS,
+    ],
+)
+def test_landmark_files_give_ras_points(tmp_path, content):
+    path = tmp_path / "landmarks.mrk.json"
+    path.write_text(json.dumps(content))
+    found = read_landmarks(path)
+    assert set(found) == set(LANDMARKS_RAS)
+    for name, point in LANDMARKS_RAS.items():
+        np.testing.assert_allclose(found[name], point)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (_markups("LPS", labels=("Nz", "Iz", "LPA", "X")), "missing RPA"),
+        ({"markups": [{**_markups("LPS")["markups"][0], "coordinateSystem": "IJK"}]}, "neither RAS nor LPS"),
+        ({"landmarks": {**LANDMARKS_RAS, "Nz": [1.0, 2.0]}}, "no landmarks read"),
+        ([1, 2, 3], "expected a JSON object"),
+    ],
+)
+def test_bad_landmark_files_raise(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=match) as raised:
+        read_landmarks(path)
+    assert str(path) in str(raised.value)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="no landmarks read"):
+        read_landmarks(path)
+    with pytest.raises(FileNotFoundError):
+        read_landmarks(tmp_path / "missing.json")
