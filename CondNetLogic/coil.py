@@ -483,8 +483,8 @@ def read_coil_to_ras(path: Union[str, os.PathLike]) -> np.ndarray:
                 data = data[keys[0]]
             pose = np.asarray(data, dtype=float)
         else:
-            pose = np.asarray([[float(value) for value in line.replace(",", " ").split()]
-                               for line in text.splitlines() if line.split("#", 1)[0].strip()], dtype=float)
+            rows = [line.split("#", 1)[0].replace(",", " ").split() for line in text.splitlines()]
+            pose = np.asarray([[float(value) for value in row] for row in rows if row], dtype=float)
         return check_coil_to_ras(pose)
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a 4x4 coil pose (coil frame -> RAS, mm): {err}") from None

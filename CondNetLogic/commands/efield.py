@@ -180,11 +180,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, coil_pose, load_coil, read_coil_to_ras
-    from ..scalp import eeg_position, handle_angle, handle_direction, read_landmarks
     from ..efield import EFieldSimulation, check_wire_outside, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
+    from ..scalp import eeg_position, handle_angle, handle_direction, read_landmarks
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:

@@ -352,7 +352,7 @@ def test_coil_pose_files_are_read_as_text_or_json(tmp_path):
     text = tmp_path / "coil_to_ras.txt"
     np.savetxt(text, pose)  # as the Slicer panel exports it
     commas = tmp_path / "pose.csv"
-    lines = [",".join(repr(float(value)) for value in row) for row in pose]
+    lines = [",".join(repr(float(value)) for value in row) + "  # row" for row in pose]
     commas.write_text("# coil frame -> RAS, mm\n" + "\n".join(lines) + "\n")
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps(pose.tolist()))
