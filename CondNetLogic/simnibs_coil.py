@@ -162,10 +162,12 @@ def _deformation(coil: dict, index: int) -> np.ndarray:
     if not isinstance(index, int) or not 0 <= index < len(deforms):
         raise ValueError(f"deformation {index!r} is not in deformList ({len(deforms)} entries)")
     deform, where = deforms[index], f"deformList[{index}]"
+    if not isinstance(deform, dict):
+        raise ValueError(f"{where}: expected an object with the deformation's type and value")
     if "deformRange" in deform:  # SimNIBS 4.5: the value lives in deformRangeList
         ranges, which = coil.get("deformRangeList", []), deform["deformRange"]
-        if not isinstance(which, int) or not 0 <= which < len(ranges):
-            raise ValueError(f"{where}: deformRange {which!r} is not in deformRangeList ({len(ranges)} entries)")
+        if not isinstance(which, int) or not 0 <= which < len(ranges) or not isinstance(ranges[which], dict):
+            raise ValueError(f"{where}: deformRange {which!r} is not an entry of deformRangeList")
         value = ranges[which].get("initial")
     else:
         value = deform.get("initial")
