@@ -121,8 +121,9 @@ class CondNetSlicerParameterNode:
     (".") = the shipped weights.  fullPrecision: run the networks in float32 (else float16 on a GPU and
     bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral
     (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
-    positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).  Outputs are
-    the nodes CondNet made last.
+    positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
+    targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
+    the sphere whose |E| statistics the table reports.  Outputs are the nodes CondNet made last.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -152,6 +153,8 @@ class CondNetSlicerParameterNode:
     labelMap: vtkMRMLLabelMapVolumeNode
     labelMapping: Annotated[str, Choice(["samseg", "synthseg"])] = "samseg"
     autoUpdate: bool = False
+    targetMarkup: vtkMRMLMarkupsFiducialNode
+    targetRadiusMm: Annotated[float, WithinRange(1.0, 50.0)] = 5.0
     eMagnitudeVolume: vtkMRMLScalarVolumeNode
     eVectorVolume: vtkMRMLVectorVolumeNode
     statisticsTable: vtkMRMLTableNode
@@ -702,6 +705,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     eVectorNode=p.eVectorVolume,
                     eMagnitudeNode=p.eMagnitudeVolume,
                     tableNode=p.statisticsTable,
+                    targetRas=self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
+                    targetRadiusMm=p.targetRadiusMm,
                     progress=self._onProgress,
                     cancel=self._isCancelled,
                 )

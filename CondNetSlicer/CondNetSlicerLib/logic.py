@@ -677,6 +677,16 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                      "put it on the scalp.")
         return distance
 
+    @staticmethod
+    def targetPoint(targetNode, conductivityNode) -> Optional[np.ndarray]:
+        """The first control point of a target markup in the conductivity node's local RAS (mm); None without one."""
+        if targetNode is None or targetNode.GetNumberOfControlPoints() < 1:
+            return None
+        point = np.zeros(3)
+        targetNode.GetNthControlPointPositionWorld(0, point)
+        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
+        return worldToLocal[:3, :3] @ point + worldToLocal[:3, 3]
+
     def landmarkPoints(self, landmarksNode) -> Dict[str, np.ndarray]:
         """``{label: world RAS}`` of a markups node's control points."""
         if landmarksNode is None:
@@ -829,6 +839,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         eVectorNode=None,
         eMagnitudeNode=None,
         tableNode=None,
+        targetRas=None,
+        targetRadiusMm: float = 5.0,
         progress: Progress = None,
         cancel: Cancel = None,
         show: bool = True,
@@ -866,6 +878,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             CondNet-made nodes to update in place (for re-solving after a coil move).  A node made from
             another conductivity node (attribute ``CondNet.Conductivity``) is left as it is, and a new
             node named after this conductivity is made instead.
+        targetRas : array (3,), optional
+            A stimulation target in the conductivity node's local RAS (mm; see :meth:`targetPoint`): the table
+            gets the statistics of |E| in the conducting voxels within ``targetRadiusMm`` of it (region
+            ``target``); a sphere without a conducting voxel gives a warning instead.
 
         Returns
         -------
@@ -921,6 +937,19 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         stats = self._statistics(
             result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
         )
+        if targetRas is not None:
+            from CondNetLogic.metrics import roi_stats, spherical_roi
+
+            target = spherical_roi(result.e_magnitude, targetRas, targetRadiusMm) & (np.asarray(conductivity.array) > 0)
+            where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"
+            if target.any():
+                stats["target"] = roi_stats(result.e_magnitude, target)
+                self.log(f"CondNet: |E| within {where}: mean {stats['target']['mean']:.1f} V/m, "
+                         f"max {stats['target']['max']:.1f} V/m")
+            else:
+                warnings.append(f"No conducting voxel lies within {where}: the target has no statistics. Put the "
+                                "target on the cortex (or the head), or widen its radius.")
+                self.log(f"CondNet: {warnings[-1]}")
         if uniform is not None:
             uniformKey = (
                 labelNode.GetID(),

@@ -513,6 +513,47 @@ def test_an_unconverged_efield_solve_comes_back_with_a_warning(mrml_scene, head)
     assert short["eMagnitude"] is not None  # the field is still shown
 
 
+def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene, head):
+    """A target markup (world RAS) under a parent transform: |E| statistics of the conducting voxels near it."""
+    from CondNetLogic.metrics import roi_stats, spherical_roi
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    mask = tissues.array > 0
+    sigma = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
+    shift = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(np.array(
+        [[1.0, 0, 0, 7.0], [0, 1.0, 0, -5.0], [0, 0, 1.0, 3.0], [0, 0, 0, 1.0]])))
+    sigma.SetAndObserveTransformNodeID(shift.GetID())
+    markup = logic.createCoilMarkup()
+    top = tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]
+    markup.AddControlPointWorld(*(top + [7.0, -5.0, 3.0]))
+    logic.snapCoilMarkup(markup, sigma)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
+    local = logic._markupFrame(markup, sigma)[0] - [0.0, 0.0, 8.0]  # 8 mm under the coil, in sigma's frame
+    target = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "target")
+    target.AddControlPointWorld(*(local + [7.0, -5.0, 3.0]))  # placed in the world, as a user clicks
+    np.testing.assert_allclose(logic.targetPoint(target, sigma), local, atol=1e-9)
+    assert logic.targetPoint(None, sigma) is None
+    solved = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
+                                 targetRas=logic.targetPoint(target, sigma), targetRadiusMm=6.0)
+    magnitude = adapters.volumeFromNode(solved["eMagnitude"])
+    roi = spherical_roi(magnitude, local, 6.0) & mask
+    expected = roi_stats(magnitude, roi)
+    assert solved["warnings"] == []
+    assert solved["stats"]["target"]["n_voxels"] == int(roi.sum()) > 0
+    assert solved["stats"]["target"]["mean"] == pytest.approx(expected["mean"])
+    assert solved["stats"]["target"]["max"] == pytest.approx(expected["max"])
+    table = solved["table"].GetTable()
+    regions = {table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())}
+    assert "target" in regions
+    far = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
+                              targetRas=local + [0.0, 0.0, 300.0], targetRadiusMm=6.0)
+    assert "target" not in far["stats"]
+    assert len(far["warnings"]) == 1
+    assert "No conducting voxel lies within 6 mm around the target" in far["warnings"][0]
+
+
 def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, head):
     """Re-solving updates the E-field nodes of the same conductivity; another conductivity gets new nodes."""
     logic = CondNetSlicerLogic(mrml_scene)

@@ -382,6 +382,25 @@ def computeEField():
         checkGuiMirrorsParameters("after the E-field")
 
 
+def targetStatistics():
+    with step("a target point list gives the statistics of |E| around its first point"):
+        ui, p, logic = P.widget.ui, params(), P.widget.logic
+        scalpPoint, axes = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "hand knob")
+        target.AddControlPointWorld(*(scalpPoint + 10.0 * axes[:, 2]))  # 10 mm under the coil (no parent transform)
+        ui.targetSelector.setCurrentNode(target)
+        ui.targetRadiusSpinBox.value = 7.0
+        check(p.targetMarkup is target and p.targetRadiusMm == 7.0, "the target widgets did not set the parameters")
+        click(ui.computeEFieldButton)
+        table = p.statisticsTable.GetTable()
+        regions = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
+        check("target" in regions, f"the statistics table has no target rows: {sorted(set(regions))}")
+        check("|E| within 7 mm around the target" in logText(), "the target's |E| was not logged")
+        checkGuiMirrorsParameters("target chosen")
+        ui.targetSelector.setCurrentNode(None)
+        check(p.targetMarkup is None, "clearing the target selector kept the target")
+
+
 def unconvergedEField():
     with step("fix: an E-field solve that stops short of its tolerance gives a warning dialog"):
         import functools
@@ -724,8 +743,8 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, computeEField, unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve,
-                placeAgain, missingCoil, export, loadPose, leaveAndEnter, closeSceneDuringSolve,
+    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, unconvergedEField, scalpOffsetRedrawsCoil,
+                dragDuringSolve, placeAgain, missingCoil, export, loadPose, leaveAndEnter, closeSceneDuringSolve,
                 closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
