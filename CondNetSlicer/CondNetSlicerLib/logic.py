@@ -668,9 +668,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         mask = self._headMask(conductivityNode)
         pose = check_coil_to_ras(coilToRas)
         point = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
-        self._setMarkupFrame(markupNode, conductivityNode, point, pose[:3, :3])
-        scalpPoint, _ = geometry.snapToScalp(mask, point)
+        scalpPoint, _ = geometry.snapToScalp(mask, point)  # raises, before the markup moves, if no head is in line
         distance = float(np.linalg.norm(scalpPoint - point))
+        self._setMarkupFrame(markupNode, conductivityNode, point, pose[:3, :3])
         if distance > POSE_SCALP_TOLERANCE_MM:
             self.log(f"The coil pose puts the coil point {distance:.0f} mm from this head's scalp (scalp offset "
                      f"{scalpOffsetMm:g} mm): is it a pose of another head, or in another frame? Snap the coil to "
