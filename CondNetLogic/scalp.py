@@ -34,6 +34,7 @@ __all__ = [
     "handle_direction",
     "head_centre",
     "lateral_sense",
+    "nearest_scalp_point",
     "read_landmarks",
     "rotate_about",
     "scalp_normal",
@@ -239,6 +240,29 @@ def scalp_point_along_ray(mask: Volume, origin_ras, direction, *, max_distance_m
     if len(inside) == 0:
         raise ValueError(f"the ray from {np.round(origin_ras, 1)} along {np.round(direction, 3)} misses the head")
     return points[inside[-1]]
+
+
+def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
+    """The centre (RAS mm) of the outer head voxel nearest to ``point_ras`` (e.g. a cortical target).
+
+    Outer voxels are those of the mask with a face neighbour outside it (or on the grid's border).
+
+    Raises
+    ------
+    ValueError
+        If the mask is empty or the point is not 3 finite numbers.
+    """
+    from scipy import ndimage
+
+    point = np.asarray(point_ras, dtype=float).reshape(-1)
+    if point.shape != (3,) or not np.all(np.isfinite(point)):
+        raise ValueError(f"the point must be 3 finite numbers (RAS mm); got {point_ras}")
+    inside = np.asarray(mask.array) > 0
+    outer = inside & ~ndimage.binary_erosion(inside, border_value=0)
+    if not outer.any():
+        raise ValueError("the head mask is empty")
+    points = mask.ijk_to_ras_points(np.argwhere(outer))
+    return points[np.argmin(np.einsum("ij,ij->i", points - point, points - point))]
 
 
 def scalp_normal(mask: Volume, point_ras, *, radius_mm: float = 6.0) -> np.ndarray:

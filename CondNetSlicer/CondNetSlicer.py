@@ -222,6 +222,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.snapCoilButton.connect("clicked(bool)", self.onSnapCoilButton)
         self.ui.loadPoseButton.connect("clicked(bool)", self.onLoadPoseButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
+        self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -328,6 +329,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.snapCoilButton.enabled = idle and bool(p.conductivityVolume) and hasPoint
         self.ui.loadPoseButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
+        hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
+        self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
@@ -650,6 +653,22 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             finally:
                 self._updatingCoil = False
             self._log(f"Coil placed at the pose in {path} ({distance:.1f} mm from the scalp).")
+
+    def onCoilOverTargetButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to place the coil over the target."), waitCursor=True):
+            p = self._parameterNode
+            target = self.logic.targetPoint(p.targetMarkup, p.conductivityVolume)
+            markup = self._ensureCoilMarkup()
+            self._updatingCoil = True
+            try:
+                distance = self.logic.placeCoilOverTarget(
+                    markup, p.conductivityVolume, target, handleAngleDeg=p.handleAngleDeg
+                )[1]
+                self._appliedHandleAngle = p.handleAngleDeg
+                self._updateCoilModel()
+            finally:
+                self._updatingCoil = False
+            self._log(f"Coil placed over the target: its scalp point is {distance:.1f} mm from the target.")
 
     def onPresetButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the EEG position."), waitCursor=True):

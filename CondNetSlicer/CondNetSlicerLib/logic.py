@@ -677,6 +677,22 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                      "put it on the scalp.")
         return distance
 
+    def placeCoilOverTarget(self, markupNode, conductivityNode, targetRas, *, handleAngleDeg: float = 45.0):
+        """Put the coil markup on the scalp point nearest to ``targetRas`` (the conductivity node's local RAS, mm;
+        see :meth:`targetPoint`), snapped to the scalp, with the handle at ``handleAngleDeg`` (see
+        :meth:`setCoilHandleAngle`).  Returns ``(scalpPoint, distanceMm)``: the point and its distance to the
+        target."""
+        from CondNetLogic.scalp import nearest_scalp_point
+
+        self._checkCoilMarkup(markupNode)
+        if targetRas is None:
+            raise ValueError("choose a target point list with a point first")
+        mask = self._headMask(conductivityNode)
+        scalpPoint, normal = geometry.snapToScalp(mask, nearest_scalp_point(mask, targetRas))
+        self._setMarkupFrame(markupNode, conductivityNode, scalpPoint, geometry.coilFrame(normal))
+        self.setCoilHandleAngle(markupNode, conductivityNode, handleAngleDeg)
+        return scalpPoint, float(np.linalg.norm(scalpPoint - np.asarray(targetRas, dtype=float)))
+
     @staticmethod
     def targetPoint(targetNode, conductivityNode) -> Optional[np.ndarray]:
         """The first control point of a target markup in the conductivity node's local RAS (mm); None without one."""

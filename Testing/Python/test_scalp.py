@@ -4,7 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from CondNetLogic.scalp import eeg_position, head_centre, read_landmarks, scalp_normal, scalp_point_along_ray
+from CondNetLogic.scalp import (
+    eeg_position,
+    head_centre,
+    nearest_scalp_point,
+    read_landmarks,
+    scalp_normal,
+    scalp_point_along_ray,
+)
 from CondNetLogic.volume import Volume
 
 RADIUS = 40.0
@@ -112,3 +119,18 @@ def test_bad_landmark_files_raise(tmp_path, content, match):
         read_landmarks(path)
     with pytest.raises(FileNotFoundError):
         read_landmarks(tmp_path / "missing.json")
+
+
+def test_nearest_scalp_point_of_a_target_inside_the_sphere(sphere_mask):
+    """The nearest outer voxel of a ball to an inner point lies on the ray from the centre through it."""
+    c = np.array([5.0, -3.0, 2.0])
+    direction = np.array([-0.3, 0.5, 0.8]) / np.linalg.norm([-0.3, 0.5, 0.8])
+    target = c + 25.0 * direction  # 15 mm under the surface
+    nearest = nearest_scalp_point(sphere_mask, target)
+    assert 14.0 <= np.linalg.norm(nearest - target) <= 15.0 + np.sqrt(3) / 2  # the staircase: within a voxel
+    assert np.dot(nearest - c, direction) / np.linalg.norm(nearest - c) > np.cos(np.deg2rad(6.0))  # on the ray
+    assert sphere_mask.array[tuple(np.rint(sphere_mask.ras_to_ijk_points(nearest)).astype(int))]
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        nearest_scalp_point(sphere_mask, [0.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="empty"):
+        nearest_scalp_point(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)), c)

@@ -554,6 +554,27 @@ def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene,
     assert "No conducting voxel lies within 6 mm around the target" in far["warnings"][0]
 
 
+def test_coil_over_a_target_sits_on_the_nearest_scalp_point(mrml_scene, head):
+    from CondNetLogic.scalp import nearest_scalp_point
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    sigma, _, _ = labelled_head(mrml_scene, head)
+    mask = tissues.with_array(tissues.array > 0)
+    centre = tissues.ijk_to_ras_points(np.argwhere(mask.array).mean(axis=0))
+    target = centre + OBLIQUE[:3, :3] @ [-12.0, 4.0, 14.0]  # inside the head, up and to the left
+    markup = logic.createCoilMarkup()
+    scalpPoint, distance = logic.placeCoilOverTarget(markup, sigma, target, handleAngleDeg=30.0)
+    assert np.linalg.norm(scalpPoint - nearest_scalp_point(mask, target)) < 2 * 1.25  # snapped within 2 voxels
+    assert distance == pytest.approx(np.linalg.norm(scalpPoint - target))
+    point, axes = logic._markupFrame(markup, sigma)
+    np.testing.assert_allclose(point, scalpPoint, atol=1e-9)
+    assert np.dot(axes[:, 2], target - point) / distance > 0.8  # the coil faces the target
+    assert abs(logic.coilHandleAngle(markup, sigma) - 30.0) < 1e-6
+    with pytest.raises(ValueError, match="choose a target"):
+        logic.placeCoilOverTarget(markup, sigma, None)
+
+
 def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, head):
     """Re-solving updates the E-field nodes of the same conductivity; another conductivity gets new nodes."""
     logic = CondNetSlicerLogic(mrml_scene)

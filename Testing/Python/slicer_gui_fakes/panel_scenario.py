@@ -150,6 +150,8 @@ def expectedStates(busy=False):
         "snapCoilButton": idle and sigma and hasPoint,
         "loadPoseButton": idle and sigma,
         "presetButton": idle and sigma and p.landmarks is not None,
+        "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
+        and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
         "cancelButton visible": busy,
@@ -383,7 +385,7 @@ def computeEField():
 
 
 def targetStatistics():
-    with step("a target point list gives the statistics of |E| around its first point"):
+    with step("a target point list gives the statistics of |E| around its first point; Place coil over target"):
         ui, p, logic = P.widget.ui, params(), P.widget.logic
         scalpPoint, axes = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
         target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "hand knob")
@@ -397,6 +399,15 @@ def targetStatistics():
         check("target" in regions, f"the statistics table has no target rows: {sorted(set(regions))}")
         check("|E| within 7 mm around the target" in logText(), "the target's |E| was not logged")
         checkGuiMirrorsParameters("target chosen")
+        checkStates("target chosen")
+        click(ui.coilOverTargetButton)  # the coil moves onto the scalp point nearest to the target
+        check("Coil placed over the target" in logText(), "placing the coil over the target was not logged")
+        point, axes = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        toTarget = logic.targetPoint(target, p.conductivityVolume) - point
+        check(np.dot(axes[:, 2], toTarget) > 0.8 * np.linalg.norm(toTarget), "the coil does not face the target")
+        check(abs(logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume) - p.handleAngleDeg) < 1e-5,
+              "the coil over the target is not at the panel's handle angle")
+        checkStates("coil over the target")
         ui.targetSelector.setCurrentNode(None)
         check(p.targetMarkup is None, "clearing the target selector kept the target")
 
