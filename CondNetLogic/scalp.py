@@ -243,9 +243,11 @@ def scalp_point_along_ray(mask: Volume, origin_ras, direction, *, max_distance_m
 
 
 def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
-    """The centre (RAS mm) of the outer head voxel nearest to ``point_ras`` (e.g. a cortical target).
+    """The scalp point nearest to ``point_ras`` (e.g. a cortical target), RAS mm.
 
-    Outer voxels are those of the mask with a face neighbour outside it (or on the grid's border).
+    The nearest outer head voxel (one with a face neighbour outside the mask) gives the direction; the point is
+    where the ray from ``point_ras`` through that voxel leaves the head (to 0.5 mm), so that a coil placed
+    above it clears the staircase of a coarse grid.  A point outside the head gets the nearest outer voxel.
 
     Raises
     ------
@@ -262,7 +264,13 @@ def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
     if not outer.any():
         raise ValueError("the head mask is empty")
     points = mask.ijk_to_ras_points(np.argwhere(outer))
-    return points[np.argmin(np.einsum("ij,ij->i", points - point, points - point))]
+    nearest = points[np.argmin(np.einsum("ij,ij->i", points - point, points - point))]
+    if not _inside(mask, point[np.newaxis])[0]:
+        return nearest
+    direction = nearest - point
+    if np.linalg.norm(direction) < 1e-9:  # the point is that voxel's centre: leave along the way from the centre
+        direction = point - head_centre(mask)
+    return scalp_point_along_ray(mask, point, direction)
 
 
 def scalp_normal(mask: Volume, point_ras, *, radius_mm: float = 6.0) -> np.ndarray:

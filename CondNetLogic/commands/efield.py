@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of --coil-center: a 10-10 position on the scalp (C3, Cz, Fz, ...; needs --landmarks)",
     )
     parser.add_argument(
+        "--target", nargs=3, type=float, metavar=("R", "A", "S"),
+        help="instead of --coil-center: a cortical target, RAS mm; the coil goes on the scalp point nearest to it, "
+             "and the sidecar's ROI statistics are taken around it (unless --roi-center says otherwise)",
+    )
+    parser.add_argument(
         "--landmarks", type=Path, metavar="FILE",
         help="Nz, Iz, LPA, RPA for --eeg-position: a Slicer markups .mrk.json (LPS or RAS) or JSON of RAS points",
     )
@@ -107,7 +112,8 @@ def check_pose_options(args: argparse.Namespace) -> None:
     and a handle (``--coil-direction`` or ``--handle-angle``); anything else raises ``ValueError`` naming the options.
     """
     given = {flag: value is not None for flag, value in (
-        ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--landmarks", args.landmarks),
+        ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
+        ("--landmarks", args.landmarks),
         ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle), ("--normal", args.normal),
         ("--scalp-offset", args.scalp_offset))}
     if args.coil_matrix is not None:
@@ -115,11 +121,12 @@ def check_pose_options(args: argparse.Namespace) -> None:
             dropped = ", ".join(flag for flag, present in given.items() if present)
             raise ValueError(f"--coil-matrix is the whole coil pose: drop {dropped}")
         return
-    for first, second in (("--coil-center", "--eeg-position"), ("--coil-direction", "--handle-angle")):
-        if given[first] and given[second]:
-            raise ValueError(f"give {first} or {second}, not both")
-        if not (given[first] or given[second]):
-            raise ValueError("give the coil pose: --coil-center (or --eeg-position with --landmarks) and "
+    for options in (("--coil-center", "--eeg-position", "--target"), ("--coil-direction", "--handle-angle")):
+        chosen = [flag for flag in options if given[flag]]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of {', '.join(options)}; got {', '.join(chosen)}")
+        if not chosen:
+            raise ValueError("give the coil pose: --coil-center (or --eeg-position with --landmarks, or --target) and "
                              "--coil-direction (or --handle-angle), or --coil-matrix FILE")
     if given["--eeg-position"] != given["--landmarks"]:
         raise ValueError("--eeg-position and --landmarks go together (the 10-10 positions are found from Nz, Iz, LPA "
@@ -184,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
-    from ..scalp import eeg_position, handle_angle, handle_direction, read_landmarks
+    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
@@ -207,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.eeg_position is not None:
             center = eeg_position(args.eeg_position, landmarks, conducting)
+        elif args.target is not None:
+            center = nearest_scalp_point(conducting, args.target)
         else:
             center = np.asarray(args.coil_center, dtype=float)
         normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
@@ -216,7 +225,14 @@ def run(args: argparse.Namespace) -> int:
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
         if args.eeg_position is not None:
             placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))
+        if args.target is not None:
+            placement.update(target_ras_mm=list(args.target))
     check_wire_outside(coil, pose, conducting)  # before the solver is built
+    roi_center, roi = args.target if args.roi_center is None else args.roi_center, None
+    if roi_center is not None:  # checked before the solve too
+        roi = spherical_roi(conducting, roi_center, args.roi_radius) & conducting.array
+        if not roi.any():
+            raise ValueError(f"the ROI at {list(roi_center)} (radius {args.roi_radius} mm) holds no conducting voxel")
     with ProgressBar("efield") as bar:
         grid = None
         if args.grid is not None:
@@ -259,13 +275,9 @@ def run(args: argparse.Namespace) -> int:
         "units": {"efield": "V/m", "components": "RAS"},
         "stats": {"head": roi_stats(result.e_magnitude)},
     }
-    if args.roi_center is not None:
-        roi = spherical_roi(result.e_magnitude, args.roi_center, args.roi_radius)
-        roi &= result.e_magnitude.array > 0
-        if not roi.any():
-            raise ValueError(f"the ROI at {args.roi_center} (radius {args.roi_radius} mm) holds no conducting voxel")
+    if roi is not None:
         summary["stats"]["roi"] = {
-            "center_ras_mm": list(args.roi_center),
+            "center_ras_mm": list(roi_center),
             "radius_mm": args.roi_radius,
             **roi_stats(result.e_magnitude, roi),
         }

@@ -470,12 +470,39 @@ def test_cli_places_the_coil_at_an_eeg_position_with_a_handle_angle(sigma_file, 
     for args, message in (
         (base + ["--eeg-position", "Cz"], "--eeg-position and --landmarks go together"),
         (base + ["--eeg-position", "C9", "--landmarks", str(landmarks)], "'C9' is not a known 10-10 position"),
-        (_cli_args(sigma_file, tmp_path / "bad", "--handle-angle", "45"), "--coil-direction or --handle-angle, not"),
-        (_cli_args(sigma_file, tmp_path / "bad", "--eeg-position", "Cz"), "--coil-center or --eeg-position, not"),
+        (_cli_args(sigma_file, tmp_path / "bad", "--handle-angle", "45"), "got --coil-direction, --handle-angle"),
+        (_cli_args(sigma_file, tmp_path / "bad", "--eeg-position", "Cz"), "got --coil-center, --eeg-position"),
     ):
         assert main(args) == 2, args
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_puts_the_coil_over_a_target_and_reports_its_roi(sigma_file, tmp_path, capsys):
+    """--target: the coil on the nearest scalp point (near the top of the sphere for a target under it), ROI there."""
+    centre = np.array([2.0, -3.0, 1.0])
+    target = centre + [0.0, 0.0, 15.0]
+    coarse = ["--primary-field", "direct", "--tol", "1e-3", "--roi-radius", "4"]
+    args = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "t"), "--device", "cpu",
+            "--target", *map(str, target), "--handle-angle", "45", *coarse]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "t" / "efield.json").read_text())
+    assert summary["target_ras_mm"] == target.tolist()
+    scalp = np.array(summary["coil_center_scalp_ras_mm"]) - centre  # on the 3 mm staircase near the top
+    assert abs(np.linalg.norm(scalp) - RADIUS_MM) <= SPACING_MM
+    assert scalp[2] / np.linalg.norm(scalp) > np.cos(np.deg2rad(15.0))
+    assert summary["stats"]["roi"]["center_ras_mm"] == target.tolist()
+    assert summary["stats"]["roi"]["n_voxels"] >= 7  # 4 mm around a 3 mm voxel centre
+    capsys.readouterr()
+    outside = centre + [0.0, 0.0, 3 * RADIUS_MM]
+    args = ["efield", "--conductivity", str(sigma_file), "--out", str(tmp_path / "o"), "--device", "cpu",
+            "--target", *map(str, target), "--handle-angle", "45", "--roi-center", *map(str, outside), *coarse]
+    assert main(args) == 2  # refused before the solve, nothing written
+    assert "holds no conducting voxel" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    both = _cli_args(sigma_file, tmp_path / "b", "--target", *map(str, target))
+    assert main(both) == 2
+    assert "give one of --coil-center, --eeg-position, --target; got --coil-center, --target" in capsys.readouterr().err
 
 
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):

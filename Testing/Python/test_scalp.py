@@ -122,13 +122,16 @@ def test_bad_landmark_files_raise(tmp_path, content, match):
 
 
 def test_nearest_scalp_point_of_a_target_inside_the_sphere(sphere_mask):
-    """The nearest outer voxel of a ball to an inner point lies on the ray from the centre through it."""
+    """For a point inside a ball: the surface point on the ray from the centre through it (to a voxel)."""
     c = np.array([5.0, -3.0, 2.0])
     direction = np.array([-0.3, 0.5, 0.8]) / np.linalg.norm([-0.3, 0.5, 0.8])
     target = c + 25.0 * direction  # 15 mm under the surface
     nearest = nearest_scalp_point(sphere_mask, target)
-    assert 14.0 <= np.linalg.norm(nearest - target) <= 15.0 + np.sqrt(3) / 2  # the staircase: within a voxel
+    assert abs(np.linalg.norm(nearest - c) - RADIUS) <= 1.0  # on the surface
+    assert 14.0 <= np.linalg.norm(nearest - target) <= 16.0
     assert np.dot(nearest - c, direction) / np.linalg.norm(nearest - c) > np.cos(np.deg2rad(6.0))  # on the ray
+    outside = c + 60.0 * direction
+    assert abs(np.linalg.norm(nearest_scalp_point(sphere_mask, outside) - c) - RADIUS) <= 1.0
     assert sphere_mask.array[tuple(np.rint(sphere_mask.ras_to_ijk_points(nearest)).astype(int))]
     with pytest.raises(ValueError, match="3 finite numbers"):
         nearest_scalp_point(sphere_mask, [0.0, np.nan, 0.0])
