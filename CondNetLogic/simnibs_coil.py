@@ -20,7 +20,7 @@ readers (``TmsCoil.from_ccd`` and ``TmsCoil.from_tcd``), whose coil frame is our
     * type 3, an A-field sampled on a grid: not read (refused with a message).
 
     Arrays are lists of ``[x, y, z]`` or base64 strings of little-endian float64 triples, zlib-compressed
-    (SimNIBS 4.5) or not (SimNIBS 4.1).  An element's ``deformations`` (translations along ``x``/``y``/``z``
+    or not (SimNIBS's code has written both).  An element's ``deformations`` (translations along ``x``/``y``/``z``
     in mm, rotations ``rot2p`` in degrees about the axis from ``point1`` to ``point2``, right-handed) are
     applied at their initial values, in the listed order, as SimNIBS places a coil before optimisation.
     Casings and coil models (shapes for display and optimisation) are ignored.
@@ -132,7 +132,7 @@ def _tcd_vectors(value, where: str) -> np.ndarray:
         try:
             raw = zlib.decompress(raw)
         except zlib.error:
-            pass  # SimNIBS 4.1 wrote the float64 bytes uncompressed
+            pass  # earlier SimNIBS code wrote the float64 bytes uncompressed
         if len(raw) == 0 or len(raw) % 24:
             raise ValueError(f"{where}: {len(raw)} bytes are not float64 [x, y, z] triples (truncated file?)")
         array = np.frombuffer(raw, dtype="<f8").reshape(-1, 3).astype(float)
@@ -164,7 +164,7 @@ def _deformation(coil: dict, index: int) -> np.ndarray:
     deform, where = deforms[index], f"deformList[{index}]"
     if not isinstance(deform, dict):
         raise ValueError(f"{where}: expected an object with the deformation's type and value")
-    if "deformRange" in deform:  # SimNIBS 4.5: the value lives in deformRangeList
+    if "deformRange" in deform:  # the later layout: the value lives in deformRangeList
         ranges, which = coil.get("deformRangeList", []), deform["deformRange"]
         if not isinstance(which, int) or not 0 <= which < len(ranges) or not isinstance(ranges[which], dict):
             raise ValueError(f"{where}: deformRange {which!r} is not an entry of deformRangeList")

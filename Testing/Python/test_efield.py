@@ -392,7 +392,7 @@ def test_cli_warns_that_float32_cannot_reach_a_tight_tolerance(sigma_file, tmp_p
 
 
 def _figure8_as_tcd(path):
-    """The shipped figure-8 as a SimNIBS 4.5 ``.tcd`` file: its segments as line elements, zlib + base64 arrays."""
+    """The shipped figure-8 as a SimNIBS ``.tcd`` file: its segments as line elements, zlib + base64 arrays."""
     coil = load_coil("figure8_70mm")
     segments = coil.segments_mm()
     points, values = (base64.b64encode(zlib.compress(np.asarray(array, "<f8").tobytes())).decode()

@@ -13,7 +13,7 @@ from CondNetLogic.primary_field import dadt_at_points
 
 
 def _encode(array, encoding: str):
-    """An array as a ``.tcd`` file stores it: a list (ascii), base64 float64 (SimNIBS 4.1) or zlib + base64 (4.5)."""
+    """An array as a ``.tcd`` file stores it: a list (ascii), base64 float64, or zlib-compressed base64 float64."""
     array = np.asarray(array, dtype="<f8")
     if encoding == "ascii":
         return array.tolist()
