@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .scalp import rotate_about
+
 __all__ = ["read_ccd", "read_tcd"]
 
 #: Two segment ends closer than this (mm) are the same vertex of a polyline.
@@ -148,14 +150,6 @@ def _tcd_vectors(value, where: str) -> np.ndarray:
     return array
 
 
-def _rotation_deg(axis: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Right-handed rotation matrix (3, 3) by ``angle_deg`` about the unit vector ``axis`` (Rodrigues)."""
-    x, y, z = axis
-    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    angle = np.deg2rad(angle_deg)
-    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
-
-
 def _deformation(coil: dict, index: int) -> np.ndarray:
     """The 4x4 matrix (mm) of ``deformList[index]`` at its initial value."""
     deforms = coil.get("deformList", [])
@@ -185,7 +179,7 @@ def _deformation(coil: dict, index: int) -> np.ndarray:
         length = np.linalg.norm(end - start)
         if not np.isfinite(length) or length == 0.0:
             raise ValueError(f"{where}: point1 and point2 must be two different finite points")
-        rotation = _rotation_deg((end - start) / length, value)
+        rotation = np.column_stack([rotate_about(unit, end - start, value) for unit in np.eye(3)])
         matrix[:3, :3] = rotation
         matrix[:3, 3] = start - rotation @ start
     else:
