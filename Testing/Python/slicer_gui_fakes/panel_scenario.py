@@ -569,7 +569,10 @@ def loadPose():
         moved = w._coilToRas()
         check(not logic.samePose(moved, pose), "turning the handle did not move the coil")
         fakeqt.QFileDialog.answers[:] = [""]  # the user cancels the dialog
+        opened = len(fakeqt.QFileDialog.calls)
         click(ui.loadPoseButton)
+        check(len(fakeqt.QFileDialog.calls) == opened + 1 and "*.txt" in fakeqt.QFileDialog.calls[-1][2],
+              f"Load pose did not open a file dialog for pose files: {fakeqt.QFileDialog.calls[opened:]}")
         check(logic.samePose(w._coilToRas(), moved), "a cancelled Load pose moved the coil")
         bad = P.work / "bad_pose.txt"
         bad.write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n")
