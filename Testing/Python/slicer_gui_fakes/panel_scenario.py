@@ -590,7 +590,6 @@ def loadPose():
         check(logic.samePose(w._coilToRas(), pose, atolMm=1e-6), "the loaded pose is not the exported one")
         check(abs(p.handleAngleDeg - logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume)) < 1e-5,
               "the handle angle shown is not the loaded coil's")
-        check(logic.samePose(logic.solvedCoilToRas(p.eMagnitudeVolume), pose), "the pose is not the solved one")
         check(f"Coil placed at the pose in {exported}" in logText(), "loading the pose was not logged")
         checkStates("pose loaded")
         checkGuiMirrorsParameters("pose loaded")
