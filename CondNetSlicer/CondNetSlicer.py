@@ -631,6 +631,26 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to snap the coil to the scalp."), waitCursor=True):
             self._snapCoil()
 
+    def _placeCoil(self, place, *, readAngle: bool = False):
+        """Place the coil markup (made if needed) with ``place(markup)`` and redraw the coil; returns what ``place``
+        returns.  ``place`` turns the coil to the panel's handle angle, or with ``readAngle`` the panel shows the
+        placed coil's own angle.  The markup's snapping after a move is held off meanwhile."""
+        p = self._parameterNode
+        markup = self._ensureCoilMarkup()
+        self._updatingCoil = True
+        try:
+            placed = place(markup)
+            if readAngle:
+                angle = round(self.logic.coilHandleAngle(markup, p.conductivityVolume), 6)
+                self._appliedHandleAngle = angle
+                p.handleAngleDeg = angle
+            else:
+                self._appliedHandleAngle = p.handleAngleDeg
+            self._updateCoilModel()
+        finally:
+            self._updatingCoil = False
+        return placed
+
     def onLoadPoseButton(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
             slicer.util.mainWindow(), _("Coil pose"), _pathText(self._parameterNode.exportFolder),
@@ -641,48 +661,28 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the saved pose."), waitCursor=True):
             p = self._parameterNode
             pose = self.logic.readCoilPose(path)  # a bad file changes nothing
-            markup = self._ensureCoilMarkup()
-            self._updatingCoil = True
-            try:
-                distance = self.logic.placeCoilAtPose(markup, p.conductivityVolume, pose,
-                                                      scalpOffsetMm=p.scalpOffsetMm)
-                angle = round(self.logic.coilHandleAngle(markup, p.conductivityVolume), 6)
-                self._appliedHandleAngle = angle
-                p.handleAngleDeg = angle
-                self._updateCoilModel()
-            finally:
-                self._updatingCoil = False
+            distance = self._placeCoil(
+                lambda markup: self.logic.placeCoilAtPose(markup, p.conductivityVolume, pose,
+                                                          scalpOffsetMm=p.scalpOffsetMm),
+                readAngle=True,
+            )
             self._log(f"Coil placed at the pose in {path} ({distance:.1f} mm from the scalp).")
 
     def onCoilOverTargetButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil over the target."), waitCursor=True):
             p = self._parameterNode
             target = self.logic.targetPoint(p.targetMarkup, p.conductivityVolume)
-            markup = self._ensureCoilMarkup()
-            self._updatingCoil = True
-            try:
-                distance = self.logic.placeCoilOverTarget(
-                    markup, p.conductivityVolume, target, handleAngleDeg=p.handleAngleDeg
-                )[1]
-                self._appliedHandleAngle = p.handleAngleDeg
-                self._updateCoilModel()
-            finally:
-                self._updatingCoil = False
+            distance = self._placeCoil(lambda markup: self.logic.placeCoilOverTarget(
+                markup, p.conductivityVolume, target, handleAngleDeg=p.handleAngleDeg
+            ))[1]
             self._log(f"Coil placed over the target: its scalp point is {distance:.1f} mm from the target.")
 
     def onPresetButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to place the coil at the EEG position."), waitCursor=True):
             p = self._parameterNode
-            markup = self._ensureCoilMarkup()
-            self._updatingCoil = True
-            try:
-                self.logic.placeCoilAtPreset(
-                    markup, p.landmarks, p.conductivityVolume, p.eegPosition, handleAngleDeg=p.handleAngleDeg
-                )
-                self._appliedHandleAngle = p.handleAngleDeg
-                self._updateCoilModel()
-            finally:
-                self._updatingCoil = False
+            self._placeCoil(lambda markup: self.logic.placeCoilAtPreset(
+                markup, p.landmarks, p.conductivityVolume, p.eegPosition, handleAngleDeg=p.handleAngleDeg
+            ))
             self._log(f"Coil placed at {p.eegPosition}.")
 
     def _coilToRas(self):
