@@ -254,13 +254,13 @@ def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
     ValueError
         If the mask is empty or the point is not 3 finite numbers.
     """
-    from scipy import ndimage
+    from .evaluation import interior_of
 
     point = np.asarray(point_ras, dtype=float).reshape(-1)
     if point.shape != (3,) or not np.all(np.isfinite(point)):
         raise ValueError(f"the point must be 3 finite numbers (RAS mm); got {point_ras}")
     inside = np.asarray(mask.array) > 0
-    outer = inside & ~ndimage.binary_erosion(inside, border_value=0)
+    outer = inside & ~interior_of(inside)
     if not outer.any():
         raise ValueError("the head mask is empty")
     points = mask.ijk_to_ras_points(np.argwhere(outer))
