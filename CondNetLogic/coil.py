@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -219,8 +219,9 @@ class Coil:
     ----------
     name : str
         Coil name.
-    didt_max : float
-        Current slope dI/dt at maximum stimulator output, A/s.
+    didt_max : float or None
+        Current slope dI/dt at maximum stimulator output, A/s; None when the coil file gives none (SimNIBS's
+        ``Magstim_70mm_Fig8.ccd``): then dI/dt must be given explicitly.
     winding : dict
         The winding as in the file: a ``figure8_spiral`` generator spec, explicit ``polylines``, ``dipoles``, or
         ``mixed`` (polylines and dipoles, from a SimNIBS ``.tcd`` file that has both).
@@ -236,7 +237,7 @@ class Coil:
     """
 
     name: str
-    didt_max: float
+    didt_max: Optional[float]
     winding: dict
     polylines_mm: tuple
     description: str = ""
@@ -268,7 +269,7 @@ class Coil:
             array.setflags(write=False)
         return cls(
             name=data["name"],
-            didt_max=float(data["didt_max_a_per_s"]),
+            didt_max=float(data["didt_max_a_per_s"]) if "didt_max_a_per_s" in data else None,
             winding=winding,
             polylines_mm=polylines,
             description=data.get("description", ""),
@@ -355,7 +356,7 @@ class Coil:
         data = {
             "format_version": _FORMAT_VERSION,
             "name": self.name,
-            "didt_max_a_per_s": self.didt_max,
+            **({} if self.didt_max is None else {"didt_max_a_per_s": self.didt_max}),
             "winding": json.loads(json.dumps(self.winding)),
         }
         if self.description:
@@ -413,7 +414,8 @@ class Coil:
         segments, dipoles = sum(len(line) - 1 for line in self.polylines_mm), len(self.dipole_positions_mm)
         size = ", ".join(([f"segments={segments}"] if segments or not dipoles else [])
                          + ([f"dipoles={dipoles}"] if dipoles else []))
-        return f"Coil(name={self.name!r}, winding={kind!r}, {size}, didt_max={self.didt_max:.3g} A/s)"
+        maximum = "None" if self.didt_max is None else f"{self.didt_max:.3g} A/s"
+        return f"Coil(name={self.name!r}, winding={kind!r}, {size}, didt_max={maximum})"
 
 
 def check_coil_to_ras(coil_to_ras: np.ndarray, *, tol: float = 1e-6) -> np.ndarray:

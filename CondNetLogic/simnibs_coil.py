@@ -6,11 +6,11 @@ readers (``TmsCoil.from_ccd`` and ``TmsCoil.from_tcd``), whose coil frame is our
 ``+y`` the handle).
 
 ``.ccd``
-    A header line ``# description;key=value;...`` (``dIdtmax`` in A/us), the number of dipoles, then
+    A header line ``# description;key=value;...`` (``dIdtmax`` in A/us; optional), the number of dipoles, then
     ``x y z mx my mz`` per dipole: positions in m, moments in m^2 (A m^2 per ampere of coil current).
 ``.tcd``
     JSON.  ``coilElementList`` holds the stimulating elements, each driven by one entry of
-    ``stimulatorList`` (``maxdIdt`` in A/s):
+    ``stimulatorList`` (``maxdIdt`` in A/s; optional) or by none:
 
     * type 1, magnetic dipoles: ``points`` (mm) and ``values`` (moments, A m^2 per ampere);
     * type 2, line elements: ``points`` (segment midpoints, mm) and ``values`` (the segment vector ``dl``,
@@ -43,6 +43,10 @@ __all__ = ["read_ccd", "read_tcd"]
 #: Two segment ends closer than this (mm) are the same vertex of a polyline.
 _JOIN_TOL_MM = 1e-6
 
+#: The note of a coil whose file gives no maximum dI/dt.
+NO_DIDT_MAX_NOTE = ("The file gives no maximum dI/dt (stimulator output 100 %): give dI/dt explicitly (condnet "
+                    "efield --didt A/s; SimNIBS's default is 1e6 A/s).")
+
 _TCD_TYPES = {1: "magnetic dipoles", 2: "line elements", 3: "a sampled A-field grid"}
 
 
@@ -69,7 +73,8 @@ def read_ccd(path: Path) -> dict:
     ------
     ValueError
         If the file is not text, is truncated (fewer dipoles than announced), has rows that are not 6 numbers,
-        or gives no positive ``dIdtmax``.
+        or gives a ``dIdtmax`` that is not a positive number.  A file without ``dIdtmax`` (as SimNIBS's
+        ``Magstim_70mm_Fig8.ccd``) gives a coil without a maximum dI/dt.
     """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Notepad) is dropped
@@ -101,27 +106,38 @@ def read_ccd(path: Path) -> dict:
     if len(rows) != count:
         raise ValueError(f"{path}: line 2 announces {count} dipoles but the file holds {len(rows)} "
                          "(truncated or edited file?)")
-    if "dIdtmax" not in fields:
-        raise ValueError(f"{path}: the first line gives no dIdtmax (the stimulator's maximum dI/dt, A/us); "
-                         "add one, e.g. ';dIdtmax=100.0'")
-    try:
-        didt_max = float(fields["dIdtmax"]) * 1e6
-    except ValueError:
-        didt_max = float("nan")
-    if not (np.isfinite(didt_max) and didt_max > 0):
-        raise ValueError(f"{path}: dIdtmax={fields['dIdtmax']!r} is not a positive number (A/us)")
+    didt_max, didt_note = _ccd_didt_max(path, fields.get("dIdtmax"))
     data = np.asarray(rows, dtype=float)
     label = " ".join(fields[key] for key in ("brand", "coilname") if fields.get(key) not in (None, "", "none"))
     return {
         "name": path.stem,
         "description": "; ".join(text for text in (label, description) if text) or f"Dipole coil from {path.name}",
         "notes": [f"Imported from the SimNIBS coil file {path.name} ({count} dipoles; positions m -> mm, "
-                  "moments in m^2 per A of coil current; dIdtmax A/us -> A/s)."],
-        "didt_max_a_per_s": didt_max,
+                  "moments in m^2 per A of coil current; dIdtmax A/us -> A/s)."] + didt_note,
+        **({} if didt_max is None else {"didt_max_a_per_s": didt_max}),
         "winding": {
             "type": "dipoles", "positions_mm": (data[:, :3] * 1e3).tolist(), "moments_m2": data[:, 3:].tolist()
         },
     }
+
+
+def _ccd_didt_max(path: Path, value) -> tuple:
+    """``(dI/dt max in A/s or None, notes)`` from a ``.ccd`` header's ``dIdtmax`` (A/us; absent or ``none``: None).
+
+    A list (``dIdtmax=147,100``: one value per stimulator, as SimNIBS documents it) gives its first value.
+    """
+    if value is None or value.strip().lower() in ("", "none"):
+        return None, [NO_DIDT_MAX_NOTE]
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        didt_max = float(parts[0]) * 1e6
+    except ValueError:
+        didt_max = float("nan")
+    if not (np.isfinite(didt_max) and didt_max > 0):
+        raise ValueError(f"{path}: dIdtmax={value!r} is not a positive number (A/us)")
+    if len(parts) > 1:
+        return didt_max, [f"dIdtmax lists {len(parts)} stimulators ({value} A/us); the first is the maximum here."]
+    return didt_max, []
 
 
 def _tcd_vectors(value, where: str) -> np.ndarray:
@@ -200,7 +216,7 @@ def read_tcd(path: Path) -> dict:
     ------
     ValueError
         If the file is not JSON, holds a sampled A-field element, drives its elements from more than one
-        stimulator, gives no positive ``maxdIdt``, or has malformed arrays, indices or deformations.
+        stimulator, gives a ``maxdIdt`` that is not a positive number, or has malformed arrays, indices or deformations.
     """
     try:
         coil = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -223,7 +239,7 @@ def read_tcd(path: Path) -> dict:
         if kind not in (1, 2):
             raise ValueError(f"{path}: {where} has type {kind!r}; expected 1 (dipoles), 2 (line elements) or 3")
         stimulator = element.get("stimulator")
-        if not isinstance(stimulator, int) or not 0 <= stimulator < len(stimulators):
+        if stimulator is not None and (not isinstance(stimulator, int) or not 0 <= stimulator < len(stimulators)):
             raise ValueError(f"{path}: {where}: stimulator {stimulator!r} is not in stimulatorList "
                              f"({len(stimulators)} entries)")
         used.add(stimulator)
@@ -253,14 +269,13 @@ def read_tcd(path: Path) -> dict:
                              f"(index {int(np.flatnonzero(lengths == 0.0)[0])})")
         polylines += _polylines(points - 0.5 * values, points + 0.5 * values)
     if len(used) > 1:
-        raise ValueError(f"{path}: the elements are driven by {len(used)} stimulators ({sorted(used)}); CondNet "
-                         "takes one dI/dt per coil: split the file into one coil per stimulator")
-    stimulator = stimulators[used.pop()]
-    didt_max = stimulator.get("maxdIdt") if isinstance(stimulator, dict) else None
-    if isinstance(didt_max, bool) or not isinstance(didt_max, (int, float)) or not (
-            np.isfinite(didt_max) and didt_max > 0):
-        raise ValueError(f"{path}: the stimulator gives no positive maxdIdt (A/s); got {didt_max!r}: add one, "
-                         "e.g. \"maxdIdt\": 1.4e8")
+        raise ValueError(f"{path}: the elements are driven by {len(used)} stimulators ({sorted(used, key=str)}); "
+                         "CondNet takes one dI/dt per coil: split the file into one coil per stimulator")
+    only = used.pop()
+    didt_max = stimulators[only].get("maxdIdt") if only is not None and isinstance(stimulators[only], dict) else None
+    if didt_max is not None and (isinstance(didt_max, bool) or not isinstance(didt_max, (int, float)) or not (
+            np.isfinite(didt_max) and didt_max > 0)):
+        raise ValueError(f"{path}: the stimulator's maxdIdt must be a positive number (A/s); got {didt_max!r}")
     label = " ".join(str(coil[key]) for key in ("brand", "name", "version") if coil.get(key))
     winding = {"type": "polylines" if not positions else "dipoles" if not polylines else "mixed"}
     if polylines:
@@ -273,7 +288,7 @@ def read_tcd(path: Path) -> dict:
         "description": label or f"Coil from {path.name}",
         "notes": [f"Imported from the SimNIBS coil file {path.name} ({counts[2]} line elements as "
                   f"{len(polylines)} polylines, {counts[1]} dipoles; deformations at their initial values; "
-                  "maxdIdt in A/s)."],
-        "didt_max_a_per_s": float(didt_max),
+                  "maxdIdt in A/s)."] + ([NO_DIDT_MAX_NOTE] if didt_max is None else []),
+        **({} if didt_max is None else {"didt_max_a_per_s": float(didt_max)}),
         "winding": winding,
     }

@@ -192,7 +192,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingCoil = False
         self._coilMovedWhileBusy = False
         self._reportedMissingCoil = ""
-        self._coilMaxDidt = {}  # coil name -> maximum dI/dt (A/us) or None (unreadable); emptied on entering
+        self._coilMaxDidt = {}  # coil name -> maximum dI/dt (A/us), None: unreadable or none given; emptied on entering
 
     def resourcePath(self, filename: str) -> str:
         # The shared Resources/ folder sits beside this module's folder, not inside it (see CMakeLists.txt).
@@ -375,16 +375,18 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._updateCoilModel()
 
     def _coilMaxDidtAPerUs(self, name: str) -> Optional[float]:
-        """The coil's dI/dt at maximum stimulator output (A/us), or None when its file cannot be read."""
+        """The coil's dI/dt at maximum stimulator output (A/us), or None when its file cannot be read or gives none."""
         if name not in self._coilMaxDidt:
             try:
-                self._coilMaxDidt[name] = self.logic.coilMaxDidt(name) / 1e6
+                maxDidt = self.logic.coilMaxDidt(name)
             except (ValueError, OSError):  # reported when the E-field is computed with it
-                self._coilMaxDidt[name] = None
+                maxDidt = None
+            self._coilMaxDidt[name] = None if maxDidt is None else maxDidt / 1e6
         return self._coilMaxDidt[name]
 
     def _showOutputPercent(self, p, coilInstalled: bool) -> None:
-        """The output box shows dI/dt as a percentage of the coil's maximum; without a readable coil it is disabled."""
+        """The output box shows dI/dt as a percentage of the coil's maximum; without one (a coil file that cannot be
+        read or gives no maximum) it is disabled and dI/dt is used as typed."""
         maxDidt = self._coilMaxDidtAPerUs(p.coilName) if coilInstalled else None
         box = self.ui.msoSpinBox
         box.enabled = maxDidt is not None

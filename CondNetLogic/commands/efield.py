@@ -142,14 +142,21 @@ def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
     """dI/dt (A/s) from ``--didt`` (A/s) or ``--mso`` (percent of the coil file's maximum); default: the maximum.
 
     The maximum is the coil file's ``didt_max_a_per_s`` (SimNIBS ``dIdtmax``), the dI/dt of its stimulator at
-    100 % output; dI/dt is taken proportional to the output (the stimulator's capacitor voltage).
+    100 % output; dI/dt is taken proportional to the output (the stimulator's capacitor voltage).  A coil whose
+    file gives no maximum needs ``--didt``.
     """
+    if coil.didt_max is None and (didt is None or mso_percent is not None):
+        raise ValueError(f"coil {coil.name!r} gives no maximum dI/dt (its file has no dIdtmax / maxdIdt), so "
+                         f"{'--mso' if mso_percent is not None else 'the default of 100 % output'} cannot be "
+                         "used: pass --didt in A/s (e.g. --didt 1e8 for 100 A/us)")
     if mso_percent is not None:
         if not 0.0 < mso_percent <= 100.0:
             raise ValueError(f"--mso must be a percentage in (0, 100]; got {mso_percent}")
         return coil.didt_max * mso_percent / 100.0
     if didt is None:
         return coil.didt_max
+    if coil.didt_max is None:
+        return float(didt)
     percent = 100.0 * abs(didt) / coil.didt_max
     if percent > 100.0:
         logger.warning("--didt %.4g A/s is %.0f %% of the maximum of coil %s (%.4g A/s)", didt, percent, coil.name,
@@ -264,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "handle_direction_ras": pose[:3, 1].tolist(),
         "handle_angle_deg": handle_angle(pose[:3, 2], pose[:3, 1]),
         "didt_a_per_s": didt,
-        "didt_percent_of_coil_max": 100.0 * didt / coil.didt_max,
+        "didt_percent_of_coil_max": None if coil.didt_max is None else 100.0 * didt / coil.didt_max,
         "solver": {
             key: result.info[key]
             for key in ("tol", "iterations", "residual", "true_residual", "converged", "device", "fallbacks",

@@ -103,9 +103,16 @@ def _print_coil(summary: dict) -> None:
     print(f"winding: {summary['winding']}, {sources}")
     print(f"size: {x1 - x0:.1f} x {y1 - y0:.1f} mm (x: {x0:.1f} to {x1:.1f}, y: {y0:.1f} to {y1:.1f}); sources at "
           f"z = {z0:.1f} to {z1:.1f} mm (+z into the head)")
-    print(f"maximum dI/dt: {summary['didt_max_a_per_s']:.4g} A/s ({summary['didt_max_a_per_s'] / 1e6:.4g} A/us)")
+    didt_max = summary["didt_max_a_per_s"]
+    if didt_max is None:
+        print("maximum dI/dt: not given by the file (condnet efield needs --didt A/s with this coil)")
+    else:
+        print(f"maximum dI/dt: {didt_max:.4g} A/s ({didt_max / 1e6:.4g} A/us)")
     for note in summary["notes"]:
         print(f"note: {note}")
+    if z1 > 0.0:
+        print(f"warning: sources reach z = +{z1:.1f} mm, beyond the coil centre towards the head: with a scalp "
+              f"offset below {z1:.1f} mm they lie in the head, which condnet efield refuses")
     if max(x1 - x0, y1 - y0) < 5.0:
         print("warning: the coil is less than 5 mm across: coordinates in metres? Coil files are in mm "
               "(SimNIBS .ccd files in m are converted when read)")

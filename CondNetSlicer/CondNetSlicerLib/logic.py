@@ -487,8 +487,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return list_coils()
 
     @staticmethod
-    def coilMaxDidt(name: str) -> float:
-        """dI/dt (A/s) of the coil ``name`` (or coil file) at maximum stimulator output, from its coil file."""
+    def coilMaxDidt(name: str) -> Optional[float]:
+        """dI/dt (A/s) of the coil ``name`` (or coil file) at maximum stimulator output, from its coil file; None
+        when the file gives none (SimNIBS's ``Magstim_70mm_Fig8.ccd``)."""
         from CondNetLogic.coil import load_coil
 
         return load_coil(name).didt_max
@@ -927,8 +928,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                                              cancel=cancel)
             # per-solve choices; the built solver does not depend on them
             simulation.primary_field, simulation.warm_start = primaryField, bool(warmStart)
-            self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s "
-                     f"({100.0 * didt / coil.didt_max:.0f} % of the coil file's maximum, {coil.didt_max:.4g} A/s)")
+            share = ("the coil file gives no maximum" if coil.didt_max is None else
+                     f"{100.0 * didt / coil.didt_max:.0f} % of the coil file's maximum, {coil.didt_max:.4g} A/s")
+            self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s ({share})")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
         except (RuntimeError, MemoryError) as err:
             from CondNetLogic.errors import is_out_of_memory

@@ -158,6 +158,7 @@ def test_info_describes_one_coil(tmp_path, capsys):
     assert "winding: figure8_spiral, 1154 segments" in out
     assert "size: 194.0 x 94.2 mm" in out  # two 97 mm wings side by side
     assert "(100 A/us)" in out
+    assert "warning" not in out  # the wires lie in z = 0
     ccd = tmp_path / "pair.ccd"
     ccd.write_text("# pair;dIdtmax=150\n2\n0.01 0 -0.003 0 0 1e-4\n-0.01 0.02 -0.005 0 0 -1e-4\n")
     assert main(["info", "--coil", str(ccd), "--json"]) == 0
@@ -165,6 +166,11 @@ def test_info_describes_one_coil(tmp_path, capsys):
     assert (summary["winding"], summary["segments"], summary["dipoles"]) == ("dipoles", 0, 2)
     np.testing.assert_allclose(summary["extent_mm"], [[-10, 10], [0, 20], [-5, -3]])  # m -> mm
     assert summary["didt_max_a_per_s"] == pytest.approx(1.5e8)
+    ccd.write_text("# Magstim_70mm_Fig8.ccd version 1.0 number of elements\n1\n0.01 0 0.006 0 0 1e-4\n")
+    assert main(["info", "--coil", str(ccd)]) == 0
+    out = capsys.readouterr().out
+    assert "maximum dI/dt: not given by the file (condnet efield needs --didt A/s with this coil)" in out
+    assert "warning: sources reach z = +6.0 mm, beyond the coil centre towards the head" in out
     metres = tmp_path / "metres.json"
     metres.write_text(json.dumps({"format_version": 1, "name": "metres", "didt_max_a_per_s": 1e8, "winding": {
         "type": "polylines", "polylines_mm": [[[0, 0, 0], [0.05, 0, 0], [0.05, 0.05, 0], [0, 0, 0]]]}}))

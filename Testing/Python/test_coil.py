@@ -108,8 +108,8 @@ def test_sha256_changes_with_the_winding():
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"format_version": 1, "name": "x", "winding": _spec()["winding"]}, "didt_max_a_per_s"),
         ({**_spec(), "didt_max_a_per_s": -1.0}, "didt_max_a_per_s"),
+        ({**_spec(), "didt_max_a_per_s": None}, "didt_max_a_per_s"),  # leave it out instead
         ({**_spec(), "extra": 1}, "extra"),
         ({**_spec(), "format_version": 2}, "format_version"),
         (_spec(turns="nine"), "winding"),
@@ -218,6 +218,50 @@ def test_ccd_header_without_a_description(tmp_path):
     assert coil.description == "Bare"
 
 
+#: First lines of two coil files of SimNIBS's distribution (``resources/coil_models``), read 2026-11-28: the
+#: most used one gives no dIdtmax, a Drakaki (2022) model gives it among other fields, with a trailing ';'.
+SIMNIBS_MAGSTIM_HEADER = "# Magstim_70mm_Fig8.ccd version 1.0 number of elements"
+SIMNIBS_MC_B70_HEADER = ("# MC-B70.ccd version 1.0 number of elements; dIdtmax=155.33;x=-300,300;y=-200,200;"
+                         "z=-200,200;resolution=3;stimulator=MagPro X100;brand=MagVenture;dIdtstim=151;"
+                         "coilname=MC-B70;")
+
+
+def _simnibs_ccd(path, header):
+    """A .ccd file laid out as SimNIBS ships them: header, count, a comment line, then rows (m, m^2)."""
+    path.write_text(f"{header}\n2\n# centers and weighted directions of the elements (magnetic dipoles)\n"
+                    "-4.4e-02 1.4e-03 -4.17e-03 0.0 0.0 -2.8e-05\n4.4e-02 1.4e-03 -4.17e-03 0.0 0.0 2.8e-05\n")
+    return path
+
+
+def test_simnibs_ccd_without_didt_max_gives_a_coil_without_a_maximum(tmp_path):
+    coil = load_coil(_simnibs_ccd(tmp_path / "Magstim_70mm_Fig8.ccd", SIMNIBS_MAGSTIM_HEADER))
+    assert coil.didt_max is None
+    assert coil.description == "Magstim_70mm_Fig8.ccd version 1.0 number of elements"
+    assert any("no maximum dI/dt" in note and "--didt" in note for note in coil.notes)
+    assert "didt_max=None" in repr(coil)
+    data = coil.to_dict()
+    assert "didt_max_a_per_s" not in data  # the coil JSON form leaves it out too
+    again = load_coil(coil.to_file(tmp_path / "magstim.json"))
+    assert again.didt_max is None
+    assert again.sha256 == coil.sha256
+    np.testing.assert_allclose(coil.dipole_positions_mm[0], [-44.0, 1.4, -4.17])
+
+
+def test_simnibs_ccd_header_with_fields(tmp_path):
+    coil = load_coil(_simnibs_ccd(tmp_path / "MagVenture_MC-B70.ccd", SIMNIBS_MC_B70_HEADER))
+    assert coil.didt_max == pytest.approx(155.33e6)  # A/us -> A/s
+    assert coil.description == "MagVenture MC-B70; MC-B70.ccd version 1.0 number of elements"
+
+
+@pytest.mark.parametrize(("value", "didt_max", "note"),
+                         [("147,100", 147e6, "dIdtmax lists 2 stimulators"), ("none", None, "no maximum dI/dt"),
+                          ("", None, "no maximum dI/dt")])
+def test_ccd_didt_max_lists_and_none(tmp_path, value, didt_max, note):
+    coil = load_coil(_simnibs_ccd(tmp_path / "c.ccd", f"# c;dIdtmax={value};brand=B"))
+    assert coil.didt_max == (None if didt_max is None else pytest.approx(didt_max))
+    assert any(note in text for text in coil.notes)
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -226,10 +270,10 @@ def test_ccd_header_without_a_description(tmp_path):
         (CCD.replace("1e-5 0.0 0.0", "1e-5 0.0"), "line 6: expected 6 numbers"),
         (CCD.replace("1e-5", "x"), "line 6: expected 6 numbers"),
         (CCD.replace("1e-5", "nan"), "non-finite"),
-        (CCD.replace(";dIdtmax=120.5", ""), "no dIdtmax"),
         (CCD.replace("dIdtmax=120.5", "dIdtmax=fast"), "not a positive number"),
         (CCD.replace("dIdtmax=120.5", "dIdtmax=nan"), "not a positive number"),
         (CCD.replace("dIdtmax=120.5", "dIdtmax=-3"), "not a positive number"),
+        (CCD.replace("dIdtmax=120.5", "dIdtmax=0,100"), "not a positive number"),
         ("# empty;dIdtmax=80\n0\n\n", "announces 0 dipoles; a coil needs at least one"),
         (CCD.replace("\n3\n", "\nthree\n"), "line 2 must give the number of dipoles"),
         ("# only a header;dIdtmax=1.0\n", "has 1 lines"),

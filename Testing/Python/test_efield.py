@@ -524,6 +524,26 @@ def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):
     assert "--didt 2e+08 A/s is 200 % of the maximum of coil figure8_70mm" in caplog.text
 
 
+def test_cli_needs_didt_for_a_coil_without_a_maximum(sigma_file, tmp_path, capsys):
+    """A coil file without a maximum dI/dt (SimNIBS's Magstim_70mm_Fig8.ccd): --didt is needed, --mso refused."""
+    data = load_coil("figure8_70mm").to_dict()
+    del data["didt_max_a_per_s"]
+    data["name"] = "open"
+    coil_path = tmp_path / "open.json"
+    coil_path.write_text(json.dumps(data))
+    coarse = ["--coil", str(coil_path), "--primary-field", "direct", "--tol", "1e-3"]
+    for extra, option in (([], "the default of 100 % output"), (["--mso", "50"], "--mso")):
+        assert main(_cli_args(sigma_file, tmp_path / "no", *coarse, *extra)) == 2
+        err = capsys.readouterr().err
+        assert f"coil 'open' gives no maximum dI/dt (its file has no dIdtmax / maxdIdt), so {option}" in err
+        assert "pass --didt in A/s" in err
+        assert not (tmp_path / "no").exists()
+    assert main(_cli_args(sigma_file, tmp_path / "yes", *coarse, "--didt", "8e7")) == 0
+    summary = json.loads((tmp_path / "yes" / "efield.json").read_text())
+    assert summary["didt_a_per_s"] == pytest.approx(8e7)
+    assert summary["didt_percent_of_coil_max"] is None
+
+
 def test_cli_says_when_the_solve_did_not_converge(sigma_file, tmp_path, capsys, caplog):
     # The solver's RuntimeWarning reaches the log (not a bare warnings line), and the last line says it.
     with caplog.at_level("WARNING"):

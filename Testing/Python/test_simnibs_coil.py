@@ -124,6 +124,19 @@ def test_tcd_files_are_listed_by_name(tmp_path, monkeypatch):
     assert load_coil("theirs").winding["type"] == "polylines"
 
 
+@pytest.mark.parametrize("change", [lambda d: d["stimulatorList"][0].pop("maxdIdt"),
+                                    lambda d: d["coilElementList"][0].pop("stimulator")])
+def test_a_tcd_coil_without_maxdidt_has_no_maximum(tmp_path, change):
+    """SimNIBS reads a stimulator without maxdIdt, and an element without a stimulator, as no maximum dI/dt."""
+    data = {"stimulatorList": [{"name": "A", "maxdIdt": 1e8}], "coilElementList": _valid()}
+    change(data)
+    path = tmp_path / "open.tcd"
+    path.write_text(json.dumps(data))
+    coil = load_coil(path)
+    assert coil.didt_max is None
+    assert any("no maximum dI/dt" in note for note in coil.notes)
+
+
 def _valid():
     return [_element(1, [[0.0, 0.0, -1.0]], [[0.0, 0.0, 1e-4]])]
 
@@ -138,8 +151,11 @@ def _valid():
         (lambda d: (d["stimulatorList"].append({"name": "B", "maxdIdt": 1e8}),
                     d["coilElementList"].append({**d["coilElementList"][0], "stimulator": 1})),
          "driven by 2 stimulators"),
-        (lambda d: d["stimulatorList"][0].pop("maxdIdt"), "no positive maxdIdt"),
-        (lambda d: d["stimulatorList"][0].update(maxdIdt=-1.0), "no positive maxdIdt"),
+        (lambda d: d["stimulatorList"][0].update(maxdIdt=-1.0), "maxdIdt must be a positive number"),
+        (lambda d: d["stimulatorList"][0].update(maxdIdt="fast"), "maxdIdt must be a positive number"),
+        (lambda d: d["coilElementList"][0].update(stimulator="0"), "stimulator '0' is not in stimulatorList"),
+        (lambda d: d["coilElementList"].append({**d["coilElementList"][0], "stimulator": None}),
+         r"driven by 2 stimulators \(\[0, None\]\)"),
         (lambda d: d["coilElementList"][0].update(points="not base64!"), "points: not valid base64"),
         (lambda d: d["coilElementList"][0].update(points=_encode([[0.0, 0.0, 1.0]], "zlib")[:-8]),
          "bytes are not float64"),

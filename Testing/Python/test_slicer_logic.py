@@ -835,5 +835,7 @@ def test_coil_max_didt_comes_from_the_coil_file(tmp_path):
     path.write_text("# fast;dIdtmax=150\n1\n0 0 -0.01 0 0 1e-4\n")
     assert CondNetSlicerLogic.coilMaxDidt("figure8_70mm") == 1e8  # A/s
     assert CondNetSlicerLogic.coilMaxDidt(str(path)) == pytest.approx(1.5e8)
+    path.write_text("# Magstim_70mm_Fig8.ccd version 1.0 number of elements\n1\n0 0 -0.01 0 0 1e-4\n")
+    assert CondNetSlicerLogic.coilMaxDidt(str(path)) is None  # SimNIBS's most used coil file gives none
     with pytest.raises(ValueError, match="no coil file or coil named"):
         CondNetSlicerLogic.coilMaxDidt("not_a_coil")

@@ -606,6 +606,8 @@ def leaveAndEnter():
         ownCoils = P.work / "own_coils"  # a coil file dropped into the user coil folder while the module is hidden
         ownCoils.mkdir()
         (ownCoils / "aaa_dropped.ccd").write_text("# dropped;dIdtmax=150\n1\n0 0 -0.01 0 0 1e-4\n")
+        # no dIdtmax, as SimNIBS's Magstim_70mm_Fig8.ccd
+        (ownCoils / "aab_open.ccd").write_text("# open\n1\n0 0 -0.01 0 0 1e-4\n")
         os.environ["CONDNET_COIL_DIR"] = str(ownCoils)
         check(w._parameterNode is None, "exit() kept the parameter node")
         ui.didtSpinBox.value = 50.0  # edited while the module is not shown: must not reach the parameter node
@@ -619,7 +621,7 @@ def leaveAndEnter():
         check(all(a is b for a, b in zip(shown, outputs)), "enter() lost the results")
         check(ui.didtSpinBox.value == 100.0, f"enter() did not show didtAPerUs ({ui.didtSpinBox.value})")
         shownCoils = [ui.coilComboBox.itemText(i) for i in range(ui.coilComboBox.count)]
-        check(shownCoils == sorted(coils + ["aaa_dropped"]), f"the coil list on entering is {shownCoils}")
+        check(shownCoils == sorted(coils + ["aaa_dropped", "aab_open"]), f"the coil list on entering is {shownCoils}")
         check(p.coilName == ui.coilComboBox.currentText == coil,
               f"refreshing the coil list changed the coil from {coil!r} to {p.coilName!r}")
         check(ui.msoSpinBox.enabled and ui.msoSpinBox.value == 100.0,  # figure8_70mm: 100 A/us at 100 %
@@ -629,11 +631,18 @@ def leaveAndEnter():
         check(ui.msoSpinBox.value == 66.7, f"100 A/us of a 150 A/us coil is shown as {ui.msoSpinBox.value} %")
         ui.msoSpinBox.value = 50.0  # the user sets the stimulator output
         check(p.didtAPerUs == 75.0 and ui.didtSpinBox.value == 75.0, f"50 % of 150 A/us set {p.didtAPerUs} A/us")
+        ui.coilComboBox.setCurrentText("aab_open")  # its file gives no maximum: dI/dt is used as typed
+        check(not ui.msoSpinBox.enabled and p.didtAPerUs == 75.0, "a coil without a maximum left the output box on")
+        ui.didtSpinBox.value = 90.0
+        check(p.didtAPerUs == 90.0, f"typing dI/dt for a coil without a maximum set {p.didtAPerUs} A/us")
+        ui.didtSpinBox.value = 75.0
         ui.coilComboBox.setCurrentText(coil)
-        check(p.didtAPerUs == 75.0 and ui.msoSpinBox.value == 75.0, f"back on {coil}: {ui.msoSpinBox.value} %")
+        check(p.didtAPerUs == 75.0 and ui.msoSpinBox.enabled and ui.msoSpinBox.value == 75.0,
+              f"back on {coil}: {ui.msoSpinBox.value} %")
         p.didtAPerUs = 100.0
         check(ui.msoSpinBox.value == 100.0, f"dI/dt set to 100 A/us shows {ui.msoSpinBox.value} %")
-        (ownCoils / "aaa_dropped.ccd").unlink()  # and removed again
+        for dropped in ownCoils.glob("aa*.ccd"):  # and removed again
+            dropped.unlink()
         w.exit()
         w.enter()
         shownCoils = [ui.coilComboBox.itemText(i) for i in range(ui.coilComboBox.count)]
