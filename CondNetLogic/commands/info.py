@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from typing import Optional
 
 HELP = "what this installation can do (versions, devices, weights, coils, commands)"
 
@@ -16,6 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="describe one coil instead (name, coil JSON or SimNIBS .ccd/.tcd file): its sources, size and maximum "
              "dI/dt, to check an imported coil's units",
     )
+    parser.add_argument(
+        "--sphere", action="store_true",
+        help="with --coil: also its field in a spherical head (radius 85 mm, cortex 15 mm deep): |E| on the cortex "
+             "per A/us, half-value depth and area (after Deng et al. 2013), to compare coils",
+    )
+    parser.add_argument("--scalp-offset", type=float, default=4.0, metavar="MM",
+                        help="with --sphere: coil origin above the scalp, mm (default 4, as SimNIBS)")
 
 
 def _version(module: str) -> str:
@@ -71,11 +79,12 @@ def collect() -> dict:
     return info
 
 
-def coil_summary(name_or_path: str) -> dict:
+def coil_summary(name_or_path: str, sphere_offset_mm: Optional[float] = None) -> dict:
     """A coil as read: file, winding, source counts, extent of its sources in the coil frame (mm), maximum dI/dt.
 
     ``extent_mm`` is ``[[xmin, xmax], [ymin, ymax], [zmin, zmax]]``; ``+z`` points into the head, so ``zmax`` is
-    the source nearest the head (the coil origin sits ``--scalp-offset`` outside the scalp).
+    the source nearest the head (the coil origin sits ``--scalp-offset`` outside the scalp).  With
+    ``sphere_offset_mm``, ``sphere`` holds :func:`~CondNetLogic.coil_metrics.sphere_metrics` at that offset.
     """
     from ..coil import coil_file, load_coil
 
@@ -93,7 +102,14 @@ def coil_summary(name_or_path: str) -> dict:
         "didt_max_a_per_s": coil.didt_max,
         "notes": list(coil.notes),
         "sha256": coil.sha256,
+        **({} if sphere_offset_mm is None else {"sphere": _sphere(coil, sphere_offset_mm)}),
     }
+
+
+def _sphere(coil, offset_mm: float) -> dict:
+    from ..coil_metrics import sphere_metrics
+
+    return sphere_metrics(coil, offset_mm=offset_mm).to_dict()
 
 
 def _print_coil(summary: dict) -> None:
@@ -110,12 +126,26 @@ def _print_coil(summary: dict) -> None:
         print(f"maximum dI/dt: {didt_max:.4g} A/s ({didt_max / 1e6:.4g} A/us)")
     for note in summary["notes"]:
         print(f"note: {note}")
+    if "sphere" in summary:
+        _print_sphere(summary["sphere"], didt_max)
     if z1 > 0.0:
         print(f"warning: sources reach z = +{z1:.1f} mm, beyond the coil centre towards the head: with a scalp "
               f"offset below {z1:.1f} mm they lie in the head, which condnet efield refuses")
     if max(x1 - x0, y1 - y0) < 5.0:
         print("warning: the coil is less than 5 mm across: coordinates in metres? Coil files are in mm "
               "(SimNIBS .ccd files in m are converted when read)")
+
+
+def _print_sphere(sphere: dict, didt_max: Optional[float]) -> None:
+    print(f"in a spherical head (radius {sphere['head_radius_mm']:g} mm, cortex {sphere['cortex_depth_mm']:g} mm "
+          f"deep, coil origin {sphere['offset_mm']:g} mm above the scalp):")
+    axis = sphere["e_axis_per_a_per_us"]
+    at_max = "" if didt_max is None else f" ({axis * didt_max / 1e6:.4g} V/m at the maximum dI/dt)"
+    print(f"  |E| on the cortex below the coil centre: {axis:.4g} V/m per A/us{at_max}")
+    print(f"  maximum on the cortex: {sphere['e_max_per_a_per_us']:.4g} V/m per A/us, "
+          f"{sphere['peak_offset_mm']:.1f} mm from the axis")
+    print(f"  half-value depth below the cortex: {sphere['depth_half_mm']:.1f} mm; half-value area on the cortex: "
+          f"{sphere['area_half_cm2']:.1f} cm^2")
 
 
 def _describe(entry: dict) -> str:
@@ -130,8 +160,10 @@ def _describe(entry: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the installation summary, or one coil's (``--coil``)."""
+    if args.sphere and args.coil is None:
+        raise ValueError("--sphere describes the field of the coil given with --coil; add --coil NAME_OR_FILE")
     if args.coil is not None:
-        summary = coil_summary(args.coil)
+        summary = coil_summary(args.coil, args.scalp_offset if args.sphere else None)
         if args.json:
             print(json.dumps(summary, indent=2))
         else:

@@ -178,3 +178,19 @@ def test_info_describes_one_coil(tmp_path, capsys):
     assert "coordinates in metres?" in capsys.readouterr().out
     assert main(["info", "--coil", "no_such_coil"]) == 2
     assert "no coil file or coil named 'no_such_coil'" in capsys.readouterr().err
+
+
+def test_info_gives_a_coils_field_in_a_spherical_head(capsys):
+    from CondNetLogic.coil import load_coil
+    from CondNetLogic.coil_metrics import sphere_metrics
+
+    assert main(["info", "--coil", "figure8_70mm", "--sphere", "--scalp-offset", "6", "--json"]) == 0
+    sphere = json.loads(capsys.readouterr().out)["sphere"]
+    assert sphere == sphere_metrics(load_coil("figure8_70mm"), offset_mm=6.0).to_dict()
+    assert main(["info", "--coil", "figure8_70mm", "--sphere"]) == 0
+    out = capsys.readouterr().out
+    assert "coil origin 4 mm above the scalp" in out
+    assert re.search(r"below the coil centre: 1\.\d+ V/m per A/us \(1\d\d\.\d V/m at the maximum dI/dt\)", out)
+    assert re.search(r"half-value depth below the cortex: \d+\.\d mm; half-value area on the cortex: \d+\.\d cm", out)
+    assert main(["info", "--sphere"]) == 2
+    assert "add --coil NAME_OR_FILE" in capsys.readouterr().err
