@@ -15,6 +15,14 @@ posterior-lateral (the angle convention of :mod:`CondNetLogic.scalp`)::
 
     condnet efield --conductivity sigma.nii.gz --eeg-position C3 --landmarks fiducials.mrk.json --handle-angle 45 \\
         --out run3
+
+or over a cortical target, trying handle angles 15 degrees apart and keeping the one with the strongest mean |E|
+in the 5 mm ROI around the target (the operator is built once; each angle is one more solve)::
+
+    condnet efield --conductivity sigma.nii.gz --target -38 -20 58 --handle-angles 0 15 30 45 60 75 90 105 120 135 \\
+        150 165 --out run4
+
+(an angle and the angle 180 degrees from it give the same |E| for a symmetric coil: the current is reversed).
 """
 from __future__ import annotations
 
@@ -69,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(45: the usual motor-cortex orientation on either hemisphere)",
     )
     parser.add_argument(
+        "--handle-angles", nargs="+", type=float, metavar="DEG",
+        help="instead of --handle-angle: try each angle (e.g. 0 15 30 ... 165) and keep the one with the highest mean "
+             "|E| in the ROI (--target or --roi-center); the sidecar lists every angle's ROI statistics",
+    )
+    parser.add_argument(
         "--normal", nargs=3, type=float, metavar=("R", "A", "S"),
         help="coil normal pointing into the head, RAS (default: the scalp's inward normal at --coil-center, or the "
              "direction towards the head centre when the point is not on the scalp)",
@@ -114,23 +127,31 @@ def check_pose_options(args: argparse.Namespace) -> None:
     given = {flag: value is not None for flag, value in (
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
         ("--landmarks", args.landmarks),
-        ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle), ("--normal", args.normal),
-        ("--scalp-offset", args.scalp_offset))}
+        ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle),
+        ("--handle-angles", args.handle_angles), ("--normal", args.normal), ("--scalp-offset", args.scalp_offset))}
     if args.coil_matrix is not None:
         if any(given.values()):
             dropped = ", ".join(flag for flag, present in given.items() if present)
             raise ValueError(f"--coil-matrix is the whole coil pose: drop {dropped}")
         return
-    for options in (("--coil-center", "--eeg-position", "--target"), ("--coil-direction", "--handle-angle")):
+    for options in (("--coil-center", "--eeg-position", "--target"),
+                    ("--coil-direction", "--handle-angle", "--handle-angles")):
         chosen = [flag for flag in options if given[flag]]
         if len(chosen) > 1:
             raise ValueError(f"give one of {', '.join(options)}; got {', '.join(chosen)}")
         if not chosen:
             raise ValueError("give the coil pose: --coil-center (or --eeg-position with --landmarks, or --target) and "
-                             "--coil-direction (or --handle-angle), or --coil-matrix FILE")
+                             "--coil-direction (or --handle-angle, or --handle-angles), or --coil-matrix FILE")
     if given["--eeg-position"] != given["--landmarks"]:
         raise ValueError("--eeg-position and --landmarks go together (the 10-10 positions are found from Nz, Iz, LPA "
                          "and RPA)")
+    if args.handle_angles is not None:
+        angles = args.handle_angles
+        if len(angles) < 2 or len(set(angles)) < len(angles) or not all(abs(a) < float("inf") for a in angles):
+            raise ValueError(f"--handle-angles needs two or more different finite angles; got {angles}")
+        if args.target is None and args.roi_center is None:
+            raise ValueError("--handle-angles keeps the angle with the highest mean |E| in the ROI: give --target or "
+                             "--roi-center")
     from ..scalp import EEG_1010_CENTRAL
 
     if args.eeg_position is not None and args.eeg_position not in EEG_1010_CENTRAL:
@@ -216,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
     if matrix is not None:
-        pose = matrix
+        poses = [matrix]
         placement = {"coil_matrix_file": str(args.coil_matrix)}
     else:
         if args.eeg_position is not None:
@@ -226,15 +247,21 @@ def run(args: argparse.Namespace) -> int:
         else:
             center = np.asarray(args.coil_center, dtype=float)
         normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
-        handle = args.coil_direction if args.handle_angle is None else handle_direction(normal, args.handle_angle)
+        if args.handle_angles is not None:
+            handles = [handle_direction(normal, angle) for angle in args.handle_angles]
+        elif args.handle_angle is not None:
+            handles = [handle_direction(normal, args.handle_angle)]
+        else:
+            handles = [args.coil_direction]
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
-        pose = coil_pose(center, normal, handle, scalp_offset_mm=offset)
+        poses = [coil_pose(center, normal, handle, scalp_offset_mm=offset) for handle in handles]
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
         if args.eeg_position is not None:
             placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))
         if args.target is not None:
             placement.update(target_ras_mm=list(args.target))
-    check_wire_outside(coil, pose, conducting)  # before the solver is built
+    for pose in poses:
+        check_wire_outside(coil, pose, conducting)  # before the solver is built
     roi_center, roi = args.target if args.roi_center is None else args.roi_center, None
     if roi_center is not None:  # checked before the solve too
         roi = spherical_roi(conducting, roi_center, args.roi_radius) & conducting.array
@@ -260,7 +287,20 @@ def run(args: argparse.Namespace) -> int:
             grid_cache_dir=None if grid is not None else default_cache_dir(),
             progress=bar.stage(30, 40),
         )
-        result = simulation.solve(coil, pose, didt, progress=bar.stage(40, 100))
+        sweep, best, share = [], None, 60.0 / len(poses)
+        for number, pose in enumerate(poses):
+            result = simulation.solve(coil, pose, didt, progress=bar.stage(40 + number * share,
+                                                                            40 + (number + 1) * share))
+            if len(poses) > 1:  # --handle-angles: keep the field of the angle with the highest ROI mean
+                stats = roi_stats(result.e_magnitude, roi)
+                sweep.append({"handle_angle_deg": args.handle_angles[number], "iterations": result.info["iterations"],
+                              "roi": {key: stats[key] for key in ("mean", "max", "p99")}})
+                if best is None or stats["mean"] > sweep[best[0]]["roi"]["mean"]:
+                    best = (number, result)
+            else:
+                best = (number, result)
+            del result
+        pose, result = poses[best[0]], best[1]
     summary = {
         "condnet_version": __version__,
         "conductivity": {"path": str(args.conductivity), "sha256": file_sha256(args.conductivity)},
@@ -282,6 +322,9 @@ def run(args: argparse.Namespace) -> int:
         "units": {"efield": "V/m", "components": "RAS"},
         "stats": {"head": roi_stats(result.e_magnitude)},
     }
+    if sweep:
+        summary["handle_angle_sweep"] = {"criterion": "mean |E| in the ROI", "angles": sweep,
+                                         "best_handle_angle_deg": args.handle_angles[best[0]]}
     if roi is not None:
         summary["stats"]["roi"] = {
             "center_ras_mm": list(roi_center),
@@ -292,6 +335,10 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
+    for row in sweep:
+        mark = "  <- kept" if row["handle_angle_deg"] == args.handle_angles[best[0]] else ""
+        print(f"handle angle {row['handle_angle_deg']:g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
+              f"max {row['roi']['max']:.1f} V/m{mark}")
     head = summary["stats"]["head"]
     info = result.info
     status = "" if info["converged"] else (

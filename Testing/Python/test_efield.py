@@ -505,6 +505,54 @@ def test_cli_puts_the_coil_over_a_target_and_reports_its_roi(sigma_file, tmp_pat
     assert "give one of --coil-center, --eeg-position, --target; got --coil-center, --target" in capsys.readouterr().err
 
 
+def _handle(args, *replacement):
+    """``args`` of :func:`_cli_args` with ``--coil-direction 0 1 0`` replaced by ``replacement``."""
+    at = args.index("--coil-direction")
+    return args[:at] + list(replacement) + args[at + 4:]
+
+
+def test_cli_handle_angle_sweep_keeps_the_angle_with_the_strongest_roi(sigma_file, tmp_path, capsys):
+    """--handle-angles: one solve per angle; the kept field is the one a single run at the best angle gives."""
+    coarse = ["--primary-field", "direct", "--tol", "1e-6", "--roi-radius", "4"]
+    beside = np.array([2.0, -3.0, 1.0]) + [12.0, 0.0, 18.0]  # off the coil axis: the angle matters
+    out = tmp_path / "sweep"
+    args = _cli_args(sigma_file, out, "--roi-center", *map(str, beside), *coarse)
+    assert main(_handle(args, "--handle-angles", "0", "45", "90", "135")) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "efield.json").read_text())
+    rows = summary["handle_angle_sweep"]["angles"]
+    means = [row["roi"]["mean"] for row in rows]
+    best = [0.0, 45.0, 90.0, 135.0][int(np.argmax(means))]
+    assert [row["handle_angle_deg"] for row in rows] == [0.0, 45.0, 90.0, 135.0]
+    assert summary["handle_angle_sweep"]["best_handle_angle_deg"] == best
+    assert summary["handle_angle_deg"] == pytest.approx(best, abs=1e-9)
+    assert summary["stats"]["roi"]["mean"] == max(means)
+    assert max(means) > 1.2 * min(means)
+    assert f"handle angle {best:g} deg: ROI mean |E| {max(means):.1f} V/m, max" in printed
+    assert printed.count("<- kept") == 1
+    single = _cli_args(sigma_file, tmp_path / "single", "--roi-center", *map(str, beside), *coarse)
+    assert main(_handle(single, "--handle-angle", f"{best:g}")) == 0
+    again = json.loads((tmp_path / "single" / "efield.json").read_text())
+    assert again["stats"]["roi"]["mean"] == pytest.approx(max(means), rel=1e-9)
+    np.testing.assert_allclose(read_volume(out / "efield.nii.gz", allow_vector=True).array,
+                               read_volume(tmp_path / "single" / "efield.nii.gz", allow_vector=True).array)
+    on_axis = np.array([2.0, -3.0, 1.0]) + [0.0, 0.0, 18.0]  # under the centre of a sphere: the angle does not matter
+    args = _cli_args(sigma_file, tmp_path / "axis", "--roi-center", *map(str, on_axis), *coarse)
+    assert main(_handle(args, "--handle-angles", "0", "90")) == 0
+    rows = json.loads((tmp_path / "axis" / "efield.json").read_text())["handle_angle_sweep"]["angles"]
+    assert rows[0]["roi"]["mean"] == pytest.approx(rows[1]["roi"]["mean"], rel=0.02)
+    capsys.readouterr()
+    for extra, message in ((["--handle-angles", "45"], "needs two or more different finite angles"),
+                           (["--handle-angles", "45", "45"], "needs two or more different finite angles"),
+                           (["--handle-angles", "0", "90"], "give --target or --roi-center")):
+        assert main(_handle(_cli_args(sigma_file, tmp_path / "bad", *coarse[:4]), *extra)) == 2
+        assert message in capsys.readouterr().err
+    both = _cli_args(sigma_file, tmp_path / "bad", "--handle-angles", "0", "90", "--roi-center", *map(str, beside))
+    assert main(both) == 2
+    assert "got --coil-direction, --handle-angles" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):
     coarse = ["--primary-field", "direct", "--tol", "1e-3"]
     assert main(_cli_args(sigma_file, tmp_path / "half", "--mso", "50", *coarse)) == 0
