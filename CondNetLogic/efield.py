@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "EFieldResult",
     "EFieldSimulation",
     "check_wire_outside",
+    "strongest_pose",
     "validate_conductivity",
 ]
 
@@ -407,3 +408,54 @@ class EFieldSimulation:
             e_magnitude=self.conductivity.with_array(magnitude),
             info=info,
         )
+
+
+def strongest_pose(
+    simulation: EFieldSimulation,
+    coil: Coil,
+    poses: Sequence[np.ndarray],
+    didt: float,
+    roi: np.ndarray,
+    *,
+    progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> tuple:
+    """Solve for each coil pose and keep the one with the highest mean ``|E|`` in ``roi``.
+
+    Parameters
+    ----------
+    simulation : EFieldSimulation
+        Built once; each pose is one more solve.
+    coil : Coil
+    poses : sequence of array (4, 4)
+        Coil poses, mm (e.g. one coil position at several handle angles).
+    didt : float
+        A/s.
+    roi : bool array (I, J, K)
+        Region on the conductivity's grid (e.g. a sphere around a cortical target), with a conducting voxel.
+    progress, cancel : callable, optional
+        As :meth:`EFieldSimulation.solve`; the fraction covers all poses.
+
+    Returns
+    -------
+    (int, EFieldResult, list of dict)
+        The index of the strongest pose, its result, and per pose ``{"mean", "max", "p99"}`` of ``|E|`` in the
+        ROI (V/m) and the solver's ``iterations``.  Only two fields are held at a time.
+    """
+    from .metrics import roi_stats
+
+    if len(poses) == 0:
+        raise ValueError("give at least one coil pose")
+    rows, best, best_result = [], -1, None
+    for number, pose in enumerate(poses):
+        def report(fraction, message, number=number):
+            if progress is not None:
+                progress((number + fraction) / len(poses), f"pose {number + 1} of {len(poses)}: {message}")
+
+        result = simulation.solve(coil, pose, didt, progress=report, cancel=cancel)
+        stats = roi_stats(result.e_magnitude, roi)
+        rows.append({**{key: stats[key] for key in ("mean", "max", "p99")}, "iterations": result.info["iterations"]})
+        if best < 0 or stats["mean"] > rows[best]["mean"]:
+            best, best_result = number, result
+        del result
+    return best, best_result, rows

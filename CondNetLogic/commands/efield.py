@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, coil_pose, load_coil, read_coil_to_ras
-    from ..efield import EFieldSimulation, check_wire_outside, validate_conductivity
+    from ..efield import EFieldSimulation, check_wire_outside, strongest_pose, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
@@ -287,20 +287,14 @@ def run(args: argparse.Namespace) -> int:
             grid_cache_dir=None if grid is not None else default_cache_dir(),
             progress=bar.stage(30, 40),
         )
-        sweep, best, share = [], None, 60.0 / len(poses)
-        for number, pose in enumerate(poses):
-            result = simulation.solve(coil, pose, didt, progress=bar.stage(40 + number * share,
-                                                                            40 + (number + 1) * share))
-            if len(poses) > 1:  # --handle-angles: keep the field of the angle with the highest ROI mean
-                stats = roi_stats(result.e_magnitude, roi)
-                sweep.append({"handle_angle_deg": args.handle_angles[number], "iterations": result.info["iterations"],
-                              "roi": {key: stats[key] for key in ("mean", "max", "p99")}})
-                if best is None or stats["mean"] > sweep[best[0]]["roi"]["mean"]:
-                    best = (number, result)
-            else:
-                best = (number, result)
-            del result
-        pose, result = poses[best[0]], best[1]
+        if len(poses) > 1:  # --handle-angles: keep the field of the angle with the highest ROI mean
+            best, result, rows = strongest_pose(simulation, coil, poses, didt, roi, progress=bar.stage(40, 100))
+            sweep = [{"handle_angle_deg": angle, "iterations": row.pop("iterations"), "roi": row}
+                     for angle, row in zip(args.handle_angles, rows)]
+        else:
+            best, sweep = 0, []
+            result = simulation.solve(coil, poses[0], didt, progress=bar.stage(40, 100))
+        pose = poses[best]
     summary = {
         "condnet_version": __version__,
         "conductivity": {"path": str(args.conductivity), "sha256": file_sha256(args.conductivity)},
@@ -324,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if sweep:
         summary["handle_angle_sweep"] = {"criterion": "mean |E| in the ROI", "angles": sweep,
-                                         "best_handle_angle_deg": args.handle_angles[best[0]]}
+                                         "best_handle_angle_deg": args.handle_angles[best]}
     if roi is not None:
         summary["stats"]["roi"] = {
             "center_ras_mm": list(roi_center),
@@ -336,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
     for row in sweep:
-        mark = "  <- kept" if row["handle_angle_deg"] == args.handle_angles[best[0]] else ""
+        mark = "  <- kept" if row["handle_angle_deg"] == args.handle_angles[best] else ""
         print(f"handle angle {row['handle_angle_deg']:g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
               f"max {row['roi']['max']:.1f} V/m{mark}")
     head = summary["stats"]["head"]
