@@ -223,6 +223,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPoseButton.connect("clicked(bool)", self.onLoadPoseButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
         self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
+        self.ui.bestAngleButton.connect("clicked(bool)", self.onBestAngleButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -332,6 +333,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
+        self.ui.bestAngleButton.enabled = self.ui.computeEFieldButton.enabled and hasTarget
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
         )
@@ -748,6 +750,38 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             if result["warnings"]:
                 slicer.util.warningDisplay("\n\n".join(result["warnings"]), windowTitle=_("CondNet: E-field"))
+
+    def onBestAngleButton(self) -> None:
+        """Try the handle angles where the coil is, turn it to the strongest at the target and show that field."""
+        found = None
+        with slicer.util.tryWithErrorDisplay(_("Finding the best handle angle failed."), waitCursor=True):
+            p = self._parameterNode
+            self._ensureRequirements()
+            device = self._resolveDevice(p.device)
+            from CondNetLogic.errors import Cancelled
+
+            self._setBusy(True, f"Trying handle angles at the target ({p.coilName})...")
+            try:
+                found = self.logic.strongestHandleAngle(
+                    p.conductivityVolume,
+                    p.coilName,
+                    self._coilToRas(),
+                    p.didtAPerUs * 1e6,
+                    self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
+                    targetRadiusMm=p.targetRadiusMm,
+                    device=device,
+                    progress=self._onProgress,
+                    cancel=self._isCancelled,
+                )
+            except Cancelled:
+                self._log("Trying handle angles cancelled; the coil was left as it was.")
+                return
+            finally:
+                self._setBusy(False)
+            p.handleAngleDeg = found["angle"]  # turns the coil markup (see _onParameterNodeModified)
+            self._log(f"Handle angle set to {found['angle']:g} deg, the strongest mean |E| at the target.")
+        if found is not None:
+            self.onComputeEFieldButton()  # the field at that angle, in the E-field nodes
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:

@@ -48,6 +48,9 @@ EFIELD_COLORS = ("Inferno", "Iron")
 UNCERTAINTY_COLORS = ("Magma", "Warm1")
 #: A loaded coil pose whose point lies further than this (mm) from the head's scalp is reported.
 POSE_SCALP_TOLERANCE_MM = 5.0
+#: Handle angles tried by :meth:`CondNetSlicerLogic.strongestHandleAngle` (degrees; 180 degrees on gives the same
+#: |E| for a symmetric coil).
+HANDLE_ANGLES_DEG = tuple(float(angle) for angle in range(0, 180, 15))
 
 Progress = Optional[Callable[[float, str], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -987,6 +990,61 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         )
         written["warnings"] = warnings
         return written
+
+    def strongestHandleAngle(
+        self,
+        conductivityNode,
+        coilName: str,
+        coilToRas: np.ndarray,
+        didt: float,
+        targetRas,
+        *,
+        targetRadiusMm: float = 5.0,
+        anglesDeg: Sequence[float] = HANDLE_ANGLES_DEG,
+        device: str = "auto",
+        tol: float = 1e-6,
+        progress: Progress = None,
+        cancel: Cancel = None,
+    ) -> Dict[str, object]:
+        """Turn the coil about its normal through ``anglesDeg`` (handle angles, see :meth:`setCoilHandleAngle`) and
+        find the one with the highest mean |E| in the conducting voxels within ``targetRadiusMm`` of ``targetRas``.
+
+        One solve per angle on the kept solver of this conductivity (as :meth:`computeEField`); no node changes.
+        ``coilToRas`` gives the coil's position and normal (its handle is replaced), in the conductivity node's
+        local RAS, as ``targetRas`` (mm).  Returns ``{"angle": best angle (degrees), "rows": [{"angle", "mean",
+        "max", "p99"}, ...] (V/m)}``.  For a symmetric coil an angle and the one 180 degrees from it give the same
+        |E|, so the default ``HANDLE_ANGLES_DEG`` (0 to 165 degrees, 15 apart) covers every orientation.
+        """
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+        from CondNetLogic.efield import strongest_pose
+        from CondNetLogic.metrics import spherical_roi
+
+        if targetRas is None:
+            raise ValueError("choose a target point first")
+        if not np.isfinite(didt) or didt == 0:
+            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
+        pose = check_coil_to_ras(coilToRas)
+        coil = load_coil(coilName)
+        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        roi = spherical_roi(conductivity, targetRas, targetRadiusMm) & (np.asarray(conductivity.array) > 0)
+        if not roi.any():
+            raise ValueError(f"no conducting voxel lies within {targetRadiusMm:g} mm of the target: put the target on "
+                             "the cortex, or widen its radius")
+        poses = []
+        for angle in anglesDeg:
+            turned = pose.copy()
+            turned[:3, :3] = geometry.coilFrame(pose[:3, 2], geometry.handleDirection(pose[:3, 2], angle))
+            poses.append(turned)
+        simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress, cancel=cancel)
+        simulation.primary_field, simulation.warm_start = "auto", False
+        best, _, rows = strongest_pose(simulation, coil, poses, float(didt), roi, progress=progress, cancel=cancel)
+        table = [{"angle": float(angle), **{key: row[key] for key in ("mean", "max", "p99")}}
+                 for angle, row in zip(anglesDeg, rows)]
+        for row in table:
+            self.log(f"CondNet: handle angle {row['angle']:g} deg: mean |E| {row['mean']:.1f} V/m, max "
+                     f"{row['max']:.1f} V/m within {targetRadiusMm:g} mm of the target")
+        self.log(f"CondNet: the strongest mean |E| at the target is at a handle angle of {table[best]['angle']:g} deg")
+        return {"angle": table[best]["angle"], "rows": table}
 
     def _reusableEFieldNode(self, node, role: str, conductivityNode):
         """``node`` if it may be updated with an E-field of ``conductivityNode``, else None (a new node).

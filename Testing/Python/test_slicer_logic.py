@@ -554,6 +554,35 @@ def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene,
     assert "No conducting voxel lies within 6 mm around the target" in far["warnings"][0]
 
 
+def test_strongest_handle_angle_at_a_target(mrml_scene, head):
+    """Each angle's target mean is that of a solve with the coil turned to it; nothing is written to the scene."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    mask = tissues.array > 0
+    sigma = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
+    markup = logic.createCoilMarkup()
+    markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
+    logic.snapCoilMarkup(markup, sigma)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
+    target = logic._markupFrame(markup, sigma)[0] + [9.0, 0.0, -8.0]  # off the coil axis: the angle matters
+    nodes = mrml_scene.GetNumberOfNodes()
+    found = logic.strongestHandleAngle(sigma, coil, pose, 1e8, target, targetRadiusMm=5.0, anglesDeg=(0.0, 60.0, 120.0),
+                                       device="cpu", tol=1e-6)
+    assert mrml_scene.GetNumberOfNodes() == nodes
+    assert [row["angle"] for row in found["rows"]] == [0.0, 60.0, 120.0]
+    assert found["angle"] == max(found["rows"], key=lambda row: row["mean"])["angle"]
+    means = [row["mean"] for row in found["rows"]]
+    assert max(means) > 1.05 * min(means)
+    logic.setCoilHandleAngle(markup, sigma, 60.0)
+    solved = logic.computeEField(sigma, coil, logic.coilToRas(markup, sigma), 1e8, device="cpu", tol=1e-6, show=False,
+                                 targetRas=target, targetRadiusMm=5.0)
+    assert solved["stats"]["target"]["mean"] == pytest.approx(means[1], rel=1e-5)
+    with pytest.raises(ValueError, match="choose a target point first"):
+        logic.strongestHandleAngle(sigma, coil, pose, 1e8, None)
+    with pytest.raises(ValueError, match="no conducting voxel lies within 5 mm of the target"):
+        logic.strongestHandleAngle(sigma, coil, pose, 1e8, target + [0.0, 0.0, 300.0], device="cpu")
+
+
 def test_coil_over_a_target_sits_on_the_nearest_scalp_point(mrml_scene, head):
     from CondNetLogic.scalp import nearest_scalp_point
 

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import sys
+import re
 import tempfile
 import time
 import traceback
@@ -153,6 +154,8 @@ def expectedStates(busy=False):
         "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
+        "bestAngleButton": idle and sigma and hasPoint and coilInstalled and p.targetMarkup is not None
+        and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
         "cancelButton visible": busy,
         "progressBar visible": busy,
@@ -408,6 +411,22 @@ def targetStatistics():
         check(abs(logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume) - p.handleAngleDeg) < 1e-5,
               "the coil over the target is not at the panel's handle angle")
         checkStates("coil over the target")
+        before = len(logText())
+        click(ui.bestAngleButton)  # 12 solves at the coil's position, then the strongest angle's field
+        rows = re.findall(r"handle angle (\S+) deg: mean \|E\| (\S+) V/m", logText()[before:])
+        check([float(angle) for angle, _ in rows] == list(range(0, 180, 15)), f"the log lists the angles {rows}")
+        best = max(rows, key=lambda row: float(row[1]))
+        check(abs(p.handleAngleDeg - float(best[0])) < 1e-6, f"the handle angle is {p.handleAngleDeg}, not {best[0]}")
+        check(abs(logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume) - float(best[0])) < 1e-3,
+              "the coil was not turned to the best angle")
+        check(logic.samePose(logic.solvedCoilToRas(p.eMagnitudeVolume), P.widget._coilToRas()),
+              "the E-field shown is not the one at the best angle")
+        table = p.statisticsTable.GetTable()
+        means = [table.GetValue(row, 2).ToDouble() for row in range(table.GetNumberOfRows())
+                 if table.GetValue(row, 0).ToString() == "target" and table.GetValue(row, 1).ToString() == "mean"]
+        check(len(means) == 1 and abs(means[0] - float(best[1])) < 0.06,
+              f"the target's mean |E| {means} is not the best angle's {best[1]} V/m")
+        checkStates("best handle angle")
         ui.targetSelector.setCurrentNode(None)
         check(p.targetMarkup is None, "clearing the target selector kept the target")
 
