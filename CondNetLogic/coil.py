@@ -455,13 +455,19 @@ def check_coil_to_ras(coil_to_ras: np.ndarray, *, tol: float = 1e-6) -> np.ndarr
     return pose
 
 
+#: A pose read from a file whose rotation is this close to orthonormal (``max |R^T R - I|``) is taken as rounded
+#: (3 or 4 decimals, as neuronavigation and SimNIBS logs print it) and replaced by the nearest rotation.
+ROUNDED_POSE_TOL = 2e-3
+
+
 def read_coil_to_ras(path: Union[str, os.PathLike]) -> np.ndarray:
     """Read a coil pose (4x4, coil frame -> RAS, mm) from a file and validate it (:func:`check_coil_to_ras`).
 
     A text file of 4 rows of 4 numbers (spaces or commas; the Slicer panel exports ``coil_to_ras.txt``), or a
     JSON file holding the matrix as a list of rows or under ``"coil_to_ras"`` (``condnet efield``'s
     ``efield.json``) or ``"matsimnibs"`` (SimNIBS's coil pose, which is ``coil_to_ras`` in the head's world
-    coordinates).
+    coordinates).  A rotation off orthonormal by at most :data:`ROUNDED_POSE_TOL` (printed with few decimals) is
+    replaced by the nearest rotation (polar decomposition) and the log says so; a larger deviation is refused.
 
     Raises
     ------
@@ -487,6 +493,14 @@ def read_coil_to_ras(path: Union[str, os.PathLike]) -> np.ndarray:
         else:
             rows = [line.split("#", 1)[0].replace(",", " ").split() for line in text.splitlines()]
             pose = np.asarray([[float(value) for value in row] for row in rows if row], dtype=float)
+        if pose.shape == (4, 4) and np.all(np.isfinite(pose)):
+            deviation = float(np.abs(pose[:3, :3].T @ pose[:3, :3] - np.eye(3)).max())
+            if 1e-6 < deviation <= ROUNDED_POSE_TOL and np.linalg.det(pose[:3, :3]) > 0:
+                u, _, vt = np.linalg.svd(pose[:3, :3])
+                pose = pose.copy()
+                pose[:3, :3] = u @ vt
+                logger.info("%s: the rotation is %.2g off orthonormal (rounded values?); using the nearest rotation",
+                            path, deviation)
         return check_coil_to_ras(pose)
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a 4x4 coil pose (coil frame -> RAS, mm): {err}") from None

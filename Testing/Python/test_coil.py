@@ -408,6 +408,24 @@ def test_coil_pose_files_are_read_as_text_or_json(tmp_path):
         np.testing.assert_allclose(read_coil_to_ras(path), pose, atol=1e-15, err_msg=str(path))
 
 
+@pytest.mark.parametrize("decimals", [3, 4])
+def test_a_rounded_pose_is_taken_as_the_nearest_rotation(tmp_path, caplog, decimals):
+    """Poses printed with 3-4 decimals (neuronavigation exports, SimNIBS logs) are not quite orthonormal."""
+    pose = coil_pose([-58.64, -15.18, 69.21], [0.7749, -0.004, -0.6321], [-0.3396, -0.846, -0.411])
+    path = tmp_path / "rounded.txt"
+    np.savetxt(path, pose.round(decimals))
+    with caplog.at_level("INFO", logger="CondNetLogic.coil"):
+        read = read_coil_to_ras(path)
+    assert "off orthonormal (rounded values?); using the nearest rotation" in caplog.text
+    np.testing.assert_allclose(read[:3, :3].T @ read[:3, :3], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(read, pose, atol=2 * 10.0**-decimals)
+    sheared = pose.copy()
+    sheared[:3, 0] *= 1.01  # a 1 % stretch is not rounding
+    np.savetxt(path, sheared)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        read_coil_to_ras(path)
+
+
 @pytest.mark.parametrize(
     ("content", "name", "match"),
     [
