@@ -16,7 +16,8 @@ readers (``TmsCoil.from_ccd`` and ``TmsCoil.from_tcd``), whose coil frame is our
     * type 2, line elements: ``points`` (segment midpoints, mm) and ``values`` (the segment vector ``dl``,
       mm).  SimNIBS samples each element at its midpoint (``A = 1e-7 sum dl / |r - p|``); here each becomes
       the straight wire from ``p - dl/2`` to ``p + dl/2``, integrated exactly, and consecutive segments that
-      meet are joined into polylines.  The two agree to ``O((|dl| / r)^2)``.
+      meet are joined into polylines.  The two agree to ``O((|dl| / r)^2)``.  Elements of zero length (SimNIBS
+      writes them at the corners of a wire path) carry no current and are left out.
     * type 3, an A-field sampled on a grid: not read (refused with a message).
 
     Arrays are lists of ``[x, y, z]`` or base64 strings of little-endian float64 triples, zlib-compressed
@@ -229,7 +230,7 @@ def read_tcd(path: Path) -> dict:
     if not isinstance(stimulators, list):
         raise ValueError(f"{path}: stimulatorList must be a list of stimulators")
     polylines, positions, moments, used = [], [], [], set()
-    counts = {1: 0, 2: 0}
+    counts, dropped = {1: 0, 2: 0}, 0
     for number, element in enumerate(elements):
         where = f"coilElementList[{number}]" + (f" ({element['name']})" if element.get("name") else "")
         kind = element.get("type")
@@ -263,10 +264,11 @@ def read_tcd(path: Path) -> dict:
             positions.append(points)
             moments.append(values)
             continue
-        lengths = np.linalg.norm(values, axis=1)
-        if np.any(lengths == 0.0):
-            raise ValueError(f"{path}: {where} has a line element of zero length "
-                             f"(index {int(np.flatnonzero(lengths == 0.0)[0])})")
+        carrying = np.linalg.norm(values, axis=1) > 0.0  # SimNIBS writes zero-length elements at path corners
+        if not carrying.any():
+            raise ValueError(f"{path}: {where} has only line elements of zero length (no current path)")
+        dropped += int((~carrying).sum())
+        points, values = points[carrying], values[carrying]
         polylines += _polylines(points - 0.5 * values, points + 0.5 * values)
     if len(used) > 1:
         raise ValueError(f"{path}: the elements are driven by {len(used)} stimulators ({sorted(used, key=str)}); "
@@ -288,7 +290,10 @@ def read_tcd(path: Path) -> dict:
         "description": label or f"Coil from {path.name}",
         "notes": [f"Imported from the SimNIBS coil file {path.name} ({counts[2]} line elements as "
                   f"{len(polylines)} polylines, {counts[1]} dipoles; deformations at their initial values; "
-                  "maxdIdt in A/s)."] + ([NO_DIDT_MAX_NOTE] if didt_max is None else []),
+                  "maxdIdt in A/s)."]
+        + ([f"{dropped} line elements of zero length (corners of the wire path) carry no current and were left "
+            "out."] if dropped else [])
+        + ([NO_DIDT_MAX_NOTE] if didt_max is None else []),
         **({} if didt_max is None else {"didt_max_a_per_s": float(didt_max)}),
         "winding": winding,
     }

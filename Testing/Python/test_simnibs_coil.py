@@ -68,6 +68,19 @@ def test_line_elements_agree_with_simnibs_midpoint_sampling(tmp_path):
     assert error < 1e-3  # measured 6.5e-4 (segments of 2.3-25 mm seen from >= 15 mm); 4 % if sampled at the start
 
 
+def test_zero_length_line_elements_at_corners_are_left_out(tmp_path):
+    """SimNIBS's own example coil has an element of zero length at each corner of its wire path (read 2026-11-28)."""
+    square = np.array([[0.0, 0.0, -4.0], [20.0, 0.0, -4.0], [20.0, 20.0, -4.0], [0.0, 20.0, -4.0], [0.0, 0.0, -4.0]])
+    points, values = _line_elements([square])
+    corners = square[1:]  # a zero-length element after each side, as SimNIBS writes them
+    points = np.concatenate([np.stack([p, c]) for p, c in zip(points, corners)])
+    values = np.concatenate([np.stack([v, np.zeros(3)]) for v in values])
+    coil = load_coil(_tcd(tmp_path / "corners.tcd", [_element(2, points, values, "zlib")]))
+    assert len(coil.polylines_mm) == 1  # still one closed path
+    np.testing.assert_allclose(coil.polylines_mm[0], square, atol=1e-12)
+    assert "4 line elements of zero length (corners of the wire path) carry no current" in coil.notes[1]
+
+
 def test_dipole_elements_are_read_like_a_ccd_file(tmp_path):
     positions = np.array([[10.0, 0.0, -2.0], [-10.0, 0.0, -2.0]])
     moments = np.array([[0.0, 0.0, 1.5e-4], [0.0, 0.0, -1.5e-4]])
@@ -165,7 +178,7 @@ def _valid():
         (lambda d: d["coilElementList"][0].update(values=[[0, 0, "x"]]), "values: expected a list"),
         (lambda d: d["coilElementList"][0].update(points=[[0, 0, float("nan")]]), "non-finite"),
         (lambda d: d["coilElementList"][0].update(values=[[0, 0, 1], [0, 0, 1]]), "1 points but 2 values"),
-        (lambda d: d["coilElementList"][0].update(type=2, values=[[0, 0, 0]]), "line element of zero length"),
+        (lambda d: d["coilElementList"][0].update(type=2, values=[[0, 0, 0]]), "only line elements of zero length"),
         (lambda d: d["coilElementList"][0].update(deformations=[0]), r"deformation 0 is not in deformList \(0"),
         (lambda d: d["coilElementList"][0].update(deformations=0), "deformations: expected a list of indices"),
         (lambda d: (d.update(deformList=[{"type": "w", "initial": 1.0}]),
