@@ -82,7 +82,7 @@ def sphere_efield(coil: Coil, points_mm: np.ndarray, *, offset_mm: float = 4.0,
     if nearest <= head_radius_mm:
         raise ValueError(f"coil {coil.name!r} reaches {head_radius_mm - nearest:.1f} mm into the head at an offset of "
                          f"{offset_mm:g} mm: its sources extend to z = {coil.source_points_mm()[:, 2].max():.1f} mm; "
-                         "give a larger offset")
+                         "give a larger offset (condnet info --scalp-offset MM)")
     center_m, field = center_mm * 1e-3, np.zeros_like(points_mm)
     segments_m = coil.segments_mm() * 1e-3
     for start in range(0, len(points_mm), _CHUNK):
