@@ -39,6 +39,7 @@ __all__ = [
     "rotate_about",
     "scalp_normal",
     "scalp_point_along_ray",
+    "scalp_points_around",
     "unit_vector",
 ]
 
@@ -271,6 +272,30 @@ def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
     if np.linalg.norm(direction) < 1e-9:  # the point is that voxel's centre: leave along the way from the centre
         direction = point - head_centre(mask)
     return scalp_point_along_ray(mask, point, direction)
+
+
+def scalp_points_around(mask: Volume, centre_ras, normal_into_head, radius_mm: float, step_mm: float) -> np.ndarray:
+    """Scalp points around ``centre_ras`` (a scalp point): a square grid of ``step_mm`` on the tangent plane, within
+    ``radius_mm`` of the centre, each moved along ``-normal_into_head`` onto the scalp; ``(N, 3)`` RAS mm, the
+    centre first.  A coil-position search tries these (SimNIBS's TMS optimisation searches such a grid).
+
+    Raises
+    ------
+    ValueError
+        If the radius is negative or the step not positive, or a grid point's line misses the head.
+    """
+    if not (np.isfinite(radius_mm) and radius_mm >= 0.0 and np.isfinite(step_mm) and step_mm > 0.0):
+        raise ValueError(f"the search radius must be >= 0 and the step > 0 (mm); got {radius_mm} and {step_mm}")
+    n = unit_vector(normal_into_head, "the coil normal")
+    axes = coil_axes(n)
+    count = int(np.floor(radius_mm / step_mm + 1e-9))
+    grid = np.arange(-count, count + 1) * step_mm
+    offsets = [(0.0, 0.0)] + [(u, v) for u in grid for v in grid
+                              if (u, v) != (0.0, 0.0) and u * u + v * v <= radius_mm**2 + 1e-9]
+    centre = np.asarray(centre_ras, dtype=float)
+    depth_mm = 2.0 * radius_mm + 20.0  # start inside the head, then leave it along -n
+    return np.array([scalp_point_along_ray(mask, centre + u * axes[:, 0] + v * axes[:, 1] + depth_mm * n, -n)
+                     for u, v in offsets])
 
 
 def scalp_normal(mask: Volume, point_ras, *, radius_mm: float = 6.0) -> np.ndarray:

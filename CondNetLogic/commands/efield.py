@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "|E| in the ROI (--target or --roi-center); the sidecar lists every angle's ROI statistics",
     )
     parser.add_argument(
+        "--search-radius", type=float, metavar="MM",
+        help="also try coil centres on the scalp within MM of the centre (a grid of --search-step on the tangent "
+             "plane, each with its scalp normal) and keep the pose with the highest mean |E| in the ROI",
+    )
+    parser.add_argument("--search-step", type=float, default=5.0, metavar="MM",
+                        help="grid step of --search-radius, mm (default 5)")
+    parser.add_argument(
         "--normal", nargs=3, type=float, metavar=("R", "A", "S"),
         help="coil normal pointing into the head, RAS (default: the scalp's inward normal at --coil-center, or the "
              "direction towards the head centre when the point is not on the scalp)",
@@ -128,7 +135,8 @@ def check_pose_options(args: argparse.Namespace) -> None:
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
         ("--landmarks", args.landmarks),
         ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle),
-        ("--handle-angles", args.handle_angles), ("--normal", args.normal), ("--scalp-offset", args.scalp_offset))}
+        ("--handle-angles", args.handle_angles), ("--search-radius", args.search_radius), ("--normal", args.normal),
+        ("--scalp-offset", args.scalp_offset))}
     if args.coil_matrix is not None:
         if any(given.values()):
             dropped = ", ".join(flag for flag, present in given.items() if present)
@@ -149,9 +157,16 @@ def check_pose_options(args: argparse.Namespace) -> None:
         angles = args.handle_angles
         if len(angles) < 2 or len(set(angles)) < len(angles) or not all(abs(a) < float("inf") for a in angles):
             raise ValueError(f"--handle-angles needs two or more different finite angles; got {angles}")
-        if args.target is None and args.roi_center is None:
-            raise ValueError("--handle-angles keeps the angle with the highest mean |E| in the ROI: give --target or "
-                             "--roi-center")
+    searching = [flag for flag in ("--handle-angles", "--search-radius") if given[flag]]
+    if searching and args.target is None and args.roi_center is None:
+        raise ValueError(f"{' and '.join(searching)} keep the pose with the highest mean |E| in the ROI: give --target "
+                         "or --roi-center")
+    if args.search_radius is not None:
+        if not (0.0 < args.search_radius < float("inf") and 0.0 < args.search_step < float("inf")):
+            raise ValueError(f"--search-radius and --search-step must be positive (mm); got {args.search_radius} and "
+                             f"{args.search_step}")
+        if args.normal is not None:
+            raise ValueError("--search-radius takes the scalp normal at each searched centre: drop --normal")
     from ..scalp import EEG_1010_CENTRAL
 
     if args.eeg_position is not None and args.eeg_position not in EEG_1010_CENTRAL:
@@ -219,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
-    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks
+    from ..scalp import (eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks,
+                         scalp_points_around)
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
@@ -247,21 +263,33 @@ def run(args: argparse.Namespace) -> int:
         else:
             center = np.asarray(args.coil_center, dtype=float)
         normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
-        if args.handle_angles is not None:
-            handles = [handle_direction(normal, angle) for angle in args.handle_angles]
-        elif args.handle_angle is not None:
-            handles = [handle_direction(normal, args.handle_angle)]
-        else:
-            handles = [args.coil_direction]
+        centers = [center] if args.search_radius is None else list(
+            scalp_points_around(conducting, center, normal, args.search_radius, args.search_step))
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
-        poses = [coil_pose(center, normal, handle, scalp_offset_mm=offset) for handle in handles]
+        poses, scalp_points = [], []
+        for point in centers:
+            point_normal = normal if args.search_radius is None else default_normal(conducting, point)
+            if args.handle_angles is not None:
+                handles = [handle_direction(point_normal, angle) for angle in args.handle_angles]
+            elif args.handle_angle is not None:
+                handles = [handle_direction(point_normal, args.handle_angle)]
+            else:
+                handles = [args.coil_direction]
+            poses += [coil_pose(point, point_normal, handle, scalp_offset_mm=offset) for handle in handles]
+            scalp_points += [point] * len(handles)
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
         if args.eeg_position is not None:
             placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))
         if args.target is not None:
             placement.update(target_ras_mm=list(args.target))
-    for pose in poses:
-        check_wire_outside(coil, pose, conducting)  # before the solver is built
+    for pose in poses:  # before the solver is built
+        try:
+            check_wire_outside(coil, pose, conducting)
+        except ValueError as err:
+            if len(poses) == 1:
+                raise
+            raise ValueError(f"at the searched pose with its centre at RAS {np.round(pose[:3, 3], 1).tolist()} and "
+                             f"handle angle {handle_angle(pose[:3, 2], pose[:3, 1]):.4g} deg: {err}") from None
     roi_center, roi = args.target if args.roi_center is None else args.roi_center, None
     if roi_center is not None:  # checked before the solve too
         roi = spherical_roi(conducting, roi_center, args.roi_radius) & conducting.array
@@ -287,10 +315,13 @@ def run(args: argparse.Namespace) -> int:
             grid_cache_dir=None if grid is not None else default_cache_dir(),
             progress=bar.stage(30, 40),
         )
-        if len(poses) > 1:  # --handle-angles: keep the field of the angle with the highest ROI mean
+        if len(poses) > 1:  # --handle-angles, --search-radius: keep the field of the strongest pose in the ROI
             best, result, rows = strongest_pose(simulation, coil, poses, didt, roi, progress=bar.stage(40, 100))
-            sweep = [{"handle_angle_deg": angle, "iterations": row.pop("iterations"), "roi": row}
-                     for angle, row in zip(args.handle_angles, rows)]
+            sweep = [{"coil_center_scalp_ras_mm": point.tolist(), "handle_angle_deg": handle_angle(pose[:3, 2],
+                                                                                                  pose[:3, 1]),
+                      "iterations": row.pop("iterations"), "roi": row}
+                     for point, pose, row in zip(scalp_points, poses, rows)]
+            placement["coil_center_scalp_ras_mm"] = sweep[best]["coil_center_scalp_ras_mm"]
         else:
             best, sweep = 0, []
             result = simulation.solve(coil, poses[0], didt, progress=bar.stage(40, 100))
@@ -317,8 +348,7 @@ def run(args: argparse.Namespace) -> int:
         "stats": {"head": roi_stats(result.e_magnitude)},
     }
     if sweep:
-        summary["handle_angle_sweep"] = {"criterion": "mean |E| in the ROI", "angles": sweep,
-                                         "best_handle_angle_deg": args.handle_angles[best]}
+        summary["pose_search"] = {"criterion": "mean |E| in the ROI", "poses": sweep, "best": best}
     if roi is not None:
         summary["stats"]["roi"] = {
             "center_ras_mm": list(roi_center),
@@ -329,10 +359,11 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
-    for row in sweep:
-        mark = "  <- kept" if row["handle_angle_deg"] == args.handle_angles[best] else ""
-        print(f"handle angle {row['handle_angle_deg']:g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
-              f"max {row['roi']['max']:.1f} V/m{mark}")
+    for number, row in enumerate(sweep):
+        where = "" if args.search_radius is None else (
+            f"centre {', '.join(f'{v:.1f}' for v in row['coil_center_scalp_ras_mm'])}, ")
+        print(f"{where}handle angle {row['handle_angle_deg']:.4g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
+              f"max {row['roi']['max']:.1f} V/m{'  <- kept' if number == best else ''}")
     head = summary["stats"]["head"]
     info = result.info
     status = "" if info["converged"] else (

@@ -520,11 +520,12 @@ def test_cli_handle_angle_sweep_keeps_the_angle_with_the_strongest_roi(sigma_fil
     assert main(_handle(args, "--handle-angles", "0", "45", "90", "135")) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "efield.json").read_text())
-    rows = summary["handle_angle_sweep"]["angles"]
+    rows = summary["pose_search"]["poses"]
     means = [row["roi"]["mean"] for row in rows]
     best = [0.0, 45.0, 90.0, 135.0][int(np.argmax(means))]
-    assert [row["handle_angle_deg"] for row in rows] == [0.0, 45.0, 90.0, 135.0]
-    assert summary["handle_angle_sweep"]["best_handle_angle_deg"] == best
+    np.testing.assert_allclose([row["handle_angle_deg"] for row in rows], [0.0, 45.0, 90.0, 135.0], atol=1e-9)
+    assert summary["pose_search"]["best"] == int(np.argmax(means))
+    assert all(row["coil_center_scalp_ras_mm"] == summary["coil_center_scalp_ras_mm"] for row in rows)
     assert summary["handle_angle_deg"] == pytest.approx(best, abs=1e-9)
     assert summary["stats"]["roi"]["mean"] == max(means)
     assert max(means) > 1.2 * min(means)
@@ -539,18 +540,48 @@ def test_cli_handle_angle_sweep_keeps_the_angle_with_the_strongest_roi(sigma_fil
     on_axis = np.array([2.0, -3.0, 1.0]) + [0.0, 0.0, 18.0]  # under the centre of a sphere: the angle does not matter
     args = _cli_args(sigma_file, tmp_path / "axis", "--roi-center", *map(str, on_axis), *coarse)
     assert main(_handle(args, "--handle-angles", "0", "90")) == 0
-    rows = json.loads((tmp_path / "axis" / "efield.json").read_text())["handle_angle_sweep"]["angles"]
+    rows = json.loads((tmp_path / "axis" / "efield.json").read_text())["pose_search"]["poses"]
     assert rows[0]["roi"]["mean"] == pytest.approx(rows[1]["roi"]["mean"], rel=0.02)
     capsys.readouterr()
     for extra, message in ((["--handle-angles", "45"], "needs two or more different finite angles"),
                            (["--handle-angles", "45", "45"], "needs two or more different finite angles"),
-                           (["--handle-angles", "0", "90"], "give --target or --roi-center")):
+                           (["--handle-angles", "0", "90"], "give --target or --roi-center"),
+                           (["--handle-angle", "0", "--search-radius", "6"], "give --target or --roi-center"),
+                           (["--handle-angle", "0", "--search-radius", "0", "--roi-center", "2", "-3", "19"],
+                            "--search-radius and --search-step must be positive"),
+                           (["--handle-angle", "0", "--search-radius", "6", "--roi-center", "2", "-3", "19",
+                             "--normal", "0", "0", "-1"], "drop --normal")):
         assert main(_handle(_cli_args(sigma_file, tmp_path / "bad", *coarse[:4]), *extra)) == 2
         assert message in capsys.readouterr().err
     both = _cli_args(sigma_file, tmp_path / "bad", "--handle-angles", "0", "90", "--roi-center", *map(str, beside))
     assert main(both) == 2
     assert "got --coil-direction, --handle-angles" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_searches_coil_centres_around_the_start(sigma_file, tmp_path, capsys):
+    """--search-radius: coil centres on the scalp around the start; the strongest is nearer to an off-axis ROI."""
+    sphere_centre = np.array([2.0, -3.0, 1.0])
+    beside = sphere_centre + [12.0, 0.0, 18.0]
+    out = tmp_path / "search"
+    args = _cli_args(sigma_file, out, "--roi-center", *map(str, beside), "--search-radius", "12", "--search-step", "6",
+                     "--primary-field", "direct", "--tol", "1e-6", "--roi-radius", "4")
+    assert main(_handle(args, "--handle-angles", "0", "90")) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "efield.json").read_text())
+    rows = summary["pose_search"]["poses"]
+    assert len(rows) == 2 * 13  # 13 centres within 12 mm on a 6 mm grid, two angles each
+    centres = np.array([row["coil_center_scalp_ras_mm"] for row in rows])
+    assert np.abs(np.linalg.norm(centres - sphere_centre, axis=1) - RADIUS_MM).max() <= SPACING_MM  # on the scalp
+    means = [row["roi"]["mean"] for row in rows]
+    best = summary["pose_search"]["best"]
+    assert best == int(np.argmax(means))
+    assert summary["coil_center_scalp_ras_mm"] == rows[best]["coil_center_scalp_ras_mm"]
+    assert summary["stats"]["roi"]["mean"] == max(means) > max(means[:2])  # better than at the start
+    start, kept = centres[0], centres[best]
+    assert np.linalg.norm(kept - beside) < np.linalg.norm(start - beside)  # moved towards the ROI
+    assert printed.count("<- kept") == 1
+    assert f"centre {', '.join(f'{v:.1f}' for v in kept)}, handle angle" in printed
 
 
 def test_cli_stimulator_output_in_percent(sigma_file, tmp_path, capsys, caplog):

@@ -11,6 +11,7 @@ from CondNetLogic.scalp import (
     read_landmarks,
     scalp_normal,
     scalp_point_along_ray,
+    scalp_points_around,
 )
 from CondNetLogic.volume import Volume
 
@@ -137,3 +138,19 @@ def test_nearest_scalp_point_of_a_target_inside_the_sphere(sphere_mask):
         nearest_scalp_point(sphere_mask, [0.0, np.nan, 0.0])
     with pytest.raises(ValueError, match="empty"):
         nearest_scalp_point(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)), c)
+
+
+def test_scalp_points_around_a_centre(sphere_mask):
+    """A square grid on the tangent plane, within the radius, moved along the normal onto the ball's surface."""
+    c = np.array([5.0, -3.0, 2.0])
+    top = c + [0.0, 0.0, RADIUS]
+    points = scalp_points_around(sphere_mask, top, [0.0, 0.0, -1.0], 10.0, 5.0)
+    assert len(points) == 13  # offsets (u, v) in {-10, -5, 0, 5, 10}^2 with u^2 + v^2 <= 100
+    np.testing.assert_allclose(points[0], top, atol=1.0)  # the centre first
+    np.testing.assert_allclose(np.linalg.norm(points - c, axis=1), RADIUS, atol=1.0)  # on the surface
+    tangential = np.linalg.norm(points[:, :2] - top[:2], axis=1)
+    assert tangential.max() <= 10.0 + 1e-9
+    assert len({tuple(np.round(point, 6)) for point in points}) == 13
+    assert len(scalp_points_around(sphere_mask, top, [0.0, 0.0, -1.0], 4.9, 5.0)) == 1
+    with pytest.raises(ValueError, match="radius must be >= 0 and the step > 0"):
+        scalp_points_around(sphere_mask, top, [0.0, 0.0, -1.0], 10.0, 0.0)
