@@ -317,8 +317,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if len(poses) > 1:  # --handle-angles, --search-radius: keep the field of the strongest pose in the ROI
             best, result, rows = strongest_pose(simulation, coil, poses, didt, roi, progress=bar.stage(40, 100))
-            sweep = [{"coil_center_scalp_ras_mm": point.tolist(), "handle_angle_deg": handle_angle(pose[:3, 2],
-                                                                                                  pose[:3, 1]),
+            sweep = [{"coil_center_scalp_ras_mm": point.tolist(),
+                      "handle_angle_deg": round(handle_angle(pose[:3, 2], pose[:3, 1]), 6) + 0.0,  # no -0.0
                       "iterations": row.pop("iterations"), "roi": row}
                      for point, pose, row in zip(scalp_points, poses, rows)]
             placement["coil_center_scalp_ras_mm"] = sweep[best]["coil_center_scalp_ras_mm"]
@@ -362,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     for number, row in enumerate(sweep):
         where = "" if args.search_radius is None else (
             f"centre {', '.join(f'{v:.1f}' for v in row['coil_center_scalp_ras_mm'])}, ")
-        print(f"{where}handle angle {row['handle_angle_deg']:.4g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
+        print(f"{where}handle angle {row['handle_angle_deg']:g} deg: ROI mean |E| {row['roi']['mean']:.1f} V/m, "
               f"max {row['roi']['max']:.1f} V/m{'  <- kept' if number == best else ''}")
     head = summary["stats"]["head"]
     info = result.info
