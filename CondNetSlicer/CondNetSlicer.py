@@ -123,7 +123,8 @@ class CondNetSlicerParameterNode:
     (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
     positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
     targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
-    the sphere whose |E| statistics the table reports.  Outputs are the nodes CondNet made last.
+    the sphere whose |E| statistics the table reports.  searchRadiusMm: *Best pose at target* also tries scalp
+    centres within this distance (mm; 0: handle angles only).  Outputs are the nodes CondNet made last.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -155,6 +156,7 @@ class CondNetSlicerParameterNode:
     autoUpdate: bool = False
     targetMarkup: vtkMRMLMarkupsFiducialNode
     targetRadiusMm: Annotated[float, WithinRange(1.0, 50.0)] = 5.0
+    searchRadiusMm: Annotated[float, WithinRange(0.0, 30.0)] = 0.0
     eMagnitudeVolume: vtkMRMLScalarVolumeNode
     eVectorVolume: vtkMRMLVectorVolumeNode
     statisticsTable: vtkMRMLTableNode
@@ -223,7 +225,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPoseButton.connect("clicked(bool)", self.onLoadPoseButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
         self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
-        self.ui.bestAngleButton.connect("clicked(bool)", self.onBestAngleButton)
+        self.ui.bestPoseButton.connect("clicked(bool)", self.onBestPoseButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -333,7 +335,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
-        self.ui.bestAngleButton.enabled = self.ui.computeEFieldButton.enabled and hasTarget
+        self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and hasTarget
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
         )
@@ -751,37 +753,42 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if result["warnings"]:
                 slicer.util.warningDisplay("\n\n".join(result["warnings"]), windowTitle=_("CondNet: E-field"))
 
-    def onBestAngleButton(self) -> None:
-        """Try the handle angles where the coil is, turn it to the strongest at the target and show that field."""
+    def onBestPoseButton(self) -> None:
+        """Try handle angles (and scalp centres within the search radius), move the coil to the strongest pose at the
+        target and show its field."""
         found = None
-        with slicer.util.tryWithErrorDisplay(_("Finding the best handle angle failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Finding the best coil pose failed."), waitCursor=True):
             p = self._parameterNode
             self._ensureRequirements()
             device = self._resolveDevice(p.device)
             from CondNetLogic.errors import Cancelled
 
-            self._setBusy(True, f"Trying handle angles at the target ({p.coilName})...")
+            self._setBusy(True, f"Trying coil poses at the target ({p.coilName})...")
             try:
-                found = self.logic.strongestHandleAngle(
+                found = self.logic.strongestPose(
                     p.conductivityVolume,
                     p.coilName,
                     self._coilToRas(),
                     p.didtAPerUs * 1e6,
                     self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
                     targetRadiusMm=p.targetRadiusMm,
+                    searchRadiusMm=p.searchRadiusMm,
+                    scalpOffsetMm=p.scalpOffsetMm,
                     device=device,
                     progress=self._onProgress,
                     cancel=self._isCancelled,
                 )
             except Cancelled:
-                self._log("Trying handle angles cancelled; the coil was left as it was.")
+                self._log("Trying coil poses cancelled; the coil was left as it was.")
                 return
             finally:
                 self._setBusy(False)
-            p.handleAngleDeg = found["angle"]  # turns the coil markup (see _onParameterNodeModified)
-            self._log(f"Handle angle set to {found['angle']:g} deg, the strongest mean |E| at the target.")
+            best = found["coilToRas"]
+            self._placeCoil(lambda markup: self.logic.placeCoilAtPose(markup, p.conductivityVolume, best,
+                                                                      scalpOffsetMm=p.scalpOffsetMm), readAngle=True)
+            self._log(f"Coil moved to the strongest pose at the target (handle angle {p.handleAngleDeg:g} deg).")
         if found is not None:
-            self.onComputeEFieldButton()  # the field at that angle, in the E-field nodes
+            self.onComputeEFieldButton()  # the field of that pose, in the E-field nodes
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:

@@ -48,7 +48,7 @@ EFIELD_COLORS = ("Inferno", "Iron")
 UNCERTAINTY_COLORS = ("Magma", "Warm1")
 #: A loaded coil pose whose point lies further than this (mm) from the head's scalp is reported.
 POSE_SCALP_TOLERANCE_MM = 5.0
-#: Handle angles tried by :meth:`CondNetSlicerLogic.strongestHandleAngle` (degrees; 180 degrees on gives the same
+#: Handle angles tried by :meth:`CondNetSlicerLogic.strongestPose` (degrees; 180 degrees on gives the same
 #: |E| for a symmetric coil).
 HANDLE_ANGLES_DEG = tuple(float(angle) for angle in range(0, 180, 15))
 
@@ -991,7 +991,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         written["warnings"] = warnings
         return written
 
-    def strongestHandleAngle(
+    def strongestPose(
         self,
         conductivityNode,
         coilName: str,
@@ -1001,23 +1001,31 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         *,
         targetRadiusMm: float = 5.0,
         anglesDeg: Sequence[float] = HANDLE_ANGLES_DEG,
+        searchRadiusMm: float = 0.0,
+        searchStepMm: float = 5.0,
+        scalpOffsetMm: float = 4.0,
         device: str = "auto",
         tol: float = 1e-6,
         progress: Progress = None,
         cancel: Cancel = None,
     ) -> Dict[str, object]:
-        """Turn the coil about its normal through ``anglesDeg`` (handle angles, see :meth:`setCoilHandleAngle`) and
-        find the one with the highest mean |E| in the conducting voxels within ``targetRadiusMm`` of ``targetRas``.
+        """The coil pose with the highest mean |E| in the conducting voxels within ``targetRadiusMm`` of ``targetRas``.
 
-        One solve per angle on the kept solver of this conductivity (as :meth:`computeEField`); no node changes.
-        ``coilToRas`` gives the coil's position and normal (its handle is replaced), in the conductivity node's
-        local RAS, as ``targetRas`` (mm).  Returns ``{"angle": best angle (degrees), "rows": [{"angle", "mean",
-        "max", "p99"}, ...] (V/m)}``.  For a symmetric coil an angle and the one 180 degrees from it give the same
-        |E|, so the default ``HANDLE_ANGLES_DEG`` (0 to 165 degrees, 15 apart) covers every orientation.
+        Tried: every handle angle of ``anglesDeg`` (see :meth:`setCoilHandleAngle`) where the coil is (its scalp point,
+        ``scalpOffsetMm`` below the centre of ``coilToRas``, and normal) and, with ``searchRadiusMm`` > 0, at the
+        scalp points of a ``searchStepMm`` grid within that distance (``CondNetLogic.scalp.scalp_points_around``),
+        each with its scalp normal.  One solve per pose on the kept solver of this conductivity (as
+        :meth:`computeEField`); no node changes.  ``coilToRas`` and ``targetRas`` are in the conductivity node's
+        local RAS (mm).  For a symmetric coil an angle and the one 180 degrees from it give the same |E|, so the
+        default ``HANDLE_ANGLES_DEG`` (0 to 165 degrees, 15 apart) covers every orientation.
+
+        Returns ``{"coilToRas": the best pose (4x4), "angle": its handle angle (degrees), "rows": [{"centre" (scalp
+        point, RAS mm), "angle", "mean", "max", "p99"} (V/m), ...]}``.
         """
-        from CondNetLogic.coil import check_coil_to_ras, load_coil
+        from CondNetLogic.coil import check_coil_to_ras, coil_pose, load_coil
         from CondNetLogic.efield import strongest_pose
         from CondNetLogic.metrics import spherical_roi
+        from CondNetLogic.scalp import scalp_normal, scalp_points_around
 
         if targetRas is None:
             raise ValueError("choose a target point first")
@@ -1030,21 +1038,32 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if not roi.any():
             raise ValueError(f"no conducting voxel lies within {targetRadiusMm:g} mm of the target: put the target on "
                              "the cortex, or widen its radius")
-        poses = []
-        for angle in anglesDeg:
-            turned = pose.copy()
-            turned[:3, :3] = geometry.coilFrame(pose[:3, 2], geometry.handleDirection(pose[:3, 2], angle))
-            poses.append(turned)
+        start = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
+        centres = [(start, pose[:3, 2])]
+        if searchRadiusMm > 0:
+            mask = self._headMask(conductivityNode)
+            centres += [(point, scalp_normal(mask, point)) for point in
+                        scalp_points_around(mask, start, pose[:3, 2], searchRadiusMm, searchStepMm)[1:]]
+        poses, rows = [], []
+        for centre, normal in centres:
+            for angle in anglesDeg:
+                poses.append(coil_pose(centre, normal, geometry.handleDirection(normal, angle),
+                                       scalp_offset_mm=scalpOffsetMm))
+                rows.append({"centre": [float(v) for v in centre], "angle": float(angle)})
         simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress, cancel=cancel)
         simulation.primary_field, simulation.warm_start = "auto", False
-        best, _, rows = strongest_pose(simulation, coil, poses, float(didt), roi, progress=progress, cancel=cancel)
-        table = [{"angle": float(angle), **{key: row[key] for key in ("mean", "max", "p99")}}
-                 for angle, row in zip(anglesDeg, rows)]
-        for row in table:
-            self.log(f"CondNet: handle angle {row['angle']:g} deg: mean |E| {row['mean']:.1f} V/m, max "
+        self.log(f"CondNet: trying {len(poses)} coil poses at the target ({len(centres)} centres x "
+                 f"{len(anglesDeg)} handle angles), one solve each")
+        best, _, stats = strongest_pose(simulation, coil, poses, float(didt), roi, progress=progress, cancel=cancel)
+        for row, entry in zip(rows, stats):
+            row.update({key: entry[key] for key in ("mean", "max", "p99")})
+            where = "" if searchRadiusMm <= 0 else f"centre ({', '.join(f'{v:.1f}' for v in row['centre'])}), "
+            self.log(f"CondNet: {where}handle angle {row['angle']:g} deg: mean |E| {row['mean']:.1f} V/m, max "
                      f"{row['max']:.1f} V/m within {targetRadiusMm:g} mm of the target")
-        self.log(f"CondNet: the strongest mean |E| at the target is at a handle angle of {table[best]['angle']:g} deg")
-        return {"angle": table[best]["angle"], "rows": table}
+        moved = float(np.linalg.norm(np.asarray(rows[best]["centre"]) - start))
+        self.log(f"CondNet: the strongest mean |E| at the target, {rows[best]['mean']:.1f} V/m, is at a handle angle "
+                 f"of {rows[best]['angle']:g} deg" + (f", {moved:.1f} mm from the coil's point" if moved > 0 else ""))
+        return {"coilToRas": poses[best], "angle": rows[best]["angle"], "rows": rows}
 
     def _reusableEFieldNode(self, node, role: str, conductivityNode):
         """``node`` if it may be updated with an E-field of ``conductivityNode``, else None (a new node).

@@ -554,8 +554,8 @@ def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene,
     assert "No conducting voxel lies within 6 mm around the target" in far["warnings"][0]
 
 
-def test_strongest_handle_angle_at_a_target(mrml_scene, head):
-    """Each angle's target mean is that of a solve with the coil turned to it; nothing is written to the scene."""
+def test_strongest_pose_at_a_target(mrml_scene, head):
+    """Each pose's target mean is that of a solve at that pose; the search moves towards an off-axis target."""
     logic = CondNetSlicerLogic(mrml_scene)
     tissues = head["tissues"]
     mask = tissues.array > 0
@@ -564,23 +564,35 @@ def test_strongest_handle_angle_at_a_target(mrml_scene, head):
     markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
     logic.snapCoilMarkup(markup, sigma)
     coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
-    target = logic._markupFrame(markup, sigma)[0] + [9.0, 0.0, -8.0]  # off the coil axis: the angle matters
+    start = logic._markupFrame(markup, sigma)[0]
+    target = start + [9.0, 0.0, -8.0]  # off the coil axis: the angle and the centre matter
     nodes = mrml_scene.GetNumberOfNodes()
-    found = logic.strongestHandleAngle(sigma, coil, pose, 1e8, target, targetRadiusMm=5.0, anglesDeg=(0.0, 60.0, 120.0),
-                                       device="cpu", tol=1e-6)
+    found = logic.strongestPose(sigma, coil, pose, 1e8, target, targetRadiusMm=5.0, anglesDeg=(0.0, 60.0, 120.0),
+                                device="cpu", tol=1e-6)
     assert mrml_scene.GetNumberOfNodes() == nodes
     assert [row["angle"] for row in found["rows"]] == [0.0, 60.0, 120.0]
-    assert found["angle"] == max(found["rows"], key=lambda row: row["mean"])["angle"]
+    np.testing.assert_allclose([row["centre"] for row in found["rows"]], [start] * 3, atol=1e-9)
     means = [row["mean"] for row in found["rows"]]
+    assert found["angle"] == found["rows"][int(np.argmax(means))]["angle"]
     assert max(means) > 1.05 * min(means)
     logic.setCoilHandleAngle(markup, sigma, 60.0)
     solved = logic.computeEField(sigma, coil, logic.coilToRas(markup, sigma), 1e8, device="cpu", tol=1e-6, show=False,
                                  targetRas=target, targetRadiusMm=5.0)
     assert solved["stats"]["target"]["mean"] == pytest.approx(means[1], rel=1e-5)
+    searched = logic.strongestPose(sigma, coil, pose, 1e8, target, targetRadiusMm=5.0, anglesDeg=(0.0,),
+                                   searchRadiusMm=8.0, searchStepMm=8.0, device="cpu", tol=1e-6)
+    rows = searched["rows"]
+    assert len(rows) == 5  # the coil's point and four centres 8 mm away on the tangent plane
+    np.testing.assert_allclose(rows[0]["centre"], start, atol=1e-9)
+    best = int(np.argmax([row["mean"] for row in rows]))
+    assert best != 0  # the target lies 9 mm to one side
+    assert np.linalg.norm(np.array(rows[best]["centre"]) - target) < np.linalg.norm(start - target)
+    np.testing.assert_allclose(searched["coilToRas"][:3, 3] + 4.0 * searched["coilToRas"][:3, 2], rows[best]["centre"],
+                               atol=1e-9)
     with pytest.raises(ValueError, match="choose a target point first"):
-        logic.strongestHandleAngle(sigma, coil, pose, 1e8, None)
+        logic.strongestPose(sigma, coil, pose, 1e8, None)
     with pytest.raises(ValueError, match="no conducting voxel lies within 5 mm of the target"):
-        logic.strongestHandleAngle(sigma, coil, pose, 1e8, target + [0.0, 0.0, 300.0], device="cpu")
+        logic.strongestPose(sigma, coil, pose, 1e8, target + [0.0, 0.0, 300.0], device="cpu")
 
 
 def test_coil_over_a_target_sits_on_the_nearest_scalp_point(mrml_scene, head):

@@ -13,6 +13,7 @@ exception in a slot or a VTK observer, unexpected dialog, Qt API the fakes lack,
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import re
@@ -154,7 +155,7 @@ def expectedStates(busy=False):
         "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
-        "bestAngleButton": idle and sigma and hasPoint and coilInstalled and p.targetMarkup is not None
+        "bestPoseButton": idle and sigma and hasPoint and coilInstalled and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
         "cancelButton visible": busy,
@@ -412,11 +413,11 @@ def targetStatistics():
               "the coil over the target is not at the panel's handle angle")
         checkStates("coil over the target")
         before = len(logText())
-        click(ui.bestAngleButton)  # 12 solves at the coil's position, then the strongest angle's field
+        click(ui.bestPoseButton)  # 12 solves at the coil's position, then the strongest angle's field
         rows = re.findall(r"handle angle (\S+) deg: mean \|E\| (\S+) V/m", logText()[before:])
         check([float(angle) for angle, _ in rows] == list(range(0, 180, 15)), f"the log lists the angles {rows}")
         best = max(rows, key=lambda row: float(row[1]))
-        check(abs(p.handleAngleDeg - float(best[0])) < 1e-6, f"the handle angle is {p.handleAngleDeg}, not {best[0]}")
+        check(abs(p.handleAngleDeg - float(best[0])) < 1e-5, f"the handle angle is {p.handleAngleDeg}, not {best[0]}")
         check(abs(logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume) - float(best[0])) < 1e-3,
               "the coil was not turned to the best angle")
         check(logic.samePose(logic.solvedCoilToRas(p.eMagnitudeVolume), P.widget._coilToRas()),
@@ -426,14 +427,36 @@ def targetStatistics():
                  if table.GetValue(row, 0).ToString() == "target" and table.GetValue(row, 1).ToString() == "mean"]
         check(len(means) == 1 and abs(means[0] - float(best[1])) < 0.06,
               f"the target's mean |E| {means} is not the best angle's {best[1]} V/m")
-        checkStates("best handle angle")
+        start = logic._markupFrame(p.coilMarkup, p.conductivityVolume)[0]
+        ui.searchRadiusSpinBox.value = 5.0
+        check(p.searchRadiusMm == 5.0, "the search radius box did not set the parameter")
+        before = len(logText())
+        strongest = logic.strongestPose
+        logic.strongestPose = functools.partial(strongest, anglesDeg=(0.0, 90.0))  # two angles keep the test short
+        try:
+            click(ui.bestPoseButton)  # also the scalp centres 5 mm around: 5 centres x 2 angles
+        finally:
+            logic.strongestPose = strongest
+        rows = re.findall(r"centre \((\S+), (\S+), (\S+)\), handle angle (\S+) deg: mean \|E\| (\S+) V/m",
+                          logText()[before:])
+        check(len(rows) == 10, f"the log lists {len(rows)} poses, not 5 centres x 2 angles")
+        best = max(rows, key=lambda row: float(row[4]))
+        point = logic._markupFrame(p.coilMarkup, p.conductivityVolume)[0]
+        check(np.allclose(point, [float(v) for v in best[:3]], atol=0.06), f"the coil is at {point}, not at {best[:3]}")
+        check(abs(p.handleAngleDeg - float(best[3])) < 1e-3, f"the handle angle is {p.handleAngleDeg}, not {best[3]}")
+        check(float(best[4]) >= max(float(row[4]) for row in rows if np.allclose([float(v) for v in row[:3]], start,
+                                                                                  atol=0.06)),
+              "the kept pose is weaker than one at the coil's first point")
+        check(logic.samePose(logic.solvedCoilToRas(p.eMagnitudeVolume), P.widget._coilToRas()),
+              "the E-field shown is not the one at the best pose")
+        ui.searchRadiusSpinBox.value = 0.0
+        checkStates("best pose")
         ui.targetSelector.setCurrentNode(None)
         check(p.targetMarkup is None, "clearing the target selector kept the target")
 
 
 def unconvergedEField():
     with step("fix: an E-field solve that stops short of its tolerance gives a warning dialog"):
-        import functools
         import warnings
 
         logic = P.widget.logic
