@@ -128,7 +128,7 @@ def _print_coil(summary: dict) -> None:
         print(f"note: {note}")
     if "sphere" in summary:
         _print_sphere(summary["sphere"], didt_max)
-    if z1 > 0.0:
+    if z1 >= 0.05:  # not rounding noise of sources in the plane z = 0
         print(f"warning: sources reach z = +{z1:.1f} mm, beyond the coil centre towards the head: with a scalp "
               f"offset below {z1:.1f} mm they lie in the head, which condnet efield refuses")
     if max(x1 - x0, y1 - y0) < 5.0:
