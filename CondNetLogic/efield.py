@@ -30,6 +30,7 @@ __all__ = [
     "EFieldResult",
     "EFieldSimulation",
     "check_wire_outside",
+    "search_poses",
     "strongest_pose",
     "validate_conductivity",
 ]
@@ -408,6 +409,41 @@ class EFieldSimulation:
             e_magnitude=self.conductivity.with_array(magnitude),
             info=info,
         )
+
+
+def search_poses(
+    mask: Optional[Volume],
+    start_ras,
+    normal_into_head,
+    handles: Callable[[np.ndarray], Sequence[np.ndarray]],
+    *,
+    radius_mm: float = 0.0,
+    step_mm: float = 5.0,
+    scalp_offset_mm: float,
+) -> tuple:
+    """Coil poses for :func:`strongest_pose`: at the scalp point ``start_ras`` with ``normal_into_head`` and, with
+    ``radius_mm`` > 0, at the scalp points of a ``step_mm`` grid within that distance
+    (:func:`~CondNetLogic.scalp.scalp_points_around`), each with its scalp normal on the head ``mask`` (needed only
+    then).
+
+    ``handles(normal)`` gives the handle directions (RAS) to try at a centre with that normal.  Returns
+    ``(poses, scalp_points)``: lists of (4, 4) poses (coil centre ``scalp_offset_mm`` outside the scalp, mm) and
+    of the scalp point (3,) of each, the start's poses first.
+    """
+    from .coil import coil_pose
+    from .scalp import scalp_normal, scalp_points_around
+
+    start = np.asarray(start_ras, dtype=float)
+    centres = [(start, np.asarray(normal_into_head, dtype=float))]
+    if radius_mm > 0:
+        centres += [(point, scalp_normal(mask, point))
+                    for point in scalp_points_around(mask, start, normal_into_head, radius_mm, step_mm)[1:]]
+    poses, points = [], []
+    for point, normal in centres:
+        for handle in handles(normal):
+            poses.append(coil_pose(point, normal, handle, scalp_offset_mm=scalp_offset_mm))
+            points.append(point)
+    return poses, points
 
 
 def strongest_pose(

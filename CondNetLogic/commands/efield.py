@@ -229,13 +229,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__
-    from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, coil_pose, load_coil, read_coil_to_ras
-    from ..efield import EFieldSimulation, check_wire_outside, strongest_pose, validate_conductivity
+    from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, load_coil, read_coil_to_ras
+    from ..efield import EFieldSimulation, check_wire_outside, search_poses, strongest_pose, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
-    from ..scalp import (eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks,
-                         scalp_points_around)
+    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
@@ -263,20 +262,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             center = np.asarray(args.coil_center, dtype=float)
         normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
-        centers = [center] if args.search_radius is None else list(
-            scalp_points_around(conducting, center, normal, args.search_radius, args.search_step))
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
-        poses, scalp_points = [], []
-        for point in centers:
-            point_normal = normal if args.search_radius is None else default_normal(conducting, point)
+
+        def handles(point_normal):
             if args.handle_angles is not None:
-                handles = [handle_direction(point_normal, angle) for angle in args.handle_angles]
-            elif args.handle_angle is not None:
-                handles = [handle_direction(point_normal, args.handle_angle)]
-            else:
-                handles = [args.coil_direction]
-            poses += [coil_pose(point, point_normal, handle, scalp_offset_mm=offset) for handle in handles]
-            scalp_points += [point] * len(handles)
+                return [handle_direction(point_normal, angle) for angle in args.handle_angles]
+            if args.handle_angle is not None:
+                return [handle_direction(point_normal, args.handle_angle)]
+            return [args.coil_direction]
+
+        poses, scalp_points = search_poses(conducting, center, normal, handles, radius_mm=args.search_radius or 0.0,
+                                           step_mm=args.search_step, scalp_offset_mm=offset)
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
         if args.eeg_position is not None:
             placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))

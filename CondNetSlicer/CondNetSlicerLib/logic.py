@@ -1022,10 +1022,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Returns ``{"coilToRas": the best pose (4x4), "angle": its handle angle (degrees), "rows": [{"centre" (scalp
         point, RAS mm), "angle", "mean", "max", "p99"} (V/m), ...]}``.
         """
-        from CondNetLogic.coil import check_coil_to_ras, coil_pose, load_coil
-        from CondNetLogic.efield import strongest_pose
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+        from CondNetLogic.efield import search_poses, strongest_pose
         from CondNetLogic.metrics import spherical_roi
-        from CondNetLogic.scalp import scalp_normal, scalp_points_around
 
         if targetRas is None:
             raise ValueError("choose a target point first")
@@ -1039,21 +1038,17 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"no conducting voxel lies within {targetRadiusMm:g} mm of the target: put the target on "
                              "the cortex, or widen its radius")
         start = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
-        centres = [(start, pose[:3, 2])]
-        if searchRadiusMm > 0:
-            mask = self._headMask(conductivityNode)
-            centres += [(point, scalp_normal(mask, point)) for point in
-                        scalp_points_around(mask, start, pose[:3, 2], searchRadiusMm, searchStepMm)[1:]]
-        poses, rows = [], []
-        for centre, normal in centres:
-            for angle in anglesDeg:
-                poses.append(coil_pose(centre, normal, geometry.handleDirection(normal, angle),
-                                       scalp_offset_mm=scalpOffsetMm))
-                rows.append({"centre": [float(v) for v in centre], "angle": float(angle)})
+        poses, points = search_poses(
+            self._headMask(conductivityNode) if searchRadiusMm > 0 else None, start, pose[:3, 2],
+            lambda normal: [geometry.handleDirection(normal, angle) for angle in anglesDeg],
+            radius_mm=searchRadiusMm, step_mm=searchStepMm, scalp_offset_mm=scalpOffsetMm,
+        )
+        rows = [{"centre": [float(v) for v in point], "angle": float(anglesDeg[number % len(anglesDeg)])}
+                for number, point in enumerate(points)]
         simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress, cancel=cancel)
         simulation.primary_field, simulation.warm_start = "auto", False
-        self.log(f"CondNet: trying {len(poses)} coil poses at the target ({len(centres)} centres x "
-                 f"{len(anglesDeg)} handle angles), one solve each")
+        self.log(f"CondNet: trying {len(poses)} coil poses at the target ({len(poses) // len(anglesDeg)} centres "
+                 f"x {len(anglesDeg)} handle angles), one solve each")
         best, _, stats = strongest_pose(simulation, coil, poses, float(didt), roi, progress=progress, cancel=cancel)
         for row, entry in zip(rows, stats):
             row.update({key: entry[key] for key in ("mean", "max", "p99")})
