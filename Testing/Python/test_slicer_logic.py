@@ -489,16 +489,22 @@ def test_place_coil_puts_the_views_in_place_mode_for_the_coil_markup(mrml_scene)
     assert userList.GetNumberOfControlPoints() == 1
 
 
-def test_an_unconverged_efield_solve_comes_back_with_a_warning(mrml_scene, head):
-    import warnings
-
-    logic = CondNetSlicerLogic(mrml_scene)
+def coil_over_head(scene, head):
+    """``(logic, sigma, coil markup)``: 0.3 S/m in the phantom head, the coil snapped to the top of it."""
+    logic = CondNetSlicerLogic(scene)
     tissues = head["tissues"]
     mask = tissues.array > 0
-    sigma = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
+    sigma = add_volume(scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
     markup = logic.createCoilMarkup()
     markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
     logic.snapCoilMarkup(markup, sigma)
+    return logic, sigma, markup
+
+
+def test_an_unconverged_efield_solve_comes_back_with_a_warning(mrml_scene, head):
+    import warnings
+
+    logic, sigma, markup = coil_over_head(mrml_scene, head)
     coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
     logged = []
     logic.logCallback = logged.append
@@ -556,13 +562,7 @@ def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene,
 
 def test_strongest_pose_at_a_target(mrml_scene, head):
     """Each pose's target mean is that of a solve at that pose; the search moves towards an off-axis target."""
-    logic = CondNetSlicerLogic(mrml_scene)
-    tissues = head["tissues"]
-    mask = tissues.array > 0
-    sigma = add_volume(mrml_scene, tissues.with_array(np.where(mask, 0.3, 0.0).astype(np.float32)), "sigma")
-    markup = logic.createCoilMarkup()
-    markup.AddControlPointWorld(*(tissues.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
-    logic.snapCoilMarkup(markup, sigma)
+    logic, sigma, markup = coil_over_head(mrml_scene, head)
     coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
     start = logic._markupFrame(markup, sigma)[0]
     target = start + [9.0, 0.0, -8.0]  # off the coil axis: the angle and the centre matter
