@@ -6,6 +6,8 @@ lazily: Slicer imports this file at startup, where only the standard library, ``
 ``qt`` may be touched (a top-level torch import would break Slicer for users without torch).
 """
 
+import dataclasses
+import json
 import os
 import pathlib
 import sys
@@ -124,7 +126,10 @@ class CondNetSlicerParameterNode:
     positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
     targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
     the sphere whose |E| statistics the table reports.  searchRadiusMm: *Best pose at target* also tries scalp
-    centres within this distance (mm; 0: handle angles only).  Outputs are the nodes CondNet made last.
+    centres within this distance (mm; 0: handle angles only).  motorThreshold: JSON of the target field stored by
+    *Use as motor threshold* (a solve at the measured motor threshold, :class:`CondNetLogic.dosing.RegionField`),
+    empty when none; dosePercent: the field wanted at a target in percent of that one (E-field dosing).  Outputs
+    are the nodes CondNet made last.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -157,6 +162,8 @@ class CondNetSlicerParameterNode:
     targetMarkup: vtkMRMLMarkupsFiducialNode
     targetRadiusMm: Annotated[float, WithinRange(1.0, 50.0)] = 5.0
     searchRadiusMm: Annotated[float, WithinRange(0.0, 30.0)] = 0.0
+    motorThreshold: str = ""
+    dosePercent: Annotated[float, WithinRange(10.0, 300.0)] = 100.0
     eMagnitudeVolume: vtkMRMLScalarVolumeNode
     eVectorVolume: vtkMRMLVectorVolumeNode
     statisticsTable: vtkMRMLTableNode
@@ -227,6 +234,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
         self.ui.bestPoseButton.connect("clicked(bool)", self.onBestPoseButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
+        self.ui.motorThresholdButton.connect("clicked(bool)", self.onMotorThresholdButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
@@ -336,6 +344,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and hasTarget
+        self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
+        self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent)
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
         )
@@ -789,6 +799,18 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"Coil moved to the strongest pose at the target (handle angle {p.handleAngleDeg:g} deg).")
         if found is not None:
             self.onComputeEFieldButton()  # the field of that pose, in the E-field nodes
+
+    def onMotorThresholdButton(self) -> None:
+        """Keep the shown E-field's target field as the motor threshold's (the solve was at the measured threshold,
+        the coil on the hotspot, the target on the hand knob): later targets get their motor-equivalent dose."""
+        with slicer.util.tryWithErrorDisplay(_("Setting the motor threshold failed."), waitCursor=True):
+            p = self._parameterNode
+            field = self.logic.targetField(p.eMagnitudeVolume)
+            if field is None:
+                raise ValueError("compute the E-field with a target point (the hand knob) first")
+            p.motorThreshold = json.dumps(dataclasses.asdict(field))
+            self._log(f"Motor threshold set: mean |E| {field.e_v_per_m:.1f} V/m within {field.region} at dI/dt "
+                      f"{abs(field.didt) / 1e6:.4g} A/us.")
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:

@@ -965,6 +965,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"
             if target.any():
                 stats["target"] = roi_stats(result.e_magnitude, target)
+                result.info["target"] = {"ras_mm": [float(v) for v in targetRas], "radius_mm": float(targetRadiusMm),
+                                         "mean_v_per_m": stats["target"]["mean"]}
                 self.log(f"CondNet: |E| within {where}: mean {stats['target']['mean']:.1f} V/m, "
                          f"max {stats['target']['max']:.1f} V/m")
             else:
@@ -1096,6 +1098,68 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return pose if pose.shape == (4, 4) and np.all(np.isfinite(pose)) else None
 
     @staticmethod
+    def targetField(eMagnitudeNode):
+        """The target's mean |E| of the solve that made ``eMagnitudeNode``, as a
+        :class:`CondNetLogic.dosing.RegionField` (V/m at its dI/dt), read from the node's ``CondNet.Info``; None when
+        that solve had no target statistics (or the node is not a CondNet E-field)."""
+        from CondNetLogic.dosing import RegionField
+
+        try:
+            info = json.loads(eMagnitudeNode.GetAttribute("CondNet.Info") or "{}") if eMagnitudeNode else {}
+            target = info.get("target")
+            if not target:
+                return None
+            centre = ", ".join(f"{v:.1f}" for v in target["ras_mm"])
+            return RegionField(
+                e_v_per_m=float(target["mean_v_per_m"]),
+                didt=float(info["didt_a_per_s"]),
+                coil_name=str(info["coil"]),
+                coil_sha256=str(info["coil_sha256"]),
+                didt_max=info.get("didt_max_a_per_s"),
+                head=str(info["conductivity_node_id"]),
+                region=f"{target['radius_mm']:g} mm around the target at RAS ({centre})",
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @classmethod
+    def doseSummary(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0) -> str:
+        """Text for the panel: the motor threshold's field and the motor-equivalent dose at the shown E-field's target.
+
+        ``motorThreshold`` is the JSON of the :class:`~CondNetLogic.dosing.RegionField` that *Use as motor
+        threshold* stored (a solve at the measured motor threshold, with the target on the hand knob), or empty.
+        The dose is the output at which the target of ``eMagnitudeNode``'s solve gets ``percentOfThresholdField``
+        % of that field (:func:`CondNetLogic.dosing.motor_equivalent_dose`).
+        """
+        from CondNetLogic.dosing import RegionField, motor_equivalent_dose
+
+        if not motorThreshold:
+            return ("No motor threshold: set the output to the measured motor threshold, put the coil on the motor "
+                    "hotspot and the target on the hand knob, compute the E-field, then click Use as motor threshold.")
+        try:
+            reference = RegionField(**json.loads(motorThreshold))
+        except (ValueError, TypeError) as err:
+            return f"The stored motor threshold cannot be read ({err}): set it again."
+        text = (f"Motor threshold: mean |E| {reference.e_v_per_m:.1f} V/m within {reference.region}, at dI/dt "
+                f"{abs(reference.didt) / 1e6:.4g} A/us")
+        if reference.didt_max is not None:
+            text += f" ({100.0 * abs(reference.didt) / reference.didt_max:.0f} % output)"
+        target = cls.targetField(eMagnitudeNode)
+        if target is None:
+            return text + ". Compute the E-field with the coil over a target for the dose there."
+        try:
+            dose = motor_equivalent_dose(reference, reference.didt, target, percentOfThresholdField)
+        except ValueError as err:
+            return f"{text}. No dose: {err}."
+        text += (f".\nDose for {percentOfThresholdField:g} % of that field ({dose.wanted_e:.1f} V/m) at the target: "
+                 f"dI/dt {abs(dose.didt) / 1e6:.4g} A/us")
+        if dose.output_percent is not None:
+            text += f", {dose.output_percent:.1f} % output"
+        if dose.percent_of_motor_threshold is not None:
+            text += f", {dose.percent_of_motor_threshold:.0f} % of the motor threshold"
+        return text + "." + "".join(f"\nNote: {note}." for note in dose.notes)
+
+    @staticmethod
     def samePose(pose, otherPose, *, atolMm: float = 1e-3) -> bool:
         """True when two 4x4 coil poses agree (rotation to ``atolMm``/1000, translation to ``atolMm``)."""
         pose, otherPose = np.asarray(pose, dtype=float), np.asarray(otherPose, dtype=float)
@@ -1167,6 +1231,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 "coil_sha256": coil.sha256,
                 "coil_to_ras": np.asarray(pose).tolist(),
                 "didt_a_per_s": float(didt),
+                "didt_max_a_per_s": coil.didt_max,
                 "conductivity": name,
                 "conductivity_node_id": conductivityNode.GetID(),
             }

@@ -1,6 +1,7 @@
 """The Slicer module's logic on a real MRML scene (slicer-core, no Qt): adapters, the whole workflow,
 error paths that must leave the scene unchanged."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -593,6 +594,39 @@ def test_strongest_pose_at_a_target(mrml_scene, head):
         logic.strongestPose(sigma, coil, pose, 1e8, None)
     with pytest.raises(ValueError, match="no conducting voxel lies within 5 mm of the target"):
         logic.strongestPose(sigma, coil, pose, 1e8, target + [0.0, 0.0, 300.0], device="cpu")
+
+
+def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
+    """The target field read back from an E-field node is the solve's; the dose text follows from two solves."""
+    logic, sigma, markup = coil_over_head(mrml_scene, head)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
+    start = logic._markupFrame(markup, sigma)[0]
+    normal = logic._markupFrame(markup, sigma)[1][:, 2]
+    assert logic.doseSummary("", None).startswith("No motor threshold: set the output to the measured motor threshold")
+    plain = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False)
+    assert logic.targetField(plain["eMagnitude"]) is None  # no target: nothing to dose
+    hotspot = logic.computeEField(sigma, coil, pose, 5.5e7, device="cpu", tol=1e-6, show=False,
+                                  targetRas=start + 12.0 * normal, targetRadiusMm=5.0)
+    motor = logic.targetField(hotspot["eMagnitude"])
+    assert motor.e_v_per_m == hotspot["stats"]["target"]["mean"]
+    assert (motor.didt, motor.didt_max, motor.head) == (5.5e7, 1e8, sigma.GetID())
+    reference = json.dumps(dataclasses.asdict(motor))
+    text = logic.doseSummary(reference, hotspot["eMagnitude"])  # the threshold's own pose: 100 % of it
+    assert f"Motor threshold: mean |E| {motor.e_v_per_m:.1f} V/m within 5 mm around the target" in text
+    assert "dI/dt 55 A/us, 55.0 % output, 100 % of the motor threshold." in text
+    deeper = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False,
+                                 targetRas=start + 20.0 * normal, targetRadiusMm=5.0)
+    weaker = deeper["stats"]["target"]["mean"]
+    output = 100.0 * motor.per_didt * 5.5e7 * 1.1 / weaker  # % of the coil's 100 A/us
+    text = logic.doseSummary(reference, deeper["eMagnitude"], 110.0)
+    assert f"Dose for 110 % of that field ({1.1 * motor.e_v_per_m:.1f} V/m) at the target" in text
+    assert f"{output:.1f} % output, {output / 0.55:.0f} % of the motor threshold." in text
+    other = add_volume(mrml_scene, adapters.volumeFromNode(sigma), "sigma copy")
+    elsewhere = logic.computeEField(other, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
+                                    targetRas=start + 12.0 * normal)
+    assert "No dose: the motor and target fields come from different conductivity maps" in logic.doseSummary(
+        reference, elsewhere["eMagnitude"])
+    assert "cannot be read" in logic.doseSummary("{", deeper["eMagnitude"])
 
 
 def test_coil_over_a_target_sits_on_the_nearest_scalp_point(mrml_scene, head):

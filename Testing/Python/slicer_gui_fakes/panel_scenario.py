@@ -157,6 +157,8 @@ def expectedStates(busy=False):
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
         "bestPoseButton": idle and sigma and hasPoint and coilInstalled and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
+        "motorThresholdButton": idle and p.eMagnitudeVolume is not None
+        and '"target"' in (p.eMagnitudeVolume.GetAttribute("CondNet.Info") or ""),
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
         "cancelButton visible": busy,
         "progressBar visible": busy,
@@ -453,6 +455,52 @@ def targetStatistics():
         checkStates("best pose")
         ui.targetSelector.setCurrentNode(None)
         check(p.targetMarkup is None, "clearing the target selector kept the target")
+
+
+def targetMean():
+    """The target's mean |E| (V/m) in the statistics table shown."""
+    table = params().statisticsTable.GetTable()
+    means = [table.GetValue(row, 2).ToDouble() for row in range(table.GetNumberOfRows())
+             if table.GetValue(row, 0).ToString() == "target" and table.GetValue(row, 1).ToString() == "mean"]
+    check(len(means) == 1, f"the statistics table has {len(means)} target means")
+    return means[0]
+
+
+def eFieldDosing():
+    with step("E-field dosing: Use as motor threshold keeps the target's field; a deeper target shows its dose"):
+        ui, p, logic = P.widget.ui, params(), P.widget.logic
+        label = lambda: ui.doseLabel.text  # noqa: E731
+        check(label().startswith("No motor threshold"), f"the dose box says {label()!r} before any threshold")
+        scalpPoint, axes = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "motor hotspot")
+        target.AddControlPointWorld(*(scalpPoint + 12.0 * axes[:, 2]))
+        ui.targetSelector.setCurrentNode(target)
+        ui.msoSpinBox.value = 60.0  # the measured motor threshold: 60 % of the coil's 100 A/us
+        check(p.didtAPerUs == 60.0, f"60 % output set dI/dt {p.didtAPerUs} A/us")
+        click(ui.computeEFieldButton)
+        threshold = targetMean()
+        checkStates("a field with a target")
+        click(ui.motorThresholdButton)
+        check(p.motorThreshold != "", "Use as motor threshold stored nothing")
+        check(f"Motor threshold: mean |E| {threshold:.1f} V/m" in label() and "(60 % output)" in label(),
+              f"the dose box says {label()!r}, not the threshold's {threshold:.1f} V/m at 60 %")
+        check("60.0 % output, 100 % of the motor threshold" in label(), f"the threshold's own dose is {label()!r}")
+        target.SetNthControlPointPositionWorld(0, *(scalpPoint + 20.0 * axes[:, 2]))  # deeper: a weaker field
+        ui.msoSpinBox.value = 100.0
+        click(ui.computeEFieldButton)
+        deeper = targetMean()
+        check(deeper * 0.6 < threshold, f"the deeper target gets {deeper} V/m at 100 %, not less than at 12 mm")
+        output = 100.0 * threshold / deeper  # percent of 100 A/us that gives the deeper target the threshold's field
+        check(f"dI/dt {output:.4g} A/us, {output:.1f} % output, {output / 0.6:.0f} % of the motor threshold" in label(),
+              f"the dose box says {label()!r}; expected {output:.1f} % output")
+        ui.dosePercentSpinBox.value = 120.0
+        check(p.dosePercent == 120.0 and f"{1.2 * output:.1f} % output" in label() and "Dose for 120 %" in label(),
+              f"120 % of the threshold's field shows {label()!r}")
+        check(("cannot reach it" in label()) == (1.2 * output > 100.0), f"reachability is misreported: {label()!r}")
+        ui.dosePercentSpinBox.value = 100.0
+        checkStates("a dose shown")
+        checkGuiMirrorsParameters("a dose shown")
+        ui.targetSelector.setCurrentNode(None)
 
 
 def unconvergedEField():
@@ -807,9 +855,9 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, unconvergedEField, scalpOffsetRedrawsCoil,
-                dragDuringSolve, placeAgain, missingCoil, export, loadPose, leaveAndEnter, closeSceneDuringSolve,
-                closeSceneDuringEstimate, misregisteredT2, cleanup):
+    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, eFieldDosing, unconvergedEField,
+                scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose, leaveAndEnter,
+                closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
     return 0
