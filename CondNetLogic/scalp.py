@@ -2,8 +2,9 @@
 
 Used to place a TMS coil: the coil centre sits above a scalp point, its +z axis along the inward normal
 (see :mod:`CondNetLogic.coil` for the coil frame).  EEG positions follow the 10-20/10-10 proportional
-scheme: points at fixed fractions of scalp arcs from nasion (Nz) to inion (Iz) over the vertex, and from the
-left to the right pre-auricular point (LPA, RPA) through Cz.
+scheme: points at fixed fractions of scalp arcs from nasion (Nz) to inion (Iz) over the vertex, from the
+left to the right pre-auricular point (LPA, RPA) through Cz, around the head through Fpz, T7/T8 and Oz, and along
+the frontal (F7-Fz-F8) and parietal (P7-Pz-P8) rows (Oostenveld & Praamstra, Clin. Neurophysiol. 112, 2001).
 
 Handle angle (:func:`handle_direction`, :func:`handle_angle`): measured on the scalp's tangent plane from
 the posterior direction, positive towards lateral (away from the midline), so that +45 degrees is the
@@ -24,7 +25,7 @@ import numpy as np
 from .volume import Volume
 
 __all__ = [
-    "EEG_1010_CENTRAL",
+    "EEG_1010",
     "LANDMARK_ALIASES",
     "MIDLINE_SINE",
     "coil_axes",
@@ -43,14 +44,24 @@ __all__ = [
     "unit_vector",
 ]
 
-#: Fractions of the LPA -> Cz -> RPA arc (coronal line) and of the Nz -> Cz -> Iz arc (midline).
-EEG_1010_CENTRAL = {
+#: 10-10 positions: (line, fraction of its arc).  ``coronal``: LPA -> Cz -> RPA; ``midline``: Nz -> Cz -> Iz;
+#: ``left``/``right``: the half circumference Fpz -> T7/T8 -> Oz; ``frontal``/``parietal``: the row from F7/P7 over
+#: Fz/Pz to F8/P8, each half (F7 to Fz, Fz to F8) divided in four.
+EEG_1010 = {
     "T7": ("coronal", 0.1), "C5": ("coronal", 0.2), "C3": ("coronal", 0.3), "C1": ("coronal", 0.4),
     "Cz": ("coronal", 0.5), "C2": ("coronal", 0.6), "C4": ("coronal", 0.7), "C6": ("coronal", 0.8),
     "T8": ("coronal", 0.9), "Fpz": ("midline", 0.1), "AFz": ("midline", 0.2), "Fz": ("midline", 0.3),
     "FCz": ("midline", 0.4), "CPz": ("midline", 0.6), "Pz": ("midline", 0.7), "POz": ("midline", 0.8),
     "Oz": ("midline", 0.9),
+    "Fp1": ("left", 0.1), "F7": ("left", 0.3), "P7": ("left", 0.7), "O1": ("left", 0.9),
+    "Fp2": ("right", 0.1), "F8": ("right", 0.3), "P8": ("right", 0.7), "O2": ("right", 0.9),
+    "F5": ("frontal", 0.125), "F3": ("frontal", 0.25), "F1": ("frontal", 0.375),
+    "F2": ("frontal", 0.625), "F4": ("frontal", 0.75), "F6": ("frontal", 0.875),
+    "P5": ("parietal", 0.125), "P3": ("parietal", 0.25), "P1": ("parietal", 0.375),
+    "P2": ("parietal", 0.625), "P4": ("parietal", 0.75), "P6": ("parietal", 0.875),
 }
+#: Where the frontal and parietal rows meet the circumference and the midline (fractions of those arcs).
+_ROWS = {"frontal": 0.3, "parietal": 0.7}
 _STEP_MM = 0.5
 
 #: Accepted labels for the four landmarks (compared case-insensitively).
@@ -332,10 +343,18 @@ def _arc(mask: Volume, start, end, via_direction, n: int = 181) -> np.ndarray:
     return np.array([scalp_point_along_ray(mask, origin, np.cos(a) * u + np.sin(a) * v) for a in angles])
 
 
+def _lengths(arc: np.ndarray) -> np.ndarray:
+    """Length (mm) along ``arc`` from its start to each of its points."""
+    return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(arc, axis=0), axis=1))])
+
+
+def _at_length(arc: np.ndarray, lengths: np.ndarray, length: float) -> np.ndarray:
+    return np.array([np.interp(length, lengths, arc[:, d]) for d in range(3)])
+
+
 def _at_fraction(arc: np.ndarray, fraction: float) -> np.ndarray:
-    lengths = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(arc, axis=0), axis=1))])
-    target = fraction * lengths[-1]
-    return np.array([np.interp(target, lengths, arc[:, d]) for d in range(3)])
+    lengths = _lengths(arc)
+    return _at_length(arc, lengths, fraction * lengths[-1])
 
 
 def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -> np.ndarray:
@@ -344,7 +363,7 @@ def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -
     Parameters
     ----------
     name : str
-        One of :data:`EEG_1010_CENTRAL` (C3, Cz, Fz, ...).
+        One of :data:`EEG_1010` (C3, Cz, Fz, F3, ...).
     landmarks : mapping
         ``Nz``, ``Iz``, ``LPA``, ``RPA`` as RAS points (mm).
     mask : Volume
@@ -354,10 +373,13 @@ def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -
     -----
     Cz is the midpoint of the Nz-Iz arc, refined as the midpoint of the LPA-RPA arc through it; the coronal
     arc for C3/C4 runs LPA -> Cz -> RPA, the midline arc Nz -> Cz -> Iz.  "Up" is RAS +S, projected
-    perpendicular to each arc's chord.
+    perpendicular to each arc's chord.  The half circumferences run from Fpz over T7 (T8) to Oz in the plane of
+    those three points; a row (F7-Fz-F8, P7-Pz-P8) is the scalp in the plane of its three points, and F3 is
+    halfway along it from F7 to Fz (Oostenveld & Praamstra 2001).  Each arc is the scalp seen along rays from the
+    middle of its chord (F7-F8 for the frontal row), measured by its length.
     """
-    if name not in EEG_1010_CENTRAL:
-        raise ValueError(f"unknown 10-10 position {name!r}; known: {', '.join(EEG_1010_CENTRAL)}")
+    if name not in EEG_1010:
+        raise ValueError(f"unknown 10-10 position {name!r}; known: {', '.join(EEG_1010)}")
     missing = [key for key in ("Nz", "Iz", "LPA", "RPA") if key not in landmarks]
     if missing:
         raise ValueError(f"landmarks {missing} are missing; need Nz, Iz, LPA and RPA (RAS mm)")
@@ -368,7 +390,25 @@ def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -
     coronal_up = cz - 0.5 * (lpa + rpa)
     coronal = _arc(mask, lpa, rpa, coronal_up)
     cz = _at_fraction(coronal, 0.5)
-    line, fraction = EEG_1010_CENTRAL[name]
+    line, fraction = EEG_1010[name]
     if line == "coronal":
         return _at_fraction(coronal, fraction)
-    return _at_fraction(_arc(mask, nz, iz, cz - 0.5 * (nz + iz)), fraction)
+    midline = _arc(mask, nz, iz, cz - 0.5 * (nz + iz))
+    if line == "midline":
+        return _at_fraction(midline, fraction)
+    fpz, oz = _at_fraction(midline, 0.1), _at_fraction(midline, 0.9)
+
+    def side(t_fraction: float) -> np.ndarray:  # the half circumference over T7 (0.1) or T8 (0.9)
+        return _arc(mask, fpz, oz, _at_fraction(coronal, t_fraction) - 0.5 * (fpz + oz))
+
+    if line in ("left", "right"):
+        return _at_fraction(side(0.1 if line == "left" else 0.9), fraction)
+    row = _ROWS[line]
+    left, right, middle = _at_fraction(side(0.1), row), _at_fraction(side(0.9), row), _at_fraction(midline, row)
+    # Rays from the middle of F7-F8 (deep in the head): from a shallow origin they would graze the scalp.
+    arc = _arc(mask, left, right, middle - 0.5 * (left + right), n=361)
+    lengths = _lengths(arc)
+    to_middle = lengths[np.argmin(np.linalg.norm(arc - middle, axis=1))]  # Fz (Pz) is in the plane of the row
+    if fraction < 0.5:
+        return _at_length(arc, lengths, 2.0 * fraction * to_middle)
+    return _at_length(arc, lengths, to_middle + (2.0 * fraction - 1.0) * (lengths[-1] - to_middle))

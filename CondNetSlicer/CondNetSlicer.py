@@ -153,7 +153,9 @@ class CondNetSlicerParameterNode:
     eegPosition: Annotated[
         str,
         Choice(
-            ["C3", "C4", "Cz", "C1", "C2", "C5", "C6", "T7", "T8", "Fpz", "AFz", "Fz", "FCz", "CPz", "Pz", "POz", "Oz"]
+            ["C3", "C4", "Cz", "C1", "C2", "C5", "C6", "T7", "T8", "Fpz", "AFz", "Fz", "FCz", "CPz", "Pz", "POz", "Oz",
+             "F3", "F4", "F1", "F2", "F5", "F6", "F7", "F8", "Fp1", "Fp2", "P3", "P4", "P1", "P2", "P5", "P6", "P7",
+             "P8", "O1", "O2"]
         ),
     ] = "C3"
     labelMap: vtkMRMLLabelMapVolumeNode

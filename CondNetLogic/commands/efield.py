@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--eeg-position", metavar="NAME",
-        help="instead of --coil-center: a 10-10 position on the scalp (C3, Cz, Fz, ...; needs --landmarks)",
+        help="instead of --coil-center: a 10-10 position on the scalp (C3, Cz, Fz, F3, ...; needs --landmarks)",
     )
     parser.add_argument(
         "--target", nargs=3, type=float, metavar=("R", "A", "S"),
@@ -167,11 +167,11 @@ def check_pose_options(args: argparse.Namespace) -> None:
                              f"{args.search_step}")
         if args.normal is not None:
             raise ValueError("--search-radius takes the scalp normal at each searched centre: drop --normal")
-    from ..scalp import EEG_1010_CENTRAL
+    from ..scalp import EEG_1010
 
-    if args.eeg_position is not None and args.eeg_position not in EEG_1010_CENTRAL:
+    if args.eeg_position is not None and args.eeg_position not in EEG_1010:
         raise ValueError(f"--eeg-position {args.eeg_position!r} is not a known 10-10 position; known: "
-                         f"{', '.join(EEG_1010_CENTRAL)}")
+                         f"{', '.join(EEG_1010)}")
 
 
 def stimulus_didt(coil, didt=None, mso_percent=None) -> float:

@@ -108,7 +108,7 @@ def snapToScalp(
 def eegPositions(
     mask: Volume, labelled: Dict[str, Sequence[float]], names: Optional[Sequence[str]] = None
 ) -> Dict[str, np.ndarray]:
-    """Scalp positions (RAS mm) of 10-10 electrodes (default: all of :data:`CondNetLogic.scalp.EEG_1010_CENTRAL`)."""
+    """Scalp positions (RAS mm) of 10-10 electrodes (default: all of :data:`CondNetLogic.scalp.EEG_1010`)."""
     landmarks = findLandmarks(labelled)
-    names = list(scalp.EEG_1010_CENTRAL) if names is None else list(names)
+    names = list(scalp.EEG_1010) if names is None else list(names)
     return {name: scalp.eeg_position(name, landmarks, mask) for name in names}

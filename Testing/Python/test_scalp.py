@@ -59,6 +59,42 @@ def test_c3_on_a_sphere(sphere_mask):
     assert fz[1] > c[1] + 20  # anterior
 
 
+def _slerp(centre, a, b, t):
+    """The point a fraction ``t`` along the circle arc about ``centre`` from ``a`` to ``b`` (same radius)."""
+    u, v = a - centre, b - centre
+    theta = np.arccos(np.dot(u, v) / np.dot(u, u))
+    return centre + (np.sin((1 - t) * theta) * u + np.sin(t * theta) * v) / np.sin(theta)
+
+
+def test_circumference_and_row_positions_on_a_sphere(sphere_mask):
+    """On a ball the 10-10 lines are circles: the circumference through Fpz, T7 and Oz lies 18 degrees above the
+    equator (10 % of the Nz-Iz arc), F7 54 degrees round it from the front; a row (F7-Fz-F8) is the circle in the
+    plane of its three points, and F3 lies halfway along it from F7 to Fz (Oostenveld & Praamstra 2001)."""
+    c = np.array([5.0, -3.0, 2.0])
+    landmarks = {
+        "Nz": c + [0, RADIUS, 0], "Iz": c + [0, -RADIUS, 0], "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]
+    }
+    up = np.deg2rad(18.0)
+
+    def around(azimuth_deg, side):  # on the circumference, azimuth from the front, side -1 left, +1 right
+        a = np.deg2rad(azimuth_deg)
+        return c + RADIUS * np.array([side * np.cos(up) * np.sin(a), np.cos(up) * np.cos(a), np.sin(up)])
+
+    expected = {"Fp1": around(18, -1), "F7": around(54, -1), "P7": around(126, -1), "O1": around(162, -1),
+                "Fp2": around(18, 1), "F8": around(54, 1), "P8": around(126, 1), "O2": around(162, 1)}
+    for row, middle, ends in (("F", np.deg2rad(54.0), ("F7", "F8")), ("P", np.deg2rad(126.0), ("P7", "P8"))):
+        top = c + RADIUS * np.array([0.0, np.cos(middle), np.sin(middle)])  # Fz or Pz
+        left, right = expected[ends[0]], expected[ends[1]]
+        normal = np.cross(top - left, right - left)
+        normal /= np.linalg.norm(normal)
+        circle = c + np.dot(left - c, normal) * normal  # centre of the row's circle
+        for number, t in ((5, 0.25), (3, 0.5), (1, 0.75)):
+            expected[f"{row}{number}"] = _slerp(circle, left, top, t)
+            expected[f"{row}{number + 1}"] = _slerp(circle, right, top, t)
+    for name, point in expected.items():
+        np.testing.assert_allclose(eeg_position(name, landmarks, sphere_mask), point, atol=1.5, err_msg=name)
+
+
 def test_bad_requests(sphere_mask):
     with pytest.raises(ValueError, match="unknown"):
         eeg_position("X9", {}, sphere_mask)

@@ -313,11 +313,11 @@ def test_self_test_loads_both_sample_volumes():
 
 
 def test_eeg_choices_are_positions_the_package_knows():
-    from CondNetLogic.scalp import EEG_1010_CENTRAL
+    from CondNetLogic.scalp import EEG_1010
 
     annotation = ast.unparse(parameter_fields()["eegPosition"].annotation)
     choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", annotation, re.S).group(1))
-    assert set(choices) == set(EEG_1010_CENTRAL)
+    assert set(choices) == set(EEG_1010)
     assert choices[0] == "C3"
 
 
