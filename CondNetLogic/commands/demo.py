@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_volume, write_volume
     from ..metrics import generalized_error, roi_stats, spherical_roi
     from ..primary_field import cached_grid, default_cache_dir
-    from ..scalp import eeg_position, scalp_normal
+    from ..scalp import eeg_position, outer_head, scalp_normal
     from ..synth import SynthOptions, synthesize_pair
     from ._progress import ProgressBar
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         write_report(evaluation, prediction, out, t1=t1, t2=t2, overwrite=args.overwrite)
 
         landmarks = json.loads(resource_path("sample", f"{SAMPLE}_landmarks.json").read_text())["landmarks"]
-        head = labels.with_array((tissues > 0).astype(np.uint8))
+        head = outer_head(labels.with_array(tissues > 0))  # the label map's islands outside the scalp left out
         c3 = eeg_position("C3", {k: np.asarray(v) for k, v in landmarks.items()}, head)
         normal = scalp_normal(head, c3)
         handle = np.array([-1.0, -1.0, 0.0]) / np.sqrt(2.0)  # posterior and lateral (left), 45 degrees

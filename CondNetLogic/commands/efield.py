@@ -203,7 +203,7 @@ def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
     return float(didt)
 
 
-def default_normal(conducting, center_ras):
+def default_normal(head, center_ras):
     """Coil normal into the head (RAS unit vector) at ``center_ras`` when ``--normal`` is not given.
 
     The scalp's inward normal (:func:`~CondNetLogic.scalp.scalp_normal`) when the point lies on the scalp,
@@ -214,11 +214,11 @@ def default_normal(conducting, center_ras):
     from ..scalp import head_centre, scalp_normal
 
     try:
-        return scalp_normal(conducting, center_ras)
+        return scalp_normal(head, center_ras)
     except ValueError as err:
         logger.warning("--coil-center is not on the scalp (%s): the coil normal points at the head centre; check "
                        "the coordinates (RAS mm, the scalp point under the coil centre)", err)
-    normal = head_centre(conducting) - np.asarray(center_ras, dtype=float)
+    normal = head_centre(head) - np.asarray(center_ras, dtype=float)
     if np.linalg.norm(normal) == 0:
         raise ValueError("--coil-center is the head centre; give --normal explicitly")
     return normal / np.linalg.norm(normal)
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
-    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, read_landmarks
+    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, outer_head, read_landmarks
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
@@ -251,17 +251,18 @@ def run(args: argparse.Namespace) -> int:
     didt = stimulus_didt(coil, args.didt, args.mso)
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
+    head = outer_head(conducting)  # where the coil goes: without stray voxels outside the scalp
     if matrix is not None:
         poses = [matrix]
         placement = {"coil_matrix_file": str(args.coil_matrix)}
     else:
         if args.eeg_position is not None:
-            center = eeg_position(args.eeg_position, landmarks, conducting)
+            center = eeg_position(args.eeg_position, landmarks, head)
         elif args.target is not None:
-            center = nearest_scalp_point(conducting, args.target)
+            center = nearest_scalp_point(head, args.target)
         else:
             center = np.asarray(args.coil_center, dtype=float)
-        normal = default_normal(conducting, center) if args.normal is None else np.asarray(args.normal, dtype=float)
+        normal = default_normal(head, center) if args.normal is None else np.asarray(args.normal, dtype=float)
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
 
         def handles(point_normal):
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 return [handle_direction(point_normal, args.handle_angle)]
             return [args.coil_direction]
 
-        poses, scalp_points = search_poses(conducting, center, normal, handles, radius_mm=args.search_radius or 0.0,
+        poses, scalp_points = search_poses(head, center, normal, handles, radius_mm=args.search_radius or 0.0,
                                            step_mm=args.search_step, scalp_offset_mm=offset)
         placement = {"coil_center_scalp_ras_mm": center.tolist(), "scalp_offset_mm": offset}
         if args.eeg_position is not None:

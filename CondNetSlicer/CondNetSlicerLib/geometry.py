@@ -48,7 +48,8 @@ findLandmarks = scalp.find_landmarks
 
 
 def headMask(conductivity: Volume, *, threshold: float = 0.0) -> Volume:
-    """Boolean head mask: voxels whose conductivity (S/m) is above ``threshold``.
+    """Boolean head mask: the largest connected component of the voxels whose conductivity (S/m) is above
+    ``threshold`` (stray voxels outside the scalp would catch the coil, see :func:`CondNetLogic.scalp.outer_head`).
 
     Raises
     ------
@@ -60,7 +61,7 @@ def headMask(conductivity: Volume, *, threshold: float = 0.0) -> Volume:
     mask = np.asarray(conductivity.array) > threshold
     if not mask.any():
         raise ValueError("the conductivity is zero everywhere: there is no head to place the coil on")
-    return conductivity.with_array(mask)
+    return scalp.outer_head(conductivity.with_array(mask))
 
 
 def snapToScalp(

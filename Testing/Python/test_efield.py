@@ -478,6 +478,27 @@ def test_cli_places_the_coil_at_an_eeg_position_with_a_handle_angle(sigma_file, 
     assert not (tmp_path / "bad").exists()
 
 
+def test_cli_places_the_coil_on_the_head_not_on_a_stray_voxel_above_it(tmp_path):
+    """A conducting voxel 15 mm above the sphere's top (as label maps made into conductivity may hold) is the
+    outermost point on the ray to Cz, but the coil goes on the head's scalp (scalp.outer_head)."""
+    centre, radius = np.array([2.0, -3.0, 1.0]), RADIUS_MM
+    sphere = _sphere(n=33)
+    island = sphere.array.copy()
+    top = np.rint(sphere.ras_to_ijk_points(centre + [0.0, 0.0, radius + 15.0])).astype(int)
+    island[tuple(top)] = 0.3
+    path = tmp_path / "sigma_island.nii.gz"
+    write_volume(sphere.with_array(island), path)
+    landmarks = tmp_path / "landmarks.json"
+    landmarks.write_text(json.dumps({label: (centre + offset).tolist() for label, offset in (
+        ("Nz", [0, radius, 0]), ("Iz", [0, -radius, 0]), ("LPA", [-radius, 0, 0]), ("RPA", [radius, 0, 0]))}))
+    assert main(["efield", "--conductivity", str(path), "--out", str(tmp_path / "cz"), "--device", "cpu",
+                 "--eeg-position", "Cz", "--landmarks", str(landmarks), "--handle-angle", "0",
+                 "--primary-field", "direct", "--tol", "1e-3"]) == 0
+    summary = json.loads((tmp_path / "cz" / "efield.json").read_text())
+    np.testing.assert_allclose(summary["coil_center_scalp_ras_mm"], centre + [0, 0, radius], atol=SPACING_MM)
+    np.testing.assert_allclose(summary["normal_into_head_ras"], [0, 0, -1], atol=0.05)
+
+
 def test_cli_puts_the_coil_over_a_target_and_reports_its_roi(sigma_file, tmp_path, capsys):
     """--target: the coil on the nearest scalp point (near the top of the sphere for a target under it), ROI there."""
     centre = np.array([2.0, -3.0, 1.0])

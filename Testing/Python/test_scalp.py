@@ -8,6 +8,7 @@ from CondNetLogic.scalp import (
     eeg_position,
     head_centre,
     nearest_scalp_point,
+    outer_head,
     read_landmarks,
     scalp_normal,
     scalp_point_along_ray,
@@ -93,6 +94,28 @@ def test_circumference_and_row_positions_on_a_sphere(sphere_mask):
             expected[f"{row}{number + 1}"] = _slerp(circle, right, top, t)
     for name, point in expected.items():
         np.testing.assert_allclose(eeg_position(name, landmarks, sphere_mask), point, atol=1.5, err_msg=name)
+
+
+def test_stray_voxels_outside_the_scalp_are_not_the_head(sphere_mask):
+    """A blob 10 mm outside the ball on the ray to C3 catches the ray (the outermost mask voxel); outer_head drops
+    it, and C3 is where it is on the ball alone."""
+    c = np.array([5.0, -3.0, 2.0])
+    landmarks = {
+        "Nz": c + [0, RADIUS, 0], "Iz": c + [0, -RADIUS, 0], "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]
+    }
+    angle = np.deg2rad(0.3 * 180)
+    c3 = c + RADIUS * np.array([-np.cos(angle), 0, np.sin(angle)])
+    blob = np.rint(sphere_mask.ras_to_ijk_points(c + (RADIUS + 10.0) / RADIUS * (c3 - c))).astype(int)
+    stray = sphere_mask.array.copy()
+    stray[tuple(slice(v - 1, v + 2) for v in blob)] = 1
+    stray = sphere_mask.with_array(stray)
+    assert np.linalg.norm(eeg_position("C3", landmarks, stray) - c3) > 5.0  # caught by the blob
+    head = outer_head(stray)
+    assert head.array.dtype == bool
+    np.testing.assert_array_equal(head.array, sphere_mask.array > 0)
+    np.testing.assert_allclose(eeg_position("C3", landmarks, head), c3, atol=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        outer_head(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)))
 
 
 def test_bad_requests(sphere_mask):

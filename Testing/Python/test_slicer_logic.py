@@ -322,6 +322,27 @@ def test_coil_markup_and_eeg_preset_on_a_labelled_head(mrml_scene, head):
     assert (OBLIQUE[:3, :3].T @ axes[:, 2])[0] > 0.3
 
 
+def test_the_coil_goes_on_the_head_not_on_stray_voxels_outside_it(mrml_scene, head):
+    """A blob of conducting voxels 6 mm outside the scalp by C3 catches C3's arc, but not the coil."""
+    from CondNetLogic import scalp
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    sigma, landmarks, marks = labelled_head(mrml_scene, head)
+    expected = scalp.eeg_position("C3", marks, tissues.with_array(tissues.array > 0))
+    volume = adapters.volumeFromNode(sigma)
+    centre = scalp.head_centre(volume.with_array(volume.array > 0))
+    outside = expected + 6.0 * (expected - centre) / np.linalg.norm(expected - centre)
+    blob = np.rint(volume.ras_to_ijk_points(outside)).astype(int)
+    array = volume.array.copy()
+    array[tuple(slice(v - 1, v + 2) for v in blob)] = 0.3
+    assert (array > 0).sum() - (volume.array > 0).sum() >= 20  # the blob lies in the grid, off the head
+    assert np.linalg.norm(scalp.eeg_position("C3", marks, volume.with_array(array > 0)) - expected) > 4.0
+    stray = add_volume(mrml_scene, volume.with_array(array), "sigma with stray voxels")
+    point = logic.placeCoilAtPreset(logic.createCoilMarkup(), landmarks, stray, "C3", handleAngleDeg=45.0)
+    assert np.linalg.norm(point - expected) < 4.0
+
+
 def test_a_saved_coil_pose_puts_the_coil_markup_back(mrml_scene, head, tmp_path):
     """Export's coil_to_ras.txt read back: the markup gives the same pose; a pose off this scalp is logged."""
     logic = CondNetSlicerLogic(mrml_scene)
