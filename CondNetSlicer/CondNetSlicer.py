@@ -836,15 +836,16 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if solved is not None and current is not None and not self.logic.samePose(solved, current):
                 self._log("The coil has moved since the E-field was computed: exporting the pose of the E-field.")
             folder = _pathText(p.exportFolder)
+            dosing = self.logic.doseRecord(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent)
+            options = {"coilToRas": pose, "extension": p.exportFormat,
+                       "metadata": {"e_field_dosing": dosing} if dosing else None}
             try:
-                written = self.logic.exportResults(folder, nodes, coilToRas=pose, extension=p.exportFormat)
+                written = self.logic.exportResults(folder, nodes, **options)
             except FileExistsError as err:
                 if not slicer.util.confirmYesNoDisplay(f"{err}\n\nReplace them?"):
                     self._log("Export cancelled: no file was changed.")
                     return
-                written = self.logic.exportResults(
-                    folder, nodes, coilToRas=pose, extension=p.exportFormat, overwrite=True
-                )
+                written = self.logic.exportResults(folder, nodes, overwrite=True, **options)
             self._log("Exported: " + ", ".join(str(path) for path in written))
 
 

@@ -15,6 +15,7 @@ conductivity never replaces earlier results.
 """
 
 import csv
+import dataclasses
 import json
 import logging
 import tempfile
@@ -1123,6 +1124,27 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             return None
 
     @classmethod
+    def _dose(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float):
+        """``(reference, target, dose, problem)`` of E-field dosing; each None when it cannot be had (``problem`` says
+        why a set threshold gives no dose)."""
+        from CondNetLogic.dosing import RegionField, motor_equivalent_dose
+
+        if not motorThreshold:
+            return None, None, None, None
+        try:
+            reference = RegionField(**json.loads(motorThreshold))
+        except (ValueError, TypeError) as err:
+            return None, None, None, f"the stored motor threshold cannot be read ({err}): set it again"
+        target = cls.targetField(eMagnitudeNode)
+        if target is None:
+            return reference, None, None, "the E-field shown has no target"
+        try:
+            return reference, target, motor_equivalent_dose(reference, reference.didt, target,
+                                                            percentOfThresholdField), None
+        except ValueError as err:
+            return reference, target, None, str(err)
+
+    @classmethod
     def doseSummary(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0) -> str:
         """Text for the panel: the motor threshold's field and the motor-equivalent dose at the shown E-field's target.
 
@@ -1131,26 +1153,20 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         The dose is the output at which the target of ``eMagnitudeNode``'s solve gets ``percentOfThresholdField``
         % of that field (:func:`CondNetLogic.dosing.motor_equivalent_dose`).
         """
-        from CondNetLogic.dosing import RegionField, motor_equivalent_dose
-
+        reference, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode, percentOfThresholdField)
         if not motorThreshold:
             return ("No motor threshold: set the output to the measured motor threshold, put the coil on the motor "
                     "hotspot and the target on the hand knob, compute the E-field, then click Use as motor threshold.")
-        try:
-            reference = RegionField(**json.loads(motorThreshold))
-        except (ValueError, TypeError) as err:
-            return f"The stored motor threshold cannot be read ({err}): set it again."
+        if reference is None:
+            return problem[0].upper() + problem[1:] + "."
         text = (f"Motor threshold: mean |E| {reference.e_v_per_m:.1f} V/m within {reference.region}, at dI/dt "
                 f"{abs(reference.didt) / 1e6:.4g} A/us")
         if reference.didt_max is not None:
             text += f" ({100.0 * abs(reference.didt) / reference.didt_max:.0f} % output)"
-        target = cls.targetField(eMagnitudeNode)
         if target is None:
             return text + ". Compute the E-field with the coil over a target for the dose there."
-        try:
-            dose = motor_equivalent_dose(reference, reference.didt, target, percentOfThresholdField)
-        except ValueError as err:
-            return f"{text}. No dose: {err}."
+        if dose is None:
+            return f"{text}. No dose: {problem}."
         text += (f".\nDose for {percentOfThresholdField:g} % of that field ({dose.wanted_e:.1f} V/m) at the target: "
                  f"dI/dt {abs(dose.didt) / 1e6:.4g} A/us")
         if dose.output_percent is not None:
@@ -1158,6 +1174,21 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if dose.percent_of_motor_threshold is not None:
             text += f", {dose.percent_of_motor_threshold:.0f} % of the motor threshold"
         return text + "." + "".join(f"\nNote: {note}." for note in dose.notes)
+
+    @classmethod
+    def doseRecord(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0) -> dict:
+        """E-field dosing for an export sidecar (V/m, A/s, percent): the motor threshold's field, the shown E-field's
+        target field and the dose, or why there is none; ``{}`` when no motor threshold is set."""
+        reference, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode, percentOfThresholdField)
+        if not motorThreshold:
+            return {}
+        return {
+            "motor_threshold": None if reference is None else dataclasses.asdict(reference),
+            "target": None if target is None else dataclasses.asdict(target),
+            "percent_of_threshold_field": float(percentOfThresholdField),
+            "dose": None if dose is None else dose.to_dict(),
+            "no_dose_because": problem,
+        }
 
     @staticmethod
     def samePose(pose, otherPose, *, atolMm: float = 1e-3) -> bool:

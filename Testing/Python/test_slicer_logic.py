@@ -647,7 +647,15 @@ def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
                                     targetRas=start + 12.0 * normal)
     assert "No dose: the motor and target fields come from different conductivity maps" in logic.doseSummary(
         reference, elsewhere["eMagnitude"])
-    assert "cannot be read" in logic.doseSummary("{", deeper["eMagnitude"])
+    assert logic.doseSummary("{", deeper["eMagnitude"]).startswith("The stored motor threshold cannot be read")
+    record = logic.doseRecord(reference, deeper["eMagnitude"], 110.0)  # for the export sidecar
+    assert record["motor_threshold"] == json.loads(reference)
+    assert record["target"]["e_v_per_m"] == weaker
+    assert record["dose"]["output_percent_of_max"] == pytest.approx(output)
+    assert record["percent_of_threshold_field"] == 110.0
+    assert record["no_dose_because"] is None
+    assert logic.doseRecord(reference, plain["eMagnitude"])["no_dose_because"] == "the E-field shown has no target"
+    assert logic.doseRecord("", deeper["eMagnitude"]) == {}
 
 
 def test_coil_over_a_target_sits_on_the_nearest_scalp_point(mrml_scene, head):

@@ -14,6 +14,7 @@ exception in a slot or a VTK observer, unexpected dialog, Qt API the fakes lack,
 import argparse
 import contextlib
 import functools
+import json
 import os
 import sys
 import re
@@ -647,6 +648,11 @@ def export():
         check(P.widget.logic.samePose(pose, P.widget.logic.solvedCoilToRas(p.eMagnitudeVolume)),
               "coil_to_ras.txt is not the pose the E-field was solved with")
         check("Exported:" in logText(), "the export was not logged")
+        dosing = json.loads((folder / "condnet_export.json").read_text()).get("e_field_dosing", {})
+        check(dosing.get("motor_threshold") == json.loads(p.motorThreshold),
+              f"the export does not record the motor threshold: {dosing}")
+        check(dosing["dose"] is None and dosing["no_dose_because"] == "the E-field shown has no target",
+              f"the export records a dose for a field without a target: {dosing}")
 
 
 def loadPose():
