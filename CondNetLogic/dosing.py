@@ -208,7 +208,12 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
     if not solver.get("converged", True):
         notes.append(f"{path}: the solve stopped at a relative residual of {solver.get('residual', float('nan')):.2g}"
                      f" above its tolerance {solver.get('tol')}: the field is approximate")
-    centre = ", ".join(f"{v:.1f}" for v in roi["center_ras_mm"])
+    if "mask_file" in roi:
+        labels = roi.get("labels")
+        region = f"the ROI mask {Path(roi['mask_file']).name}" + (
+            f" (labels {', '.join(str(v) for v in labels)})" if labels else "")
+    else:
+        region = f"{roi['radius_mm']:g} mm around RAS ({', '.join(f'{v:.1f}' for v in roi['center_ras_mm'])})"
     return RegionField(
         e_v_per_m=float(roi[metric]),
         didt=float(didt),
@@ -217,6 +222,6 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
         coil_sha256=coil["sha256"],
         didt_max=None if percent is None else 100.0 * abs(float(didt)) / float(percent),
         head=head,
-        region=f"{roi['radius_mm']:g} mm around RAS ({centre})",
+        region=region,
         notes=notes,
     )

@@ -3,7 +3,8 @@
 * :func:`rdm` and :func:`mag`: relative difference and log-magnitude error of two fields, as in the
   SimNIBS FEM tests (global norms over all entries).
 * :func:`generalized_error`: the paper's global error GE (Eq. 6) between two field-strength maps.
-* :func:`roi_stats`, :func:`spherical_roi`: |E| statistics in a region, e.g. the hand knob.
+* :func:`roi_stats`, :func:`spherical_roi`, :func:`mask_roi`: |E| statistics in a region, e.g. the hand knob, or
+  a region given as a mask or atlas label (an fMRI cluster).
 
 References
 ----------
@@ -12,7 +13,7 @@ Saturnino et al., "SimNIBS 2.1: a comprehensive pipeline ...", 2019 (RDM and MAG
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ __all__ = [
     "HAND_KNOB_RADIUS_MM",
     "generalized_error",
     "mag",
+    "mask_roi",
     "rdm",
     "roi_stats",
     "spherical_roi",
@@ -147,6 +149,39 @@ def spherical_roi(volume: Volume, center_ras, radius_mm: float) -> np.ndarray:
         coordinate = affine[row, 0] * i + affine[row, 1] * j + affine[row, 2] * k + affine[row, 3]
         distance2 = distance2 + (coordinate - center[row]) ** 2
     return np.asarray(distance2 <= radius_mm**2)
+
+
+def mask_roi(mask: Volume, grid: Volume, labels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A region given as a mask or label volume, on ``grid``'s voxels (nearest neighbour, through RAS mm).
+
+    Parameters
+    ----------
+    mask : Volume
+        Scalar volume on any grid: its non-zero voxels, or those holding one of ``labels``, are the region.
+    grid : Volume
+        The grid to put the region on (the conductivity's).
+    labels : sequence of int, optional
+        Label values to take (an atlas region); default every non-zero voxel.
+
+    Returns
+    -------
+    bool ndarray (I, J, K) on ``grid``
+
+    Raises
+    ------
+    ValueError
+        If the mask is not scalar, or none of its voxels is in the region (or holds one of ``labels``).
+    """
+    from .preprocessing import resample_to
+
+    if mask.array.ndim != 3:
+        raise ValueError(f"an ROI mask must be a scalar 3D volume; got shape {mask.array.shape}")
+    values = np.asarray(mask.array)
+    region = values != 0 if labels is None else np.isin(values, np.asarray(labels))
+    if not region.any():
+        what = "non-zero voxel" if labels is None else f"voxel labelled {', '.join(str(v) for v in labels)}"
+        raise ValueError(f"the ROI mask holds no {what}")
+    return resample_to(mask.with_array(region.astype(np.uint8)), grid, interpolation="nearest").array > 0
 
 
 def roi_stats(e_magnitude: Volume, mask: Optional[np.ndarray] = None) -> dict:

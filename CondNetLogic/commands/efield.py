@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--handle-angles", nargs="+", type=float, metavar="DEG",
         help="instead of --handle-angle: try each angle (e.g. 0 15 30 ... 165) and keep the one with the highest mean "
-             "|E| in the ROI (--target or --roi-center); the sidecar lists every angle's ROI statistics",
+             "|E| in the ROI (--target, --roi-center or --roi-mask); the sidecar lists every angle's ROI statistics",
     )
     parser.add_argument(
         "--search-radius", type=float, metavar="MM",
@@ -124,13 +124,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="centre of a spherical ROI for the sidecar statistics, subject RAS mm (e.g. the hand knob)",
     )
     parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
+    parser.add_argument(
+        "--roi-mask", type=Path, metavar="FILE",
+        help="instead of the spherical ROI: a mask or label volume on any grid (an fMRI cluster, an atlas), taken "
+             "onto the conductivity's grid by nearest neighbour; its non-zero voxels (or --roi-label) that conduct",
+    )
+    parser.add_argument("--roi-label", type=int, nargs="+", metavar="N",
+                        help="with --roi-mask: the label values that make the ROI (default: every non-zero voxel)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def check_pose_options(args: argparse.Namespace) -> None:
     """The coil pose is ``--coil-matrix``, or a centre (``--coil-center`` or ``--eeg-position`` with ``--landmarks``)
-    and a handle (``--coil-direction`` or ``--handle-angle``); anything else raises ``ValueError`` naming the options.
+    and a handle (``--coil-direction`` or ``--handle-angle``); the ROI a sphere or ``--roi-mask``; anything else raises
+    ``ValueError`` naming the options.
     """
+    if args.roi_mask is not None and args.roi_center is not None:
+        raise ValueError("give one ROI: --roi-center (a sphere of --roi-radius) or --roi-mask")
+    if args.roi_label is not None and args.roi_mask is None:
+        raise ValueError("--roi-label picks labels of --roi-mask: give --roi-mask")
     given = {flag: value is not None for flag, value in (
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
         ("--landmarks", args.landmarks),
@@ -158,9 +170,9 @@ def check_pose_options(args: argparse.Namespace) -> None:
         if len(angles) < 2 or len(set(angles)) < len(angles) or not all(abs(a) < float("inf") for a in angles):
             raise ValueError(f"--handle-angles needs two or more different finite angles; got {angles}")
     searching = [flag for flag in ("--handle-angles", "--search-radius") if given[flag]]
-    if searching and args.target is None and args.roi_center is None:
-        raise ValueError(f"{' and '.join(searching)} keep the pose with the highest mean |E| in the ROI: give --target "
-                         "or --roi-center")
+    if searching and args.target is None and args.roi_center is None and args.roi_mask is None:
+        raise ValueError(f"{' and '.join(searching)} keep the pose with the highest mean |E| in the ROI: give "
+                         "--target, --roi-center or --roi-mask")
     if args.search_radius is not None:
         if not (0.0 < args.search_radius < float("inf") and 0.0 < args.search_step < float("inf")):
             raise ValueError(f"--search-radius and --search-step must be positive (mm); got {args.search_radius} and "
@@ -232,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, load_coil, read_coil_to_ras
     from ..efield import EFieldSimulation, check_wire_outside, search_poses, strongest_pose, validate_conductivity
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
-    from ..metrics import roi_stats, spherical_roi
+    from ..metrics import mask_roi, roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
     from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, outer_head, read_landmarks
     from ._progress import ProgressBar
@@ -246,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     # bad files fail before the conductivity is read
     matrix = None if args.coil_matrix is None else read_coil_to_ras(args.coil_matrix)
     landmarks = None if args.landmarks is None else read_landmarks(args.landmarks)
+    roi_mask = None if args.roi_mask is None else read_volume(args.roi_mask)
     path = coil_file(args.coil)
     coil = load_coil(path)
     didt = stimulus_didt(coil, args.didt, args.mso)
@@ -288,7 +301,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"at the searched pose with its centre at RAS {np.round(pose[:3, 3], 1).tolist()} and "
                              f"handle angle {handle_angle(pose[:3, 2], pose[:3, 1]):.4g} deg: {err}") from None
     roi_center, roi = args.target if args.roi_center is None else args.roi_center, None
-    if roi_center is not None:  # checked before the solve too
+    if roi_mask is not None:  # checked before the solve too
+        roi = mask_roi(roi_mask, conducting, args.roi_label) & conducting.array
+        if not roi.any():
+            raise ValueError(f"the ROI mask {args.roi_mask} holds no conducting voxel on the conductivity's grid")
+    elif roi_center is not None:
         roi = spherical_roi(conducting, roi_center, args.roi_radius) & conducting.array
         if not roi.any():
             raise ValueError(f"the ROI at {list(roi_center)} (radius {args.roi_radius} mm) holds no conducting voxel")
@@ -347,11 +364,9 @@ def run(args: argparse.Namespace) -> int:
     if sweep:
         summary["pose_search"] = {"criterion": "mean |E| in the ROI", "poses": sweep, "best": best}
     if roi is not None:
-        summary["stats"]["roi"] = {
-            "center_ras_mm": list(roi_center),
-            "radius_mm": args.roi_radius,
-            **roi_stats(result.e_magnitude, roi),
-        }
+        region = ({"mask_file": str(args.roi_mask), "mask_sha256": file_sha256(args.roi_mask), "labels": args.roi_label}
+                  if args.roi_mask is not None else {"center_ras_mm": list(roi_center), "radius_mm": args.roi_radius})
+        summary["stats"]["roi"] = {**region, **roi_stats(result.e_magnitude, roi)}
     with removed_on_error() as files:  # all outputs or none
         files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))

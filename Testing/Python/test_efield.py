@@ -10,9 +10,11 @@ import pytest
 
 from CondNetLogic.cli import main
 from CondNetLogic.coil import coil_pose, load_coil
+from CondNetLogic.dosing import read_region_field
 from CondNetLogic.efield import EFieldResult, EFieldSimulation
 from CondNetLogic.errors import Cancelled
 from CondNetLogic.io import read_volume, write_volume
+from CondNetLogic.metrics import spherical_roi
 from CondNetLogic.primary_field import PrimaryFieldGrid
 from CondNetLogic.volume import Volume
 from _condnet_data import nifti_space, set_nifti_space
@@ -526,6 +528,57 @@ def test_cli_puts_the_coil_over_a_target_and_reports_its_roi(sigma_file, tmp_pat
     assert "give one of --coil-center, --eeg-position, --target; got --coil-center, --target" in capsys.readouterr().err
 
 
+def test_cli_roi_from_a_mask_on_another_grid(sigma_file, tmp_path, capsys):
+    """--roi-mask: a label volume on a R-A-S grid (the conductivity is L-I-A) with the 5 mm sphere as label 7 gives
+    the sphere ROI's statistics exactly; without --roi-label every non-zero voxel counts."""
+    centre = np.array([2.0, -3.0, 1.0])
+    roi_centre = centre + [0.0, 0.0, 24.0]
+    coarse = ["--primary-field", "direct", "--tol", "1e-3"]
+    assert main(_cli_args(sigma_file, tmp_path / "sphere", "--roi-center", *map(str, roi_centre), *coarse)) == 0
+    sphere = json.loads((tmp_path / "sphere" / "efield.json").read_text())["stats"]["roi"]
+    grid = _sphere()  # the same voxel centres, in R-A-S order
+    labels = np.where(spherical_roi(grid, roi_centre, 5.0), 7, 0).astype(np.int16)
+    labels[spherical_roi(grid, centre + [15.0, 0.0, 15.0], 4.0)] = 3
+    mask = tmp_path / "atlas.nii.gz"
+    write_volume(grid.with_array(labels), mask)
+    assert main(_cli_args(sigma_file, tmp_path / "seven", "--roi-mask", str(mask), "--roi-label", "7", *coarse)) == 0
+    seven = json.loads((tmp_path / "seven" / "efield.json").read_text())["stats"]["roi"]
+    assert seven["mask_file"] == str(mask)
+    assert seven["labels"] == [7]
+    assert len(seven["mask_sha256"]) == 64
+    assert "center_ras_mm" not in seven
+    for key in ("n_voxels", "mean", "max", "p99"):
+        assert seven[key] == pytest.approx(sphere[key], rel=1e-6), key
+    assert main(_cli_args(sigma_file, tmp_path / "all", "--roi-mask", str(mask), *coarse)) == 0
+    both = json.loads((tmp_path / "all" / "efield.json").read_text())["stats"]["roi"]
+    assert both["labels"] is None
+    assert both["n_voxels"] > seven["n_voxels"]
+    assert read_region_field(tmp_path / "seven" / "efield.json").region == "the ROI mask atlas.nii.gz (labels 7)"
+    sweep = _handle(_cli_args(sigma_file, tmp_path / "sweep", "--roi-mask", str(mask), "--roi-label", "7", *coarse),
+                    "--handle-angles", "0", "90")
+    assert main(sweep) == 0  # the mask is the ROI the pose search keeps the strongest pose for
+    search = json.loads((tmp_path / "sweep" / "efield.json").read_text())["pose_search"]
+    assert [row["handle_angle_deg"] for row in search["poses"]] == [0.0, 90.0]
+    assert search["poses"][search["best"]]["roi"]["mean"] == max(row["roi"]["mean"] for row in search["poses"])
+    capsys.readouterr()
+    outside = tmp_path / "outside.nii.gz"
+    write_volume(grid.with_array(np.where(spherical_roi(grid, centre + [0, 0, 34.0], 2.0), 1, 0).astype(np.uint8)),
+                 outside)
+    vector = tmp_path / "vector.nii.gz"
+    write_volume(Volume(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), vector)
+    for extra, message in (
+        (["--roi-mask", str(mask), "--roi-center", "0", "0", "0"], "give one ROI: --roi-center"),
+        (["--roi-label", "7"], "--roi-label picks labels of --roi-mask"),
+        (["--roi-mask", str(mask), "--roi-label", "9"], "the ROI mask holds no voxel labelled 9"),
+        (["--roi-mask", str(outside)], "holds no conducting voxel on the conductivity's grid"),
+        (["--roi-mask", str(vector)], "scalar"),
+        (["--roi-mask", str(tmp_path / "missing.nii.gz")], "missing.nii.gz"),
+    ):
+        assert main(_cli_args(sigma_file, tmp_path / "bad", *extra, *coarse)) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "bad").exists()
+
+
 def _handle(args, *replacement):
     """``args`` of :func:`_cli_args` with ``--coil-direction 0 1 0`` replaced by ``replacement``."""
     at = args.index("--coil-direction")
@@ -566,8 +619,8 @@ def test_cli_handle_angle_sweep_keeps_the_angle_with_the_strongest_roi(sigma_fil
     capsys.readouterr()
     for extra, message in ((["--handle-angles", "45"], "needs two or more different finite angles"),
                            (["--handle-angles", "45", "45"], "needs two or more different finite angles"),
-                           (["--handle-angles", "0", "90"], "give --target or --roi-center"),
-                           (["--handle-angle", "0", "--search-radius", "6"], "give --target or --roi-center"),
+                           (["--handle-angles", "0", "90"], "give --target, --roi-center or --roi-mask"),
+                           (["--handle-angle", "0", "--search-radius", "6"], "--roi-center or --roi-mask"),
                            (["--handle-angle", "0", "--search-radius", "0", "--roi-center", "2", "-3", "19"],
                             "--search-radius and --search-step must be positive"),
                            (["--handle-angle", "0", "--search-radius", "6", "--roi-center", "2", "-3", "19",

@@ -107,3 +107,25 @@ def test_roi_stats_rejects_bad_input():
         roi_stats(volume, np.ones((4, 4, 4)))
     with pytest.raises(TypeError, match="scalar Volume"):
         roi_stats(np.ones((4, 4, 4)))
+
+
+def test_mask_roi_takes_a_finer_mask_onto_the_grid_by_nearest_neighbour():
+    """A box of a 1 mm label volume on a 3 mm grid: the coarse voxels whose centres lie in the box; labels pick."""
+    from CondNetLogic.metrics import mask_roi
+
+    fine = Volume.from_geometry(np.zeros((60, 60, 60), np.int16), spacing=(1.0, 1.0, 1.0), origin=(-29.5,) * 3,
+                                direction=np.eye(3))
+    labels = np.zeros(fine.shape, np.int16)
+    labels[20:41, 10:31, 30:52] = 4  # voxel centres -9.5..10.5, -19.5..0.5, 0.5..21.5 mm: edges at -10..11 etc.
+    labels[0:3, 0:3, 0:3] = 2
+    coarse = Volume.from_geometry(np.zeros((20, 20, 20), np.float32), spacing=(3.0, 3.0, 3.0),
+                                  origin=(28.5, -28.5, -28.5), direction=np.diag([-1.0, 1.0, 1.0]))  # L-A-S
+    centres = coarse.ijk_to_ras_points(np.stack(np.meshgrid(*[np.arange(20)] * 3, indexing="ij"), axis=-1))
+    inside = np.all((centres > [-10.0, -20.0, 0.0]) & (centres < [11.0, 1.0, 22.0]), axis=-1)
+    assert inside.sum() == 7 * 7 * 7
+    np.testing.assert_array_equal(mask_roi(fine.with_array(labels), coarse, [4]), inside)
+    assert mask_roi(fine.with_array(labels), coarse).sum() > inside.sum()  # label 2 too
+    with pytest.raises(ValueError, match="no voxel labelled 5"):
+        mask_roi(fine.with_array(labels), coarse, [5])
+    with pytest.raises(ValueError, match="no non-zero voxel"):
+        mask_roi(fine, coarse)
