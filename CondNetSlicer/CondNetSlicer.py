@@ -125,7 +125,8 @@ class CondNetSlicerParameterNode:
     (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
     positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
     targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
-    the sphere whose |E| statistics the table reports.  searchRadiusMm: *Best pose at target* also tries scalp
+    the sphere whose |E| statistics the table reports; targetRegion: a label map whose non-zero voxels are the target
+    instead of that sphere (an fMRI cluster, an atlas region).  searchRadiusMm: *Best pose at target* also tries scalp
     centres within this distance (mm; 0: handle angles only).  motorThreshold: JSON of the target field stored by
     *Use as motor threshold* (a solve at the measured motor threshold, :class:`CondNetLogic.dosing.RegionField`),
     empty when none; dosePercent: the field wanted at a target in percent of that one (E-field dosing).  Outputs
@@ -163,6 +164,7 @@ class CondNetSlicerParameterNode:
     autoUpdate: bool = False
     targetMarkup: vtkMRMLMarkupsFiducialNode
     targetRadiusMm: Annotated[float, WithinRange(1.0, 50.0)] = 5.0
+    targetRegion: vtkMRMLLabelMapVolumeNode
     searchRadiusMm: Annotated[float, WithinRange(0.0, 30.0)] = 0.0
     motorThreshold: str = ""
     dosePercent: Annotated[float, WithinRange(10.0, 300.0)] = 100.0
@@ -345,7 +347,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
-        self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and hasTarget
+        self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
         self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent)
         self.ui.exportButton.enabled = (
@@ -744,6 +746,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     tableNode=p.statisticsTable,
                     targetRas=self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
                     targetRadiusMm=p.targetRadiusMm,
+                    targetRegionNode=p.targetRegion,
                     progress=self._onProgress,
                     cancel=self._isCancelled,
                 )
@@ -784,6 +787,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.didtAPerUs * 1e6,
                     self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
                     targetRadiusMm=p.targetRadiusMm,
+                    targetRegionNode=p.targetRegion,
                     searchRadiusMm=p.searchRadiusMm,
                     scalpOffsetMm=p.scalpOffsetMm,
                     device=device,

@@ -862,6 +862,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         tableNode=None,
         targetRas=None,
         targetRadiusMm: float = 5.0,
+        targetRegionNode=None,
         progress: Progress = None,
         cancel: Cancel = None,
         show: bool = True,
@@ -903,6 +904,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             A stimulation target in the conductivity node's local RAS (mm; see :meth:`targetPoint`): the table
             gets the statistics of |E| in the conducting voxels within ``targetRadiusMm`` of it (region
             ``target``); a sphere without a conducting voxel gives a warning instead.
+        targetRegionNode : vtkMRMLLabelMapVolumeNode, optional
+            Instead of the sphere: the target is the conducting voxels under the non-zero voxels of this label map
+            (an fMRI cluster, an atlas region; any grid and transform, taken onto the conductivity's voxels by
+            nearest neighbour).
 
         Returns
         -------
@@ -959,15 +964,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         stats = self._statistics(
             result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
         )
-        if targetRas is not None:
-            from CondNetLogic.metrics import roi_stats, spherical_roi
+        target, where, about = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm,
+                                            targetRegionNode)
+        if target is not None:
+            from CondNetLogic.metrics import roi_stats
 
-            target = spherical_roi(result.e_magnitude, targetRas, targetRadiusMm) & (np.asarray(conductivity.array) > 0)
-            where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"
             if target.any():
                 stats["target"] = roi_stats(result.e_magnitude, target)
-                result.info["target"] = {"ras_mm": [float(v) for v in targetRas], "radius_mm": float(targetRadiusMm),
-                                         "mean_v_per_m": stats["target"]["mean"]}
+                result.info["target"] = {**about, "mean_v_per_m": stats["target"]["mean"]}
                 self.log(f"CondNet: |E| within {where}: mean {stats['target']['mean']:.1f} V/m, "
                          f"max {stats['target']['max']:.1f} V/m")
             else:
@@ -994,6 +998,25 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         written["warnings"] = warnings
         return written
 
+    def _target(self, conductivityNode, conductivity, targetRas, targetRadiusMm: float, targetRegionNode=None):
+        """``(voxels, description, about)`` of the target: the conducting voxels under ``targetRegionNode``'s non-zero
+        voxels, or within ``targetRadiusMm`` of ``targetRas`` (the conductivity node's local RAS, mm); ``(None, "",
+        {})`` without either.  ``about`` goes into the E-field's ``CondNet.Info``."""
+        from CondNetLogic.metrics import mask_roi, spherical_roi
+        from CondNetLogic.volume import Volume
+
+        conducting = np.asarray(conductivity.array) > 0
+        if targetRegionNode is not None:
+            region = adapters.volumeFromNode(targetRegionNode, what="target region")
+            local = Volume(region.array, self._relativeMatrix(targetRegionNode, conductivityNode) @ region.ijk_to_ras)
+            name = targetRegionNode.GetName()
+            return mask_roi(local, conductivity) & conducting, f"the target region {name}", {"region": name}
+        if targetRas is None:
+            return None, "", {}
+        where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"
+        return (spherical_roi(conductivity, targetRas, targetRadiusMm) & conducting, where,
+                {"ras_mm": [float(v) for v in targetRas], "radius_mm": float(targetRadiusMm)})
+
     def strongestPose(
         self,
         conductivityNode,
@@ -1003,6 +1026,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         targetRas,
         *,
         targetRadiusMm: float = 5.0,
+        targetRegionNode=None,
         anglesDeg: Sequence[float] = HANDLE_ANGLES_DEG,
         searchRadiusMm: float = 0.0,
         searchStepMm: float = 5.0,
@@ -1012,7 +1036,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         progress: Progress = None,
         cancel: Cancel = None,
     ) -> Dict[str, object]:
-        """The coil pose with the highest mean |E| in the conducting voxels within ``targetRadiusMm`` of ``targetRas``.
+        """The coil pose with the highest mean |E| in the conducting voxels within ``targetRadiusMm`` of ``targetRas``
+        (or under ``targetRegionNode``, a label map, as in :meth:`computeEField`).
 
         Tried: every handle angle of ``anglesDeg`` (see :meth:`setCoilHandleAngle`) where the coil is (its scalp point,
         ``scalpOffsetMm`` below the centre of ``coilToRas``, and normal) and, with ``searchRadiusMm`` > 0, at the
@@ -1027,19 +1052,18 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """
         from CondNetLogic.coil import check_coil_to_ras, load_coil
         from CondNetLogic.efield import search_poses, strongest_pose
-        from CondNetLogic.metrics import spherical_roi
 
-        if targetRas is None:
-            raise ValueError("choose a target point first")
+        if targetRas is None and targetRegionNode is None:
+            raise ValueError("choose a target point (or a target region) first")
         if not np.isfinite(didt) or didt == 0:
             raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
         pose = check_coil_to_ras(coilToRas)
         coil = load_coil(coilName)
         conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
-        roi = spherical_roi(conductivity, targetRas, targetRadiusMm) & (np.asarray(conductivity.array) > 0)
+        roi, where, _ = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm, targetRegionNode)
         if not roi.any():
-            raise ValueError(f"no conducting voxel lies within {targetRadiusMm:g} mm of the target: put the target on "
-                             "the cortex, or widen its radius")
+            raise ValueError(f"no conducting voxel lies within {where}: put the target on the cortex, or widen its "
+                             "radius")
         start = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
         poses, points = search_poses(
             self._headMask(conductivityNode) if searchRadiusMm > 0 else None, start, pose[:3, 2],
@@ -1055,9 +1079,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         best, _, stats = strongest_pose(simulation, coil, poses, float(didt), roi, progress=progress, cancel=cancel)
         for row, entry in zip(rows, stats):
             row.update({key: entry[key] for key in ("mean", "max", "p99")})
-            where = "" if searchRadiusMm <= 0 else f"centre ({', '.join(f'{v:.1f}' for v in row['centre'])}), "
-            self.log(f"CondNet: {where}handle angle {row['angle']:g} deg: mean |E| {row['mean']:.1f} V/m, max "
-                     f"{row['max']:.1f} V/m within {targetRadiusMm:g} mm of the target")
+            centre = "" if searchRadiusMm <= 0 else f"centre ({', '.join(f'{v:.1f}' for v in row['centre'])}), "
+            self.log(f"CondNet: {centre}handle angle {row['angle']:g} deg: mean |E| {row['mean']:.1f} V/m, max "
+                     f"{row['max']:.1f} V/m within {where}")
         moved = float(np.linalg.norm(np.asarray(rows[best]["centre"]) - start))
         self.log(f"CondNet: the strongest mean |E| at the target, {rows[best]['mean']:.1f} V/m, is at a handle angle "
                  f"of {rows[best]['angle']:g} deg" + (f", {moved:.1f} mm from the coil's point" if moved > 0 else ""))
@@ -1110,7 +1134,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             target = info.get("target")
             if not target:
                 return None
-            centre = ", ".join(f"{v:.1f}" for v in target["ras_mm"])
+            if "region" in target:
+                region = f"the target region {target['region']}"
+            else:
+                centre = ", ".join(f"{v:.1f}" for v in target["ras_mm"])
+                region = f"{target['radius_mm']:g} mm around the target at RAS ({centre})"
             return RegionField(
                 e_v_per_m=float(target["mean_v_per_m"]),
                 didt=float(info["didt_a_per_s"]),
@@ -1118,7 +1146,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 coil_sha256=str(info["coil_sha256"]),
                 didt_max=info.get("didt_max_a_per_s"),
                 head=str(info["conductivity_node_id"]),
-                region=f"{target['radius_mm']:g} mm around the target at RAS ({centre})",
+                region=region,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

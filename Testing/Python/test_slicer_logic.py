@@ -611,10 +611,54 @@ def test_strongest_pose_at_a_target(mrml_scene, head):
     assert np.linalg.norm(np.array(rows[best]["centre"]) - target) < np.linalg.norm(start - target)
     np.testing.assert_allclose(searched["coilToRas"][:3, 3] + 4.0 * searched["coilToRas"][:3, 2], rows[best]["centre"],
                                atol=1e-9)
-    with pytest.raises(ValueError, match="choose a target point first"):
+    with pytest.raises(ValueError, match="choose a target point"):
         logic.strongestPose(sigma, coil, pose, 1e8, None)
-    with pytest.raises(ValueError, match="no conducting voxel lies within 5 mm of the target"):
+    with pytest.raises(ValueError, match="no conducting voxel lies within 5 mm around the target"):
         logic.strongestPose(sigma, coil, pose, 1e8, target + [0.0, 0.0, 300.0], device="cpu")
+
+
+def test_a_label_map_as_target_region(mrml_scene, head):
+    """A label map holding the 5 mm sphere around the target gives the sphere's target statistics, also when it lies
+    under a transform (its array shifted to match) and on a finer grid; Best pose takes it without a target point."""
+    from CondNetLogic.metrics import spherical_roi
+
+    logic, sigma, markup = coil_over_head(mrml_scene, head)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
+    start, axes = logic._markupFrame(markup, sigma)
+    target = start + 11.0 * axes[:, 2]
+    volume = adapters.volumeFromNode(sigma)
+    sphere = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False, targetRas=target,
+                                 targetRadiusMm=5.0)["stats"]["target"]
+    region = volume.with_array(spherical_roi(volume, target, 5.0).astype(np.uint8))
+    moved = region.ijk_to_ras.copy()
+    moved[0, 3] -= 10.0
+    shifted = Volume(region.array, moved)  # the region 10 mm to the left, put back by its parent transform
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift right")
+    shift = np.eye(4)
+    shift[0, 3] = 10.0
+    transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(shift))
+    finer = Volume.from_geometry(np.zeros((60, 60, 60), np.uint8), spacing=(0.625,) * 3,
+                                 origin=target - 29.5 * 0.625, direction=np.eye(3))
+    finer = finer.with_array(spherical_roi(finer, target, 5.0).astype(np.uint8))  # same sphere, other lattice
+    for name, labels, parent in (("same grid", region, None), ("transformed", shifted, transform),
+                                 ("finer", finer, None)):
+        node = adapters.addVolumeNode(mrml_scene, labels, name, className="vtkMRMLLabelMapVolumeNode",
+                                      parentTransformNode=parent)
+        solved = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False, targetRegionNode=node)
+        got = solved["stats"]["target"]
+        if name != "finer":
+            assert (got["n_voxels"], got["mean"]) == (sphere["n_voxels"], pytest.approx(sphere["mean"], rel=1e-6))
+        else:  # nearest neighbour from 0.625 mm voxels: the same sphere up to its surface voxels
+            assert abs(got["n_voxels"] - sphere["n_voxels"]) <= 0.3 * sphere["n_voxels"]
+            assert got["mean"] == pytest.approx(sphere["mean"], rel=0.1)
+        assert logic.targetField(solved["eMagnitude"]).region == f"the target region {node.GetName()}"
+    found = logic.strongestPose(sigma, coil, pose, 1e8, None, targetRegionNode=node, anglesDeg=(0.0, 90.0),
+                                device="cpu", tol=1e-6)
+    assert [row["angle"] for row in found["rows"]] == [0.0, 90.0]
+    empty = adapters.addVolumeNode(mrml_scene, region.with_array(np.zeros_like(region.array)), "empty",
+                                   className="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(ValueError, match="the ROI mask holds no non-zero voxel"):
+        logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, targetRegionNode=empty)
 
 
 def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):

@@ -156,8 +156,8 @@ def expectedStates(busy=False):
         "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
-        "bestPoseButton": idle and sigma and hasPoint and coilInstalled and p.targetMarkup is not None
-        and p.targetMarkup.GetNumberOfControlPoints() > 0,
+        "bestPoseButton": idle and sigma and hasPoint and coilInstalled and (
+            p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0 or p.targetRegion is not None),
         "motorThresholdButton": idle and p.eMagnitudeVolume is not None
         and '"target"' in (p.eMagnitudeVolume.GetAttribute("CondNet.Info") or ""),
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
@@ -502,6 +502,41 @@ def eFieldDosing():
         checkStates("a dose shown")
         checkGuiMirrorsParameters("a dose shown")
         ui.targetSelector.setCurrentNode(None)
+
+
+def targetRegion():
+    with step("a label map as target region: its voxels are the target, also for Best pose without a target point"):
+        from CondNetLogic.metrics import spherical_roi
+        from CondNetSlicerLib import adapters
+
+        ui, p, logic = P.widget.ui, params(), P.widget.logic
+        scalpPoint, axes = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        sigma = adapters.volumeFromNode(p.conductivityVolume)
+        cluster = spherical_roi(sigma, scalpPoint + 12.0 * axes[:, 2], 6.0).astype(np.uint8)
+        region = adapters.addVolumeNode(slicer.mrmlScene, sigma.with_array(cluster), "fMRI cluster",
+                                        className="vtkMRMLLabelMapVolumeNode",
+                                        parentTransformNode=p.conductivityVolume.GetParentTransformNode())
+        check(p.targetMarkup is None, "a target point is still chosen")
+        ui.targetRegionSelector.setCurrentNode(region)
+        check(p.targetRegion is region, "the target region selector did not set the parameter")
+        checkStates("target region chosen")
+        click(ui.computeEFieldButton)
+        check(f"within the target region {region.GetName()}: mean" in logText(), "the region's |E| was not logged")
+        inside = (slicer.util.arrayFromVolume(region) > 0) & (slicer.util.arrayFromVolume(p.conductivityVolume) > 0)
+        expected = float(slicer.util.arrayFromVolume(p.eMagnitudeVolume)[inside].astype(np.float64).mean())
+        check(abs(targetMean() - expected) < 1e-3 * expected, f"the target mean {targetMean()} is not {expected}")
+        before = len(logText())
+        strongest = logic.strongestPose
+        logic.strongestPose = functools.partial(strongest, anglesDeg=(0.0, 90.0))
+        try:
+            click(ui.bestPoseButton)
+        finally:
+            logic.strongestPose = strongest
+        rows = re.findall(r"handle angle (\S+) deg: mean \|E\| \S+ V/m, max \S+ V/m within the target region",
+                          logText()[before:])
+        check(rows == ["0", "90"], f"Best pose tried {rows} in the region")
+        ui.targetRegionSelector.setCurrentNode(None)
+        checkStates("target region cleared")
 
 
 def unconvergedEField():
@@ -861,9 +896,9 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, eFieldDosing, unconvergedEField,
-                scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose, leaveAndEnter,
-                closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
+    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, eFieldDosing, targetRegion,
+                unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose,
+                leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
     return 0
