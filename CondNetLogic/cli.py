@@ -22,6 +22,7 @@ COMMANDS = {
     "evaluate": ("CondNetLogic.commands.evaluate", "CondNet vs a label map: per-tissue table, MAE, figures"),
     "demo": ("CondNetLogic.commands.demo", "whole pipeline on the shipped sample head"),
     "efield": ("CondNetLogic.commands.efield", "TMS E-field for one coil position (vector, |E|, JSON sidecar)"),
+    "compare": ("CondNetLogic.commands.compare", "agreement of two E-fields in one head (GE, RDM/MAG, ratios)"),
     "dose": ("CondNetLogic.commands.dose", "stimulator output at a target for the motor threshold's M1 field"),
     "resample": ("CondNetLogic.commands.resample", "a volume onto isotropic voxels (e.g. before efield)"),
     "warmup": ("CondNetLogic.commands.warmup", "compile the E-field kernels now (once per installation)"),

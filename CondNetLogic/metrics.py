@@ -3,6 +3,8 @@
 * :func:`rdm` and :func:`mag`: relative difference and log-magnitude error of two fields, as in the
   SimNIBS FEM tests (global norms over all entries).
 * :func:`generalized_error`: the paper's global error GE (Eq. 6) between two field-strength maps.
+* :func:`compare_fields`: all of these and the ratios of their ROI statistics for two fields on one grid (e.g. CondNet
+  against SimNIBS in the same head).
 * :func:`roi_stats`, :func:`spherical_roi`, :func:`mask_roi`: |E| statistics in a region, e.g. the hand knob, or
   a region given as a mask or atlas label (an fMRI cluster).
 
@@ -22,6 +24,7 @@ from .volume import Volume, check_mask
 __all__ = [
     "HAND_KNOB_MNI",
     "HAND_KNOB_RADIUS_MM",
+    "compare_fields",
     "generalized_error",
     "mag",
     "mask_roi",
@@ -149,6 +152,58 @@ def spherical_roi(volume: Volume, center_ras, radius_mm: float) -> np.ndarray:
         coordinate = affine[row, 0] * i + affine[row, 1] * j + affine[row, 2] * k + affine[row, 3]
         distance2 = distance2 + (coordinate - center[row]) ** 2
     return np.asarray(distance2 <= radius_mm**2)
+
+
+def compare_fields(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> dict:
+    """Agreement of two E-fields on one grid in a region: ``b`` against the reference ``a``.
+
+    Parameters
+    ----------
+    a, b : ndarray (I, J, K, 3) or (I, J, K)
+        Vector fields (V/m, the same frame's components) or field strengths |E| (V/m); a vector field is compared
+        with a strength by its magnitude.
+    mask : bool ndarray (I, J, K)
+        Region (e.g. the voxels where both fields are inside their conductors).
+
+    Returns
+    -------
+    dict
+        ``n_voxels``; ``ge_percent`` (paper Eq. 6), ``pearson_r`` of the strengths, ``mean_a``, ``mean_b``,
+        ``p99_a``, ``p99_b`` (V/m) and the ratios ``mean_ratio``, ``p99_ratio`` (b / a); with two vector fields also
+        ``rdm`` and ``mag`` (SimNIBS's measures over the region's vectors).
+
+    Raises
+    ------
+    ValueError
+        If the grids differ, the region is empty, or a field is zero in it.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    vectors = a.ndim == 4 and b.ndim == 4
+    strength_a = np.linalg.norm(a, axis=-1) if a.ndim == 4 else a
+    strength_b = np.linalg.norm(b, axis=-1) if b.ndim == 4 else b
+    if strength_a.shape != strength_b.shape:
+        raise ValueError(f"the two fields must be on one grid; got {strength_a.shape} and {strength_b.shape}")
+    mask = check_mask(mask, strength_a.shape)
+    ea, eb = strength_a[mask], strength_b[mask]
+    if ea.size < 2:
+        raise ValueError(f"the region holds {ea.size} voxel(s); at least 2 are needed")
+    if not (ea.max() > 0 and eb.max() > 0):
+        raise ValueError("a field is zero everywhere in the region")
+    p99_a, p99_b = np.percentile(ea, 99.0), np.percentile(eb, 99.0)
+    result = {
+        "n_voxels": int(ea.size),
+        "ge_percent": generalized_error(ea, eb),
+        "pearson_r": float(np.corrcoef(ea, eb)[0, 1]),
+        "mean_a": float(ea.mean()),
+        "mean_b": float(eb.mean()),
+        "mean_ratio": float(eb.mean() / ea.mean()),
+        "p99_a": float(p99_a),
+        "p99_b": float(p99_b),
+        "p99_ratio": float(p99_b / p99_a),
+    }
+    if vectors:
+        result.update(rdm=rdm(a[mask], b[mask]), mag=mag(a[mask], b[mask]))
+    return result
 
 
 def mask_roi(mask: Volume, grid: Volume, labels: Optional[Sequence[int]] = None) -> np.ndarray:
