@@ -21,8 +21,11 @@ HELP = "E-field-based dose: output at a target matching the motor threshold's fi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``condnet dose``."""
+    from ..dosing import DOSE_METRICS
+
     parser.add_argument("--motor", required=True, type=Path, metavar="EFIELD_JSON",
-                        help="efield.json of the coil at the motor hotspot, with an ROI (--target or --roi-center)")
+                        help="efield.json of the coil at the motor hotspot, with an ROI (--target, --roi-center or "
+                             "--roi-mask)")
     parser.add_argument("--target", required=True, type=Path, metavar="EFIELD_JSON",
                         help="efield.json of the coil over the target, with an ROI, on the same conductivity")
     threshold = parser.add_mutually_exclusive_group(required=True)
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="instead: the motor threshold as the coil's dI/dt, A/s")
     parser.add_argument("--percent", type=float, default=100.0,
                         help="field wanted at the target, percent of the motor threshold's field (default 100)")
-    parser.add_argument("--metric", choices=("mean", "p95", "p99", "p99_9"), default="mean",
+    parser.add_argument("--metric", choices=DOSE_METRICS, default="mean",
                         help="statistic of |E| in each ROI that is matched (default mean)")
     parser.add_argument("--out", type=Path, metavar="JSON", help="also write the dose and its inputs here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -55,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         threshold_didt = args.motor_threshold_didt
     dose = motor_equivalent_dose(motor, threshold_didt, target, args.percent)
     name = "mean |E|" if args.metric == "mean" else f"{args.metric} of |E|"
-    at = (f"{args.motor_threshold:g} % output, " if args.motor_threshold is not None else "") + \
-        f"dI/dt {abs(threshold_didt) / 1e6:.4g} A/us"
+    output = "" if args.motor_threshold is None else f"{args.motor_threshold:g} % output, "
+    at = f"{output}dI/dt {abs(threshold_didt) / 1e6:.4g} A/us"
     print(f"motor threshold ({at}): {name} {dose.motor_threshold_e:.1f} V/m within {motor.region}")
     print(f"wanted at the target: {args.percent:g} % of that, {dose.wanted_e:.1f} V/m within {target.region}")
     line = f"dose: dI/dt {abs(dose.didt) / 1e6:.4g} A/us"

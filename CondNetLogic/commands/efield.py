@@ -264,11 +264,11 @@ def run(args: argparse.Namespace) -> int:
     didt = stimulus_didt(coil, args.didt, args.mso)
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
-    head = outer_head(conducting)  # where the coil goes: without stray voxels outside the scalp
     if matrix is not None:
         poses = [matrix]
         placement = {"coil_matrix_file": str(args.coil_matrix)}
     else:
+        head = outer_head(conducting)  # where the coil goes: without stray voxels outside the scalp
         if args.eeg_position is not None:
             center = eeg_position(args.eeg_position, landmarks, head)
         elif args.target is not None:

@@ -932,6 +932,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
         if primaryField not in PRIMARY_FIELD_MODES:
             raise ValueError(f"primaryField must be one of {PRIMARY_FIELD_MODES}, got {primaryField!r}")
+        target, where, about = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm,
+                                            targetRegionNode)  # a bad region fails before the solve
         try:
             simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress,
                                              cancel=cancel)
@@ -964,8 +966,6 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         stats = self._statistics(
             result.e_magnitude, conductivity, labelNode, tissues if labelNode is not None else None
         )
-        target, where, about = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm,
-                                            targetRegionNode)
         if target is not None:
             from CondNetLogic.metrics import roi_stats
 
@@ -976,7 +976,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                          f"max {stats['target']['max']:.1f} V/m")
             else:
                 warnings.append(f"No conducting voxel lies within {where}: the target has no statistics. Put the "
-                                "target on the cortex (or the head), or widen its radius.")
+                                "target on the cortex (or the head)" + ("." if "region" in about else
+                                                                        ", or widen its radius."))
                 self.log(f"CondNet: {warnings[-1]}")
         if uniform is not None:
             uniformKey = (
@@ -1010,7 +1011,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             region = adapters.volumeFromNode(targetRegionNode, what="target region")
             local = Volume(region.array, self._relativeMatrix(targetRegionNode, conductivityNode) @ region.ijk_to_ras)
             name = targetRegionNode.GetName()
-            return mask_roi(local, conductivity) & conducting, f"the target region {name}", {"region": name}
+            try:
+                voxels = mask_roi(local, conductivity)
+            except ValueError as err:
+                raise ValueError(f"target region {name}: {err}") from err
+            return voxels & conducting, f"the target region {name}", {"region": name}
         if targetRas is None:
             return None, "", {}
         where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"

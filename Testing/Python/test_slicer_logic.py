@@ -657,7 +657,7 @@ def test_a_label_map_as_target_region(mrml_scene, head):
     assert [row["angle"] for row in found["rows"]] == [0.0, 90.0]
     empty = adapters.addVolumeNode(mrml_scene, region.with_array(np.zeros_like(region.array)), "empty",
                                    className="vtkMRMLLabelMapVolumeNode")
-    with pytest.raises(ValueError, match="the ROI mask holds no non-zero voxel"):
+    with pytest.raises(ValueError, match="target region empty: the ROI mask holds no non-zero voxel"):
         logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, targetRegionNode=empty)
 
 
