@@ -77,6 +77,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         self._simulationKey = None
         self._uniformSimulation = None
         self._uniformKey = None
+        self._region = (None, None)  # (key, voxels) of the last target region on a conductivity grid
         self.logCallback: Optional[Callable[[str], None]] = None
 
     # ------------------------------------------------------------------------------------ basics
@@ -1011,11 +1012,15 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             region = adapters.volumeFromNode(targetRegionNode, what="target region")
             local = Volume(region.array, self._relativeMatrix(targetRegionNode, conductivityNode) @ region.ijk_to_ras)
             name = targetRegionNode.GetName()
-            try:
-                voxels = mask_roi(local, conductivity)
-            except ValueError as err:
-                raise ValueError(f"target region {name}: {err}") from err
-            return voxels & conducting, f"the target region {name}", {"region": name}
+            # Kept while the region, its place and the grid stay: re-solving after coil moves does not resample it.
+            key = (targetRegionNode.GetID(), targetRegionNode.GetImageData().GetMTime(), local.ijk_to_ras.tobytes(),
+                   conductivity.shape, conductivity.ijk_to_ras.tobytes())
+            if self._region[0] != key:
+                try:
+                    self._region = (key, mask_roi(local, conductivity))
+                except ValueError as err:
+                    raise ValueError(f"target region {name}: {err}") from err
+            return self._region[1] & conducting, f"the target region {name}", {"region": name}
         if targetRas is None:
             return None, "", {}
         where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"

@@ -655,10 +655,9 @@ def test_a_label_map_as_target_region(mrml_scene, head):
     found = logic.strongestPose(sigma, coil, pose, 1e8, None, targetRegionNode=node, anglesDeg=(0.0, 90.0),
                                 device="cpu", tol=1e-6)
     assert [row["angle"] for row in found["rows"]] == [0.0, 90.0]
-    empty = adapters.addVolumeNode(mrml_scene, region.with_array(np.zeros_like(region.array)), "empty",
-                                   className="vtkMRMLLabelMapVolumeNode")
-    with pytest.raises(ValueError, match="target region empty: the ROI mask holds no non-zero voxel"):
-        logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, targetRegionNode=empty)
+    adapters.updateNodeFromVolume(node, finer.with_array(np.zeros_like(finer.array)))  # the region erased: not kept
+    with pytest.raises(ValueError, match="target region finer: the ROI mask holds no non-zero voxel"):
+        logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, targetRegionNode=node)
 
 
 def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
