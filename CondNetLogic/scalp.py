@@ -30,6 +30,7 @@ __all__ = [
     "MIDLINE_SINE",
     "coil_axes",
     "eeg_position",
+    "eeg_positions",
     "find_landmarks",
     "handle_angle",
     "handle_direction",
@@ -379,16 +380,21 @@ def _at_fraction(arc: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -> np.ndarray:
-    """RAS position (mm) of a 10-10 electrode on the scalp of ``mask``.
+    """RAS position (mm) of a 10-10 electrode on the scalp of ``mask`` (see :func:`eeg_positions`)."""
+    return eeg_positions([name], landmarks, mask)[name]
+
+
+def eeg_positions(names: Sequence[str], landmarks: Mapping[str, np.ndarray], mask: Volume) -> Dict[str, np.ndarray]:
+    """RAS positions (mm) of 10-10 electrodes on the scalp of ``mask``; each scalp arc is traced once.
 
     Parameters
     ----------
-    name : str
-        One of :data:`EEG_1010` (C3, Cz, Fz, F3, ...).
+    names : sequence of str
+        Names in :data:`EEG_1010` (C3, Cz, Fz, F3, ...).
     landmarks : mapping
         ``Nz``, ``Iz``, ``LPA``, ``RPA`` as RAS points (mm).
     mask : Volume
-        Head mask (non-zero inside the head), any orientation.
+        Head mask (non-zero inside the head), any orientation; pass it through :func:`outer_head` first.
 
     Notes
     -----
@@ -399,37 +405,43 @@ def eeg_position(name: str, landmarks: Mapping[str, np.ndarray], mask: Volume) -
     halfway along it from F7 to Fz (Oostenveld & Praamstra 2001).  Each arc is the scalp seen along rays from the
     middle of its chord (F7-F8 for the frontal row), measured by its length.
     """
-    if name not in EEG_1010:
-        raise ValueError(f"unknown 10-10 position {name!r}; known: {', '.join(EEG_1010)}")
+    unknown = [name for name in names if name not in EEG_1010]
+    if unknown:
+        raise ValueError(f"unknown 10-10 position {unknown[0]!r}; known: {', '.join(EEG_1010)}")
     missing = [key for key in ("Nz", "Iz", "LPA", "RPA") if key not in landmarks]
     if missing:
         raise ValueError(f"landmarks {missing} are missing; need Nz, Iz, LPA and RPA (RAS mm)")
     nz, iz, lpa, rpa = (np.asarray(landmarks[k], dtype=float) for k in ("Nz", "Iz", "LPA", "RPA"))
-    up = np.array([0.0, 0.0, 1.0])
-    midline = _arc(mask, nz, iz, up)
-    cz = _at_fraction(midline, 0.5)
-    coronal_up = cz - 0.5 * (lpa + rpa)
-    coronal = _arc(mask, lpa, rpa, coronal_up)
+    cz = _at_fraction(_arc(mask, nz, iz, np.array([0.0, 0.0, 1.0])), 0.5)
+    coronal = _arc(mask, lpa, rpa, cz - 0.5 * (lpa + rpa))
     cz = _at_fraction(coronal, 0.5)
-    line, fraction = EEG_1010[name]
-    if line == "coronal":
-        return _at_fraction(coronal, fraction)
-    midline = _arc(mask, nz, iz, cz - 0.5 * (nz + iz))
-    if line == "midline":
-        return _at_fraction(midline, fraction)
-    fpz, oz = _at_fraction(midline, 0.1), _at_fraction(midline, 0.9)
+    arcs = {"coronal": coronal}
 
-    def side(t_fraction: float) -> np.ndarray:  # the half circumference over T7 (0.1) or T8 (0.9)
-        return _arc(mask, fpz, oz, _at_fraction(coronal, t_fraction) - 0.5 * (fpz + oz))
+    def line(kind: str) -> np.ndarray:  # each arc traced when first needed
+        if kind not in arcs:
+            if kind == "midline":
+                arcs[kind] = _arc(mask, nz, iz, cz - 0.5 * (nz + iz))
+            elif kind in ("left", "right"):  # the half circumference over T7 (0.1) or T8 (0.9)
+                fpz, oz = _at_fraction(line("midline"), 0.1), _at_fraction(line("midline"), 0.9)
+                t7 = _at_fraction(coronal, 0.1 if kind == "left" else 0.9)
+                arcs[kind] = _arc(mask, fpz, oz, t7 - 0.5 * (fpz + oz))
+            else:  # a row: rays from the middle of F7-F8 (deep in the head; from a shallow origin they would graze)
+                row = _ROWS[kind]
+                left, right = _at_fraction(line("left"), row), _at_fraction(line("right"), row)
+                arcs[kind] = _arc(mask, left, right, _at_fraction(line("midline"), row) - 0.5 * (left + right), n=361)
+        return arcs[kind]
 
-    if line in ("left", "right"):
-        return _at_fraction(side(0.1 if line == "left" else 0.9), fraction)
-    row = _ROWS[line]
-    left, right, middle = _at_fraction(side(0.1), row), _at_fraction(side(0.9), row), _at_fraction(midline, row)
-    # Rays from the middle of F7-F8 (deep in the head): from a shallow origin they would graze the scalp.
-    arc = _arc(mask, left, right, middle - 0.5 * (left + right), n=361)
-    lengths = _lengths(arc)
-    to_middle = lengths[np.argmin(np.linalg.norm(arc - middle, axis=1))]  # Fz (Pz) is in the plane of the row
-    if fraction < 0.5:
-        return _at_length(arc, lengths, 2.0 * fraction * to_middle)
-    return _at_length(arc, lengths, to_middle + (2.0 * fraction - 1.0) * (lengths[-1] - to_middle))
+    positions = {}
+    for name in names:
+        kind, fraction = EEG_1010[name]
+        arc = line(kind)
+        if kind not in _ROWS:
+            positions[name] = _at_fraction(arc, fraction)
+            continue
+        lengths = _lengths(arc)
+        middle = _at_fraction(line("midline"), _ROWS[kind])  # Fz (Pz), in the plane of the row
+        to_middle = lengths[np.argmin(np.linalg.norm(arc - middle, axis=1))]
+        along = 2.0 * fraction * to_middle if fraction < 0.5 else (
+            to_middle + (2.0 * fraction - 1.0) * (lengths[-1] - to_middle))
+        positions[name] = _at_length(arc, lengths, along)
+    return positions

@@ -123,7 +123,8 @@ class CondNetSlicerParameterNode:
     (".") = the shipped weights.  fullPrecision: run the networks in float32 (else float16 on a GPU and
     bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral
     (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
-    positive turns towards the subject's left).  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
+    positive turns towards the subject's left).  eegPositionsMarkup: the point list of 10-10 positions that *Show EEG
+    positions* made.  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
     targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
     the sphere whose |E| statistics the table reports; targetRegion: a label map whose non-zero voxels are the target
     instead of that sphere (an fMRI cluster, an atlas region).  searchRadiusMm: *Best pose at target* also tries scalp
@@ -159,6 +160,7 @@ class CondNetSlicerParameterNode:
              "P8", "O1", "O2"]
         ),
     ] = "C3"
+    eegPositionsMarkup: vtkMRMLMarkupsFiducialNode
     labelMap: vtkMRMLLabelMapVolumeNode
     labelMapping: Annotated[str, Choice(["samseg", "synthseg"])] = "samseg"
     autoUpdate: bool = False
@@ -235,6 +237,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.snapCoilButton.connect("clicked(bool)", self.onSnapCoilButton)
         self.ui.loadPoseButton.connect("clicked(bool)", self.onLoadPoseButton)
         self.ui.presetButton.connect("clicked(bool)", self.onPresetButton)
+        self.ui.eegPositionsButton.connect("clicked(bool)", self.onEegPositionsButton)
         self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
         self.ui.bestPoseButton.connect("clicked(bool)", self.onBestPoseButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
@@ -344,6 +347,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.snapCoilButton.enabled = idle and bool(p.conductivityVolume) and hasPoint
         self.ui.loadPoseButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
+        self.ui.eegPositionsButton.enabled = self.ui.presetButton.enabled
         hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
@@ -704,6 +708,12 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 markup, p.landmarks, p.conductivityVolume, p.eegPosition, handleAngleDeg=p.handleAngleDeg
             ))
             self._log(f"Coil placed at {p.eegPosition}.")
+
+    def onEegPositionsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to find the EEG positions."), waitCursor=True):
+            p = self._parameterNode
+            p.eegPositionsMarkup = self.logic.showEegPositions(p.landmarks, p.conductivityVolume, p.eegPositionsMarkup)
+            self._log(f"The 10-10 positions are shown as the point list {p.eegPositionsMarkup.GetName()}.")
 
     def _coilToRas(self):
         p = self._parameterNode

@@ -110,6 +110,5 @@ def eegPositions(
     mask: Volume, labelled: Dict[str, Sequence[float]], names: Optional[Sequence[str]] = None
 ) -> Dict[str, np.ndarray]:
     """Scalp positions (RAS mm) of 10-10 electrodes (default: all of :data:`CondNetLogic.scalp.EEG_1010`)."""
-    landmarks = findLandmarks(labelled)
     names = list(scalp.EEG_1010) if names is None else list(names)
-    return {name: scalp.eeg_position(name, landmarks, mask) for name in names}
+    return scalp.eeg_positions(names, findLandmarks(labelled), mask)

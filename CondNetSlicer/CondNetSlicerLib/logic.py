@@ -8,8 +8,8 @@ only at the end, inside a block that removes them again on error.
 
 Output nodes carry the attribute ``CondNet.Role`` (``conductivity``, ``uncertainty``,
 ``efield-vector``, ``efield-magnitude``, ``efield-statistics``, ``coil-model``, ``coil-transform``,
-``coil-markup``).  The logic updates an existing node in place only when it carries that attribute, so
-a node the user made is never overwritten; E-field outputs are updated in place only by a solve on the
+``coil-markup``, ``eeg-positions``).  The logic updates an existing node in place only when it carries that
+attribute, so a node the user made is never overwritten; E-field outputs are updated in place only by a solve on the
 conductivity node they were made from (attribute ``CondNet.Conductivity``), so solving on another
 conductivity never replaces earlier results.
 """
@@ -737,6 +737,37 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         self._setMarkupFrame(markupNode, conductivityNode, scalpPoint, geometry.coilFrame(normal))
         self.setCoilHandleAngle(markupNode, conductivityNode, handleAngleDeg)
         return scalpPoint
+
+    def showEegPositions(self, landmarksNode, conductivityNode, markupNode=None):
+        """A locked point list of every 10-10 position (:data:`CondNetLogic.scalp.EEG_1010`, labelled) on the scalp of
+        the conductivity's head, found from the landmarks as :meth:`placeCoilAtPreset` finds one.
+
+        ``markupNode``, when it is one this method made (attribute ``CondNet.Role`` = ``eeg-positions``), is filled
+        again in place; any other node is left alone and a new one is made.  Returns the node.
+        """
+        mask = self._headMask(conductivityNode)
+        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
+        landmarks = {
+            label: worldToLocal[:3, :3] @ p + worldToLocal[:3, 3]
+            for label, p in self.landmarkPoints(landmarksNode).items()
+        }
+        positions = geometry.eegPositions(mask, landmarks)
+        localToWorld = np.linalg.inv(worldToLocal)
+        node = markupNode if _role(markupNode) == "eeg-positions" else None
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                self.scene.GenerateUniqueName("CondNet 10-10 positions"))
+            node.SetAttribute(ROLE, "eeg-positions")
+            node.CreateDefaultDisplayNodes()
+        wasModifying = node.StartModify()
+        try:
+            node.RemoveAllControlPoints()
+            for name, point in positions.items():
+                node.AddControlPointWorld(*(localToWorld[:3, :3] @ point + localToWorld[:3, 3]), name)
+            node.SetLocked(True)
+        finally:
+            node.EndModify(wasModifying)
+        return node
 
     def updateCoilModel(
         self, coilName: str, coilToRas: np.ndarray, conductivityNode=None, modelNode=None, transformNode=None

@@ -343,6 +343,31 @@ def test_the_coil_goes_on_the_head_not_on_stray_voxels_outside_it(mrml_scene, he
     assert np.linalg.norm(point - expected) < 4.0
 
 
+def test_eeg_positions_as_a_point_list(mrml_scene, head):
+    """Every 10-10 position, labelled, where scalp.eeg_positions puts it; refilled in place; a user's list is kept."""
+    from CondNetLogic import scalp
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    tissues = head["tissues"]
+    sigma, landmarks, marks = labelled_head(mrml_scene, head)
+    node = logic.showEegPositions(landmarks, sigma)
+    labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
+    assert labels == list(scalp.EEG_1010)
+    assert node.GetLocked()
+    assert node.GetAttribute(ROLE) == "eeg-positions"
+    expected = scalp.eeg_positions(["C3", "F3", "P4"], marks, tissues.with_array(tissues.array > 0))
+    for name, point in expected.items():
+        shown = np.zeros(3)
+        node.GetNthControlPointPositionWorld(labels.index(name), shown)
+        np.testing.assert_allclose(shown, point, atol=1e-6, err_msg=name)
+    assert logic.showEegPositions(landmarks, sigma, node) is node
+    assert node.GetNumberOfControlPoints() == len(scalp.EEG_1010)
+    mine = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my points")
+    made = logic.showEegPositions(landmarks, sigma, mine)
+    assert made is not mine
+    assert mine.GetNumberOfControlPoints() == 0
+
+
 def test_a_saved_coil_pose_puts_the_coil_markup_back(mrml_scene, head, tmp_path):
     """Export's coil_to_ras.txt read back: the markup gives the same pose; a pose off this scalp is logged."""
     logic = CondNetSlicerLogic(mrml_scene)

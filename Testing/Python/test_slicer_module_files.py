@@ -259,9 +259,10 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = widget
     assert set(bound) <= set(fields), f"unknown parameters in the .ui: {sorted(set(bound) - set(fields))}"
-    # Set by code (not by a widget): the coil choice (filled at runtime), the nodes made for the coil and the motor
-    # threshold's field (Use as motor threshold).
-    assert set(fields) - set(bound) == {"coilName", "coilModel", "coilTransform", "motorThreshold"}
+    # Set by code (not by a widget): the coil choice (filled at runtime), the nodes made for the coil and the 10-10
+    # positions, and the motor threshold's field (Use as motor threshold).
+    assert set(fields) - set(bound) == {"coilName", "coilModel", "coilTransform", "motorThreshold",
+                                        "eegPositionsMarkup"}
     for name, widget in bound.items():
         annotation = ast.unparse(fields[name].annotation)
         if "Choice(" in annotation:

@@ -153,6 +153,7 @@ def expectedStates(busy=False):
         "snapCoilButton": idle and sigma and hasPoint,
         "loadPoseButton": idle and sigma,
         "presetButton": idle and sigma and p.landmarks is not None,
+        "eegPositionsButton": idle and sigma and p.landmarks is not None,
         "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
         and p.targetMarkup.GetNumberOfControlPoints() > 0,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
@@ -371,6 +372,45 @@ def placeCoil():
         check(np.allclose(coilMatrix(), w._coilToRas()), "the coil model is not at the coil's pose")
         checkStates("coil placed")
         checkGuiMirrorsParameters("coil placed")
+
+
+def eegPositions():
+    with step("landmarks: Show EEG positions lists the 10-10 positions; Place coil at EEG position puts it on F3"):
+        from CondNetLogic import scalp
+        from CondNetSlicerLib import adapters
+
+        ui, p, logic = P.widget.ui, params(), P.widget.logic
+        head = scalp.outer_head(adapters.volumeFromNode(p.conductivityVolume))
+        centre = scalp.head_centre(head)
+        landmarks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "fiducials")
+        local = {}
+        for label, direction in (("Nz", [0, 1, 0]), ("Iz", [0, -1, 0]), ("LPA", [-1, 0, 0]), ("RPA", [1, 0, 0])):
+            local[label] = scalp.scalp_point_along_ray(head, centre, direction)
+            world = np.linalg.inv(adapters.worldToLocalMatrix(p.conductivityVolume))
+            landmarks.AddControlPointWorld(*(world[:3, :3] @ local[label] + world[:3, 3]), label)
+        ui.landmarksSelector.setCurrentNode(landmarks)
+        check(p.landmarks is landmarks, "the landmarks selector did not set the parameter")
+        checkStates("landmarks chosen")
+        click(ui.eegPositionsButton)
+        shown = p.eegPositionsMarkup
+        check(shown is not None and shown.GetNumberOfControlPoints() == len(scalp.EEG_1010),
+              "Show EEG positions made no point list of every position")
+        labels = [shown.GetNthControlPointLabel(i) for i in range(shown.GetNumberOfControlPoints())]
+        f3 = scalp.eeg_position("F3", local, head)
+        point = np.zeros(3)
+        shown.GetNthControlPointPositionWorld(labels.index("F3"), point)
+        toLocal = adapters.worldToLocalMatrix(p.conductivityVolume)
+        check(np.allclose(toLocal[:3, :3] @ point + toLocal[:3, 3], f3, atol=1e-6), "F3 is not where scalp puts it")
+        click(ui.eegPositionsButton)
+        check(p.eegPositionsMarkup is shown, "Show EEG positions again made another point list")
+        ui.eegPositionComboBox.setCurrentText("F3")
+        check(p.eegPosition == "F3", "the position list did not set the parameter")
+        click(ui.presetButton)
+        coil, _ = logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        check(np.linalg.norm(coil - f3) < 4.0, f"the coil is at {coil}, {np.linalg.norm(coil - f3):.1f} mm from F3")
+        check("Coil placed at F3" in logText(), "placing the coil at F3 was not logged")
+        ui.eegPositionComboBox.setCurrentText("C3")
+        checkStates("coil at F3")
 
 
 def computeEField():
@@ -896,7 +936,7 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, computeEField, targetStatistics, eFieldDosing, targetRegion,
+    for run in (setUp, estimate, placeCoil, eegPositions, computeEField, targetStatistics, eFieldDosing, targetRegion,
                 unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose,
                 leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
