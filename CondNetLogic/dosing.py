@@ -4,7 +4,7 @@ TMS intensity is usually set as a percentage of the resting motor threshold (MT)
 motor hotspot.  The same output induces a different field at another target (the scalp-to-cortex distance and the
 folding differ), so "120 % MT" over the dorsolateral prefrontal cortex can mean much more or much less than 120 %
 of the field that reached threshold in M1.  E-field dosing scales the output instead so that the target gets the
-motor threshold's field (times the wanted percentage); see Caulfield, Li & George, Clin. Neurophysiol. 132(9),
+motor threshold's field (times the wanted percentage); see Caulfield et al., Clin. Neurophysiol. 132(9),
 2199-2207 (2021) and Numssen et al., "Electric-field-based dosing for TMS", Imaging Neuroscience 2 (2024).
 
 The induced field is proportional to the coil's dI/dt (the conductivity problem is linear), so one simulation per
