@@ -4,7 +4,8 @@ The solver, the primary field and the E-field volumes are numba kernels, compile
 kept in numba's on-disk cache.  On a new installation that first call costs about half a minute on a 2-core CPU
 (measured: 24 s of a first solve against 0.7 s once cached).  This command pays it ahead, on a small sphere
 with the shipped figure-8 coil, evaluated both directly and from a coarse coil-frame grid (the Slicer panel's
-interactive mode); the Slicer module runs it in the background while a conductivity is being estimated.
+interactive mode), and the head-mask kernels that place the coil (3 s on first use); the Slicer module runs it in the
+background while a conductivity is being estimated.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def warm_up() -> dict:
     from ..coil import coil_pose, list_coils, load_coil
     from ..efield import EFieldSimulation
     from ..primary_field import PrimaryFieldGrid
+    from ..scalp import outer_head
     from ..volume import Volume
 
     axis = (np.arange(GRID) - (GRID - 1) / 2) * SPACING_MM
@@ -49,6 +51,9 @@ def warm_up() -> dict:
     simulation.solve(coil, pose, coil.didt_max)
     simulation.solve(coil, pose, coil.didt_max)  # the warm-started path
     seconds["coarse coil grid, two grid solves"] = time.perf_counter() - start
+    start = time.perf_counter()
+    outer_head(conductivity.with_array(sigma > 0))
+    seconds["head mask for coil placement"] = time.perf_counter() - start
     return seconds
 
 

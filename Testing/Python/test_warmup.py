@@ -11,6 +11,9 @@ from CondNetLogic import _primary_kernels as primary
 from CondNetLogic.solver import _kernels as solver
 kernels = {name: getattr(solver, name) for name in solver.__all__}
 kernels.update(source_sum_lattice=primary.source_sum_lattice, resample_lattice=primary.resample_lattice)
+from CondNetLogic import _mask_kernels as mask
+kernels.update({name: getattr(mask, name) for name in ("count_runs", "find_runs", "join_runs", "component_sizes",
+                                                         "paint_runs")})  # scalp.outer_head places the coil
 print(sorted(name for name, kernel in kernels.items() if not kernel.signatures))
 """
 
