@@ -129,9 +129,10 @@ class CondNetSlicerParameterNode:
     the sphere whose |E| statistics the table reports; targetRegion: a label map whose non-zero voxels are the target
     instead of that sphere (an fMRI cluster, an atlas region).  searchRadiusMm: *Best pose at target* also tries scalp
     centres within this distance (mm; 0: handle angles only).  motorThreshold: JSON of the target field stored by
-    *Use as motor threshold* (a solve at the measured motor threshold, :class:`CondNetLogic.dosing.RegionField`),
-    empty when none; dosePercent: the field wanted at a target in percent of that one (E-field dosing).  Outputs
-    are the nodes CondNet made last.
+    *Use as motor threshold* (a solve with the coil on the motor hotspot, :class:`CondNetLogic.dosing.RegionField`),
+    empty when none; motorThresholdPercent: the measured motor threshold, % of the coil's maximum output (set to that
+    solve's output by the button); dosePercent: the field wanted at a target in percent of the threshold's field.
+    Outputs are the nodes CondNet made last.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -169,6 +170,7 @@ class CondNetSlicerParameterNode:
     targetRegion: vtkMRMLLabelMapVolumeNode
     searchRadiusMm: Annotated[float, WithinRange(0.0, 30.0)] = 0.0
     motorThreshold: str = ""
+    motorThresholdPercent: Annotated[float, WithinRange(1.0, 100.0)] = 50.0
     dosePercent: Annotated[float, WithinRange(10.0, 300.0)] = 100.0
     eMagnitudeVolume: vtkMRMLScalarVolumeNode
     eVectorVolume: vtkMRMLVectorVolumeNode
@@ -353,7 +355,10 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
-        self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent)
+        reference = json.loads(p.motorThreshold) if p.motorThreshold.startswith("{") else {}
+        self.ui.motorThresholdSpinBox.enabled = reference.get("didt_max") is not None
+        self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent,
+                                                        p.motorThresholdPercent)
         self.ui.exportButton.enabled = (
             idle and bool(_pathText(p.exportFolder)) and bool(p.conductivityVolume or p.eMagnitudeVolume)
         )
@@ -824,9 +829,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             field = self.logic.targetField(p.eMagnitudeVolume)
             if field is None:
                 raise ValueError("compute the E-field with a target point (the hand knob) first")
+            if field.didt_max is not None:  # the threshold is this solve's output until the user says otherwise
+                p.motorThresholdPercent = round(100.0 * abs(field.didt) / field.didt_max, 1)
             p.motorThreshold = json.dumps(dataclasses.asdict(field))
             self._log(f"Motor threshold set: mean |E| {field.e_v_per_m:.1f} V/m within {field.region} at dI/dt "
-                      f"{abs(field.didt) / 1e6:.4g} A/us.")
+                      f"{abs(field.didt) / 1e6:.4g} A/us; set the measured threshold in the Motor threshold box.")
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:
@@ -850,7 +857,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if solved is not None and current is not None and not self.logic.samePose(solved, current):
                 self._log("The coil has moved since the E-field was computed: exporting the pose of the E-field.")
             folder = _pathText(p.exportFolder)
-            dosing = self.logic.doseRecord(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent)
+            dosing = self.logic.doseRecord(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent, p.motorThresholdPercent)
             options = {"coilToRas": pose, "extension": p.exportFormat,
                        "metadata": {"e_field_dosing": dosing} if dosing else None}
             try:

@@ -1193,45 +1193,54 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             return None
 
     @classmethod
-    def _dose(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float):
-        """``(reference, target, dose, problem)`` of E-field dosing; each None when it cannot be had (``problem`` says
-        why a set threshold gives no dose)."""
+    def _dose(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float,
+              thresholdPercent: Optional[float]):
+        """``(reference, threshold dI/dt (A/s), target, dose, problem)`` of E-field dosing; each None when it cannot be
+        had (``problem`` says why a set threshold gives no dose)."""
         from CondNetLogic.dosing import RegionField, motor_equivalent_dose
 
         if not motorThreshold:
-            return None, None, None, None
+            return None, None, None, None, None
         try:
             reference = RegionField(**json.loads(motorThreshold))
         except (ValueError, TypeError) as err:
-            return None, None, None, f"the stored motor threshold cannot be read ({err}): set it again"
+            return None, None, None, None, f"the stored motor threshold cannot be read ({err}): set it again"
+        threshold = abs(reference.didt)
+        if thresholdPercent and reference.didt_max is not None:
+            threshold = reference.didt_at_percent(thresholdPercent)
         target = cls.targetField(eMagnitudeNode)
         if target is None:
-            return reference, None, None, "the E-field shown has no target"
+            return reference, threshold, None, None, "the E-field shown has no target"
         try:
-            return reference, target, motor_equivalent_dose(reference, reference.didt, target,
-                                                            percentOfThresholdField), None
+            return (reference, threshold, target,
+                    motor_equivalent_dose(reference, threshold, target, percentOfThresholdField), None)
         except ValueError as err:
-            return reference, target, None, str(err)
+            return reference, threshold, target, None, str(err)
 
     @classmethod
-    def doseSummary(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0) -> str:
+    def doseSummary(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0,
+                    thresholdPercent: Optional[float] = None) -> str:
         """Text for the panel: the motor threshold's field and the motor-equivalent dose at the shown E-field's target.
 
         ``motorThreshold`` is the JSON of the :class:`~CondNetLogic.dosing.RegionField` that *Use as motor
-        threshold* stored (a solve at the measured motor threshold, with the target on the hand knob), or empty.
-        The dose is the output at which the target of ``eMagnitudeNode``'s solve gets ``percentOfThresholdField``
-        % of that field (:func:`CondNetLogic.dosing.motor_equivalent_dose`).
+        threshold* stored (a solve with the coil on the hotspot and the target on the hand knob), or empty;
+        ``thresholdPercent`` the measured threshold in % of the coil's maximum output (default, or for a coil without
+        a maximum: the output of that solve).  The dose is the output at which the target of ``eMagnitudeNode``'s
+        solve gets ``percentOfThresholdField`` % of the threshold's field
+        (:func:`CondNetLogic.dosing.motor_equivalent_dose`).
         """
-        reference, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode, percentOfThresholdField)
+        reference, threshold, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode,
+                                                                percentOfThresholdField, thresholdPercent)
         if not motorThreshold:
-            return ("No motor threshold: set the output to the measured motor threshold, put the coil on the motor "
-                    "hotspot and the target on the hand knob, compute the E-field, then click Use as motor threshold.")
+            return ("No motor threshold: put the coil on the motor hotspot and the target on the hand knob, compute "
+                    "the E-field, click Use as motor threshold and set the measured threshold.")
         if reference is None:
             return problem[0].upper() + problem[1:] + "."
-        text = (f"Motor threshold: mean |E| {reference.e_v_per_m:.1f} V/m within {reference.region}, at dI/dt "
-                f"{abs(reference.didt) / 1e6:.4g} A/us")
+        text = "Motor threshold: "
         if reference.didt_max is not None:
-            text += f" ({100.0 * abs(reference.didt) / reference.didt_max:.0f} % output)"
+            text += f"{100.0 * threshold / reference.didt_max:.1f} % output, "
+        text += (f"dI/dt {threshold / 1e6:.4g} A/us: mean |E| {reference.per_didt * threshold:.1f} V/m within "
+                 f"{reference.region}")
         if target is None:
             return text + ". Compute the E-field with the coil over a target for the dose there."
         if dose is None:
@@ -1245,14 +1254,17 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return text + "." + "".join(f"\nNote: {note}." for note in dose.notes)
 
     @classmethod
-    def doseRecord(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0) -> dict:
-        """E-field dosing for an export sidecar (V/m, A/s, percent): the motor threshold's field, the shown E-field's
-        target field and the dose, or why there is none; ``{}`` when no motor threshold is set."""
-        reference, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode, percentOfThresholdField)
+    def doseRecord(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float = 100.0,
+                   thresholdPercent: Optional[float] = None) -> dict:
+        """E-field dosing for an export sidecar (V/m, A/s, percent): the motor threshold's solve and dI/dt, the shown
+        E-field's target field and the dose, or why there is none; ``{}`` when no motor threshold is set."""
+        reference, threshold, target, dose, problem = cls._dose(motorThreshold, eMagnitudeNode,
+                                                                percentOfThresholdField, thresholdPercent)
         if not motorThreshold:
             return {}
         return {
             "motor_threshold": None if reference is None else dataclasses.asdict(reference),
+            "motor_threshold_didt_a_per_s": threshold,
             "target": None if target is None else dataclasses.asdict(target),
             "percent_of_threshold_field": float(percentOfThresholdField),
             "dose": None if dose is None else dose.to_dict(),

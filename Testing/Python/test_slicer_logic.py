@@ -691,7 +691,7 @@ def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
     coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigma)
     start = logic._markupFrame(markup, sigma)[0]
     normal = logic._markupFrame(markup, sigma)[1][:, 2]
-    assert logic.doseSummary("", None).startswith("No motor threshold: set the output to the measured motor threshold")
+    assert logic.doseSummary("", None).startswith("No motor threshold: put the coil on the motor hotspot")
     plain = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False)
     assert logic.targetField(plain["eMagnitude"]) is None  # no target: nothing to dose
     hotspot = logic.computeEField(sigma, coil, pose, 5.5e7, device="cpu", tol=1e-6, show=False,
@@ -701,7 +701,7 @@ def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
     assert (motor.didt, motor.didt_max, motor.head) == (5.5e7, 1e8, sigma.GetID())
     reference = json.dumps(dataclasses.asdict(motor))
     text = logic.doseSummary(reference, hotspot["eMagnitude"])  # the threshold's own pose: 100 % of it
-    assert f"Motor threshold: mean |E| {motor.e_v_per_m:.1f} V/m within 5 mm around the target" in text
+    assert f"Motor threshold: 55.0 % output, dI/dt 55 A/us: mean |E| {motor.e_v_per_m:.1f} V/m within 5 mm" in text
     assert "dI/dt 55 A/us, 55.0 % output, 100 % of the motor threshold." in text
     deeper = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-6, show=False,
                                  targetRas=start + 20.0 * normal, targetRadiusMm=5.0)
@@ -710,6 +710,9 @@ def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
     text = logic.doseSummary(reference, deeper["eMagnitude"], 110.0)
     assert f"Dose for 110 % of that field ({1.1 * motor.e_v_per_m:.1f} V/m) at the target" in text
     assert f"{output:.1f} % output, {output / 0.55:.0f} % of the motor threshold." in text
+    measured = logic.doseSummary(reference, deeper["eMagnitude"], 110.0, thresholdPercent=44.0)  # 44 %, not 55 %
+    assert f"Motor threshold: 44.0 % output, dI/dt 44 A/us: mean |E| {0.8 * motor.e_v_per_m:.1f} V/m" in measured
+    assert f"{0.8 * output:.1f} % output, {output / 0.55:.0f} % of the motor threshold." in measured
     other = add_volume(mrml_scene, adapters.volumeFromNode(sigma), "sigma copy")
     elsewhere = logic.computeEField(other, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
                                     targetRas=start + 12.0 * normal)
@@ -722,6 +725,8 @@ def test_dose_from_a_motor_threshold_set_on_a_solve(mrml_scene, head):
     assert record["dose"]["output_percent_of_max"] == pytest.approx(output)
     assert record["percent_of_threshold_field"] == 110.0
     assert record["no_dose_because"] is None
+    assert record["motor_threshold_didt_a_per_s"] == 5.5e7
+    assert logic.doseRecord(reference, deeper["eMagnitude"], 110.0, 44.0)["motor_threshold_didt_a_per_s"] == 4.4e7
     assert logic.doseRecord(reference, plain["eMagnitude"])["no_dose_because"] == "the E-field shown has no target"
     assert logic.doseRecord("", deeper["eMagnitude"]) == {}
 

@@ -523,7 +523,9 @@ def eFieldDosing():
         checkStates("a field with a target")
         click(ui.motorThresholdButton)
         check(p.motorThreshold != "", "Use as motor threshold stored nothing")
-        check(f"Motor threshold: mean |E| {threshold:.1f} V/m" in label() and "(60 % output)" in label(),
+        check(p.motorThresholdPercent == 60.0 and ui.motorThresholdSpinBox.enabled,
+              f"the motor threshold box shows {p.motorThresholdPercent} %, not the solve's 60 %")
+        check(f"Motor threshold: 60.0 % output, dI/dt 60 A/us: mean |E| {threshold:.1f} V/m" in label(),
               f"the dose box says {label()!r}, not the threshold's {threshold:.1f} V/m at 60 %")
         check("60.0 % output, 100 % of the motor threshold" in label(), f"the threshold's own dose is {label()!r}")
         target.SetNthControlPointPositionWorld(0, *(scalpPoint + 20.0 * axes[:, 2]))  # deeper: a weaker field
@@ -539,6 +541,10 @@ def eFieldDosing():
               f"120 % of the threshold's field shows {label()!r}")
         check(("cannot reach it" in label()) == (1.2 * output > 100.0), f"reachability is misreported: {label()!r}")
         ui.dosePercentSpinBox.value = 100.0
+        ui.motorThresholdSpinBox.value = 45.0  # measured again: the dose follows without a solve
+        check(p.motorThresholdPercent == 45.0 and f"mean |E| {0.75 * threshold:.1f} V/m" in label()
+              and f"{0.75 * output:.1f} % output, {output / 0.6:.0f} % of the motor threshold" in label(),
+              f"a threshold of 45 % shows {label()!r}")
         checkStates("a dose shown")
         checkGuiMirrorsParameters("a dose shown")
         ui.targetSelector.setCurrentNode(None)
