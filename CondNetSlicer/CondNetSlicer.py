@@ -355,8 +355,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
-        reference = json.loads(p.motorThreshold) if p.motorThreshold.startswith("{") else {}
-        self.ui.motorThresholdSpinBox.enabled = reference.get("didt_max") is not None
+        try:
+            reference = json.loads(p.motorThreshold or "{}")
+        except ValueError:  # a damaged scene: the dose text says so
+            reference = {}
+        self.ui.motorThresholdSpinBox.enabled = isinstance(reference, dict) and reference.get("didt_max") is not None
         self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent,
                                                         p.motorThresholdPercent)
         self.ui.exportButton.enabled = (
