@@ -545,6 +545,10 @@ def eFieldDosing():
         check(p.motorThresholdPercent == 45.0 and f"mean |E| {0.75 * threshold:.1f} V/m" in label()
               and f"{0.75 * output:.1f} % output, {output / 0.6:.0f} % of the motor threshold" in label(),
               f"a threshold of 45 % shows {label()!r}")
+        saved, p.motorThreshold = p.motorThreshold, "{"  # a damaged scene: said, not raised
+        check(label().startswith("The stored motor threshold cannot be read") and not ui.motorThresholdSpinBox.enabled,
+              f"a damaged motor threshold shows {label()!r}")
+        p.motorThreshold = saved
         checkStates("a dose shown")
         checkGuiMirrorsParameters("a dose shown")
         ui.targetSelector.setCurrentNode(None)
