@@ -5,6 +5,8 @@ the nodes it is given and checks every result; ``check(condition, message)`` rep
 (``unittest.TestCase.assertTrue`` in Slicer, a raising function under pytest).
 """
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -185,6 +187,24 @@ def runWorkflow(
     check(logic._simulation is simulation, "re-solve rebuilt the solver")
     vector2 = adapters.volumeFromNode(eVector).array
     check(not np.allclose(vector2, vector), "turning the coil did not change E")
+
+    # 5b. E-field dosing, in nodes of its own: the field 15 mm under the coil kept at half output as the motor
+    # threshold's; a solve at full output of the same target needs half output (100 % of the threshold) for it.
+    target = scalpPoint + 15.0 * pose2[:3, 2]
+    half = logic.computeEField(sigmaNode, coilName, pose2, 0.5 * didt, device=device, tol=tol, targetRas=target,
+                               show=False)
+    made = [half["eVector"], half["eMagnitude"], half["table"]]
+    try:
+        field = logic.targetField(half["eMagnitude"])
+        check(field is not None and field.didt == 0.5 * didt, "the target field was not kept with the E-field")
+        threshold = json.dumps(dataclasses.asdict(field))
+        logic.computeEField(sigmaNode, coilName, pose2, didt, device=device, tol=tol, targetRas=target, show=False,
+                            eVectorNode=made[0], eMagnitudeNode=made[1], tableNode=made[2])
+        text = logic.doseSummary(threshold, made[1])
+        check(f"dI/dt {0.5 * didt / 1e6:g} A/us" in text and "100 % of the motor threshold" in text,
+              f"the dose of the threshold's own target is {text!r}")
+    finally:
+        adapters.removeNodes(scene, made)
 
     # 6. Export and read back with identical geometry; a second export must refuse to overwrite.
     files = {f"conductivity_{tables[0]}": sigmaNode, "efield_magnitude": eMagnitude, "efield_vector": eVector}
