@@ -185,7 +185,8 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
     Raises
     ------
     ValueError
-        If the file is not an ``efield.json`` or has no ROI statistics (``--target`` or ``--roi-center`` not given).
+        If the file is not an ``efield.json`` or has no ROI statistics (none of ``--target``, ``--roi-center`` and
+        ``--roi-mask`` given).
     OSError
         If it cannot be read.
     """
@@ -200,8 +201,8 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
         raise ValueError(f"{path} is not an efield.json written by condnet efield (no {err})") from err
     roi = summary.get("stats", {}).get("roi")
     if roi is None:
-        raise ValueError(f"{path} has no ROI statistics: run condnet efield with --target or --roi-center (e.g. the "
-                         "hand knob for the motor hotspot)")
+        raise ValueError(f"{path} has no ROI statistics: run condnet efield with --target, --roi-center (e.g. the "
+                         "hand knob for the motor hotspot) or --roi-mask")
     if metric not in roi:
         raise ValueError(f"{path}: its ROI statistics have no {metric!r}")
     notes = []
@@ -220,7 +221,7 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
         metric=metric,
         coil_name=coil["name"],
         coil_sha256=coil["sha256"],
-        didt_max=None if percent is None else 100.0 * abs(float(didt)) / float(percent),
+        didt_max=None if percent is None else 100.0 * abs(float(didt)) / abs(float(percent)),  # dI/dt may be < 0
         head=head,
         region=region,
         notes=notes,

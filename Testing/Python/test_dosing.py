@@ -140,11 +140,15 @@ def test_read_region_field_takes_the_sidecar_roi(runs):
     del sidecar["stats"]["roi"]
     path = runs / "edited.json"
     path.write_text(json.dumps(sidecar))
-    with pytest.raises(ValueError, match="no ROI statistics: run condnet efield with --target or --roi-center"):
+    with pytest.raises(ValueError, match="no ROI statistics: run condnet efield with --target, --roi-center"):
         read_region_field(path)
     sidecar["stats"]["roi"] = {"center_ras_mm": [1, 2, 3], "radius_mm": 5, "mean": 10.0}
+    sidecar["didt_a_per_s"], sidecar["didt_percent_of_coil_max"] = -5e7, -50.0  # the current reversed
     path.write_text(json.dumps(sidecar))
-    assert "relative residual of 0.003 above its tolerance" in read_region_field(path).notes[0]
+    reversed_current = read_region_field(path)
+    assert "relative residual of 0.003 above its tolerance" in reversed_current.notes[0]
+    assert reversed_current.didt_max == pytest.approx(1e8)
+    assert reversed_current.per_didt == pytest.approx(10.0 / 5e7)
     path.write_text(json.dumps({"stats": {}}))
     with pytest.raises(ValueError, match="not an efield.json written by condnet efield"):
         read_region_field(path)
