@@ -7,7 +7,9 @@ For example CondNet's field against one SimNIBS computed for the same head and c
 
 ``--b`` is taken onto ``--a``'s grid (linear interpolation through RAS mm; vector components must be in the same
 world frame, as CondNet's RAS components are).  The region is the voxels where both fields are non-zero (inside
-both conductors), within ``--roi-mask`` when given (:func:`CondNetLogic.metrics.compare_fields`).
+both conductors), within ``--roi-mask`` when given (:func:`CondNetLogic.metrics.compare_fields`).  On another grid,
+``--b``'s voxels at the edge of its field are interpolated with the zeros outside it: compare on one grid where
+possible, or in a mask that keeps away from that edge.
 """
 from __future__ import annotations
 
