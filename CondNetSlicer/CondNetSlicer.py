@@ -356,10 +356,10 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
         try:
-            reference = json.loads(p.motorThreshold or "{}")
+            reference = self.logic.storedThreshold(p.motorThreshold)
         except ValueError:  # a damaged scene: the dose text says so
-            reference = {}
-        self.ui.motorThresholdSpinBox.enabled = isinstance(reference, dict) and reference.get("didt_max") is not None
+            reference = None
+        self.ui.motorThresholdSpinBox.enabled = reference is not None and reference.didt_max is not None
         self.ui.doseLabel.text = self.logic.doseSummary(p.motorThreshold, p.eMagnitudeVolume, p.dosePercent,
                                                         p.motorThresholdPercent)
         self.ui.exportButton.enabled = (

@@ -720,6 +720,12 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             points[landmarksNode.GetNthControlPointLabel(index)] = position
         return points
 
+    def _localLandmarks(self, landmarksNode, conductivityNode) -> Dict[str, np.ndarray]:
+        """``{label: point}`` of the landmarks markup in the conductivity node's local RAS (mm)."""
+        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
+        return {label: worldToLocal[:3, :3] @ p + worldToLocal[:3, 3]
+                for label, p in self.landmarkPoints(landmarksNode).items()}
+
     def placeCoilAtPreset(
         self, markupNode, landmarksNode, conductivityNode, position: str = "C3", *, handleAngleDeg: float = 45.0
     ):
@@ -727,11 +733,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         the handle at ``handleAngleDeg`` (default 45: posterior-lateral, see :meth:`setCoilHandleAngle`)."""
         self._checkCoilMarkup(markupNode)
         mask = self._headMask(conductivityNode)
-        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
-        landmarks = {
-            label: worldToLocal[:3, :3] @ p + worldToLocal[:3, 3]
-            for label, p in self.landmarkPoints(landmarksNode).items()
-        }
+        landmarks = self._localLandmarks(landmarksNode, conductivityNode)
         target = geometry.eegPositions(mask, landmarks, [position])[position]
         scalpPoint, normal = geometry.snapToScalp(mask, target)
         self._setMarkupFrame(markupNode, conductivityNode, scalpPoint, geometry.coilFrame(normal))
@@ -745,14 +747,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         ``markupNode``, when it is one this method made (attribute ``CondNet.Role`` = ``eeg-positions``), is filled
         again in place; any other node is left alone and a new one is made.  Returns the node.
         """
-        mask = self._headMask(conductivityNode)
-        worldToLocal = adapters.worldToLocalMatrix(conductivityNode)
-        landmarks = {
-            label: worldToLocal[:3, :3] @ p + worldToLocal[:3, 3]
-            for label, p in self.landmarkPoints(landmarksNode).items()
-        }
-        positions = geometry.eegPositions(mask, landmarks)
-        localToWorld = np.linalg.inv(worldToLocal)
+        positions = geometry.eegPositions(self._headMask(conductivityNode),
+                                          self._localLandmarks(landmarksNode, conductivityNode))
+        localToWorld = np.linalg.inv(adapters.worldToLocalMatrix(conductivityNode))
         node = markupNode if _role(markupNode) == "eeg-positions" else None
         if node is None:
             node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
@@ -1040,23 +1037,27 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
         conducting = np.asarray(conductivity.array) > 0
         if targetRegionNode is not None:
-            region = adapters.volumeFromNode(targetRegionNode, what="target region")
-            local = Volume(region.array, self._relativeMatrix(targetRegionNode, conductivityNode) @ region.ijk_to_ras)
             name = targetRegionNode.GetName()
-            # Kept while the region, its place and the grid stay: re-solving after coil moves does not resample it.
-            key = (targetRegionNode.GetID(), targetRegionNode.GetImageData().GetMTime(), local.ijk_to_ras.tobytes(),
+            toLocal = self._relativeMatrix(targetRegionNode, conductivityNode) @ adapters.ijkToRasFromNode(
+                targetRegionNode)
+            image = targetRegionNode.GetImageData()
+            # Kept while the region, its place and the grid stay: re-solving after coil moves neither copies nor
+            # resamples it.
+            key = (targetRegionNode.GetID(), image.GetMTime() if image is not None else None, toLocal.tobytes(),
                    conductivity.shape, conductivity.ijk_to_ras.tobytes())
-            if self._region[0] != key:
+            if image is None or self._region[0] != key:
+                region = adapters.volumeFromNode(targetRegionNode, what="target region")  # a node without voxels raises
                 try:
-                    self._region = (key, mask_roi(local, conductivity))
+                    self._region = (key, mask_roi(Volume(region.array, toLocal), conductivity))
                 except ValueError as err:
                     raise ValueError(f"target region {name}: {err}") from err
-            return self._region[1] & conducting, f"the target region {name}", {"region": name}
+            where = f"the target region {name}"
+            return self._region[1] & conducting, where, {"region": name, "description": where}
         if targetRas is None:
             return None, "", {}
         where = f"{targetRadiusMm:g} mm around the target at RAS ({', '.join(f'{v:.1f}' for v in targetRas)})"
         return (spherical_roi(conductivity, targetRas, targetRadiusMm) & conducting, where,
-                {"ras_mm": [float(v) for v in targetRas], "radius_mm": float(targetRadiusMm)})
+                {"ras_mm": [float(v) for v in targetRas], "radius_mm": float(targetRadiusMm), "description": where})
 
     def strongestPose(
         self,
@@ -1175,11 +1176,6 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             target = info.get("target")
             if not target:
                 return None
-            if "region" in target:
-                region = f"the target region {target['region']}"
-            else:
-                centre = ", ".join(f"{v:.1f}" for v in target["ras_mm"])
-                region = f"{target['radius_mm']:g} mm around the target at RAS ({centre})"
             return RegionField(
                 e_v_per_m=float(target["mean_v_per_m"]),
                 didt=float(info["didt_a_per_s"]),
@@ -1187,24 +1183,42 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 coil_sha256=str(info["coil_sha256"]),
                 didt_max=info.get("didt_max_a_per_s"),
                 head=str(info["conductivity_node_id"]),
-                region=region,
+                region=str(target["description"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    @staticmethod
+    def storedThreshold(motorThreshold: str):
+        """The :class:`~CondNetLogic.dosing.RegionField` that *Use as motor threshold* stored as JSON; None when empty.
+
+        Raises
+        ------
+        ValueError
+            If the text cannot be read as one (a damaged scene).
+        """
+        from CondNetLogic.dosing import RegionField
+
+        if not motorThreshold:
+            return None
+        try:
+            return RegionField(**json.loads(motorThreshold))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"the stored motor threshold cannot be read ({err}): set it again") from err
 
     @classmethod
     def _dose(cls, motorThreshold: str, eMagnitudeNode, percentOfThresholdField: float,
               thresholdPercent: Optional[float]):
         """``(reference, threshold dI/dt (A/s), target, dose, problem)`` of E-field dosing; each None when it cannot be
         had (``problem`` says why a set threshold gives no dose)."""
-        from CondNetLogic.dosing import RegionField, motor_equivalent_dose
+        from CondNetLogic.dosing import motor_equivalent_dose
 
         if not motorThreshold:
             return None, None, None, None, None
         try:
-            reference = RegionField(**json.loads(motorThreshold))
-        except (ValueError, TypeError) as err:
-            return None, None, None, None, f"the stored motor threshold cannot be read ({err}): set it again"
+            reference = cls.storedThreshold(motorThreshold)
+        except ValueError as err:
+            return None, None, None, None, str(err)
         threshold = abs(reference.didt)
         if thresholdPercent and reference.didt_max is not None:
             threshold = reference.didt_at_percent(thresholdPercent)
