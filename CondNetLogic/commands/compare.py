@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._roi_options import add_roi_mask_arguments, check_roi_label
+
 HELP = "agreement of two E-fields in one head: GE, RDM/MAG, correlation and ratios in a region"
 
 
@@ -26,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference E-field volume: vector (V/m, 3 components) or |E| (V/m); its grid is used")
     parser.add_argument("--b", required=True, type=Path, metavar="FIELD",
                         help="E-field volume compared with --a, on any grid (resampled linearly onto --a's)")
-    parser.add_argument("--roi-mask", type=Path, metavar="FILE",
-                        help="compare only in this mask or label volume (any grid; nearest neighbour)")
-    parser.add_argument("--roi-label", type=int, nargs="+", metavar="N",
-                        help="with --roi-mask: the label values that make the region (default: every non-zero voxel)")
+    add_roi_mask_arguments(parser, "compare only in this region")
     parser.add_argument("--out", type=Path, metavar="JSON", help="also write the numbers here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -43,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import compare_fields, mask_roi
     from ..preprocessing import resample_to
 
-    if args.roi_label is not None and args.roi_mask is None:
-        raise ValueError("--roi-label picks labels of --roi-mask: give --roi-mask")
+    check_roi_label(args)
     if args.out is not None:
         check_outputs([args.out], overwrite=args.overwrite)
     a = read_volume(args.a, allow_vector=True)

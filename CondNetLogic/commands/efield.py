@@ -31,6 +31,8 @@ import json
 import logging
 from pathlib import Path
 
+from ._roi_options import add_roi_mask_arguments, check_roi_label
+
 HELP = "TMS E-field for one coil position on a conductivity volume (vector + |E| + JSON sidecar)"
 
 OUTPUT_NAMES = ("efield.nii.gz", "efield_magnitude.nii.gz", "efield.json")
@@ -124,13 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="centre of a spherical ROI for the sidecar statistics, subject RAS mm (e.g. the hand knob)",
     )
     parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
-    parser.add_argument(
-        "--roi-mask", type=Path, metavar="FILE",
-        help="instead of the spherical ROI: a mask or label volume on any grid (an fMRI cluster, an atlas), taken "
-             "onto the conductivity's grid by nearest neighbour; its non-zero voxels (or --roi-label) that conduct",
-    )
-    parser.add_argument("--roi-label", type=int, nargs="+", metavar="N",
-                        help="with --roi-mask: the label values that make the ROI (default: every non-zero voxel)")
+    add_roi_mask_arguments(parser, "instead of the spherical ROI (only its conducting voxels count)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -141,8 +137,7 @@ def check_pose_options(args: argparse.Namespace) -> None:
     """
     if args.roi_mask is not None and args.roi_center is not None:
         raise ValueError("give one ROI: --roi-center (a sphere of --roi-radius) or --roi-mask")
-    if args.roi_label is not None and args.roi_mask is None:
-        raise ValueError("--roi-label picks labels of --roi-mask: give --roi-mask")
+    check_roi_label(args)
     given = {flag: value is not None for flag, value in (
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
         ("--landmarks", args.landmarks),
