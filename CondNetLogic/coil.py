@@ -1,4 +1,4 @@
-"""TMS coils as thin wires or magnetic dipoles: data files, the coil frame, and placing a coil on the head.
+"""TMS coils as thin wires, magnetic dipoles or a sampled A-field: data files, the coil frame, and placing a coil.
 
 Coil frame
 ----------
@@ -24,6 +24,14 @@ current), the model of SimNIBS's ``.ccd`` coil files, which :meth:`Coil.from_ccd
 outside the skin along the normal as :func:`coil_pose` does with ``scalp_offset_mm``, so a SimNIBS coil file
 lands where SimNIBS puts it.
 
+Sampled A-field coils
+---------------------
+SimNIBS's NIfTI coil files (``coil2nifti``) hold the A-field per ampere on a grid in this coil frame
+(:meth:`Coil.from_nifti`, :mod:`CondNetLogic.sampled_coil`).  Such a coil has no wires or dipoles: its
+``winding`` is ``{"type": "sampled_field", "file": ..., "values_sha256": ...}``, and a coil JSON file with that
+winding names a NIfTI file (relative to the JSON file's folder) and may add the maximum dI/dt the NIfTI file
+cannot give.
+
 Pose
 ----
 ``coil_to_ras`` (4x4, mm) maps coil-frame points to RAS: its columns are the RAS directions of the coil
@@ -45,7 +53,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .conductivity import resource_path
-from .simnibs_coil import read_ccd, read_tcd
+from .sampled_coil import SampledField, is_nifti_coil_file, read_nifti_coil
+from .simnibs_coil import NO_DIDT_MAX_NOTE, read_ccd, read_tcd
 
 __all__ = [
     "DEFAULT_SCALP_OFFSET_MM",
@@ -143,7 +152,7 @@ def figure8_spiral_polylines(
 
 def _polylines_from_winding(winding: dict) -> list:
     kind = winding["type"]
-    if kind == "dipoles":
+    if kind in ("dipoles", "sampled_field"):
         return []
     if kind == "figure8_spiral":
         return figure8_spiral_polylines(
@@ -166,7 +175,8 @@ def _polylines_from_winding(winding: dict) -> list:
             if np.any(np.linalg.norm(np.diff(line, axis=0), axis=1) == 0.0):
                 raise ValueError(f"polyline {index} has repeated consecutive vertices (zero-length segment)")
         return polylines
-    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral', 'polylines', 'dipoles' or 'mixed'")
+    raise ValueError(f"unknown winding type {kind!r}; expected 'figure8_spiral', 'polylines', 'dipoles', 'mixed' or "
+                     "'sampled_field'")
 
 
 def _schema_view(data: dict) -> dict:
@@ -209,11 +219,33 @@ def _dipoles_from_winding(winding: dict) -> tuple:
     return positions, moments
 
 
+def _sampled_from_winding(winding: dict, base_dir: Optional[Path]) -> Optional[SampledField]:
+    """The A-field grid of a ``sampled_field`` winding, its ``file`` resolved against ``base_dir``; else None.
+
+    Fills in the winding's ``values_sha256`` when it has none, and raises ``ValueError`` when it differs.
+    """
+    if winding["type"] != "sampled_field":
+        return None
+    path = Path(winding["file"])
+    if not path.is_absolute():
+        path = (base_dir if base_dir is not None else Path.cwd()) / path
+    if not is_nifti_coil_file(path):
+        raise ValueError(f"invalid coil description at winding/file: {winding['file']!r} is not a NIfTI file "
+                         "(.nii or .nii.gz)")
+    sampled = read_nifti_coil(path)
+    expected = winding.setdefault("values_sha256", sampled.sha256)
+    if expected != sampled.sha256:
+        raise ValueError(f"{path}: its A-field (sha256 {sampled.sha256[:12]}...) is not the one the coil description "
+                         f"names (values_sha256 {str(expected)[:12]}...): the file was replaced or edited")
+    return sampled
+
+
 @dataclass(frozen=True, eq=False)
 class Coil:
-    """A TMS coil of thin wires or magnetic dipoles, described by a coil file (see the module docstring).
+    """A TMS coil of thin wires, magnetic dipoles or a sampled A-field, described by a coil file (module docstring).
 
-    Build it with :meth:`from_dict`, :meth:`from_file`, :meth:`from_ccd`, :meth:`from_tcd` or :func:`load_coil`.
+    Build it with :meth:`from_dict`, :meth:`from_file`, :meth:`from_ccd`, :meth:`from_tcd`, :meth:`from_nifti` or
+    :func:`load_coil`.
 
     Attributes
     ----------
@@ -224,7 +256,8 @@ class Coil:
         ``Magstim_70mm_Fig8.ccd``): then dI/dt must be given explicitly.
     winding : dict
         The winding as in the file: a ``figure8_spiral`` generator spec, explicit ``polylines``, ``dipoles``, or
-        ``mixed`` (polylines and dipoles, from a SimNIBS ``.tcd`` file that has both).
+        ``mixed`` (polylines and dipoles, from a SimNIBS ``.tcd`` file that has both), or ``sampled_field`` (a NIfTI
+        file of the A-field).
     polylines_mm : tuple of ndarray (N, 3)
         Wire polylines in the coil frame, mm (generated from ``winding``; empty for a dipole coil).
     description : str
@@ -234,6 +267,8 @@ class Coil:
         Dipole positions in the coil frame, mm (``D = 0`` for a wire coil).
     dipole_moments_m2 : ndarray (D, 3)
         Dipole moments per ampere of coil current, m^2 (A m^2 / A), coil-frame components.
+    sampled : SampledField or None
+        The A-field grid of a ``sampled_field`` winding (no wires or dipoles then); None otherwise.
     """
 
     name: str
@@ -244,16 +279,22 @@ class Coil:
     notes: tuple = ()
     dipole_positions_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     dipole_moments_m2: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    sampled: Optional[SampledField] = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> Coil:
+    def from_dict(cls, data: dict, *, base_dir: Union[str, os.PathLike, None] = None) -> Coil:
         """Validate a coil dictionary against ``coil.schema.json`` and build the coil.
+
+        ``base_dir`` is the folder against which a ``sampled_field`` winding's relative ``file`` is resolved
+        (default: the working directory); :meth:`from_file` passes the coil file's folder.
 
         Raises
         ------
         ValueError
             If the dictionary does not match the schema or the winding is inconsistent (message names the
-            offending field).
+            offending field), or a sampled field's file is unreadable or not the one its ``values_sha256`` names.
+        FileNotFoundError
+            If a sampled field's file does not exist.
         """
         import jsonschema
 
@@ -265,6 +306,7 @@ class Coil:
         winding = json.loads(json.dumps(data["winding"]))
         polylines = tuple(_polylines_from_winding(winding))
         positions, moments = _dipoles_from_winding(winding)
+        sampled = _sampled_from_winding(winding, None if base_dir is None else Path(base_dir))
         for array in (*polylines, positions, moments):
             array.setflags(write=False)
         return cls(
@@ -276,6 +318,7 @@ class Coil:
             notes=tuple(data.get("notes", ())),
             dipole_positions_mm=positions,
             dipole_moments_m2=moments,
+            sampled=sampled,
         )
 
     @classmethod
@@ -297,7 +340,7 @@ class Coil:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON: {err}") from err
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data, base_dir=path.absolute().parent)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 
@@ -341,6 +384,30 @@ class Coil:
         return cls._from_simnibs(path, read_tcd)
 
     @classmethod
+    def from_nifti(cls, path: Union[str, os.PathLike]) -> Coil:
+        """Read a SimNIBS NIfTI coil file (the A-field per ampere on a coil-frame grid; :mod:`.sampled_coil`).
+
+        The coil is named after the file (without ``.nii``/``.nii.gz``).  The file gives no maximum dI/dt; a coil
+        JSON file with a ``sampled_field`` winding that names this file can add one (see the module docstring).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            If it is not a readable 4D ``(X, Y, Z, 3)`` NIfTI file with a finite, non-zero A-field and a voxel-to-
+            coil transform.
+        """
+        path = Path(path).absolute()
+        return cls.from_dict({
+            "format_version": _FORMAT_VERSION,
+            "name": _coil_name(path),
+            "description": f"A-field sampled on a grid ({path.name}, a SimNIBS NIfTI coil file)",
+            "notes": [NO_DIDT_MAX_NOTE],
+            "winding": {"type": "sampled_field", "file": path.name},
+        }, base_dir=path.parent)
+
+    @classmethod
     def _from_simnibs(cls, path: Union[str, os.PathLike], reader: Callable[[Path], dict]) -> Coil:
         path = Path(path)
         if not path.is_file():
@@ -368,6 +435,9 @@ class Coil:
     def to_file(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:
         """Write the coil as JSON; an existing file is replaced only with ``overwrite``.
 
+        A sampled field's ``file`` is written relative to the new file's folder (absolute where no relative path
+        exists), so :meth:`from_file` finds it.
+
         Raises
         ------
         FileExistsError
@@ -376,13 +446,25 @@ class Coil:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        data = self.to_dict()
+        if self.sampled is not None:
+            try:
+                data["winding"]["file"] = os.path.relpath(self.sampled.path, path.absolute().parent)
+            except ValueError:  # another drive (Windows)
+                data["winding"]["file"] = str(self.sampled.path)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         return path
 
     @cached_property
     def sha256(self) -> str:
-        """SHA-256 of the canonical JSON of :meth:`to_dict` (identifies the coil in result sidecars)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of :meth:`to_dict` (identifies the coil in result sidecars).
+
+        A sampled field counts by its ``values_sha256``, not by where its file lies.
+        """
+        data = self.to_dict()
+        if self.sampled is not None:
+            del data["winding"]["file"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def segments_mm(self) -> np.ndarray:
@@ -411,6 +493,9 @@ class Coil:
 
     def __repr__(self) -> str:
         kind = self.winding["type"]
+        if self.sampled is not None:
+            maximum = "None" if self.didt_max is None else f"{self.didt_max:.3g} A/s"
+            return f"Coil(name={self.name!r}, winding={kind!r}, grid={self.sampled.shape}, didt_max={maximum})"
         segments, dipoles = sum(len(line) - 1 for line in self.polylines_mm), len(self.dipole_positions_mm)
         size = ", ".join(([f"segments={segments}"] if segments or not dipoles else [])
                          + ([f"dipoles={dipoles}"] if dipoles else []))
@@ -573,31 +658,42 @@ def user_coil_dir() -> Path:
     return Path(root) if root else Path.home() / ".condnet" / "coils"
 
 
+def _coil_name(path: Path) -> str:
+    """A coil file's name without its suffix (``.nii.gz`` as one suffix)."""
+    name = path.name
+    return name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+#: Coil file suffixes, in the order in which a folder's files of one name are preferred.
+_COIL_SUFFIXES = (".json", ".ccd", ".tcd", ".nii.gz", ".nii")
+
+
 def _coil_files() -> dict:
     """``{name: path}`` of the coil files by name: ``Resources/coils``, then :func:`user_coil_dir`.
 
-    In each folder a coil JSON file comes before a ``.ccd``, then a ``.tcd`` file of the same name; a shipped coil
-    before a user's.
+    In each folder a coil JSON file comes before a ``.ccd``, a ``.tcd``, then a NIfTI file of the same name; a
+    shipped coil before a user's.
     """
     found = {}
     for folder in (resource_path("coils"), user_coil_dir()):
         if not folder.is_dir():
             continue
         files = [path for path in sorted(folder.iterdir()) if path.is_file() and path.name != _SCHEMA_FILE]
-        for suffix in (".json", ".ccd", ".tcd"):  # any case: MY_COIL.CCD too
+        for suffix in _COIL_SUFFIXES:  # any case: MY_COIL.CCD too
             for path in files:
-                if path.suffix.lower() != suffix:
+                if not path.name.lower().endswith(suffix):
                     continue
-                if path.stem in found and found[path.stem].parent != path.parent and path not in _REPORTED_HIDDEN:
+                name = _coil_name(path)
+                if name in found and found[name].parent != path.parent and path not in _REPORTED_HIDDEN:
                     _REPORTED_HIDDEN.add(path)
                     logger.warning("coil file %s is not used: a shipped coil has the name %r (rename the file)",
-                                   path, path.stem)
-                found.setdefault(path.stem, path)
+                                   path, name)
+                found.setdefault(name, path)
     return found
 
 
 def list_coils() -> list:
-    """Names of the coil files (coil JSON, SimNIBS ``.ccd`` and ``.tcd``, without the suffix), sorted.
+    """Names of the coil files (coil JSON, SimNIBS ``.ccd``, ``.tcd`` and NIfTI, without the suffix), sorted.
 
     The shipped ones in ``Resources/coils`` and your own in :func:`user_coil_dir`.
     """
@@ -623,7 +719,7 @@ def coil_file(name_or_path: Union[str, os.PathLike]) -> Path:
 
 
 def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
-    """Load a coil by name (see :func:`list_coils`), or a coil JSON, SimNIBS ``.ccd`` or ``.tcd`` file by path.
+    """Load a coil by name (see :func:`list_coils`), or a coil JSON, SimNIBS ``.ccd``, ``.tcd`` or NIfTI file by path.
 
     Raises
     ------
@@ -631,18 +727,21 @@ def load_coil(name_or_path: Union[str, os.PathLike]) -> Coil:
         If ``name_or_path`` is neither an existing file nor a shipped coil name, or the file is invalid.
     """
     path = coil_file(name_or_path)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path}: NIfTI coil files (a sampled A-field) are not supported; use the coil's SimNIBS "
-                         ".ccd or .tcd file (dipoles or line elements) or a coil JSON file "
-                         "(Resources/coils/coil.schema.json)")
     stat = path.stat()
     # absolute, not resolved: a coil reached through a link is named after the link
-    return _read_coil_file(path.absolute(), stat.st_mtime_ns, stat.st_size)
+    key = (path.absolute(), stat.st_mtime_ns, stat.st_size)
+    coil = _read_coil_file(*key)
+    if coil.sampled is not None and not coil.sampled.is_current():  # a coil JSON file's NIfTI file was replaced
+        _read_coil_file.cache_clear()
+        coil = _read_coil_file(*key)
+    return coil
 
 
 @lru_cache(maxsize=8)
 def _read_coil_file(path: Path, mtime_ns: int, size: int) -> Coil:
     """The coil of one version of a file (the key holds its time stamp and size), read once: the Slicer panel loads
     its coil on every coil move, and a SimNIBS file of 14,000 dipoles takes 0.1 s to parse.  Coils are immutable."""
+    if is_nifti_coil_file(path):
+        return Coil.from_nifti(path)
     reader = {".ccd": Coil.from_ccd, ".tcd": Coil.from_tcd}.get(path.suffix.lower(), Coil.from_file)
     return reader(path)

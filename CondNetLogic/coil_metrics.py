@@ -72,8 +72,11 @@ def sphere_efield(coil: Coil, points_mm: np.ndarray, *, offset_mm: float = 4.0,
     ------
     ValueError
         If a coil source lies in the head (``offset_mm`` too small for the coil), the wires are not closed loops,
-        or a point is outside the head.
+        a point is outside the head, or the coil is a sampled A-field (no sources).
     """
+    if coil.sampled is not None:
+        raise ValueError(f"coil {coil.name!r} is a sampled A-field (NIfTI coil file): the field in a sphere is "
+                         "computed from wires or dipoles; use the coil's SimNIBS .ccd or .tcd file")
     center_mm = np.array([0.0, 0.0, float(offset_mm) + float(head_radius_mm)])
     points_mm = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     if np.any(np.linalg.norm(points_mm - center_mm, axis=1) > head_radius_mm):

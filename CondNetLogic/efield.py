@@ -49,6 +49,8 @@ MIN_WIRE_DISTANCE_MM = 1.0
 def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) -> None:
     """Raise ``ValueError`` if a coil wire or dipole lies in a conducting voxel (wires sampled every quarter voxel).
 
+    A sampled A-field coil (NIfTI file) has no wires: its centre, the coil-frame origin, is checked instead.
+
     Parameters
     ----------
     coil : Coil
@@ -62,6 +64,9 @@ def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) 
     A cheap test, run before any solver is built.  :func:`~CondNetLogic.primary_field.dadt_faces` then also
     rejects wires and dipoles within ``MIN_WIRE_DISTANCE_MM`` of a conducting face midpoint.
     """
+    if coil.sampled is not None:
+        _raise_if_conducting(np.asarray(coil_to_ras, dtype=float)[None, :3, 3], conducting, "the coil centre lies in")
+        return
     segments = coil.segments_ras_mm(coil_to_ras)
     step_mm = 0.25 * float(conducting.spacing[0])
     lengths = np.linalg.norm(segments[:, 1] - segments[:, 0], axis=1)
@@ -70,6 +75,11 @@ def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) 
     starts = np.repeat(segments[:, 0], counts + 1, axis=0)
     ends = np.repeat(segments[:, 1], counts + 1, axis=0)
     points = np.concatenate([starts + fractions[:, None] * (ends - starts), coil.dipoles_ras(coil_to_ras)[0]])
+    _raise_if_conducting(points, conducting, "the coil passes through")
+
+
+def _raise_if_conducting(points: np.ndarray, conducting: Volume, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the first of ``points`` (N, 3; RAS mm) in a conducting voxel."""
     ijk = np.rint(conducting.ras_to_ijk_points(points)).astype(np.int64)
     inside = np.all((ijk >= 0) & (ijk < np.array(conducting.shape)), axis=1)
     hits = inside.copy()
@@ -77,7 +87,7 @@ def check_wire_outside(coil: Coil, coil_to_ras: np.ndarray, conducting: Volume) 
     if np.any(hits):
         where = points[np.argmax(hits)]
         raise ValueError(
-            f"the coil passes through the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
+            f"{what} the head (conductivity > 0) at RAS ({where[0]:.1f}, {where[1]:.1f}, "
             f"{where[2]:.1f}) mm: place the coil outside the scalp (check the normal points into the head "
             "and the scalp offset)"
         )
@@ -97,7 +107,8 @@ class EFieldResult:
         ``iterations``, ``residual``, ``true_residual``, ``converged``, ``device``, ``fallbacks`` (CUDA
         out-of-memory messages; the solve then ran on the CPU), ``tol``, ``didt``
         (A/s), ``coil_name``, ``coil_sha256``, ``coil_to_ras`` (nested list, mm), ``primary_field``
-        (mode used) and ``timings`` (seconds: ``primary_field``, ``solve``, ``total``).
+        (mode used: ``direct``, ``grid``, or ``sampled`` for a NIfTI coil) and ``timings`` (seconds:
+        ``primary_field``, ``solve``, ``total``).
     """
 
     e_vector: Volume
@@ -345,7 +356,7 @@ class EFieldSimulation:
 
         start = time.perf_counter()
         check_wire_outside(coil, pose, Volume(self._mask, self._geometry.ijk_to_ras))
-        mode = self.primary_field
+        mode = "sampled" if coil.sampled is not None else self.primary_field
         if mode == "auto":
             grid_nodes = int(np.prod(PrimaryFieldGrid.grid_shape(self.grid_spacing_mm)))
             mode = "grid" if coil.sha256 in self._grids or self.n_faces > grid_nodes else "direct"

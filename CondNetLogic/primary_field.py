@@ -30,6 +30,13 @@ coil is symmetric about its ``x = 0`` plane) and mirrored to the other.  Measure
 resampling, the default 2 mm grid (151 x 151 x 126 nodes) built once, the direct evaluation of all faces;
 grid error against the direct evaluation 0.09 % of the peak ``|dA/dt|`` (max) and 0.02 % (rms relative).
 ``Testing/Python/test_primary_field.py`` bounds it at 0.3 %.
+
+Sampled coils
+-------------
+A coil read from a NIfTI coil file (:mod:`CondNetLogic.sampled_coil`) is its own grid: its A-field per ampere
+is resampled trilinearly for each pose, as SimNIBS does, and taken as 0 outside the file's grid (with a
+warning that says how much of the head lies there).  It has no wires, so the minimum-distance check does not
+apply to it.
 """
 from __future__ import annotations
 
@@ -259,6 +266,12 @@ def _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_dist
     return out
 
 
+def _refuse_sampled(coil: Coil) -> None:
+    if coil.sampled is not None:
+        raise ValueError(f"coil {coil.name!r} is an A-field sampled on a grid already (a NIfTI coil file): it needs no "
+                         "primary-field grid")
+
+
 class PrimaryFieldGrid:
     """``dA/dt`` per unit ``dI/dt`` of one coil, sampled on a regular grid in the coil frame.
 
@@ -307,6 +320,7 @@ class PrimaryFieldGrid:
                 raise ValueError(f"{name} must be > 0; got {value}")
         if half_width_mm < spacing_mm or depth_mm < spacing_mm:
             raise ValueError(f"the grid must span at least one cell; got spacing {spacing_mm} mm")
+        _refuse_sampled(coil)
         self.coil_name = coil.name
         self.coil_sha256 = coil.sha256
         segments_m, dipoles_m = _coil_sources_m(coil)
@@ -421,6 +435,7 @@ class PrimaryFieldGrid:
         """
         from pathlib import Path
 
+        _refuse_sampled(coil)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"grid file {path} does not exist")
@@ -475,15 +490,25 @@ def _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, 
 
 
 def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid, min_distance_m,
-             report=None, cancel=None) -> np.ndarray:
-    """``dA/dt`` projected by ``projection`` (P, 3) on a RAS lattice, direct or through ``grid``."""
+             report=None, cancel=None) -> tuple:
+    """``dA/dt`` projected by ``projection`` (P, 3) on a RAS lattice, direct, through ``grid`` or from a sampled coil.
+
+    Returns ``(out (mask.shape + (P,)), n_zero)``: ``n_zero`` counts the masked points outside a sampled coil's grid,
+    where ``dA/dt`` is taken as 0 (always 0 for wire and dipole coils).
+    """
+    if coil.sampled is not None:
+        if grid is not None:
+            _refuse_sampled(coil)
+        out, outside = coil.sampled.resample(np.asarray(origin_m) / MM_TO_M, np.asarray(steps_m) / MM_TO_M, mask,
+                                             projection, check_coil_to_ras(coil_to_ras), didt)
+        return out, int(np.count_nonzero(outside))
     segments_m, dipoles_m = _coil_sources_m(coil, coil_to_ras)
     if grid is None:
         sources = _sources(segments_m, dipoles_m)
         if report is None and cancel is None:
-            return _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m)
+            return _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m), 0
         return _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, min_distance_m,
-                                       report or (lambda fraction: None), cancel)
+                                       report or (lambda fraction: None), cancel), 0
     if not isinstance(grid, PrimaryFieldGrid):
         raise TypeError(f"grid must be a PrimaryFieldGrid or None; got {type(grid).__name__}")
     if grid.coil_sha256 != coil.sha256:
@@ -497,7 +522,16 @@ def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid,
         points = origin_m + ijk @ np.asarray(steps_m)
         direct = dadt_at_points(points, segments_m, didt, dipoles_m=dipoles_m, min_distance_m=min_distance_m)
         out[index] = direct @ np.asarray(projection).T
-    return out
+    return out, 0
+
+
+def _warn_outside_sampled(coil: Coil, n_zero: int, n_points: int, what: str) -> None:
+    """Warn that ``n_zero`` of ``n_points`` evaluation points lie outside a sampled coil's grid (``dA/dt`` = 0)."""
+    if n_zero:
+        (x0, x1), (y0, y1), (z0, z1) = coil.sampled.extent_mm()
+        logger.warning("%d of %d %s (%.1f %%) lie outside the A-field grid of coil %r (coil frame x %.0f..%.0f, "
+                       "y %.0f..%.0f, z %.0f..%.0f mm): dA/dt is taken as 0 there, as SimNIBS does", n_zero, n_points,
+                       what, 100.0 * n_zero / max(n_points, 1), coil.name, x0, x1, y0, y1, z0, z1)
 
 
 def _geometry(volume: Volume):
@@ -566,6 +600,7 @@ def dadt_faces(
     check_coil_to_ras(coil_to_ras)
     direction = volume_geometry.direction
     faces = []
+    n_zero = n_faces = 0
     for axis in range(3):
         half = np.zeros(3)
         half[axis] = 0.5
@@ -581,9 +616,11 @@ def dadt_faces(
             if progress is not None:
                 progress((axis + fraction) / 3, f"primary field: faces along axis {'IJK'[axis]}, {fraction:.0%}")
 
-        out = _lattice(origin_m, steps_m, face_mask, projection, coil, coil_to_ras, didt, grid,
-                       min_distance_mm * MM_TO_M, report, cancel)
+        out, zero = _lattice(origin_m, steps_m, face_mask, projection, coil, coil_to_ras, didt, grid,
+                             min_distance_mm * MM_TO_M, report, cancel)
         faces.append(out[..., 0])
+        n_zero, n_faces = n_zero + zero, n_faces + int(np.count_nonzero(face_mask))
+    _warn_outside_sampled(coil, n_zero, n_faces, "conducting voxel faces")
     return tuple(faces)
 
 
@@ -611,7 +648,9 @@ def dadt_centres(
     didt = _check_didt(didt)
     check_coil_to_ras(coil_to_ras)
     origin_m = volume_geometry.ijk_to_ras_points(np.zeros(3)) * MM_TO_M
-    return _lattice(origin_m, steps_m, mask, np.eye(3), coil, coil_to_ras, didt, grid, min_distance_mm * MM_TO_M)
+    out, n_zero = _lattice(origin_m, steps_m, mask, np.eye(3), coil, coil_to_ras, didt, grid, min_distance_mm * MM_TO_M)
+    _warn_outside_sampled(coil, n_zero, int(np.count_nonzero(mask)), "voxel centres")
+    return out
 
 
 def default_cache_dir() -> Path:

@@ -18,7 +18,8 @@ readers (``TmsCoil.from_ccd`` and ``TmsCoil.from_tcd``), whose coil frame is our
       the straight wire from ``p - dl/2`` to ``p + dl/2``, integrated exactly, and consecutive segments that
       meet are joined into polylines.  The two agree to ``O((|dl| / r)^2)``.  Elements of zero length (SimNIBS
       writes them at the corners of a wire path) carry no current and are left out.
-    * type 3, an A-field sampled on a grid: not read (refused with a message).
+    * type 3, an A-field sampled on a grid: not read (refused with a message; SimNIBS's NIfTI coil files, which
+      hold the same, are read by :mod:`CondNetLogic.sampled_coil`).
 
     Arrays are lists of ``[x, y, z]`` or base64 strings of little-endian float64 triples, zlib-compressed
     or not (SimNIBS's code has written both).  An element's ``deformations`` (translations along ``x``/``y``/``z``
@@ -235,8 +236,9 @@ def read_tcd(path: Path) -> dict:
         where = f"coilElementList[{number}]" + (f" ({element['name']})" if element.get("name") else "")
         kind = element.get("type")
         if kind == 3:
-            raise ValueError(f"{path}: {where} is {_TCD_TYPES[3]} (type 3), which is not read: CondNet evaluates "
-                             "wires and dipoles exactly; use the coil's line-element or dipole model (.tcd or .ccd)")
+            raise ValueError(f"{path}: {where} is {_TCD_TYPES[3]} (type 3), which is not read from a .tcd file: use "
+                             "the coil's line-element or dipole model (.tcd or .ccd), or convert it with SimNIBS's "
+                             "coil2nifti and use the NIfTI file")
         if kind not in (1, 2):
             raise ValueError(f"{path}: {where} has type {kind!r}; expected 1 (dipoles), 2 (line elements) or 3")
         stimulator = element.get("stimulator")

@@ -83,27 +83,36 @@ def coil_summary(name_or_path: str, sphere_offset_mm: Optional[float] = None) ->
     """A coil as read: file, winding, source counts, extent of its sources in the coil frame (mm), maximum dI/dt.
 
     ``extent_mm`` is ``[[xmin, xmax], [ymin, ymax], [zmin, zmax]]``; ``+z`` points into the head, so ``zmax`` is
-    the source nearest the head (the coil origin sits ``--scalp-offset`` outside the scalp).  With
-    ``sphere_offset_mm``, ``sphere`` holds :func:`~CondNetLogic.coil_metrics.sphere_metrics` at that offset.
+    the source nearest the head (the coil origin sits ``--scalp-offset`` outside the scalp).  A sampled A-field
+    coil (NIfTI file) has no sources: ``extent_mm`` is its grid's box, and ``grid`` gives the nodes, spacing (mm)
+    and the position of the largest ``|A|`` (mm; near the windings).  With ``sphere_offset_mm``, ``sphere`` holds
+    :func:`~CondNetLogic.coil_metrics.sphere_metrics` at that offset.
     """
     from ..coil import coil_file, load_coil
 
     path = coil_file(name_or_path)
     coil = load_coil(path)
-    points = coil.source_points_mm()
-    return {
+    summary = {
         "name": coil.name,
         "file": str(path),
         "description": coil.description,
         "winding": coil.winding["type"],
         "segments": int(coil.segments_mm().shape[0]),
         "dipoles": int(len(coil.dipole_positions_mm)),
-        "extent_mm": [[float(points[:, axis].min()), float(points[:, axis].max())] for axis in range(3)],
         "didt_max_a_per_s": coil.didt_max,
         "notes": list(coil.notes),
         "sha256": coil.sha256,
-        **({} if sphere_offset_mm is None else {"sphere": _sphere(coil, sphere_offset_mm)}),
     }
+    if coil.sampled is not None:
+        summary["extent_mm"] = coil.sampled.extent_mm().tolist()
+        summary["grid"] = {"shape": list(coil.sampled.shape), "spacing_mm": coil.sampled.spacing_mm.tolist(),
+                           "peak_mm": coil.sampled.peak_mm().tolist(), "file": str(coil.sampled.path)}
+    else:
+        points = coil.source_points_mm()
+        summary["extent_mm"] = [[float(points[:, axis].min()), float(points[:, axis].max())] for axis in range(3)]
+    if sphere_offset_mm is not None:
+        summary["sphere"] = _sphere(coil, sphere_offset_mm)
+    return summary
 
 
 def _sphere(coil, offset_mm: float) -> dict:
@@ -114,11 +123,20 @@ def _sphere(coil, offset_mm: float) -> dict:
 
 def _print_coil(summary: dict) -> None:
     (x0, x1), (y0, y1), (z0, z1) = summary["extent_mm"]
-    sources = ", ".join(f"{summary[key]} {key}" for key in ("segments", "dipoles") if summary[key])
     print(f"coil {summary['name']} ({summary['file']}): {summary['description']}")
-    print(f"winding: {summary['winding']}, {sources}")
-    print(f"size: {x1 - x0:.1f} x {y1 - y0:.1f} mm (x: {x0:.1f} to {x1:.1f}, y: {y0:.1f} to {y1:.1f}); sources at "
-          f"z = {z0:.1f} to {z1:.1f} mm (+z into the head)")
+    grid = summary.get("grid")
+    if grid is not None:
+        spacing = " x ".join(f"{value:g}" for value in grid["spacing_mm"])
+        peak = ", ".join(f"{value:.1f}" for value in grid["peak_mm"])
+        print(f"winding: {summary['winding']}, {' x '.join(str(n) for n in grid['shape'])} nodes of {spacing} mm "
+              f"({grid['file']})")
+        print(f"grid: x {x0:.1f} to {x1:.1f}, y {y0:.1f} to {y1:.1f}, z {z0:.1f} to {z1:.1f} mm (+z into the head); "
+              f"largest |A| at ({peak}) mm")
+    else:
+        sources = ", ".join(f"{summary[key]} {key}" for key in ("segments", "dipoles") if summary[key])
+        print(f"winding: {summary['winding']}, {sources}")
+        print(f"size: {x1 - x0:.1f} x {y1 - y0:.1f} mm (x: {x0:.1f} to {x1:.1f}, y: {y0:.1f} to {y1:.1f}); sources "
+              f"at z = {z0:.1f} to {z1:.1f} mm (+z into the head)")
     didt_max = summary["didt_max_a_per_s"]
     if didt_max is None:
         print("maximum dI/dt: not given by the file (condnet efield needs --didt A/s with this coil)")
@@ -128,6 +146,8 @@ def _print_coil(summary: dict) -> None:
         print(f"note: {note}")
     if "sphere" in summary:
         _print_sphere(summary["sphere"], didt_max)
+    if grid is not None:
+        return
     if z1 >= 0.05:  # not rounding noise of sources in the plane z = 0
         print(f"warning: sources reach z = +{z1:.1f} mm, beyond the coil centre towards the head: with a scalp "
               f"offset below {z1:.1f} mm they lie in the head, which condnet efield refuses")

@@ -52,6 +52,9 @@ POSE_SCALP_TOLERANCE_MM = 5.0
 #: Handle angles tried by :meth:`CondNetSlicerLogic.strongestPose` (degrees; 180 degrees on gives the same
 #: |E| for a symmetric coil).
 HANDLE_ANGLES_DEG = tuple(float(angle) for angle in range(0, 180, 15))
+#: Coil-frame lines (mm) shown for a sampled A-field coil, which has no wires: x from -45 to 45 mm (the span of the
+#: shipped figure-8) and the handle from the centre along +y.
+SAMPLED_COIL_GLYPH_MM = (np.array([[-45.0, 0.0, 0.0], [45.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 0.0], [0.0, 60.0, 0.0]]))
 
 Progress = Optional[Callable[[float, str], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -769,7 +772,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def updateCoilModel(
         self, coilName: str, coilToRas: np.ndarray, conductivityNode=None, modelNode=None, transformNode=None
     ):
-        """Show the coil's wire as a polyline model (a dipole coil: its dipoles as points) placed by ``coil_to_ras``.
+        """Show the coil's wire as a polyline model (a dipole coil: its dipoles as points; a sampled A-field coil,
+        which has neither: its frame, a line along x and the handle along +y) placed by ``coil_to_ras``.
 
         The model stays in the coil frame; a linear transform node (``coil-transform``) holds
         ``coil_to_ras`` and sits under the conductivity's parent transform, so moving the coil only
@@ -796,7 +800,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             if modelNode is None or modelNode.GetAttribute("CondNet.Coil") != coil.name:
                 points = vtk.vtkPoints()
                 lines = vtk.vtkCellArray()
-                for line in coil.polylines_mm:
+                for line in coil.polylines_mm if coil.sampled is None else SAMPLED_COIL_GLYPH_MM:
                     ids = vtk.vtkIdList()
                     for vertex in np.asarray(line, dtype=float):
                         ids.InsertNextId(points.InsertNextPoint(*vertex))

@@ -1007,6 +1007,24 @@ def test_a_simnibs_tcd_coil_shows_its_wires_and_dipoles(mrml_scene, tmp_path):
     np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 20.0, -3.0])
 
 
+def test_a_nifti_coil_shows_its_frame(mrml_scene, tmp_path):
+    """A sampled A-field coil has no wires: the model shows its x axis and handle."""
+    import nibabel
+
+    from CondNetLogic.coil import coil_pose
+
+    path = tmp_path / "sampled.nii.gz"
+    affine = np.array([[10.0, 0, 0, -150], [0, 10.0, 0, -150], [0, 0, 10.0, -50], [0, 0, 0, 1]])
+    nibabel.save(nibabel.Nifti1Image(np.full((31, 31, 31, 3), 1e-6), affine), str(path))
+    logic = CondNetSlicerLogic(mrml_scene)
+    pose = coil_pose(np.array([0.0, 0.0, 90.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]))
+    model, _ = logic.updateCoilModel(str(path), pose)
+    polyData = model.GetPolyData()
+    assert (polyData.GetNumberOfLines(), polyData.GetNumberOfVerts(), polyData.GetNumberOfPoints()) == (2, 0, 4)
+    np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 60.0, 0.0])  # the handle, along coil +y
+    assert CondNetSlicerLogic.coilMaxDidt(str(path)) is None  # a NIfTI coil file gives none
+
+
 def test_coil_max_didt_comes_from_the_coil_file(tmp_path):
     path = tmp_path / "fast.ccd"
     path.write_text("# fast;dIdtmax=150\n1\n0 0 -0.01 0 0 1e-4\n")
