@@ -30,6 +30,7 @@ __all__ = [
     "EFieldResult",
     "EFieldSimulation",
     "check_wire_outside",
+    "ensemble_spread",
     "search_poses",
     "strongest_pose",
     "validate_conductivity",
@@ -506,3 +507,78 @@ def strongest_pose(
             best, best_result = number, result
         del result
     return best, best_result, rows
+
+
+def ensemble_spread(
+    members: Sequence[Volume],
+    coil: Coil,
+    coil_to_ras: np.ndarray,
+    didt: float,
+    *,
+    like: Volume,
+    roi: Optional[np.ndarray] = None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    **options,
+) -> tuple:
+    """How ``|E|`` of one coil pose varies across an ensemble of conductivity maps of one head.
+
+    For example CondNet's three slicing directions (``condnet predict --save-directions``), whose mean is the
+    predicted conductivity and whose spread its uncertainty, or maps made with other weights or tables.  Each
+    member gets its own solver; only the magnitudes are kept.
+
+    Parameters
+    ----------
+    members : sequence of Volume
+        Conductivity maps (S/m), at least two, each on the grid of ``like``.
+    coil, coil_to_ras, didt
+        As :meth:`EFieldSimulation.solve` (pose in mm, dI/dt in A/s).
+    like : Volume
+        The grid the members must share (the main conductivity's).
+    roi : bool array (I, J, K), optional
+        Region of ``like``'s grid for per-member statistics.
+    progress, cancel : callable, optional
+        As :meth:`EFieldSimulation.solve`; the fraction covers all members.
+    **options
+        Passed to :class:`EFieldSimulation` (``device``, ``tol``, ``dtype``, ...).
+
+    Returns
+    -------
+    (Volume, list of dict)
+        The voxel-wise population sd (ddof=0) of ``|E|`` across the members, float32 V/m on ``like``'s grid, and
+        per member ``{"head": ..., "roi": ... (with ``roi``), "iterations", "converged"}`` (statistics as
+        :func:`~CondNetLogic.metrics.roi_stats`).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two members, a member on another grid, or any error of a member's solve (named by its number).
+    """
+    from .metrics import roi_stats
+
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two conductivity maps; got {len(members)}")
+    for number, member in enumerate(members, start=1):
+        if not isinstance(member, Volume) or not member.same_grid(like):
+            raise ValueError(f"ensemble member {number} is not on the conductivity's grid (shape {like.shape}, "
+                             "the same affine): resample it first (condnet resample)")
+    magnitudes, rows = [], []
+    for number, member in enumerate(members):
+        def report(fraction, message, number=number):
+            if progress is not None:
+                progress((number + fraction) / len(members), f"member {number + 1} of {len(members)}: {message}")
+
+        try:
+            simulation = EFieldSimulation(member, cancel=cancel, **options)
+            result = simulation.solve(coil, coil_to_ras, didt, progress=report, cancel=cancel)
+        except ValueError as err:
+            raise ValueError(f"ensemble member {number + 1}: {err}") from err
+        del simulation
+        row = {"head": roi_stats(result.e_magnitude)}
+        if roi is not None:
+            row["roi"] = roi_stats(result.e_magnitude, roi)
+        rows.append({**row, "iterations": result.info["iterations"], "converged": result.info["converged"]})
+        magnitudes.append(result.e_magnitude.array)
+        del result
+    spread = np.std(np.stack(magnitudes), axis=0).astype(np.float32)
+    return like.with_array(spread), rows

@@ -46,6 +46,10 @@ class Prediction:
         Same keys: standard deviation across the slicing directions, S/m, on the T1 grid.
     head_mask : Volume
         uint8 (1 = head) on the T1 grid.
+    directions : dict
+        Only with ``keep_directions``: table name -> {direction ("axial", ...): float32 :class:`Volume`}, each
+        direction's own conductivity (Eq. 3 on that network's levels alone), S/m on the T1 grid; the members whose
+        mean is ``conductivity`` and whose spread is ``uncertainty``.
     info : dict
         Device, precision, timings (s), weights id/sha256, directions used, batch size, fallbacks, ``warnings``
         (plausibility checks: the preprocessing's ``PreparedPair.warnings``, and :func:`inside_out_score` for T1
@@ -56,6 +60,7 @@ class Prediction:
     uncertainty: Dict[str, Volume]
     head_mask: Volume
     info: dict = field(default_factory=dict)
+    directions: Dict[str, Dict[str, Volume]] = field(default_factory=dict)
 
 
 PRECISIONS = ("auto", "float32")
@@ -323,11 +328,13 @@ def _mean_and_sd(tensors: list) -> tuple:
     return mean, sd.sqrt_()
 
 
-def _conductivity_and_spread(per_direction: dict, weights: CondNetWeights, mask: np.ndarray) -> list:
-    """Eq. 2 then Eq. 3 on the levels' device, per table: ``[mean, sd]`` in S/m as host arrays, 0 outside ``mask``.
+def _conductivity_and_spread(per_direction: dict, weights: CondNetWeights, mask: np.ndarray, *,
+                             keep_directions: bool = False) -> list:
+    """Eq. 2 then Eq. 3 on the levels' device, per table: ``[mean, sd, {direction: sigma}]`` in S/m as host
+    arrays, 0 outside ``mask`` (the per-direction dict is empty unless ``keep_directions``).
 
     Both equations are linear, so the mean and sd of the levels are scaled to S/m afterwards; on a GPU only these
-    two volumes per table cross to the host.
+    two volumes per table (and the directions' own, when kept) cross to the host.
     """
     import torch
 
@@ -335,10 +342,13 @@ def _conductivity_and_spread(per_direction: dict, weights: CondNetWeights, mask:
         inside = torch.from_numpy(mask).to(next(iter(per_direction.values())).device)
         per_table = []
         for v, table in enumerate(weights.tables):
+            scale = float(level_scale(table.sigma_max, weights.tau))
             scaled = _mean_and_sd([per_direction[d][v] for d in weights.directions])
             for tensor in scaled:
-                tensor.mul_(float(level_scale(table.sigma_max, weights.tau))).mul_(inside)
-            per_table.append([tensor.cpu().numpy() for tensor in scaled])
+                tensor.mul_(scale).mul_(inside)
+            members = {d: (per_direction[d][v] * scale * inside).cpu().numpy() for d in weights.directions} \
+                if keep_directions else {}
+            per_table.append([*(tensor.cpu().numpy() for tensor in scaled), members])
     return per_table
 
 
@@ -392,6 +402,7 @@ def predict_conductivity(
     progress: Progress = None,
     cancel: Optional[Callable[[], bool]] = None,
     precision: str = "auto",
+    keep_directions: bool = False,
 ) -> Prediction:
     """Predict the non-uniform conductivity of a head from its T1 (and T2) scan.
 
@@ -418,6 +429,9 @@ def predict_conductivity(
     precision : {"auto", "float32"}
         ``"auto"`` runs the networks in float16 on CUDA and in bfloat16 on CPUs with native support
         (:func:`autocast_dtype`); ``"float32"`` everywhere else or when asked.  ``info["precision"]`` records it.
+    keep_directions : bool
+        Also return each slicing direction's own conductivity (``Prediction.directions``; one more volume per
+        direction and table in memory), for example to see how the E-field varies across them.
 
     Returns
     -------
@@ -489,7 +503,7 @@ def predict_conductivity(
     tick = time.perf_counter()
     mask = pair.mask
     try:
-        per_table = _conductivity_and_spread(per_direction, weights, mask)
+        per_table = _conductivity_and_spread(per_direction, weights, mask, keep_directions=keep_directions)
     except RuntimeError as err:
         if not is_out_of_memory(err) or state["device"] == "cpu":
             raise
@@ -497,13 +511,18 @@ def predict_conductivity(
         logger.warning(message)
         state["notes"].append(message)
         per_direction = {direction: levels.cpu() for direction, levels in per_direction.items()}
-        per_table = _conductivity_and_spread(per_direction, weights, mask)
+        per_table = _conductivity_and_spread(per_direction, weights, mask, keep_directions=keep_directions)
     del per_direction
     mask_ref = pair.grid.to_reference(mask.astype(np.uint8), interpolation="nearest")
     inside = mask_ref.array > 0
-    conductivity, uncertainty, warnings = {}, {}, list(pair.warnings)
+    conductivity, uncertainty, directions, warnings = {}, {}, {}, list(pair.warnings)
+
+    def on_t1_grid(array: np.ndarray) -> Volume:
+        back = pair.grid.to_reference(array, interpolation="linear")
+        return back.with_array(np.where(inside, back.array, 0).astype(np.float32, copy=False))
+
     for v, table in enumerate(weights.tables):
-        mean, spread = per_table[v]
+        mean, spread, members = per_table[v]
         if v == 0:
             inverted = inside_out_score(mean, mask, table.sigma_max, pair.grid.spacing_mm)
             if inverted["suspect"]:
@@ -512,9 +531,9 @@ def predict_conductivity(
                     f"tissue (depth ratio {inverted['depth_ratio']:.2f}, {100 * inverted['shallow_fraction']:.0f}% "
                     "of it within 15 mm of the scalp). Were T1 and T2 swapped?")
                 logger.warning("%s", warnings[-1])
-        for target, array in ((conductivity, mean), (uncertainty, spread)):
-            back = pair.grid.to_reference(array, interpolation="linear")
-            target[table.name] = back.with_array(np.where(inside, back.array, 0).astype(np.float32, copy=False))
+        conductivity[table.name], uncertainty[table.name] = on_t1_grid(mean), on_t1_grid(spread)
+        if keep_directions:
+            directions[table.name] = {direction: on_t1_grid(array) for direction, array in members.items()}
     timings["postprocess"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     if progress is not None:
@@ -540,4 +559,4 @@ def predict_conductivity(
         "timings_s": timings,
         "uncertainty": "standard deviation (ddof=0) across the slicing directions, S/m",
     }
-    return Prediction(conductivity, uncertainty, mask_ref, info)
+    return Prediction(conductivity, uncertainty, mask_ref, info, directions)

@@ -23,6 +23,13 @@ in the 5 mm ROI around the target (the operator is built once; each angle is one
         150 165 --out run4
 
 (an angle and the angle 180 degrees from it give the same |E| for a symmetric coil: the current is reversed).
+
+How much the field depends on CondNet's uncertainty: the same pose on each slicing direction's conductivity
+(``condnet predict --save-directions``), which writes ``efield_magnitude_sd.nii.gz`` beside the field of the
+mean conductivity::
+
+    condnet efield --conductivity sigma.nii.gz --target -38 -20 58 --handle-angle 45 --out run5 \
+        --ensemble sigma_axial.nii.gz sigma_sagittal.nii.gz sigma_coronal.nii.gz
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ from ._roi_options import add_roi_mask_arguments, check_roi_label
 HELP = "TMS E-field for one coil position on a conductivity volume (vector + |E| + JSON sidecar)"
 
 OUTPUT_NAMES = ("efield.nii.gz", "efield_magnitude.nii.gz", "efield.json")
+#: Written with ``--ensemble``.
+ENSEMBLE_OUTPUT_NAME = "efield_magnitude_sd.nii.gz"
 
 #: True relative residual that float32 solves are sure to reach (rounding of the float32 operator; measured
 #: 7e-6 for a figure-8 coil over a 3 mm three-shell sphere, see ``PotentialSolver.solve``).
@@ -127,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
     add_roi_mask_arguments(parser, "instead of the spherical ROI (only its conducting voxels count)")
+    parser.add_argument(
+        "--ensemble", nargs="+", type=Path, metavar="FILE",
+        help="two or more conductivity maps of the same head on the same grid (e.g. condnet predict "
+             "--save-directions: sigma_axial/_sagittal/_coronal): solve the same pose on each and write "
+             "efield_magnitude_sd.nii.gz (sd of |E| across them, V/m) and their head and ROI statistics",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -237,7 +252,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..coil import DEFAULT_SCALP_OFFSET_MM, coil_file, load_coil, read_coil_to_ras
-    from ..efield import EFieldSimulation, check_wire_outside, search_poses, strongest_pose, validate_conductivity
+    from ..efield import (
+        EFieldSimulation,
+        check_wire_outside,
+        ensemble_spread,
+        search_poses,
+        strongest_pose,
+        validate_conductivity,
+    )
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import mask_roi, roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
@@ -248,8 +270,10 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("--dtype float32 reaches a true relative residual of about %g at best; --tol %g is tighter "
                        "than that (use float64 for a tighter solve)", FLOAT32_TOL_FLOOR, args.tol)
     check_pose_options(args)
-    outputs = [args.out / name for name in OUTPUT_NAMES]
+    outputs = [args.out / name for name in OUTPUT_NAMES + ((ENSEMBLE_OUTPUT_NAME,) if args.ensemble else ())]
     check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
+    if args.ensemble is not None and len(args.ensemble) < 2:
+        raise ValueError(f"--ensemble needs at least two conductivity maps; got {len(args.ensemble)}")
     # bad files fail before the conductivity is read
     matrix = None if args.coil_matrix is None else read_coil_to_ras(args.coil_matrix)
     landmarks = None if args.landmarks is None else read_landmarks(args.landmarks)
@@ -259,6 +283,12 @@ def run(args: argparse.Namespace) -> int:
     didt = stimulus_didt(coil, args.didt, args.mso)
     conductivity = read_volume(args.conductivity)
     conducting = conductivity.with_array(validate_conductivity(conductivity) > 0)
+    members = [read_volume(member) for member in args.ensemble or ()]
+    for member_path, member in zip(args.ensemble or (), members):  # before any solve
+        if not member.same_grid(conductivity):
+            raise ValueError(f"--ensemble {member_path} is not on the grid of {args.conductivity}: resample it "
+                             "first (condnet resample)")
+        validate_conductivity(member)
     if matrix is not None:
         poses = [matrix]
         placement = {"coil_matrix_file": str(args.coil_matrix)}
@@ -333,8 +363,15 @@ def run(args: argparse.Namespace) -> int:
             placement["coil_center_scalp_ras_mm"] = sweep[best]["coil_center_scalp_ras_mm"]
         else:
             best, sweep = 0, []
-            result = simulation.solve(coil, poses[0], didt, progress=bar.stage(40, 100))
+            result = simulation.solve(coil, poses[0], didt, progress=bar.stage(40, 100 if not members else 60))
         pose = poses[best]
+        if members:
+            del simulation
+            spread, member_rows = ensemble_spread(
+                members, coil, pose, didt, like=conductivity, roi=roi, progress=bar.stage(60, 100),
+                device=args.device, tol=args.tol, dtype=np.dtype(args.dtype), compile=args.compile,
+                primary_field="auto" if grid is None else "grid", grid=grid,
+                grid_cache_dir=None if grid is not None else default_cache_dir())
     summary = {
         "condnet_version": __version__,
         "conductivity": {"path": str(args.conductivity), "sha256": file_sha256(args.conductivity)},
@@ -362,9 +399,13 @@ def run(args: argparse.Namespace) -> int:
         region = ({"mask_file": str(args.roi_mask), "mask_sha256": file_sha256(args.roi_mask), "labels": args.roi_label}
                   if args.roi_mask is not None else {"center_ras_mm": list(roi_center), "radius_mm": args.roi_radius})
         summary["stats"]["roi"] = {**region, **roi_stats(result.e_magnitude, roi)}
+    if members:
+        summary["ensemble"] = ensemble_summary(args.ensemble, member_rows)
     with removed_on_error() as files:  # all outputs or none
         files.append(write_volume(result.e_vector, outputs[0], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_volume(result.e_magnitude, outputs[1], overwrite=args.overwrite, like=args.conductivity))
+        if members:
+            files.append(write_volume(spread, outputs[3], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
     for number, row in enumerate(sweep):
         where = "" if args.search_radius is None else (
@@ -380,4 +421,33 @@ def run(args: argparse.Namespace) -> int:
         f"E-field: max {head['max']:.1f} V/m, 99.9th percentile {head['p99_9']:.1f} V/m, "
         f"{info['iterations']} iterations on {info['device']}{status}; wrote {args.out}"
     )
+    if members:
+        ensemble = summary["ensemble"]
+        where, across = ("ROI mean", ensemble["roi_mean"]) if "roi_mean" in ensemble else ("99th percentile",
+                                                                                            ensemble["head_p99"])
+        print(f"ensemble of {len(members)}: {where} |E| {across['mean']:.1f} +- {across['sd']:.1f} V/m "
+              f"(min {across['min']:.1f}, max {across['max']:.1f}); sd of |E| per voxel in {ENSEMBLE_OUTPUT_NAME}"
+              + ("" if all(row["converged"] for row in member_rows) else "; NOT CONVERGED for some members"))
     return 0
+
+
+def ensemble_summary(files, rows: list) -> dict:
+    """The sidecar's ``ensemble``: each member's file and statistics, and mean, sd (ddof=0), min and max across the
+    members of the head's 99th percentile of |E| and (with an ROI) of the ROI's mean |E| (V/m)."""
+    import numpy as np
+
+    from ..io import file_sha256
+
+    def across(values) -> dict:
+        values = np.asarray(values, dtype=float)
+        return {"mean": float(values.mean()), "sd": float(values.std()), "min": float(values.min()),
+                "max": float(values.max())}
+
+    summary = {
+        "members": [{"path": str(path), "sha256": file_sha256(path), **row} for path, row in zip(files, rows)],
+        "head_p99": across([row["head"]["p99"] for row in rows]),
+        "magnitude_sd_file": ENSEMBLE_OUTPUT_NAME,
+    }
+    if "roi" in rows[0]:
+        summary["roi_mean"] = across([row["roi"]["mean"] for row in rows])
+    return summary

@@ -21,12 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", help="Table I column to predict, A or B (or a custom table's name): picks the "
                                         "shipped weights that predict it, and writes only it (default: every table "
                                         "of the weights, the default weights predicting A)")
+    parser.add_argument("--save-directions", action="store_true",
+                        help="also write each slicing direction's own conductivity, sigma_axial.nii.gz, "
+                             "sigma_sagittal.nii.gz, sigma_coronal.nii.gz (sigma_<table>_<direction> for further "
+                             "tables): an ensemble for condnet efield --ensemble")
     add_network_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def output_paths(out: str, tables) -> dict:
-    """Output files for ``--out`` and the table names: {"conductivity": {name: path}, "uncertainty": ..., ...}."""
+def output_paths(out: str, tables, directions=()) -> dict:
+    """Output files for ``--out``, the table names and the directions to write:
+    {"conductivity": {name: path}, "uncertainty": ..., "directions": {name: {direction: path}}, ...}."""
     from pathlib import Path
 
     path = Path(out)
@@ -38,11 +43,13 @@ def output_paths(out: str, tables) -> dict:
     else:
         raise ValueError(f"--out must end in .nii.gz, .nii, .nrrd, .mha or .mhd; got {out!r}")
     folder = path.parent
-    paths = {"conductivity": {}, "uncertainty": {}}
+    paths = {"conductivity": {}, "uncertainty": {}, "directions": {}}
     for n, table in enumerate(tables):
         base = stem if n == 0 else f"{stem}_{table}"
         paths["conductivity"][table] = folder / f"{base}{suffix}"
         paths["uncertainty"][table] = folder / f"{base}_sd{suffix}"
+        if directions:
+            paths["directions"][table] = {direction: folder / f"{base}_{direction}{suffix}" for direction in directions}
     paths["head_mask"] = folder / f"{stem}_mask{suffix}"
     paths["sidecar"] = folder / f"{stem}.json"
     return paths
@@ -61,14 +68,16 @@ def run(args: argparse.Namespace) -> int:
     requested = [args.table] if args.table else None
     weights = load_weights(args.weights, t2_given=args.t2 is not None, tables=requested)
     tables = requested or [t.name for t in weights.tables]
-    paths = output_paths(args.out, tables)
-    every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"]]
+    paths = output_paths(args.out, tables, weights.directions if args.save_directions else ())
+    every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"], paths["sidecar"],
+             *(path for per_table in paths["directions"].values() for path in per_table.values())]
     check_outputs(every, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
     started = time.perf_counter()
     with ProgressBar("predict") as progress:
-        prediction = predict_conductivity(t1, t2, weights=weights, progress=progress, **network_kwargs(args))
+        prediction = predict_conductivity(t1, t2, weights=weights, progress=progress,
+                                          keep_directions=args.save_directions, **network_kwargs(args))
     written = {"conductivity": {}, "uncertainty": {}}  # write_volume creates the folder
     with removed_on_error() as files:  # all outputs or none (a full disk leaves no half set behind)
         for kind in ("conductivity", "uncertainty"):
@@ -79,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
         files.append(write_volume(prediction.head_mask, paths["head_mask"], overwrite=args.overwrite,
                                    like=args.t1))
         written["head_mask"] = str(files[-1])
+        for table, per_direction in paths["directions"].items():
+            written.setdefault("directions", {})[table] = {}
+            for direction, path in per_direction.items():
+                files.append(write_volume(prediction.directions[table][direction], path, overwrite=args.overwrite,
+                                          like=args.t1))
+                written["directions"][table][direction] = str(files[-1])
         sidecar = {
             "command": "condnet predict",
             "inputs": {"t1": str(args.t1), "t2": args.t2, "register": args.register},

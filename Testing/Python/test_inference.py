@@ -323,11 +323,11 @@ def test_out_of_memory_averaging_the_directions_on_the_gpu_averages_on_the_cpu(p
         state["device"] = "cuda:0"  # as if the networks had run there
         return levels
 
-    def combine(per_direction, *args):
+    def combine(per_direction, *args, **kwargs):
         calls.append(next(iter(per_direction.values())).device.type)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
-        return real_combine(per_direction, *args)
+        return real_combine(per_direction, *args, **kwargs)
 
     monkeypatch.setattr(inference, "_levels_on_device", levels_on_a_gpu)
     monkeypatch.setattr(inference, "_conductivity_and_spread", combine)
@@ -390,6 +390,43 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     assert "networks" in sidecar["timings_s"]
     assert sidecar["units"]["conductivity"] == "S/m"
     assert main(args) == 2  # refuses to overwrite
+
+
+def test_each_directions_conductivity_is_a_member_of_the_mean_and_sd(phantom, weights):
+    prediction = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32",
+                                      keep_directions=True)
+    members = prediction.directions["A"]
+    assert set(members) == set(weights.directions)
+    stack = np.stack([members[d].array for d in weights.directions])
+    assert all(members[d].same_grid(phantom.t1) and members[d].array.dtype == np.float32 for d in members)
+    assert np.ptp(stack, axis=0).max() > 0.1  # the directions differ (their biases do)
+    np.testing.assert_allclose(stack.mean(axis=0), prediction.conductivity["A"].array, atol=1e-5)
+    np.testing.assert_allclose(stack.std(axis=0), prediction.uncertainty["A"].array, atol=1e-5)
+    assert predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu").directions == {}
+
+
+def test_predict_cli_saves_the_directions(phantom, tmp_path):
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import read_volume, write_volume
+
+    write_volume(phantom.t1, tmp_path / "t1.nii.gz")
+    write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    weights = _weights(tmp_path / "w.safetensors", v=2)
+    args = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"), "--weights",
+            str(weights), "--device", "cpu", "--precision", "float32", "--save-directions",
+            "--out", str(tmp_path / "out" / "sigma.nii.gz")]
+    assert main(args) == 0
+    outputs = json.loads((tmp_path / "out" / "sigma.json").read_text())["outputs"]["directions"]
+    assert set(outputs) == {"A", "B"}
+    mean = read_volume(tmp_path / "out" / "sigma_B.nii.gz").array
+    members = [read_volume(tmp_path / "out" / f"sigma_B_{d}.nii.gz") for d in ("axial", "sagittal", "coronal")]
+    assert [str(tmp_path / "out" / f"sigma_B_{d}.nii.gz") for d in ("axial", "sagittal", "coronal")] == [
+        outputs["B"][d] for d in ("axial", "sagittal", "coronal")]
+    np.testing.assert_allclose(np.mean([m.array for m in members], axis=0), mean, atol=1e-5)
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "sigma_coronal.nii.gz").write_text("mine")
+    assert main([*args[:-1], str(tmp_path / "out2" / "sigma.nii.gz")]) == 2  # refused before the work
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["sigma_coronal.nii.gz"]
 
 
 def test_predict_cli_table_writes_that_table_alone(phantom, tmp_path, capsys):
