@@ -1007,15 +1007,17 @@ def test_a_simnibs_tcd_coil_shows_its_wires_and_dipoles(mrml_scene, tmp_path):
     np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 20.0, -3.0])
 
 
-def test_a_nifti_coil_shows_its_frame(mrml_scene, tmp_path):
-    """A sampled A-field coil has no wires: the model shows its x axis and handle."""
+def test_a_nifti_coil_shows_its_frame_and_gives_an_e_field(mrml_scene, tmp_path):
+    """A sampled A-field coil has no wires: the model shows its x axis and handle; the solve resamples the file."""
     import nibabel
 
     from CondNetLogic.coil import coil_pose
 
     path = tmp_path / "sampled.nii.gz"
     affine = np.array([[10.0, 0, 0, -150], [0, 10.0, 0, -150], [0, 0, 10.0, -50], [0, 0, 0, 1]])
-    nibabel.save(nibabel.Nifti1Image(np.full((31, 31, 31, 3), 1e-6), affine), str(path))
+    x, y = np.meshgrid(np.arange(31) * 10.0 - 150, np.arange(31) * 10.0 - 150, indexing="ij")
+    circulating = np.stack([-y, x, np.zeros_like(x)], axis=-1)[:, :, None, :] * np.ones((1, 1, 31, 1)) * 1e-8
+    nibabel.save(nibabel.Nifti1Image(circulating, affine), str(path))  # A about the coil axis: curl along z
     logic = CondNetSlicerLogic(mrml_scene)
     pose = coil_pose(np.array([0.0, 0.0, 90.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]))
     model, _ = logic.updateCoilModel(str(path), pose)
@@ -1023,6 +1025,12 @@ def test_a_nifti_coil_shows_its_frame(mrml_scene, tmp_path):
     assert (polyData.GetNumberOfLines(), polyData.GetNumberOfVerts(), polyData.GetNumberOfPoints()) == (2, 0, 4)
     np.testing.assert_allclose(polyData.GetPoint(3), [0.0, 60.0, 0.0])  # the handle, along coil +y
     assert CondNetSlicerLogic.coilMaxDidt(str(path)) is None  # a NIfTI coil file gives none
+    ball = (np.linalg.norm(np.indices((16, 16, 16)) - 7.5, axis=0) <= 6.5) * np.float32(0.33)
+    sigmaNode = add_volume(mrml_scene, Volume(ball, np.diag([3.0, 3.0, 3.0, 1.0])), "sigma")
+    above = coil_pose(np.array([22.5, 22.5, 45.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0]))
+    result = logic.computeEField(sigmaNode, str(path), above, 1e8, device="cpu")
+    assert result["info"]["primary_field"] == "sampled"
+    assert result["stats"]["head"]["max"] > 1.0  # V/m
 
 
 def test_coil_max_didt_comes_from_the_coil_file(tmp_path):
