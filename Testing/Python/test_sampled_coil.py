@@ -17,7 +17,7 @@ from CondNetLogic.coil import Coil, coil_pose, list_coils, load_coil
 from CondNetLogic.coil_metrics import sphere_metrics
 from CondNetLogic.efield import EFieldSimulation
 from CondNetLogic.io import write_volume
-from CondNetLogic.primary_field import MM_TO_M, PrimaryFieldGrid, dadt_at_points, dadt_centres
+from CondNetLogic.primary_field import MM_TO_M, PrimaryFieldGrid, dadt_at_points, dadt_centres, dadt_faces
 from CondNetLogic.sampled_coil import read_nifti_coil
 from CondNetLogic.volume import Volume
 
@@ -123,6 +123,21 @@ def test_a_sampled_figure8_gives_the_e_field_of_its_wires(sampled_figure8):
     peak = reference.e_magnitude.array.max()
     error = np.abs(result.e_vector.array - reference.e_vector.array).max() / peak
     assert error < 0.005  # measured 0.06 % (2 mm grid of A, trilinear)
+
+
+def test_a_primary_field_grid_written_as_a_nifti_coil_gives_the_same_faces(tmp_path):
+    """CondNet's own coil-frame grid (checked against the closed form in test_primary_field.py) as a NIfTI coil file:
+    the same trilinear values on every face, through the file's affine instead of the grid's origin and spacing."""
+    wires = load_coil("figure8_70mm")
+    grid = PrimaryFieldGrid(wires, spacing_mm=5.0, half_width_mm=60.0, depth_mm=80.0)  # covers the ball
+    affine = np.diag([grid.spacing_m / MM_TO_M] * 3 + [1.0])
+    affine[:3, 3] = grid.origin_m / MM_TO_M
+    sampled = load_coil(_save(grid.values.astype(np.float64), affine, tmp_path / "grid.nii.gz"))
+    volume = _sphere()
+    mask = volume.array > 0
+    expected = dadt_faces(volume, wires, _top_pose(), 1e8, mask=mask, grid=grid)
+    for got, want in zip(dadt_faces(volume, sampled, _top_pose(), 1e8, mask=mask), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
 
 
 def test_the_coil_centre_inside_the_head_raises(sampled_figure8):
