@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             spread, member_rows = ensemble_spread(
                 members, coil, pose, didt, like=conductivity, roi=roi, progress=bar.stage(60, 100),
                 device=args.device, tol=args.tol, dtype=np.dtype(args.dtype), compile=args.compile,
-                primary_field="auto" if grid is None else "grid", grid=grid,
+                primary_field="grid" if grid is not None else args.primary_field, grid=grid,
                 grid_cache_dir=None if grid is not None else default_cache_dir())
     summary = {
         "condnet_version": __version__,
