@@ -546,8 +546,8 @@ def ensemble_spread(
     -------
     (Volume, list of dict)
         The voxel-wise population sd (ddof=0) of ``|E|`` across the members, float32 V/m on ``like``'s grid, and
-        per member ``{"head": ..., "roi": ... (with ``roi``), "iterations", "converged"}`` (statistics as
-        :func:`~CondNetLogic.metrics.roi_stats`).
+        per member ``{"head": ..., "roi": ... (with ``roi``), "iterations", "converged", "primary_field"}``
+        (``head`` and ``roi`` as :func:`~CondNetLogic.metrics.roi_stats` gives them).
 
     Raises
     ------
@@ -577,7 +577,7 @@ def ensemble_spread(
         row = {"head": roi_stats(result.e_magnitude)}
         if roi is not None:
             row["roi"] = roi_stats(result.e_magnitude, roi)
-        rows.append({**row, "iterations": result.info["iterations"], "converged": result.info["converged"]})
+        rows.append({**row, **{key: result.info[key] for key in ("iterations", "converged", "primary_field")}})
         magnitudes.append(result.e_magnitude.array)
         del result
     spread = np.std(np.stack(magnitudes), axis=0).astype(np.float32)

@@ -69,7 +69,16 @@ def test_bad_ensembles_raise(coil):
         ensemble_spread([member, member], coil, inside, 1e8, like=member, device="cpu")
 
 
-def test_cli_writes_the_spread_and_the_members_statistics(tmp_path, capsys):
+def test_cli_writes_the_spread_and_the_members_statistics(tmp_path, capsys, monkeypatch):
+    import CondNetLogic.efield as efield
+
+    modes, real = [], efield.EFieldSimulation
+
+    def recording(*args, **kwargs):
+        modes.append(kwargs.get("primary_field"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(efield, "EFieldSimulation", recording)
     paths = []
     for name, value in (("sigma", 0.33), ("low", 0.1), ("mid", 0.33), ("high", 1.0)):
         paths.append(tmp_path / f"{name}.nii.gz")
@@ -77,11 +86,13 @@ def test_cli_writes_the_spread_and_the_members_statistics(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["efield", "--conductivity", str(paths[0]), "--out", str(out), "--device", "cpu", "--coil-center", "0",
             "0", str(RADIUS + SPACING / 2), "--coil-direction", "0", "1", "0", "--roi-center", "0", "0", "15",
-            "--ensemble", *map(str, paths[1:])]
+            "--primary-field", "direct", "--ensemble", *map(str, paths[1:])]
     assert main(args) == 0
     assert "ensemble of 3: ROI mean |E|" in capsys.readouterr().out
     summary = json.loads((out / "efield.json").read_text())["ensemble"]
     assert [member["path"] for member in summary["members"]] == [str(p) for p in paths[1:]]
+    assert modes == ["direct"] * 4  # the members' solvers are built as the main one
+    assert {member["primary_field"] for member in summary["members"]} == {"direct"}
     means = [member["roi"]["mean"] for member in summary["members"]]
     assert summary["roi_mean"]["sd"] == pytest.approx(np.std(means))
     assert summary["roi_mean"]["sd"] > 0
