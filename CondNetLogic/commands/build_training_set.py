@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._synth_options import add_deformation_argument, synth_options
+from ._synth_options import add_synth_option_arguments, synth_options
 
 HELP = "build a CondNet training set (split.json + one folder per synthetic pair) from label maps"
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="synthesis randomisation (default: randomised)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (about 1 GB each; default 1)")
-    add_deformation_argument(parser)
+    add_synth_option_arguments(parser)
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
         out = build_training_set(
             args.labels_dir, args.out, pairs_per_map=args.pairs_per_map, val_maps=val_maps, seed=args.seed,
-            options=synth_options(args.preset, args.deformation_mm), mapping=mapping, preview=not args.no_preview,
-            progress=progress, workers=args.workers,
+            options=synth_options(args.preset, args.deformation_mm, args.blur_mm), mapping=mapping,
+            preview=not args.no_preview, progress=progress, workers=args.workers,
         )
     print(f"wrote the training set to {out} in {time.perf_counter() - start:.0f} s (see {out / 'split.json'})")
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._synth_options import add_deformation_argument, synth_options
+from ._synth_options import add_synth_option_arguments, synth_options
 
 HELP = "synthesise T1w/T2w pairs from a label map, on its grid; one folder per pair with a preview PNG"
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="randomised: wide domain randomisation (training); mild: near-nominal contrast")
     parser.add_argument("--prefix", help="pair folder prefix (default: the label file's name)")
-    add_deformation_argument(parser)
+    add_synth_option_arguments(parser)
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     prefix = args.prefix or map_id(labels_path.name.split(".")[0])
     folders = synthesize_subject(
         labels, mapping, n=args.n, seed=args.seed, out_dir=args.out, prefix=prefix,
-        preview=not args.no_preview, options=synth_options(args.preset, args.deformation_mm),
+        preview=not args.no_preview, options=synth_options(args.preset, args.deformation_mm, args.blur_mm),
         progress=lambda fraction, message: print(f"[{fraction:4.0%}] {message}", flush=True),
     )
     print(f"wrote {len(folders)} pair(s) under {args.out}")

@@ -355,6 +355,19 @@ def test_cli_synth_deformation(tmp_path, label_volume):
     assert params["options"]["deformation_mm"] == [1.0, 2.0]
 
 
+def test_cli_synth_blur(tmp_path, label_volume, capsys):
+    labels_path = write_volume(label_volume, tmp_path / "training_seg_05.nii.gz")
+    assert main(["synth", "--labels", str(labels_path), "--out", str(tmp_path / "out"), "--n", "2", "--seed", "3",
+                 "--no-preview", "--blur-mm", "2.5", "3.0"]) == 0
+    for pair in ("seg05_p0", "seg05_p1"):
+        params = json.loads((tmp_path / "out" / pair / "params.json").read_text())
+        assert params["options"]["blur_mm"] == [2.5, 3.0]
+        assert all(2.5 <= image["blur_mm"] <= 3.0 for image in (params["t1"], params["t2"]))
+    assert main(["synth", "--labels", str(labels_path), "--out", str(tmp_path / "bad"), "--n", "1",
+                 "--blur-mm", "3", "1"]) != 0
+    assert "blur_mm" in capsys.readouterr().err
+
+
 def test_subject_refuses_to_overwrite(tmp_path, label_volume):
     mapping = read_label_mapping(SYNTHSEG)
     (tmp_path / "head_p1").mkdir()
