@@ -121,10 +121,11 @@ class CondNetSlicerParameterNode:
 
     t1Volume, t2Volume: input scans.  conductivitySet: table(s) of Table I to produce.  weightsPath: empty
     (".") = the shipped weights.  fullPrecision: run the networks in float32 (else float16 on a GPU and
-    bfloat16 on CPUs with native support).  handleAngleDeg: 0 = handle posterior, positive towards lateral
-    (away from the midline), so the default 45 is posterior-lateral on either hemisphere (on the midline
-    positive turns towards the subject's left).  eegPositionsMarkup: the point list of 10-10 positions that *Show EEG
-    positions* made.  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
+    bfloat16 on CPUs with native support).  keepDirections: also keep each slicing direction's conductivity, for the
+    E-field spread across the networks (eFieldSpreadVolume: sd of |E|, V/m; eFieldSpreadTable).  handleAngleDeg: 0 =
+    handle posterior, positive towards lateral (away from the midline), so the default 45 is posterior-lateral on
+    either hemisphere (on the midline positive turns towards the subject's left).  eegPositionsMarkup: the point list
+    of 10-10 positions that *Show EEG positions* made.  didtAPerUs: coil current slope in A/us (1 A/us = 1e6 A/s).
     targetMarkup, targetRadiusMm: a point list whose first point is the stimulation target, and the radius (mm) of
     the sphere whose |E| statistics the table reports; targetRegion: a label map whose non-zero voxels are the target
     instead of that sphere (an fMRI cluster, an atlas region).  searchRadiusMm: *Best pose at target* also tries scalp
@@ -143,6 +144,7 @@ class CondNetSlicerParameterNode:
     weightsPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     fullPrecision: bool = False
+    keepDirections: bool = False
     conductivityVolume: vtkMRMLScalarVolumeNode
     uncertaintyVolume: vtkMRMLScalarVolumeNode
     coilName: str = ""
@@ -175,6 +177,8 @@ class CondNetSlicerParameterNode:
     eMagnitudeVolume: vtkMRMLScalarVolumeNode
     eVectorVolume: vtkMRMLVectorVolumeNode
     statisticsTable: vtkMRMLTableNode
+    eFieldSpreadVolume: vtkMRMLScalarVolumeNode
+    eFieldSpreadTable: vtkMRMLTableNode
     exportFolder: pathlib.Path
     exportFormat: Annotated[str, Choice([".nii.gz", ".nrrd"])] = ".nii.gz"
 
@@ -243,6 +247,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.coilOverTargetButton.connect("clicked(bool)", self.onCoilOverTargetButton)
         self.ui.bestPoseButton.connect("clicked(bool)", self.onBestPoseButton)
         self.ui.computeEFieldButton.connect("clicked(bool)", self.onComputeEFieldButton)
+        self.ui.eFieldSpreadButton.connect("clicked(bool)", self.onEFieldSpreadButton)
         self.ui.motorThresholdButton.connect("clicked(bool)", self.onMotorThresholdButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -355,6 +360,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
+        self.ui.eFieldSpreadButton.enabled = (self.ui.computeEFieldButton.enabled
+                                              and len(self.logic.directionNodes(p.conductivityVolume)) >= 2)
+        self.ui.spreadLabel.text = self.logic.spreadSummary(p.eFieldSpreadVolume, p.eMagnitudeVolume)
         try:
             reference = self.logic.storedThreshold(p.motorThreshold)
         except ValueError:  # a damaged scene: the dose text says so
@@ -516,6 +524,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     precision="float32" if p.fullPrecision else "auto",
                     register=p.registerT2,
                     tables=tables,
+                    keepDirections=p.keepDirections,
                     logCallback=self._logProcessLine,
                     progressCallback=self._showProgress,
                     completedCallback=lambda code: self._onEstimateFinished(code, t1Node, tables),
@@ -786,6 +795,39 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if result["warnings"]:
                 slicer.util.warningDisplay("\n\n".join(result["warnings"]), windowTitle=_("CondNet: E-field"))
 
+    def onEFieldSpreadButton(self) -> None:
+        """Solve on each slicing direction's conductivity and show the sd of |E| across the networks."""
+        with slicer.util.tryWithErrorDisplay(_("Computing the E-field spread failed."), waitCursor=True):
+            p = self._parameterNode
+            self._ensureRequirements()
+            device = self._resolveDevice(p.device)
+            from CondNetLogic.errors import Cancelled
+
+            self._setBusy(True, f"Solving the E-field on each network's conductivity ({p.coilName})...")
+            try:
+                result = self.logic.computeEFieldSpread(
+                    p.conductivityVolume,
+                    p.coilName,
+                    self._coilToRas(),
+                    p.didtAPerUs * 1e6,
+                    device=device,
+                    targetRas=self.logic.targetPoint(p.targetMarkup, p.conductivityVolume),
+                    targetRadiusMm=p.targetRadiusMm,
+                    targetRegionNode=p.targetRegion,
+                    spreadNode=p.eFieldSpreadVolume,
+                    tableNode=p.eFieldSpreadTable,
+                    progress=self._onProgress,
+                    cancel=self._isCancelled,
+                )
+            except Cancelled:
+                self._log("E-field spread cancelled; the results were left as they were.")
+                return
+            finally:
+                self._setBusy(False)
+            p.eFieldSpreadVolume, p.eFieldSpreadTable = result["spread"], result["table"]
+            if result["warnings"]:
+                slicer.util.warningDisplay("\n\n".join(result["warnings"]), windowTitle=_("CondNet: E-field spread"))
+
     def onBestPoseButton(self) -> None:
         """Try handle angles (and scalp centres within the search radius), move the coil to the strongest pose at the
         target and show its field."""
@@ -847,6 +889,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "efield_vector": p.eVectorVolume,
                 "efield_statistics": p.statisticsTable,
                 "uncertainty": p.uncertaintyVolume,
+                "efield_magnitude_sd": p.eFieldSpreadVolume,
+                "efield_spread_statistics": p.eFieldSpreadTable,
             }
             if p.conductivityVolume:
                 table = p.conductivityVolume.GetAttribute("CondNet.Table") or "custom"

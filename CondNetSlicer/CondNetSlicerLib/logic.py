@@ -6,12 +6,12 @@ and writes files only through MRML storage nodes, raises exceptions (never shows
 the scene as it was when a step fails or is cancelled: results are computed first and nodes are added
 only at the end, inside a block that removes them again on error.
 
-Output nodes carry the attribute ``CondNet.Role`` (``conductivity``, ``uncertainty``,
-``efield-vector``, ``efield-magnitude``, ``efield-statistics``, ``coil-model``, ``coil-transform``,
-``coil-markup``, ``eeg-positions``).  The logic updates an existing node in place only when it carries that
-attribute, so a node the user made is never overwritten; E-field outputs are updated in place only by a solve on the
-conductivity node they were made from (attribute ``CondNet.Conductivity``), so solving on another
-conductivity never replaces earlier results.
+Output nodes carry the attribute ``CondNet.Role`` (``conductivity``, ``uncertainty``, ``conductivity-direction``,
+``efield-vector``, ``efield-magnitude``, ``efield-statistics``, ``efield-spread``, ``efield-spread-statistics``,
+``coil-model``, ``coil-transform``, ``coil-markup``, ``eeg-positions``).  The logic updates an existing node in place
+only when it carries that attribute, so a node the user made is never overwritten; E-field outputs are updated in
+place only by a solve on the conductivity node they were made from (attribute ``CondNet.Conductivity``), so solving
+on another conductivity never replaces earlier results.
 """
 
 import csv
@@ -34,12 +34,17 @@ try:
 except ImportError:  # slicer-core without the application (pytest): the logic needs none of it
     ScriptedLoadableModuleLogic = object
 
-__all__ = ["CONDUCTIVITY_ATTRIBUTE", "CondNetSlicerLogic", "ROLE", "TABLE_CHOICES"]
+__all__ = ["CONDUCTIVITY_ATTRIBUTE", "CondNetSlicerLogic", "DIRECTION_REFERENCE", "ROLE", "SUMMARY_ATTRIBUTE",
+           "TABLE_CHOICES"]
 
 #: Node attribute naming what CondNet made a node for.
 ROLE = "CondNet.Role"
 #: Node attribute of E-field outputs: the ID of the conductivity node they were computed from.
 CONDUCTIVITY_ATTRIBUTE = "CondNet.Conductivity"
+#: Node attribute of an E-field spread: its one-line summary (shown in the panel).
+SUMMARY_ATTRIBUTE = "CondNet.Summary"
+#: Node reference role from a conductivity node to each slicing direction's own conductivity (kept on request).
+DIRECTION_REFERENCE = "CondNet.Direction"
 #: Conductivity-set choices of the panel -> table names (``custom`` reads a user table file).
 TABLE_CHOICES = {"A": ("A",), "B": ("B",), "A+B": ("A", "B"), "custom": ()}
 #: Colour maps by preference; the first present in the scene is used.  Viridis/Inferno ship with the
@@ -134,6 +139,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         precision: str = "auto",
         register: bool = False,
+        keepDirections: bool = False,
         progress: Progress = None,
         cancel: Cancel = None,
         show: bool = True,
@@ -153,6 +159,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             "auto": float16 on a GPU, bfloat16 on CPUs with native support; "float32": float32 everywhere.
         register : bool
             Rigidly register T2 to T1 first.
+        keepDirections : bool
+            Also add each slicing direction's own conductivity (S/m, one node per table and direction, referenced
+            from the conductivity node; see :meth:`directionNodes`), for :meth:`computeEFieldSpread`.
         progress, cancel : callable, optional
             ``progress(fraction, message)``; ``cancel() -> bool``.
         show : bool
@@ -161,8 +170,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Returns
         -------
         dict
-            ``{"conductivity": {table: node}, "uncertainty": {table: node}, "warnings": [str, ...]}``; the
-            warnings are CondNet's plausibility checks (T1/T2 offset, partial T2 cover, T1 and T2 swapped).
+            ``{"conductivity": {table: node}, "uncertainty": {table: node}, "directions": {table: {direction:
+            node}}, "warnings": [str, ...]}``; the warnings are CondNet's plausibility checks (T1/T2 offset, partial
+            T2 cover, T1 and T2 swapped).
 
         Raises
         ------
@@ -180,11 +190,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         self.log(f"CondNet: estimating conductivity of {t1Node.GetName()} on device '{device}'")
         prediction = predict_conductivity(
             t1, t2, weights=weights, device=device, precision=precision, register=register, progress=progress,
-            cancel=cancel,
+            cancel=cancel, keep_directions=keepDirections,
         )
-        return self._addPrediction(
-            t1Node, prediction.conductivity, prediction.uncertainty, prediction.info, tables, show=show
-        )
+        return self._addPrediction(t1Node, prediction.conductivity, prediction.uncertainty, prediction.info, tables,
+                                   show=show, directions=prediction.directions)
 
     @staticmethod
     def checkWeightsTables(weightsPath: str, tables: Sequence[str], *, t2Given: bool = True):
@@ -208,7 +217,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         fromToWorld = np.linalg.inv(adapters.worldToLocalMatrix(fromNode))
         return adapters.worldToLocalMatrix(toNode) @ fromToWorld
 
-    def _addPrediction(self, t1Node, conductivity: dict, uncertainty: dict, info: dict, tables, *, show: bool):
+    def _addPrediction(self, t1Node, conductivity: dict, uncertainty: dict, info: dict, tables, *, show: bool,
+                       directions: Optional[dict] = None):
         tables = list(tables)
         missing = [name for name in tables if name not in conductivity]
         if missing:
@@ -223,27 +233,34 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         parent = t1Node.GetParentTransformNode()
         infoText = json.dumps(info, default=str)
         created: List[object] = []
-        result = {"conductivity": {}, "uncertainty": {}}
-        def addScalar(kind: str, name: str, volume, colors, title: str, legend: bool, extra: dict):
+        result = {"conductivity": {}, "uncertainty": {}, "directions": {}}
+
+        def addScalar(role: str, name: str, volume, colors, title: str, legend: bool, extra: dict, suffix: str = ""):
             node = adapters.addVolumeNode(
                 self.scene,
                 volume.with_array(np.asarray(volume.array, dtype=np.float32)),
-                f"{t1Node.GetName()}_{kind}_{name}",
+                f"{t1Node.GetName()}_{role.split('-')[0]}_{name}{suffix}",
                 parentTransformNode=parent,
-                attributes={ROLE: kind, "CondNet.Table": name, "CondNet.T1": t1Node.GetID(),
+                attributes={ROLE: role, "CondNet.Table": name, "CondNet.T1": t1Node.GetID(),
                             "CondNet.Units": "S/m", **extra},
             )
             created.append(node)
             self._styleScalar(node, colors, title, legend=legend)
-            result[kind][name] = node
+            return node
 
         try:
             for name in tables:
-                addScalar("conductivity", name, conductivity[name], CONDUCTIVITY_COLORS,
-                          f"Conductivity {name} (S/m)", True, {"CondNet.Info": infoText})
+                result["conductivity"][name] = addScalar("conductivity", name, conductivity[name], CONDUCTIVITY_COLORS,
+                                                         f"Conductivity {name} (S/m)", True, {"CondNet.Info": infoText})
                 if name in uncertainty:
-                    addScalar("uncertainty", name, uncertainty[name], UNCERTAINTY_COLORS,
-                              f"Uncertainty {name} (S/m, SD)", False, {})
+                    result["uncertainty"][name] = addScalar("uncertainty", name, uncertainty[name], UNCERTAINTY_COLORS,
+                                                            f"Uncertainty {name} (S/m, SD)", False, {})
+                for direction, volume in (directions or {}).get(name, {}).items():
+                    node = addScalar("conductivity-direction", name, volume, CONDUCTIVITY_COLORS,
+                                     f"Conductivity {name}, {direction} network (S/m)", False,
+                                     {"CondNet.Direction": direction}, suffix=f"_{direction}")
+                    result["conductivity"][name].AddNodeReferenceID(DIRECTION_REFERENCE, node.GetID())
+                    result["directions"].setdefault(name, {})[direction] = node
         except Exception:
             adapters.removeNodes(self.scene, created)
             raise
@@ -264,9 +281,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         precision: str = "auto",
         register: bool = False,
         table: str = "",
+        saveDirections: bool = False,
     ) -> List[str]:
         """The ``condnet predict`` command line run by :meth:`startConductivityProcess` (``table``: the one Table I
-        column to predict, which also picks the shipped weights; empty: every table of the weights)."""
+        column to predict, which also picks the shipped weights; empty: every table of the weights;
+        ``saveDirections``: also write each slicing direction's conductivity)."""
         from .process import pythonCommand
 
         args = ["predict", "--t1", t1Path, "--out", str(Path(outDir) / "sigma.nii.gz"), "--device", device,
@@ -279,6 +298,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             args += ["--table", table]
         if register:
             args += ["--register"]
+        if saveDirections:
+            args += ["--save-directions"]
         return pythonCommand(*args)
 
     def warmupCommand(self) -> List[str]:
@@ -330,8 +351,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         completedCallback=None,
         workDir: Optional[str] = None,
         tables: Optional[Sequence[str]] = None,
+        keepDirections: bool = False,
     ):
-        """Write the inputs to a temporary folder and start ``condnet predict`` in the background.
+        """Write the inputs to a temporary folder and start ``condnet predict`` in the background
+        (``keepDirections``: as :meth:`estimateConductivity`).
 
         Returns the started :class:`~.process.BackgroundProcess`; its ``workDir`` and ``outDir``
         attributes say where the files are (delete ``workDir`` when done: it holds copies of the scans).
@@ -364,7 +387,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             outDir = str(Path(workDir) / "out")
             command = self.predictCommand(
                 t1Path, t2Path, outDir, weightsPath=weightsPath, device=device, precision=precision, register=register,
-                table=tables[0] if tables is not None and len(tables) == 1 else "",
+                table=tables[0] if tables is not None and len(tables) == 1 else "", saveDirections=keepDirections,
             )
             process = BackgroundProcess(
                 command, logCallback=logCallback, progressCallback=progressCallback, completedCallback=completedCallback
@@ -422,22 +445,25 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         outputs = sidecar.get("outputs", {})
         t1Geometry = adapters.ijkToRasFromNode(t1Node)
         t1Shape = adapters.volumeFromNode(t1Node, what="T1").shape
-        loaded = {"conductivity": {}, "uncertainty": {}}
-        for kind in loaded:
-            for name, path in outputs.get(kind, {}).items():
-                if name not in tables:
-                    continue
-                node = self.readVolumeFile(str(path), f"CondNetTemp_{kind}_{name}")
-                try:
-                    volume = adapters.volumeFromNode(node)
-                finally:
-                    adapters.removeNodes(self.scene, [node])
-                try:
-                    loaded[kind][name] = adapters.onGrid(volume, t1Geometry, t1Shape)
-                except ValueError as err:
-                    raise ValueError(f"{path} is not on the T1 grid") from err
+
+        def load(path, name: str):
+            node = self.readVolumeFile(str(path), f"CondNetTemp_{name}")
+            try:
+                volume = adapters.volumeFromNode(node)
+            finally:
+                adapters.removeNodes(self.scene, [node])
+            try:
+                return adapters.onGrid(volume, t1Geometry, t1Shape)
+            except ValueError as err:
+                raise ValueError(f"{path} is not on the T1 grid") from err
+
+        loaded = {kind: {name: load(path, f"{kind}_{name}") for name, path in outputs.get(kind, {}).items()
+                         if name in tables} for kind in ("conductivity", "uncertainty")}
+        directions = {name: {direction: load(path, f"{name}_{direction}") for direction, path in paths.items()}
+                      for name, paths in outputs.get("directions", {}).items() if name in tables}
         info = {key: value for key, value in sidecar.items() if key not in ("outputs",)}
-        return self._addPrediction(t1Node, loaded["conductivity"], loaded["uncertainty"], info, tables, show=show)
+        return self._addPrediction(t1Node, loaded["conductivity"], loaded["uncertainty"], info, tables, show=show,
+                                   directions=directions)
 
     # ------------------------------------------------------------------------------------ display
     def _colorNodeID(self, preferred: Sequence[str]) -> Optional[str]:
@@ -979,13 +1005,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         except (RuntimeError, MemoryError) as err:
             from CondNetLogic.errors import is_out_of_memory
 
-            if not is_out_of_memory(err):
-                raise
-            self._simulation = None  # free the operator and its work arrays
-            raise RuntimeError(
-                f"out of memory while solving the E-field (device '{device}'; a GPU that runs out goes on on the "
-                "CPU by itself): close other programs, or crop/resample the conductivity to a coarser grid"
-            ) from err
+            if is_out_of_memory(err):
+                self._simulation = None  # free the operator and its work arrays
+                raise _outOfMemoryError(device) from err
+            raise
         for note in result.info.get("fallbacks", []):
             self.log(f"CondNet: {note}")
         warnings = []
@@ -1031,6 +1054,163 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         )
         written["warnings"] = warnings
         return written
+
+    def directionNodes(self, conductivityNode) -> Dict[str, object]:
+        """Each slicing direction's own conductivity of ``conductivityNode``, ``{direction: node}`` (kept by
+        :meth:`estimateConductivity` or :meth:`loadConductivityResults` with ``keepDirections``); empty for a
+        conductivity without them."""
+        if conductivityNode is None:
+            return {}
+        nodes = {}
+        for index in range(conductivityNode.GetNumberOfNodeReferences(DIRECTION_REFERENCE)):
+            node = conductivityNode.GetNthNodeReference(DIRECTION_REFERENCE, index)
+            if node is not None:  # a removed node leaves no reference behind, but be safe
+                nodes[node.GetAttribute("CondNet.Direction") or node.GetName()] = node
+        return nodes
+
+    def computeEFieldSpread(
+        self,
+        conductivityNode,
+        coilName: str,
+        coilToRas: np.ndarray,
+        didt: float,
+        *,
+        device: str = "auto",
+        tol: float = 1e-6,
+        targetRas=None,
+        targetRadiusMm: float = 5.0,
+        targetRegionNode=None,
+        spreadNode=None,
+        tableNode=None,
+        progress: Progress = None,
+        cancel: Cancel = None,
+        show: bool = True,
+    ) -> Dict[str, object]:
+        """How ``|E|`` of one coil pose varies with the network that estimated the conductivity.
+
+        Solves the E-field once on each slicing direction's own conductivity (:meth:`directionNodes`, whose mean is
+        ``conductivityNode`` and whose spread its uncertainty) and writes the voxel-wise standard deviation of
+        ``|E|`` across them (V/m, population sd) into a volume, and each network's head 99th percentile and target
+        mean ``|E|`` into a table.  Arguments as :meth:`computeEField`; ``spreadNode`` and ``tableNode`` are
+        CondNet-made nodes to update in place.  Costs one solve per direction, each with its own solver.
+
+        Returns
+        -------
+        dict
+            ``{"spread": node, "table": node, "stats": dict, "summary": str, "warnings": [str, ...]}``.
+
+        Raises
+        ------
+        ValueError
+            A conductivity without two or more directions' conductivities, one of them moved under another
+            transform or resampled, or the errors of :meth:`computeEField`.
+        Cancelled
+            Nothing is changed then.
+        """
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+        from CondNetLogic.efield import ensemble_spread
+
+        spreadNode = self._reusableEFieldNode(spreadNode, "efield-spread", conductivityNode)
+        tableNode = self._reusableEFieldNode(tableNode, "efield-spread-statistics", conductivityNode)
+        members = self.directionNodes(conductivityNode)
+        if len(members) < 2:
+            raise ValueError(
+                f"{conductivityNode.GetName()} has no conductivities of the separate slicing directions: estimate the "
+                "conductivity again with 'Keep directions' checked"
+            )
+        if not np.isfinite(didt) or didt == 0:
+            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
+        pose = check_coil_to_ras(coilToRas)
+        coil = load_coil(coilName)
+        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        volumes = []
+        for direction, node in members.items():
+            if not np.allclose(self._relativeMatrix(node, conductivityNode), np.eye(4)):
+                raise ValueError(f"{node.GetName()} is under another transform than {conductivityNode.GetName()}: "
+                                 "put it back under the same one")
+            volumes.append(adapters.volumeFromNode(node, what=f"{direction} conductivity"))
+        target, where, _ = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm, targetRegionNode)
+        warnings = []
+        if target is not None and not target.any():
+            warnings.append(f"No conducting voxel lies within {where}: the spread has no target statistics.")
+            target = None
+        self.log(f"CondNet: solving the E-field on the conductivity of each of {len(members)} networks "
+                 f"({', '.join(members)})")
+        try:
+            spread, rows = ensemble_spread(volumes, coil, pose, float(didt), like=conductivity, roi=target,
+                                           device=device, tol=tol, progress=progress, cancel=cancel)
+        except (RuntimeError, MemoryError) as err:
+            from CondNetLogic.errors import is_out_of_memory
+
+            if is_out_of_memory(err):
+                raise _outOfMemoryError(device) from err
+            raise
+        if not all(row["converged"] for row in rows):
+            warnings.append(f"A solve of the spread stopped short of its tolerance {tol:g}: the spread may be "
+                            "inaccurate.")
+        stats = {}
+        for direction, row in zip(members, rows):
+            stats[f"{direction} network"] = {"head_p99": row["head"]["p99"],
+                                             **({"target_mean": row["roi"]["mean"]} if target is not None else {})}
+        sd = spread.array[np.asarray(conductivity.array) > 0]
+        across = {"sd_median": float(np.median(sd)), "sd_p99": float(np.percentile(sd, 99))}
+        summary = f"sd of |E| across the {len(members)} networks: median {across['sd_median']:.2f} V/m in the head"
+        if target is not None:
+            means = np.array([row["roi"]["mean"] for row in rows])
+            across.update({"target_mean_mean": float(means.mean()), "target_mean_sd": float(means.std())})
+            summary = (f"mean |E| in the target: {means.mean():.1f} +- {means.std():.1f} V/m across the networks ("
+                       + ", ".join(f"{d} {m:.1f}" for d, m in zip(members, means)) + "); " + summary)
+        stats["across networks"] = across
+        self.log(f"CondNet: {summary}")
+        info = {"coil": coil.name, "coil_sha256": coil.sha256, "coil_to_ras": pose.tolist(),
+                "didt_a_per_s": float(didt), "conductivity": conductivityNode.GetName(),
+                "conductivity_node_id": conductivityNode.GetID(),
+                "members": {d: node.GetName() for d, node in members.items()}, "solves": rows}
+        spreadNode, tableNode = self._writeSpread(conductivityNode, spread, stats, info, summary, spreadNode,
+                                                  tableNode, show=show)
+        return {"spread": spreadNode, "table": tableNode, "stats": stats, "summary": summary, "warnings": warnings}
+
+    @classmethod
+    def spreadSummary(cls, spreadNode, eFieldNode=None) -> str:
+        """The one-line summary :meth:`computeEFieldSpread` stored on its spread node ('' for none), with a note when
+        ``eFieldNode`` (the E-field shown) was solved at another coil pose."""
+        summary = (spreadNode.GetAttribute(SUMMARY_ATTRIBUTE) or "") if spreadNode is not None else ""
+        spreadPose, fieldPose = cls.solvedCoilToRas(spreadNode), cls.solvedCoilToRas(eFieldNode)
+        if summary and spreadPose is not None and fieldPose is not None and not cls.samePose(spreadPose, fieldPose):
+            summary += " (at an earlier coil pose than the E-field shown)"
+        return summary
+
+    def _writeSpread(self, conductivityNode, spread, stats: dict, info: dict, summary: str, spreadNode, tableNode, *,
+                     show: bool):
+        name = conductivityNode.GetName()
+        created = []
+        try:
+            if spreadNode is None:
+                spreadNode = adapters.addVolumeNode(
+                    self.scene, spread, f"{name}_Esd", parentTransformNode=conductivityNode.GetParentTransformNode(),
+                    attributes={ROLE: "efield-spread", "CondNet.Units": "V/m"},
+                )
+                created.append(spreadNode)
+            else:
+                adapters.updateNodeFromVolume(spreadNode, spread)
+            spreadNode.SetAttribute("CondNet.Info", json.dumps(info, default=str))
+            spreadNode.SetAttribute(SUMMARY_ATTRIBUTE, summary)
+            if tableNode is None:
+                tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode",
+                                                         self.scene.GenerateUniqueName(f"{name}_Esd_stats"))
+                tableNode.SetAttribute(ROLE, "efield-spread-statistics")
+                created.append(tableNode)
+            for node in (spreadNode, tableNode):
+                node.SetAttribute(CONDUCTIVITY_ATTRIBUTE, conductivityNode.GetID())
+            self._fillTable(tableNode, stats)
+            self._styleScalar(spreadNode, UNCERTAINTY_COLORS, "sd of |E| (V/m)", legend=False)
+        except Exception:
+            adapters.removeNodes(self.scene, created)
+            raise
+        if show:
+            t1 = self.scene.GetNodeByID(conductivityNode.GetAttribute("CondNet.T1") or "")
+            self.showOverlay(t1, spreadNode)
+        return spreadNode, tableNode
 
     def _target(self, conductivityNode, conductivity, targetRas, targetRadiusMm: float, targetRegionNode=None):
         """``(voxels, description, about)`` of the target: the conducting voxels under ``targetRegionNode``'s non-zero
@@ -1520,6 +1700,14 @@ def _tableRows(tableNode) -> List[list]:
     for row in range(table.GetNumberOfRows()):
         rows.append([column.GetValue(row) for column in columns])
     return rows
+
+
+def _outOfMemoryError(device: str) -> RuntimeError:
+    """What the user is told when an E-field solve ran out of memory."""
+    return RuntimeError(
+        f"out of memory while solving the E-field (device '{device}'; a GPU that runs out goes on on the "
+        "CPU by itself): close other programs, or crop/resample the conductivity to a coarser grid"
+    )
 
 
 def _unitOf(statistic: str) -> str:

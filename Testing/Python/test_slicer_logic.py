@@ -818,6 +818,87 @@ def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, he
     assert logic.solvedCoilToRas(None) is None
 
 
+def test_efield_spread_across_the_slicing_directions(mrml_scene, head, weights):
+    """Each network's own conductivity is kept on request; the spread is the sd of |E| over one solve on each."""
+    from CondNetLogic.coil import load_coil
+    from CondNetLogic.efield import EFieldSimulation
+    from CondNetLogic.metrics import spherical_roi
+
+    logic = CondNetSlicerLogic(mrml_scene)
+    t1Node, t2Node = add_volume(mrml_scene, head["t1"], "T1"), add_volume(mrml_scene, head["t2"], "T2")
+    options = dict(weightsPath=weights, device="cpu", precision="float32", show=False)
+    plain = logic.estimateConductivity(t1Node, t2Node, **options)["conductivity"]["A"]
+    assert logic.directionNodes(plain) == {}
+    kept = logic.estimateConductivity(t1Node, t2Node, keepDirections=True, **options)
+    sigmaNode = kept["conductivity"]["A"]
+    members = logic.directionNodes(sigmaNode)
+    assert members == kept["directions"]["A"]
+    assert sorted(members) == ["axial", "coronal", "sagittal"]
+    for direction, node in members.items():
+        assert node.GetAttribute(ROLE) == "conductivity-direction"
+        assert node.GetAttribute("CondNet.Direction") == direction
+        assert node.GetName() == f"T1_conductivity_A_{direction}"
+        assert testing.sameGeometry(node, t1Node, atol=1e-9)
+    # the conductivity is the mean of the networks' own (paper Eq. 2, in S/m)
+    arrays = [adapters.volumeFromNode(node).array for node in members.values()]
+    np.testing.assert_allclose(np.mean(arrays, axis=0), adapters.volumeFromNode(sigmaNode).array, atol=1e-5)
+
+    sigma = adapters.volumeFromNode(sigmaNode)
+    mask = sigma.array > 0
+    markup = logic.createCoilMarkup()
+    markup.AddControlPointWorld(*(sigma.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)) + [0.0, 0.0, 150.0]))
+    logic.snapCoilMarkup(markup, sigmaNode)
+    coil, pose = logic.coilNames()[0], logic.coilToRas(markup, sigmaNode)
+    scalpPoint, axes = logic._markupFrame(markup, sigmaNode)
+    target = scalpPoint + 8.0 * axes[:, 2]  # 8 mm into the head
+    before = node_ids(mrml_scene)
+    with pytest.raises(ValueError, match="with 'Keep directions' checked"):
+        logic.computeEFieldSpread(plain, coil, pose, 1e8, device="cpu")
+    with pytest.raises(Cancelled):
+        logic.computeEFieldSpread(sigmaNode, coil, pose, 1e8, device="cpu", cancel=lambda: True)
+    assert node_ids(mrml_scene) == before
+
+    result = logic.computeEFieldSpread(sigmaNode, coil, pose, 1e8, device="cpu", tol=1e-6, targetRas=target,
+                                       targetRadiusMm=6.0, show=False)
+    magnitudes = [EFieldSimulation(adapters.volumeFromNode(node), device="cpu", tol=1e-6)
+                  .solve(load_coil(coil), pose, 1e8).e_magnitude.array for node in members.values()]
+    spread = adapters.volumeFromNode(result["spread"])
+    assert testing.sameGeometry(result["spread"], sigmaNode, atol=1e-9)
+    assert result["spread"].GetAttribute(ROLE) == "efield-spread"
+    np.testing.assert_allclose(spread.array, np.std(magnitudes, axis=0), atol=1e-4 * np.max(magnitudes))
+    assert spread.array[mask].max() > 0
+    roi = spherical_roi(sigma, target, 6.0) & mask
+    means = [float(m[roi].mean()) for m in magnitudes]
+    stats = result["stats"]
+    for direction, mean in zip(members, means):
+        assert stats[f"{direction} network"]["target_mean"] == pytest.approx(mean, rel=1e-4)
+    assert stats["across networks"]["target_mean_sd"] == pytest.approx(np.std(means), rel=1e-3, abs=1e-6)
+    assert stats["across networks"]["sd_median"] == pytest.approx(np.median(np.std(magnitudes, axis=0)[mask]),
+                                                                  rel=1e-3)
+    assert "mean |E| in the target" in result["summary"]
+    assert result["warnings"] == []
+    assert logic.spreadSummary(result["spread"]) == result["summary"]
+    assert logic.spreadSummary(None) == ""
+    field = logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", tol=1e-3, show=False)["eMagnitude"]
+    assert logic.spreadSummary(result["spread"], field) == result["summary"]
+    logic.setCoilHandleAngle(markup, sigmaNode, 100.0)
+    moved = logic.computeEField(sigmaNode, coil, logic.coilToRas(markup, sigmaNode), 1e8, device="cpu", tol=1e-3,
+                                show=False, eMagnitudeNode=field)["eMagnitude"]
+    assert logic.spreadSummary(result["spread"], moved).endswith("(at an earlier coil pose than the E-field shown)")
+    table = result["table"]
+    rows = {(table.GetCellText(r, 0), table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())}
+    assert {("axial network", "target_mean"), ("across networks", "target_mean_sd")} <= rows
+    # Again: the same nodes are updated in place; a removed member drops out of the ensemble.
+    count = mrml_scene.GetNumberOfNodes()
+    again = logic.computeEFieldSpread(sigmaNode, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
+                                      spreadNode=result["spread"], tableNode=result["table"])
+    assert (again["spread"], again["table"]) == (result["spread"], result["table"])
+    assert mrml_scene.GetNumberOfNodes() == count
+    assert "target" not in again["summary"]
+    mrml_scene.RemoveNode(members["axial"])
+    assert sorted(logic.directionNodes(sigmaNode)) == ["coronal", "sagittal"]
+
+
 def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tmp_path):
     """Slicer >= 5.12: slicer.packaging.pip_ensure (a submodule, imported explicitly); older: pip_install."""
     import types

@@ -115,6 +115,7 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
         precision="float32",  # reduced precision rounds differently with other thread counts
         workDir=str(tmp_path / "work"),
         progressCallback=lambda f, m: progress.append(f),
+        keepDirections=True,
     )
     assert process.waitForCompletion(timeout=300) == 0, "\n".join(process.output)
     assert progress
@@ -124,7 +125,7 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
     sigma = result["conductivity"]["A"]
     assert testing.sameGeometry(sigma, t1, atol=1e-9)
     inProcess = logic.estimateConductivity(t1, t2, tables=("A", "B"), weightsPath=weights, device="cpu",
-                                           precision="float32")
+                                           precision="float32", keepDirections=True)
     sidecar = json.loads((Path(process.outDir) / "sigma.json").read_text())
     assert sidecar["precision"] == "float32"
     for name in ("A", "B"):
@@ -133,6 +134,15 @@ def test_conductivity_in_a_background_process_matches_the_in_process_result(logi
             adapters.volumeFromNode(inProcess["conductivity"][name]).array,
             atol=1e-5,
         )
+        # each slicing direction's own conductivity came through the files too, on the T1 grid
+        loaded = logic.directionNodes(result["conductivity"][name])
+        assert sorted(loaded) == ["axial", "coronal", "sagittal"]
+        assert loaded == result["directions"][name]
+        for direction, node in loaded.items():
+            assert testing.sameGeometry(node, t1, atol=1e-9)
+            np.testing.assert_allclose(adapters.volumeFromNode(node).array,
+                                       adapters.volumeFromNode(inProcess["directions"][name][direction]).array,
+                                       atol=1e-5)
     assert scene.GetNumberOfNodes() > before
 
 
@@ -141,6 +151,10 @@ def test_background_run_for_one_table_asks_condnet_predict_for_it(logic_and_head
     monkeypatch.setattr(BackgroundProcess, "start", lambda self: self)  # the command line is what is checked
     one = logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("B",), workDir=str(tmp_path / "b"))
     assert one.command[-2:] == ["--table", "B"]
+    assert "--save-directions" not in one.command
+    kept = logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("B",), workDir=str(tmp_path / "d"),
+                                          keepDirections=True)
+    assert kept.command[-3:] == ["--table", "B", "--save-directions"]
     both = logic.startConductivityProcess(t1, t2, weightsPath=weights, tables=("A", "B"), workDir=str(tmp_path / "ab"))
     assert "--table" not in both.command
     with pytest.raises(WeightsError, match="predict table A, B, not C"):

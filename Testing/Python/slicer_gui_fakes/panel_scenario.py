@@ -159,6 +159,8 @@ def expectedStates(busy=False):
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
         "bestPoseButton": idle and sigma and hasPoint and coilInstalled and (
             p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0 or p.targetRegion is not None),
+        "eFieldSpreadButton": idle and sigma and hasPoint and coilInstalled
+        and p.conductivityVolume.GetNumberOfNodeReferences("CondNet.Direction") >= 2,
         "motorThresholdButton": idle and p.eMagnitudeVolume is not None
         and '"target"' in (p.eMagnitudeVolume.GetAttribute("CondNet.Info") or ""),
         "exportButton": idle and str(p.exportFolder) not in ("", ".") and (sigma or p.eMagnitudeVolume is not None),
@@ -258,11 +260,13 @@ def chooseInputs(t2):
     ui.weightsPathLineEdit.currentPath = P.weights
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
     ui.fullPrecisionCheckBox.checked = True  # float32: the same numbers with any thread count
+    ui.keepDirectionsCheckBox.checked = True
     p = params()
     check(p.t2Volume is t2, f"picking T2 in its selector did not set t2Volume ({p.t2Volume})")
     check(str(p.weightsPath) == P.weights, f"the weights path line edit did not set weightsPath ({p.weightsPath})")
     check(p.device == "cpu", f"the device combo box did not set device ({p.device})")
     check(p.fullPrecision is True, "the full-precision check box did not set fullPrecision")
+    check(p.keepDirections is True, "the keep-directions check box did not set keepDirections")
 
 
 # ============================================================================================ the steps
@@ -337,6 +341,8 @@ def estimate():
         check(p.conductivityVolume is not None and p.uncertaintyVolume is not None,
               "no conductivity/uncertainty volume in the parameter node after the estimate")
         check(p.conductivityVolume.GetAttribute("CondNet.Table") == "A", "the conductivity is not table A's")
+        directions = sorted(w.logic.directionNodes(p.conductivityVolume))
+        check(directions == ["axial", "coronal", "sagittal"], f"the directions' conductivities kept: {directions}")
         check(not os.path.exists(workDir), f"the work folder (copies of the scans) was left: {workDir}")
         check(len(ui.progressBar.history) > history, "the progress bar never moved")
         check("Conductivity ready" in logText(), "no 'Conductivity ready' in the log")
@@ -496,6 +502,28 @@ def targetStatistics():
         checkStates("best pose")
         ui.targetSelector.setCurrentNode(None)
         check(p.targetMarkup is None, "clearing the target selector kept the target")
+
+
+def eFieldSpread():
+    with step("E-field spread across networks: one solve per slicing direction, sd of |E| and the target's means"):
+        ui, p, logic = P.widget.ui, params(), P.widget.logic
+        ui.targetSelector.setCurrentNode(slicer.mrmlScene.GetFirstNodeByName("hand knob"))
+        events, history = RECORD["processEvents"], len(ui.progressBar.history)
+        click(ui.eFieldSpreadButton)
+        check(p.eFieldSpreadVolume is not None and p.eFieldSpreadTable is not None,
+              "the spread's volume and table are not in the parameter node")
+        spread = slicer.util.arrayFromVolume(p.eFieldSpreadVolume)
+        check(float(spread.max()) > 0 and p.eFieldSpreadVolume.GetAttribute("CondNet.Units") == "V/m",
+              "the spread of |E| is zero everywhere or has no unit")
+        check(ui.spreadLabel.text.startswith("mean |E| in the target:") and "axial" in ui.spreadLabel.text,
+              f"the panel does not show the spread's summary: {ui.spreadLabel.text!r}")
+        check(ui.spreadLabel.text in logText(), "the spread's summary was not logged")
+        check(RECORD["processEvents"] > events and len(ui.progressBar.history) > history,
+              "the three solves never let the event loop run or never moved the progress bar")
+        info = json.loads(p.eFieldSpreadVolume.GetAttribute("CondNet.Info"))
+        check(logic.samePose(np.array(info["coil_to_ras"]), P.widget._coilToRas()), "the spread is of another pose")
+        checkStates("after the spread")
+        ui.targetSelector.setCurrentNode(None)
 
 
 def targetMean():
@@ -727,7 +755,8 @@ def export():
         click(ui.exportButton)
         files = sorted(os.listdir(folder)) if folder.is_dir() else []
         expected = {"conductivity_A.nii.gz", "uncertainty.nii.gz", "efield_magnitude.nii.gz", "efield_vector.nii.gz",
-                    "efield_statistics.csv", "coil_to_ras.txt", "condnet_export.json"}
+                    "efield_statistics.csv", "efield_magnitude_sd.nii.gz", "efield_spread_statistics.csv",
+                    "coil_to_ras.txt", "condnet_export.json"}
         check(expected <= set(files), f"exported {files}; missing {sorted(expected - set(files))}")
         pose = np.loadtxt(folder / "coil_to_ras.txt")
         check(P.widget.logic.samePose(pose, P.widget.logic.solvedCoilToRas(p.eMagnitudeVolume)),
@@ -946,7 +975,8 @@ def main(argv=None):
     os.environ["TMPDIR"] = tempfile.tempdir = str(P.work)
     sys.excepthook = _excepthook
     started = time.monotonic()
-    for run in (setUp, estimate, placeCoil, eegPositions, computeEField, targetStatistics, eFieldDosing, targetRegion,
+    for run in (setUp, estimate, placeCoil, eegPositions, computeEField, targetStatistics, eFieldSpread, eFieldDosing,
+                targetRegion,
                 unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose,
                 leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
