@@ -86,16 +86,20 @@ def runWorkflow(
     device: str = "cpu",
     tol: float = 1e-5,
 ) -> dict:
-    """Conductivity -> coil placement -> E-field -> re-solve after a coil move -> export, all checked.
+    """Conductivity (each network's kept too) -> coil placement -> E-field -> re-solve after a coil move -> dosing ->
+    E-field spread across the networks -> export, all checked.
 
     Returns the nodes made, for further checks by the caller.
     """
     scene = logic.scene
     # 1. Conductivity and uncertainty on the T1's exact grid, shown over the T1.
-    outputs = logic.estimateConductivity(t1Node, t2Node, tables=tables, weightsPath=weightsPath, device=device)
+    outputs = logic.estimateConductivity(t1Node, t2Node, tables=tables, weightsPath=weightsPath, device=device,
+                                         keepDirections=True)
     check(sorted(outputs["conductivity"]) == sorted(tables), f"tables made: {sorted(outputs['conductivity'])}")
     sigmaNode = outputs["conductivity"][tables[0]]
-    for node in list(outputs["conductivity"].values()) + list(outputs["uncertainty"].values()):
+    members = [node for table in tables for node in logic.directionNodes(outputs["conductivity"][table]).values()]
+    check(len(members) == 3 * len(tables), f"{len(members)} directions' conductivities kept for {len(tables)} tables")
+    for node in list(outputs["conductivity"].values()) + list(outputs["uncertainty"].values()) + members:
         check(sameGeometry(node, t1Node, atol=1e-9), f"{node.GetName()} is not on the T1 grid")
         check(node.GetTransformNodeID() == t1Node.GetTransformNodeID(), "output lost the T1's transform")
         values = adapters.volumeFromNode(node).array
@@ -205,6 +209,17 @@ def runWorkflow(
               f"the dose of the threshold's own target is {text!r}")
     finally:
         adapters.removeNodes(scene, made)
+
+    # 5c. The spread of |E| across the three networks' own conductivities: 0 outside the head.
+    spread = logic.computeEFieldSpread(sigmaNode, coilName, pose2, didt, device=device, tol=tol, targetRas=target,
+                                       show=False)
+    try:
+        check(sameGeometry(spread["spread"], t1Node, atol=1e-9), "the spread of |E| is not on the T1 grid")
+        sd = adapters.volumeFromNode(spread["spread"]).array
+        check(float(sd.max()) > 0 and not bool(sd[~mask].any()), "the sd of |E| must be > 0 in the head, 0 outside")
+        check(spread["summary"].startswith("mean |E| in the target:"), f"spread summary {spread['summary']!r}")
+    finally:
+        adapters.removeNodes(scene, [spread["spread"], spread["table"]])
 
     # 6. Export and read back with identical geometry; a second export must refuse to overwrite.
     files = {f"conductivity_{tables[0]}": sigmaNode, "efield_magnitude": eMagnitude, "efield_vector": eVector}
