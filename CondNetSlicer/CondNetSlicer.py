@@ -362,7 +362,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.motorThresholdButton.enabled = idle and self.logic.targetField(p.eMagnitudeVolume) is not None
         self.ui.eFieldSpreadButton.enabled = (self.ui.computeEFieldButton.enabled
                                               and len(self.logic.directionNodes(p.conductivityVolume)) >= 2)
-        self.ui.spreadLabel.text = self.logic.spreadSummary(p.eFieldSpreadVolume, p.eMagnitudeVolume)
+        self.ui.spreadLabel.text = self.logic.spreadSummary(p.eFieldSpreadVolume, p.eMagnitudeVolume,
+                                                             p.conductivityVolume)
         try:
             reference = self.logic.storedThreshold(p.motorThreshold)
         except ValueError:  # a damaged scene: the dose text says so

@@ -1171,12 +1171,17 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return {"spread": spreadNode, "table": tableNode, "stats": stats, "summary": summary, "warnings": warnings}
 
     @classmethod
-    def spreadSummary(cls, spreadNode, eFieldNode=None) -> str:
+    def spreadSummary(cls, spreadNode, eFieldNode=None, conductivityNode=None) -> str:
         """The one-line summary :meth:`computeEFieldSpread` stored on its spread node ('' for none), with a note when
-        ``eFieldNode`` (the E-field shown) was solved at another coil pose."""
+        ``eFieldNode`` (the E-field shown) was solved at another coil pose, or when the spread is not of
+        ``conductivityNode`` (the conductivity chosen)."""
         summary = (spreadNode.GetAttribute(SUMMARY_ATTRIBUTE) or "") if spreadNode is not None else ""
+        if not summary:
+            return ""
+        if conductivityNode is not None and spreadNode.GetAttribute(CONDUCTIVITY_ATTRIBUTE) != conductivityNode.GetID():
+            return summary + " (of another conductivity than the one chosen)"
         spreadPose, fieldPose = cls.solvedCoilToRas(spreadNode), cls.solvedCoilToRas(eFieldNode)
-        if summary and spreadPose is not None and fieldPose is not None and not cls.samePose(spreadPose, fieldPose):
+        if spreadPose is not None and fieldPose is not None and not cls.samePose(spreadPose, fieldPose):
             summary += " (at an earlier coil pose than the E-field shown)"
         return summary
 
