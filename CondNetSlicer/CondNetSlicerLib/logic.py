@@ -1109,6 +1109,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """
         from CondNetLogic.coil import check_coil_to_ras, load_coil
         from CondNetLogic.efield import ensemble_spread
+        from CondNetLogic.primary_field import default_cache_dir
 
         spreadNode = self._reusableEFieldNode(spreadNode, "efield-spread", conductivityNode)
         tableNode = self._reusableEFieldNode(tableNode, "efield-spread-statistics", conductivityNode)
@@ -1137,8 +1138,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         self.log(f"CondNet: solving the E-field on the conductivity of each of {len(members)} networks "
                  f"({', '.join(members)})")
         try:
+            # the coil grid kept on disk, as for the main solve: without it each member would build its own
             spread, rows = ensemble_spread(volumes, coil, pose, float(didt), like=conductivity, roi=target,
-                                           device=device, tol=tol, progress=progress, cancel=cancel)
+                                           device=device, tol=tol, grid_cache_dir=default_cache_dir(),
+                                           progress=progress, cancel=cancel)
         except (RuntimeError, MemoryError) as err:
             from CondNetLogic.errors import is_out_of_memory
 
