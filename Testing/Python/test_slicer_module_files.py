@@ -260,9 +260,10 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
                 bound[prop.find("string").text] = widget
     assert set(bound) <= set(fields), f"unknown parameters in the .ui: {sorted(set(bound) - set(fields))}"
     # Set by code (not by a widget): the coil choice (filled at runtime), the nodes made for the coil and the 10-10
-    # positions, and the motor threshold's field (Use as motor threshold).
+    # positions, the motor threshold's field (Use as motor threshold), and the E-field spread's outputs (shown by the
+    # line under its button and as the overlay).
     assert set(fields) - set(bound) == {"coilName", "coilModel", "coilTransform", "motorThreshold",
-                                        "eegPositionsMarkup"}
+                                        "eegPositionsMarkup", "eFieldSpreadVolume", "eFieldSpreadTable"}
     for name, widget in bound.items():
         annotation = ast.unparse(fields[name].annotation)
         if "Choice(" in annotation:
