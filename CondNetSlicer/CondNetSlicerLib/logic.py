@@ -902,6 +902,16 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             self._simulationKey = key
         return self._simulation
 
+    @staticmethod
+    def _solveInputs(conductivityNode, coilName: str, coilToRas: np.ndarray, didt: float):
+        """``(pose, coil, conductivity Volume)`` of a solve, after checking dI/dt (A/s) and the pose (RAS mm)."""
+        from CondNetLogic.coil import check_coil_to_ras, load_coil
+
+        if not np.isfinite(didt) or didt == 0:
+            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
+        return check_coil_to_ras(coilToRas), load_coil(coilName), adapters.volumeFromNode(conductivityNode,
+                                                                                           what="conductivity")
+
     def computeEField(
         self,
         conductivityNode,
@@ -974,16 +984,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             ``{"eVector": node, "eMagnitude": node, "table": node, "stats": dict, "info": dict,
             "warnings": [str, ...]}``; a warning says that the solve stopped short of its tolerance.
         """
-        from CondNetLogic.coil import check_coil_to_ras, load_coil
-
         eVectorNode = self._reusableEFieldNode(eVectorNode, "efield-vector", conductivityNode)
         eMagnitudeNode = self._reusableEFieldNode(eMagnitudeNode, "efield-magnitude", conductivityNode)
         tableNode = self._reusableEFieldNode(tableNode, "efield-statistics", conductivityNode)
-        if not np.isfinite(didt) or didt == 0:
-            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
-        pose = check_coil_to_ras(coilToRas)
-        coil = load_coil(coilName)
-        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        pose, coil, conductivity = self._solveInputs(conductivityNode, coilName, coilToRas, didt)
         uniform = None
         if labelNode is not None:
             uniform, tissues = self._uniformModel(conductivityNode, conductivity, labelNode, labelMapping, uniformTable)
@@ -1107,7 +1111,6 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Cancelled
             Nothing is changed then.
         """
-        from CondNetLogic.coil import check_coil_to_ras, load_coil
         from CondNetLogic.efield import ensemble_spread
         from CondNetLogic.primary_field import default_cache_dir
 
@@ -1119,11 +1122,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                 f"{conductivityNode.GetName()} has no conductivities of the separate slicing directions: estimate the "
                 "conductivity again with 'Keep directions' checked"
             )
-        if not np.isfinite(didt) or didt == 0:
-            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
-        pose = check_coil_to_ras(coilToRas)
-        coil = load_coil(coilName)
-        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        pose, coil, conductivity = self._solveInputs(conductivityNode, coilName, coilToRas, didt)
         volumes = []
         for direction, node in members.items():
             if not np.allclose(self._relativeMatrix(node, conductivityNode), np.eye(4)):
@@ -1284,16 +1283,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Returns ``{"coilToRas": the best pose (4x4), "angle": its handle angle (degrees), "rows": [{"centre" (scalp
         point, RAS mm), "angle", "mean", "max", "p99"} (V/m), ...]}``.
         """
-        from CondNetLogic.coil import check_coil_to_ras, load_coil
         from CondNetLogic.efield import search_poses, strongest_pose
 
         if targetRas is None and targetRegionNode is None:
             raise ValueError("choose a target point (or a target region) first")
-        if not np.isfinite(didt) or didt == 0:
-            raise ValueError(f"dI/dt must be a non-zero number of A/s, got {didt}")
-        pose = check_coil_to_ras(coilToRas)
-        coil = load_coil(coilName)
-        conductivity = adapters.volumeFromNode(conductivityNode, what="conductivity")
+        pose, coil, conductivity = self._solveInputs(conductivityNode, coilName, coilToRas, didt)
         roi, where, _ = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm, targetRegionNode)
         if not roi.any():
             raise ValueError(f"no conducting voxel lies within {where}: put the target on the cortex, or widen its "
