@@ -1187,26 +1187,34 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             summary += " (at an earlier coil pose than the E-field shown)"
         return summary
 
+    def _volumeOutput(self, node, volume, name: str, parent, attributes: dict, created: list):
+        """``node`` updated with ``volume``, or a new node named ``name`` (added to ``created``) when it is None."""
+        if node is not None:
+            adapters.updateNodeFromVolume(node, volume)
+            return node
+        node = adapters.addVolumeNode(self.scene, volume, name, parentTransformNode=parent, attributes=attributes)
+        created.append(node)
+        return node
+
+    def _tableOutput(self, node, name: str, role: str, created: list):
+        """``node``, or a new table node named ``name`` with ``role`` (added to ``created``) when it is None."""
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName(name))
+            node.SetAttribute(ROLE, role)
+            created.append(node)
+        return node
+
     def _writeSpread(self, conductivityNode, spread, stats: dict, info: dict, summary: str, spreadNode, tableNode, *,
                      show: bool):
         name = conductivityNode.GetName()
         created = []
         try:
-            if spreadNode is None:
-                spreadNode = adapters.addVolumeNode(
-                    self.scene, spread, f"{name}_Esd", parentTransformNode=conductivityNode.GetParentTransformNode(),
-                    attributes={ROLE: "efield-spread", "CondNet.Units": "V/m"},
-                )
-                created.append(spreadNode)
-            else:
-                adapters.updateNodeFromVolume(spreadNode, spread)
+            spreadNode = self._volumeOutput(spreadNode, spread, f"{name}_Esd",
+                                            conductivityNode.GetParentTransformNode(),
+                                            {ROLE: "efield-spread", "CondNet.Units": "V/m"}, created)
             spreadNode.SetAttribute("CondNet.Info", json.dumps(info, default=str))
             spreadNode.SetAttribute(SUMMARY_ATTRIBUTE, summary)
-            if tableNode is None:
-                tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode",
-                                                         self.scene.GenerateUniqueName(f"{name}_Esd_stats"))
-                tableNode.SetAttribute(ROLE, "efield-spread-statistics")
-                created.append(tableNode)
+            tableNode = self._tableOutput(tableNode, f"{name}_Esd_stats", "efield-spread-statistics", created)
             for node in (spreadNode, tableNode):
                 node.SetAttribute(CONDUCTIVITY_ATTRIBUTE, conductivityNode.GetID())
             self._fillTable(tableNode, stats)
@@ -1553,36 +1561,14 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         vector = result.e_vector.with_array(np.asarray(result.e_vector.array, dtype=np.float32))
         created = []
         try:
-            if eMagnitudeNode is None:
-                eMagnitudeNode = adapters.addVolumeNode(
-                    self.scene,
-                    magnitude,
-                    f"{name}_Emag",
-                    parentTransformNode=parent,
-                    attributes={ROLE: "efield-magnitude", "CondNet.Units": "V/m"},
-                )
-                created.append(eMagnitudeNode)
-            else:
-                adapters.updateNodeFromVolume(eMagnitudeNode, magnitude)
-            if eVectorNode is None:
-                eVectorNode = adapters.addVolumeNode(
-                    self.scene,
-                    vector,
-                    f"{name}_Evector",
-                    parentTransformNode=parent,
-                    attributes={ROLE: "efield-vector", "CondNet.Units": "V/m", "CondNet.Frame": "RAS"},
-                )
-                created.append(eVectorNode)
-            else:
-                adapters.updateNodeFromVolume(eVectorNode, vector)
+            eMagnitudeNode = self._volumeOutput(eMagnitudeNode, magnitude, f"{name}_Emag", parent,
+                                                {ROLE: "efield-magnitude", "CondNet.Units": "V/m"}, created)
+            eVectorNode = self._volumeOutput(eVectorNode, vector, f"{name}_Evector", parent,
+                                             {ROLE: "efield-vector", "CondNet.Units": "V/m", "CondNet.Frame": "RAS"},
+                                             created)
             for node in (eMagnitudeNode, eVectorNode):
                 node.SetAttribute("CondNet.Info", infoText)
-            if tableNode is None:
-                tableNode = self.scene.AddNewNodeByClass(
-                    "vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{name}_Estats")
-                )
-                tableNode.SetAttribute(ROLE, "efield-statistics")
-                created.append(tableNode)
+            tableNode = self._tableOutput(tableNode, f"{name}_Estats", "efield-statistics", created)
             for node in (eMagnitudeNode, eVectorNode, tableNode):
                 node.SetAttribute(CONDUCTIVITY_ATTRIBUTE, conductivityNode.GetID())
             self._fillTable(tableNode, stats)
