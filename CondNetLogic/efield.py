@@ -31,6 +31,7 @@ __all__ = [
     "EFieldSimulation",
     "check_wire_outside",
     "ensemble_spread",
+    "ensemble_statistics",
     "search_poses",
     "strongest_pose",
     "validate_conductivity",
@@ -582,3 +583,18 @@ def ensemble_spread(
         del result
     spread = np.std(np.stack(magnitudes), axis=0).astype(np.float32)
     return like.with_array(spread), rows
+
+
+def ensemble_statistics(rows: Sequence[dict]) -> dict:
+    """Mean, sd (population, ddof=0), min and max across the members of :func:`ensemble_spread`'s rows: of the
+    head's 99th percentile of ``|E|`` (``"head_p99"``) and, when the rows have an ROI, of its mean ``|E|``
+    (``"roi_mean"``); all V/m."""
+    def across(values) -> dict:
+        values = np.asarray(values, dtype=float)
+        return {"mean": float(values.mean()), "sd": float(values.std()), "min": float(values.min()),
+                "max": float(values.max())}
+
+    statistics = {"head_p99": across([row["head"]["p99"] for row in rows])}
+    if "roi" in rows[0]:
+        statistics["roi_mean"] = across([row["roi"]["mean"] for row in rows])
+    return statistics

@@ -434,20 +434,11 @@ def run(args: argparse.Namespace) -> int:
 def ensemble_summary(files, rows: list) -> dict:
     """The sidecar's ``ensemble``: each member's file and statistics, and mean, sd (ddof=0), min and max across the
     members of the head's 99th percentile of |E| and (with an ROI) of the ROI's mean |E| (V/m)."""
-    import numpy as np
-
+    from ..efield import ensemble_statistics
     from ..io import file_sha256
 
-    def across(values) -> dict:
-        values = np.asarray(values, dtype=float)
-        return {"mean": float(values.mean()), "sd": float(values.std()), "min": float(values.min()),
-                "max": float(values.max())}
-
-    summary = {
+    return {
         "members": [{"path": str(path), "sha256": file_sha256(path), **row} for path, row in zip(files, rows)],
-        "head_p99": across([row["head"]["p99"] for row in rows]),
+        **ensemble_statistics(rows),
         "magnitude_sd_file": ENSEMBLE_OUTPUT_NAME,
     }
-    if "roi" in rows[0]:
-        summary["roi_mean"] = across([row["roi"]["mean"] for row in rows])
-    return summary

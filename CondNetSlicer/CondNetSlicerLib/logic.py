@@ -14,6 +14,7 @@ place only by a solve on the conductivity node they were made from (attribute ``
 on another conductivity never replaces earlier results.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -997,7 +998,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"primaryField must be one of {PRIMARY_FIELD_MODES}, got {primaryField!r}")
         target, where, about = self._target(conductivityNode, conductivity, targetRas, targetRadiusMm,
                                             targetRegionNode)  # a bad region fails before the solve
-        try:
+
+        def freeSolver():
+            self._simulation = None  # free the operator and its work arrays
+
+        with _outOfMemoryExplained(device, freeSolver):
             simulation = self._simulationFor(conductivityNode, device=device, tol=tol, progress=progress,
                                              cancel=cancel)
             # per-solve choices; the built solver does not depend on them
@@ -1006,13 +1011,6 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
                      f"{100.0 * didt / coil.didt_max:.0f} % of the coil file's maximum, {coil.didt_max:.4g} A/s")
             self.log(f"CondNet: solving the E-field for {coil.name}, dI/dt = {didt:.4g} A/s ({share})")
             result = simulation.solve(coil, pose, float(didt), progress=progress, cancel=cancel)
-        except (RuntimeError, MemoryError) as err:
-            from CondNetLogic.errors import is_out_of_memory
-
-            if is_out_of_memory(err):
-                self._simulation = None  # free the operator and its work arrays
-                raise _outOfMemoryError(device) from err
-            raise
         for note in result.info.get("fallbacks", []):
             self.log(f"CondNet: {note}")
         warnings = []
@@ -1111,7 +1109,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         Cancelled
             Nothing is changed then.
         """
-        from CondNetLogic.efield import ensemble_spread
+        from CondNetLogic.efield import ensemble_spread, ensemble_statistics
         from CondNetLogic.primary_field import default_cache_dir
 
         spreadNode = self._reusableEFieldNode(spreadNode, "efield-spread", conductivityNode)
@@ -1136,17 +1134,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
             target = None
         self.log(f"CondNet: solving the E-field on the conductivity of each of {len(members)} networks "
                  f"({', '.join(members)})")
-        try:
+        with _outOfMemoryExplained(device):
             # the coil grid kept on disk, as for the main solve: without it each member would build its own
             spread, rows = ensemble_spread(volumes, coil, pose, float(didt), like=conductivity, roi=target,
                                            device=device, tol=tol, grid_cache_dir=default_cache_dir(),
                                            progress=progress, cancel=cancel)
-        except (RuntimeError, MemoryError) as err:
-            from CondNetLogic.errors import is_out_of_memory
-
-            if is_out_of_memory(err):
-                raise _outOfMemoryError(device) from err
-            raise
         if not all(row["converged"] for row in rows):
             warnings.append(f"A solve of the spread stopped short of its tolerance {tol:g}: the spread may be "
                             "inaccurate.")
@@ -1158,10 +1150,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         across = {"sd_median": float(np.median(sd)), "sd_p99": float(np.percentile(sd, 99))}
         summary = f"sd of |E| across the {len(members)} networks: median {across['sd_median']:.2f} V/m in the head"
         if target is not None:
-            means = np.array([row["roi"]["mean"] for row in rows])
-            across.update({"target_mean_mean": float(means.mean()), "target_mean_sd": float(means.std())})
-            summary = (f"mean |E| in the target: {means.mean():.1f} +- {means.std():.1f} V/m across the networks ("
-                       + ", ".join(f"{d} {m:.1f}" for d, m in zip(members, means)) + "); " + summary)
+            means = ensemble_statistics(rows)["roi_mean"]
+            across.update({"target_mean_mean": means["mean"], "target_mean_sd": means["sd"]})
+            summary = (f"mean |E| in the target: {means['mean']:.1f} +- {means['sd']:.1f} V/m across the networks ("
+                       + ", ".join(f"{d} {row['roi']['mean']:.1f}" for d, row in zip(members, rows)) + "); "
+                       + summary)
         stats["across networks"] = across
         self.log(f"CondNet: {summary}")
         info = {"coil": coil.name, "coil_sha256": coil.sha256, "coil_to_ras": pose.tolist(),
@@ -1690,12 +1683,23 @@ def _tableRows(tableNode) -> List[list]:
     return rows
 
 
-def _outOfMemoryError(device: str) -> RuntimeError:
-    """What the user is told when an E-field solve ran out of memory."""
-    return RuntimeError(
-        f"out of memory while solving the E-field (device '{device}'; a GPU that runs out goes on on the "
-        "CPU by itself): close other programs, or crop/resample the conductivity to a coarser grid"
-    )
+@contextlib.contextmanager
+def _outOfMemoryExplained(device: str, onOutOfMemory: Optional[Callable[[], None]] = None):
+    """Turn running out of memory in an E-field solve into an error that tells the user what to do, after calling
+    ``onOutOfMemory`` (to free what the solve held); other errors pass unchanged."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        from CondNetLogic.errors import is_out_of_memory
+
+        if not is_out_of_memory(err):
+            raise
+        if onOutOfMemory is not None:
+            onOutOfMemory()
+        raise RuntimeError(
+            f"out of memory while solving the E-field (device '{device}'; a GPU that runs out goes on on the "
+            "CPU by itself): close other programs, or crop/resample the conductivity to a coarser grid"
+        ) from err
 
 
 def _unitOf(statistic: str) -> str:

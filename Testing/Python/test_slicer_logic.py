@@ -907,6 +907,15 @@ def test_efield_spread_across_the_slicing_directions(mrml_scene, head, weights, 
     mrml_scene.RemoveNode(members["axial"])
     assert sorted(logic.directionNodes(sigmaNode)) == ["coronal", "sagittal"]
 
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.00 GiB for an array with shape (3, 512, 512, 512)")
+
+    monkeypatch.setattr(EFieldSimulation, "solve", out_of_memory)
+    before = node_ids(mrml_scene)
+    with pytest.raises(RuntimeError, match="out of memory .* coarser grid"):
+        logic.computeEFieldSpread(sigmaNode, coil, pose, 1e8, device="cpu")
+    assert node_ids(mrml_scene) == before
+
 
 def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tmp_path):
     """Slicer >= 5.12: slicer.packaging.pip_ensure (a submodule, imported explicitly); older: pip_install."""
