@@ -428,7 +428,7 @@ def search_poses(
     mask: Optional[Volume],
     start_ras,
     normal_into_head,
-    handles: Callable[[np.ndarray], Sequence[np.ndarray]],
+    handles: Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]],
     *,
     radius_mm: float = 0.0,
     step_mm: float = 5.0,
@@ -439,7 +439,8 @@ def search_poses(
     (:func:`~CondNetLogic.scalp.scalp_points_around`), each with its scalp normal on the head ``mask`` (needed only
     then).
 
-    ``handles(normal)`` gives the handle directions (RAS) to try at a centre with that normal.  Returns
+    ``handles(point, normal)`` gives the handle directions (RAS) to try at a centre (its scalp point, RAS mm) with
+    that normal.  Returns
     ``(poses, scalp_points)``: lists of (4, 4) poses (coil centre ``scalp_offset_mm`` outside the scalp, mm) and
     of the scalp point (3,) of each, the start's poses first.
     """
@@ -453,7 +454,7 @@ def search_poses(
                     for point in scalp_points_around(mask, start, normal_into_head, radius_mm, step_mm)[1:]]
     poses, points = [], []
     for point, normal in centres:
-        for handle in handles(normal):
+        for handle in handles(point, normal):
             poses.append(coil_pose(point, normal, handle, scalp_offset_mm=scalp_offset_mm))
             points.append(point)
     return poses, points

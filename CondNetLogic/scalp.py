@@ -34,6 +34,7 @@ __all__ = [
     "find_landmarks",
     "handle_angle",
     "handle_direction",
+    "handle_towards",
     "head_centre",
     "lateral_sense",
     "nearest_scalp_point",
@@ -148,6 +149,29 @@ def handle_angle(normal_into_head, handle) -> float:
     counter_clockwise = np.degrees(np.arctan2(np.dot(np.cross(reference, handle), -z), np.dot(reference, handle)))
     angle = float(lateral_sense(z) * counter_clockwise)
     return angle + 360.0 if angle <= -180.0 else angle
+
+
+def handle_towards(scalp_point, normal_into_head, handle_point) -> np.ndarray:
+    """Unit handle direction (RAS) on the tangent plane at ``scalp_point``, towards ``handle_point`` (RAS mm): the
+    direction from the scalp point to it with its component along the normal removed (SimNIBS ``pos_ydir``).
+
+    Raises
+    ------
+    ValueError
+        If ``handle_point`` is not finite or lies on the normal through ``scalp_point`` (its tangential offset is under
+        1 % of its distance, about 0.6 degrees), where no handle direction follows from it.
+    """
+    z = unit_vector(normal_into_head, "the coil normal")
+    offset = np.asarray(handle_point, dtype=float).reshape(3) - np.asarray(scalp_point, dtype=float).reshape(3)
+    if not np.all(np.isfinite(offset)):
+        raise ValueError(f"the handle point {np.asarray(handle_point).tolist()} is not finite")
+    tangential = offset - np.dot(offset, z) * z
+    length = np.linalg.norm(tangential)
+    if not length > 0.01 * np.linalg.norm(offset):
+        point, centre = (np.round(np.asarray(p, dtype=float), 2).tolist() for p in (handle_point, scalp_point))
+        raise ValueError(f"the handle point {point} lies on the coil normal through the scalp point {centre}: give a "
+                         "point to the side of the coil, where its handle should point")
+    return tangential / length
 
 
 def find_landmarks(labelled: Mapping[str, Sequence[float]]) -> Dict[str, np.ndarray]:

@@ -88,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(45: the usual motor-cortex orientation on either hemisphere)",
     )
     parser.add_argument(
+        "--handle-point", nargs=3, type=float, metavar=("R", "A", "S"),
+        help="instead of --coil-direction: a point the handle points towards, RAS mm (SimNIBS pos_ydir); the handle "
+             "runs from the coil's scalp point towards it, made orthogonal to the normal",
+    )
+    parser.add_argument(
         "--handle-angles", nargs="+", type=float, metavar="DEG",
         help="instead of --handle-angle: try each angle (e.g. 0 15 30 ... 165) and keep the one with the highest mean "
              "|E| in the ROI (--target, --roi-center or --roi-mask); the sidecar lists every angle's ROI statistics",
@@ -157,7 +162,8 @@ def check_pose_options(args: argparse.Namespace) -> None:
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
         ("--landmarks", args.landmarks),
         ("--coil-direction", args.coil_direction), ("--handle-angle", args.handle_angle),
-        ("--handle-angles", args.handle_angles), ("--search-radius", args.search_radius), ("--normal", args.normal),
+        ("--handle-point", args.handle_point), ("--handle-angles", args.handle_angles),
+        ("--search-radius", args.search_radius), ("--normal", args.normal),
         ("--scalp-offset", args.scalp_offset))}
     if args.coil_matrix is not None:
         if any(given.values()):
@@ -165,13 +171,14 @@ def check_pose_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--coil-matrix is the whole coil pose: drop {dropped}")
         return
     for options in (("--coil-center", "--eeg-position", "--target"),
-                    ("--coil-direction", "--handle-angle", "--handle-angles")):
+                    ("--coil-direction", "--handle-angle", "--handle-point", "--handle-angles")):
         chosen = [flag for flag in options if given[flag]]
         if len(chosen) > 1:
             raise ValueError(f"give one of {', '.join(options)}; got {', '.join(chosen)}")
         if not chosen:
             raise ValueError("give the coil pose: --coil-center (or --eeg-position with --landmarks, or --target) and "
-                             "--coil-direction (or --handle-angle, or --handle-angles), or --coil-matrix FILE")
+                             "--coil-direction (or --handle-angle, --handle-point or --handle-angles), or "
+                             "--coil-matrix FILE")
     if given["--eeg-position"] != given["--landmarks"]:
         raise ValueError("--eeg-position and --landmarks go together (the 10-10 positions are found from Nz, Iz, LPA "
                          "and RPA)")
@@ -263,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, file_sha256, read_volume, removed_on_error, write_text, write_volume
     from ..metrics import mask_roi, roi_stats, spherical_roi
     from ..primary_field import PrimaryFieldGrid, default_cache_dir
-    from ..scalp import eeg_position, handle_angle, handle_direction, nearest_scalp_point, outer_head, read_landmarks
+    from ..scalp import (eeg_position, handle_angle, handle_direction, handle_towards, nearest_scalp_point, outer_head,
+                         read_landmarks)
     from ._progress import ProgressBar
 
     if args.dtype == "float32" and args.tol < FLOAT32_TOL_FLOOR:
@@ -303,11 +311,13 @@ def run(args: argparse.Namespace) -> int:
         normal = default_normal(head, center) if args.normal is None else np.asarray(args.normal, dtype=float)
         offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
 
-        def handles(point_normal):
+        def handles(point, point_normal):
             if args.handle_angles is not None:
                 return [handle_direction(point_normal, angle) for angle in args.handle_angles]
             if args.handle_angle is not None:
                 return [handle_direction(point_normal, args.handle_angle)]
+            if args.handle_point is not None:
+                return [handle_towards(point, point_normal, args.handle_point)]
             return [args.coil_direction]
 
         poses, scalp_points = search_poses(head, center, normal, handles, radius_mm=args.search_radius or 0.0,
@@ -317,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
             placement.update(eeg_position=args.eeg_position, landmarks_file=str(args.landmarks))
         if args.target is not None:
             placement.update(target_ras_mm=list(args.target))
+        if args.handle_point is not None:
+            placement.update(handle_point_ras_mm=list(args.handle_point))
     for pose in poses:  # before the solver is built
         try:
             check_wire_outside(coil, pose, conducting)

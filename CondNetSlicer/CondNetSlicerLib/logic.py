@@ -1296,7 +1296,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         start = pose[:3, 3] + scalpOffsetMm * pose[:3, 2]
         poses, points = search_poses(
             self._headMask(conductivityNode) if searchRadiusMm > 0 else None, start, pose[:3, 2],
-            lambda normal: [geometry.handleDirection(normal, angle) for angle in anglesDeg],
+            lambda point, normal: [geometry.handleDirection(normal, angle) for angle in anglesDeg],
             radius_mm=searchRadiusMm, step_mm=searchStepMm, scalp_offset_mm=scalpOffsetMm,
         )
         rows = [{"centre": [float(v) for v in point], "angle": float(anglesDeg[number % len(anglesDeg)])}

@@ -480,6 +480,28 @@ def test_cli_places_the_coil_at_an_eeg_position_with_a_handle_angle(sigma_file, 
     assert not (tmp_path / "bad").exists()
 
 
+def test_cli_handle_towards_a_point(sigma_file, tmp_path, capsys):
+    """--handle-point (SimNIBS pos_ydir) gives the pose that --coil-direction along the same line gives."""
+    coarse = ["--primary-field", "direct", "--tol", "1e-3"]
+    args = _cli_args(sigma_file, tmp_path / "direction", *coarse)
+    scalp = np.array([float(value) for value in args[args.index("--coil-center") + 1:][:3]])
+    assert main(args) == 0
+    towards = scalp + [0.0, 40.0, 25.0]  # anterior and outward: the outward part is dropped
+    assert main(_handle(_cli_args(sigma_file, tmp_path / "point", *coarse), "--handle-point", *map(str, towards))) == 0
+    direction, point = (json.loads((tmp_path / name / "efield.json").read_text()) for name in ("direction", "point"))
+    np.testing.assert_allclose(point["coil_to_ras"], direction["coil_to_ras"], atol=1e-9)
+    assert point["handle_point_ras_mm"] == towards.tolist()
+    capsys.readouterr()
+    for extra, message in ((["--handle-point", *map(str, scalp + [0.0, 0.0, 30.0])], "lies on the coil normal"),
+                           (["--handle-point", "0", "50", "0", "--handle-angle", "0"],
+                            "got --handle-angle, --handle-point")):
+        assert main(_handle(_cli_args(sigma_file, tmp_path / "bad", *coarse), *extra)) == 2, extra
+        assert message in capsys.readouterr().err
+    assert main(_cli_args(sigma_file, tmp_path / "bad", "--handle-point", "0", "50", "0")) == 2
+    assert "got --coil-direction, --handle-point" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_places_the_coil_on_the_head_not_on_a_stray_voxel_above_it(tmp_path):
     """A conducting voxel 15 mm above the sphere's top (as label maps made into conductivity may hold) is the
     outermost point on the ray to Cz, but the coil goes on the head's scalp (scalp.outer_head)."""

@@ -6,6 +6,7 @@ import pytest
 
 from CondNetLogic.scalp import (
     eeg_position,
+    handle_towards,
     head_centre,
     nearest_scalp_point,
     outer_head,
@@ -213,3 +214,20 @@ def test_scalp_points_around_a_centre(sphere_mask):
     assert len(scalp_points_around(sphere_mask, top, [0.0, 0.0, -1.0], 4.9, 5.0)) == 1
     with pytest.raises(ValueError, match="radius must be >= 0 and the step > 0"):
         scalp_points_around(sphere_mask, top, [0.0, 0.0, -1.0], 10.0, 0.0)
+
+
+def test_handle_towards_a_point_lies_on_the_tangent_plane():
+    """SimNIBS pos_ydir: the handle runs from the scalp point towards a point, orthogonal to the normal."""
+    scalp, normal = np.array([10.0, 0.0, 90.0]), np.array([0.0, 0.0, -3.0])  # any length
+    np.testing.assert_allclose(handle_towards(scalp, normal, [10.0, 40.0, 95.0]), [0.0, 1.0, 0.0], atol=1e-12)
+    tilted = np.array([1.0, 0.0, -1.0]) / np.sqrt(2.0)
+    handle = handle_towards(scalp, tilted, scalp + [20.0, 30.0, 0.0])
+    assert np.dot(handle, tilted) == pytest.approx(0.0, abs=1e-12)
+    assert np.linalg.norm(handle) == pytest.approx(1.0)
+    np.testing.assert_allclose(handle, np.array([10.0, 30.0, 10.0]) / np.linalg.norm([10.0, 30.0, 10.0]))
+    for point in (scalp, scalp + [0.0, 0.0, 50.0], scalp + [0.3, 0.0, -50.0]):  # on the normal, or within 0.6 deg
+        with pytest.raises(ValueError, match="lies on the coil normal"):
+            handle_towards(scalp, normal, point)
+    with pytest.raises(ValueError, match="not finite"):
+        handle_towards(scalp, normal, [np.nan, 0.0, 0.0])
+
