@@ -818,6 +818,11 @@ def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, he
     assert logic.solvedCoilToRas(None) is None
 
 
+def _out_of_memory(*args, **kwargs):
+    """Stands in for a solve that runs out of memory, as numpy reports it."""
+    raise MemoryError("Unable to allocate 2.00 GiB for an array with shape (3, 512, 512, 512)")
+
+
 def test_efield_spread_across_the_slicing_directions(mrml_scene, head, weights, monkeypatch):
     """Each network's own conductivity is kept on request; the spread is the sd of |E| over one solve on each."""
     from CondNetLogic.coil import load_coil
@@ -907,10 +912,7 @@ def test_efield_spread_across_the_slicing_directions(mrml_scene, head, weights, 
     mrml_scene.RemoveNode(members["axial"])
     assert sorted(logic.directionNodes(sigmaNode)) == ["coronal", "sagittal"]
 
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("Unable to allocate 2.00 GiB for an array with shape (3, 512, 512, 512)")
-
-    monkeypatch.setattr(EFieldSimulation, "solve", out_of_memory)
+    monkeypatch.setattr(EFieldSimulation, "solve", _out_of_memory)
     before = node_ids(mrml_scene)
     with pytest.raises(RuntimeError, match="out of memory .* coarser grid"):
         logic.computeEFieldSpread(sigmaNode, coil, pose, 1e8, device="cpu")
@@ -1030,10 +1032,7 @@ def test_small_logic_errors_are_clear(mrml_scene, tmp_path):
 def test_out_of_memory_during_the_solve_tells_the_user_what_to_do(mrml_scene, head, monkeypatch):
     from CondNetLogic import efield
 
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("Unable to allocate 2.00 GiB for an array with shape (3, 512, 512, 512)")
-
-    monkeypatch.setattr(efield.EFieldSimulation, "solve", out_of_memory)
+    monkeypatch.setattr(efield.EFieldSimulation, "solve", _out_of_memory)
     tissues = head["tissues"]
     sigma = add_volume(mrml_scene, tissues.with_array((tissues.array > 0).astype(np.float32)), "sigma")
     logic = CondNetSlicerLogic(mrml_scene)
