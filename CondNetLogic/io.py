@@ -69,8 +69,9 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
     Raises
     ------
     VolumeReadError
-        If the file is missing, unreadable or truncated, is not 3D (a 4D time series, a 2D image), or is
-        a vector image when ``allow_vector`` is false.
+        If the file is missing, unreadable or truncated, is not 3D (a 4D time series, a 2D image), is
+        a vector image when ``allow_vector`` is false, holds NaN, infinite or complex voxels, or records an
+        orientation or voxel size that tools read differently (NIfTI qform/sform/pixdim disagreeing).
     ImportError
         Without SimpleITK, for a file that is not NIfTI (or without nibabel either).
     """
@@ -82,7 +83,30 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
         _check_nifti_complete(path)
     sitk = _simpleitk()
     if sitk is None:
-        return _read_nifti_nibabel(path, suffix, allow_vector)
+        volume = _read_nifti_nibabel(path, suffix, allow_vector)
+    else:
+        volume = _read_itk(sitk, path, allow_vector)
+    _check_voxel_values(volume.array, path)
+    return volume
+
+
+def _check_voxel_values(array: np.ndarray, path: Path) -> None:
+    """Raise unless the voxels are real numbers, all finite (NIfTI floats are also counted in the file's bytes,
+    since ITK reads their NaN as 0; this catches the other formats and values made infinite by ``scl_slope``)."""
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == np.bool_):
+        kind = "complex numbers" if np.iscomplexobj(array) else "not numbers"
+        raise VolumeReadError(f"{path}: its voxels are of type {array.dtype} ({kind}); expected real intensities "
+                              "(for complex data, save the magnitude first)")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise VolumeReadError(f"{path}: {bad} of {array.size} voxel values are NaN or infinite; expected finite "
+                                  "values (replace them, e.g. by 0 outside the head, before using the file)")
+
+
+def _read_itk(sitk, path: Path, allow_vector: bool) -> Volume:
+    """``read_volume`` through SimpleITK."""
     try:
         image = sitk.ReadImage(str(path))
         data = sitk.GetArrayFromImage(image)
@@ -307,9 +331,22 @@ def _check_nifti_orientation(fields: _NiftiFields, path: Path) -> None:
         raise VolumeReadError(
             f"{path}: the file records no orientation (qform_code and sform_code are both 0), so left and right "
             "cannot be known; set the scanner geometry first (e.g. nibabel: img.set_sform(affine, code=1))")
+    sform = np.vstack([np.reshape(fields.srow, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
+    if fields.sform_code > 0 and (fields.qform_code <= 0 or fields.sform_code == 1):
+        # ITK takes the sform's directions but the voxel size from pixdim; nibabel, FSL and SimNIBS the whole sform.
+        n_axes = min(max(int(fields.dims[0]), 1), 3)
+        sform_mm = np.linalg.norm(sform[:3, :n_axes], axis=0)
+        pixdim_mm = np.abs(np.asarray(fields.pixdim[1 : 1 + n_axes], dtype=float))
+        columns = sform[:3, :3] / np.maximum(np.linalg.norm(sform[:3, :3], axis=0), 1e-12)
+        orthogonal = np.max(np.abs(columns.T @ columns - np.eye(3))) <= _ORTHOGONAL_TOLERANCE  # else refused later
+        if orthogonal and np.any(np.abs(sform_mm - pixdim_mm) > 1e-4 * np.maximum(sform_mm, 1e-6)):
+            raise VolumeReadError(
+                f"{path}: its sform gives voxels of {np.round(sform_mm, 4).tolist()} mm but its pixdim "
+                f"{np.round(pixdim_mm, 4).tolist()} mm, and tools differ in which they use (ITK, and so Slicer, "
+                "pixdim; nibabel, FSL and SimNIBS the sform), so the head's size is ambiguous.  Make them agree "
+                "first (e.g. nibabel: img.header.set_zooms(...) to the sform's voxel size, then save)")
     if fields.qform_code <= 0 or fields.sform_code <= 0:
         return
-    sform = np.vstack([np.reshape(fields.srow, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
     n_dims = min(max(int(fields.dims[0]), 1), 3)
     extent = [max(int(n), 1) - 1 for n in fields.dims[1 : 1 + n_dims]] + [0] * (3 - n_dims)
     corners = np.array([[i, j, k, 1.0] for i in (0, extent[0]) for j in (0, extent[1]) for k in (0, extent[2])])
@@ -385,8 +422,9 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     """
     path = Path(path)
     suffix = _suffix(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    existing = [str(part) for part in (path, *_output_data_files(path)) if part.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     array = volume.array
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
@@ -512,7 +550,7 @@ def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False
         If an output's folder lies below a file, or cannot be created or written (read-only, no permission).
     """
     paths = [Path(p) for p in paths]
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(part) for p in paths for part in (p, *_output_data_files(p)) if part.exists()]
     if existing and not overwrite:
         what = "an output exists" if len(existing) == 1 else "outputs exist"
         raise FileExistsError(f"{what}: {', '.join(existing)}; pass --overwrite to replace")
@@ -554,6 +592,19 @@ def _data_files(header: Path) -> List[Path]:
         if key.strip().lower() in ("elementdatafile", "data file", "datafile") and value.strip() != "LOCAL":
             files.append(header.parent / value.strip())
     return files
+
+
+def _output_data_files(header: Path) -> List[Path]:
+    """The data file writing a ``.mhd`` / ``.nhdr`` header makes beside it (``stem.zraw`` / ``stem.raw.gz``, as
+    :func:`write_volume` writes them compressed), and those an existing header names."""
+    name = header.name.lower()
+    if name.endswith(".mhd"):
+        written = [header.with_name(header.name[: -len(".mhd")] + ".zraw")]
+    elif name.endswith(".nhdr"):
+        written = [header.with_name(header.name[: -len(".nhdr")] + ".raw.gz")]
+    else:
+        return []
+    return list(dict.fromkeys(written + _data_files(header)))
 
 
 def check_finite(volume: Volume, *, name: str = "volume") -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -429,16 +430,24 @@ def load_weights(
     if missing:
         raise WeightsError(f"the weights {path.name} predict table {', '.join(t.name for t in predicted)}, not "
                            f"{', '.join(missing)}: choose other weights or another conductivity table")
-    if len(header["input"].get("channels", [])) != config.in_channels:
-        channels = header["input"].get("channels")
-        raise WeightsError(f"{path}: input channels {channels} do not fit U={config.in_channels}")
+    _check_inputs(header["input"], config.in_channels, path)
+    names = [table.name for table in predicted]
+    bad = [name for name in names if not _TABLE_NAME.fullmatch(name)]
+    if bad or len(set(names)) != len(names):
+        raise WeightsError(f"{path}: table names {names} must be distinct and made of letters, digits, '_' and "
+                           "'-' (they name output files)")
     directions = header["directions"]
-    if not directions or set(directions) - set(DIRECTIONS):
-        raise WeightsError(f"{path}: directions {directions} must be a non-empty subset of {sorted(DIRECTIONS)}")
+    if not directions or set(directions) - set(DIRECTIONS) or len(set(directions)) != len(directions):
+        raise WeightsError(f"{path}: directions {directions} must be a non-empty subset of {sorted(DIRECTIONS)}, "
+                           "each once")
     try:
         flat = load_file(str(path))
     except Exception as err:  # SafetensorError for truncated or malformed data
         raise WeightsError(f"{path}: cannot read tensors: {err}") from err
+    broken = [key for key, tensor in flat.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    if broken:
+        raise WeightsError(f"{path}: {len(broken)} tensors hold NaN or infinite values (e.g. {broken[0]!r}): "
+                           "the training diverged or the file is damaged")
     state_dicts = {d: {} for d in directions}
     for key, tensor in flat.items():
         direction, _, name = key.partition(".")
@@ -453,6 +462,26 @@ def load_weights(
             raise WeightsError(f"{path}: {direction} tensors do not match the header's architecture: {err}") from err
     logger.info("loaded CondNet weights %s (sha256 %s..., directions %s)", path, sha256[:12], directions)
     return CondNetWeights(header, state_dicts, path, sha256, entry["id"] if entry else None)
+
+
+#: What a table name in a weights header may be: it becomes part of output file names.
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _check_inputs(spec: dict, in_channels: int, path: Path) -> None:
+    """Raise unless the header's ``input`` is what :func:`CondNetLogic.inference.predict_conductivity` feeds:
+    T1 (then T2) in this order, on a 1 mm grid of ``size`` voxels per side."""
+    channels, expected = spec.get("channels"), ["t1", "t2"][:in_channels]
+    if not isinstance(channels, list) or [str(c).lower() for c in channels] != expected:
+        raise WeightsError(f"{path}: the networks take the inputs {channels!r}; this package feeds {expected} "
+                           f"(U={in_channels}) in that order")
+    size = spec.get("size", 256)
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
+        raise WeightsError(f"{path}: input size must be a whole number of voxels (16-1024), got {size!r}")
+    spacing = spec.get("spacing_mm", 1.0)
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or spacing != 1.0:
+        raise WeightsError(f"{path}: the networks were trained on a {spacing!r} mm grid; this package runs them "
+                           "on 1 mm grids")
 
 
 def register_weights(

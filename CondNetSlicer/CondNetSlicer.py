@@ -208,6 +208,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy = False
         self._cancelRequested = False
         self._observedMarkup = None
+        self._observedTarget = None
+        self._cpuForShortGpu = {}  # device choice -> the user's answer to "use the CPU?" (GPU short of memory)
         self._appliedHandleAngle = None
         self._modelScalpOffset = None  # the scalp offset (mm) the coil model was last drawn with
         self._updatingCoil = False
@@ -259,6 +261,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if process is not None and process.isRunning():
                 process.cancel()
         self._observeCoilMarkup(None)
+        self._observeTarget(None)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -295,6 +298,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._process is not None:
             self._process.cancel()
         self.setParameterNode(None)
+        self.logic.clearCaches()
+        self._cpuForShortGpu.clear()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -321,6 +326,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
         else:
             self._observeCoilMarkup(None)
+            self._observeTarget(None)
 
     # ------------------------------------------------------------------------------- state
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -343,6 +349,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Only a CondNet coil markup is snapped and turned: another point list selected here is left alone.
         isCoil = self.logic.isCoilMarkup(p.coilMarkup)
         self._observeCoilMarkup(p.coilMarkup if isCoil else None)
+        self._observeTarget(p.targetMarkup)
+        if p.coilMarkup is None:  # deleted (or the selector cleared): no pose, no coil shown
+            self.logic.setCoilModelVisible(p.coilModel, False)
         self.ui.statisticsTableView.setMRMLTableNode(p.statisticsTable)
         hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
         idle = not self._busy
@@ -394,6 +403,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         p.handleAngleDeg = self._appliedHandleAngle
                     finally:
                         self._updatingCoil = False
+                if coilInstalled:  # the model may show another coil markup's pose, or be hidden since a deletion
+                    with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
+                        self._updateCoilModel()
             if abs(p.handleAngleDeg - self._appliedHandleAngle) > 1e-6:
                 with slicer.util.tryWithErrorDisplay(_("Failed to turn the coil."), waitCursor=True):
                     self._appliedHandleAngle = p.handleAngleDeg
@@ -496,15 +508,16 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Device: {report['name']} (torch {report['torch']}, CUDA {report['cuda']})"
             + (f", {report['free_gib']:.1f} of {report['total_gib']:.1f} GiB free" if "free_gib" in report else "")
         )
-        if (
-            report["device"] == "cuda"
-            and report["free_gib"] < 4.0
-            and slicer.util.confirmYesNoDisplay(
-                f"The GPU has only {report['free_gib']:.1f} GiB free. Run on the CPU instead (slower, but will not "
-                "run out of GPU memory)?"
-            )
-        ):
-            return "cpu"
+        if report["device"] == "cuda" and report["free_gib"] < 4.0:
+            # Asked once per device choice until the scene closes: not again on every coil drag (Auto update).
+            if device not in self._cpuForShortGpu:
+                self._cpuForShortGpu[device] = slicer.util.confirmYesNoDisplay(
+                    f"The GPU has only {report['free_gib']:.1f} GiB free. Run on the CPU instead (slower, but will "
+                    "not run out of GPU memory)? The answer holds until the scene is closed."
+                )
+            if self._cpuForShortGpu[device]:
+                self._log("Running on the CPU: the GPU is short of memory.")
+                return "cpu"
         return report["device"] if device == "auto" else device
 
     # ------------------------------------------------------------------------------- conductivity
@@ -630,6 +643,19 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for event, handler in events:
                 self.addObserver(markup, event, handler)
 
+    def _observeTarget(self, markup) -> None:
+        """Follow the target point list's points: the target buttons need one."""
+        if markup is self._observedTarget:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        if self._observedTarget is not None:
+            for event in events:
+                self.removeObserver(self._observedTarget, event, self._onParameterNodeModified)
+        self._observedTarget = markup
+        if markup is not None:
+            for event in events:
+                self.addObserver(markup, event, self._onParameterNodeModified)
+
     def _onCoilPointRemoved(self, caller=None, event=None) -> None:
         """The coil's point is gone (Place coil pressed again, or deleted elsewhere): hide the coil, update buttons."""
         p = self._parameterNode
@@ -739,6 +765,11 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateCoilModel(self) -> None:
         p = self._parameterNode
+        if self.ui.coilComboBox.findText(p.coilName) < 0:
+            # A coil that is not installed here (a scene from elsewhere; logged when it was chosen): the coil markup
+            # still moves, but no coil is drawn until one in the list is chosen, which redraws it.
+            self.logic.setCoilModelVisible(p.coilModel, False)
+            return
         model, transform = self.logic.updateCoilModel(
             p.coilName, self._coilToRas(), p.conductivityVolume, p.coilModel, p.coilTransform
         )
@@ -875,11 +906,16 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             field = self.logic.targetField(p.eMagnitudeVolume)
             if field is None:
                 raise ValueError("compute the E-field with a target point (the hand knob) first")
-            if field.didt_max is not None:  # the threshold is this solve's output until the user says otherwise
-                p.motorThresholdPercent = round(100.0 * abs(field.didt) / field.didt_max, 1)
             p.motorThreshold = json.dumps(dataclasses.asdict(field))
             self._log(f"Motor threshold set: mean |E| {field.e_v_per_m:.1f} V/m within {field.region} at dI/dt "
                       f"{abs(field.didt) / 1e6:.4g} A/us; set the measured threshold in the Motor threshold box.")
+            if field.didt_max is not None:  # the threshold is this solve's output until the user says otherwise
+                percent = round(100.0 * abs(field.didt) / field.didt_max, 1)
+                if 1.0 <= percent <= 100.0:
+                    p.motorThresholdPercent = percent
+                else:  # a solve beyond what the stimulator gives: no output in the box would be true
+                    self._log(f"The solve ran at {percent:g} % of the coil's maximum output, which no stimulator "
+                              f"output gives: the Motor threshold box keeps {p.motorThresholdPercent:g} %.")
 
     # ------------------------------------------------------------------------------- export
     def onExportButton(self) -> None:

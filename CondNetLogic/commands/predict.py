@@ -52,6 +52,12 @@ def output_paths(out: str, tables, directions=()) -> dict:
             paths["directions"][table] = {direction: folder / f"{base}_{direction}{suffix}" for direction in directions}
     paths["head_mask"] = folder / f"{stem}_mask{suffix}"
     paths["sidecar"] = folder / f"{stem}.json"
+    every = [*paths["conductivity"].values(), *paths["uncertainty"].values(), paths["head_mask"],
+             *(path for per_table in paths["directions"].values() for path in per_table.values())]
+    if len(set(every)) != len(every):  # e.g. a second table named "sd" would be the first one's uncertainty
+        clashes = sorted({str(path) for path in every if every.count(path) > 1})
+        raise ValueError(f"the tables {list(tables)} give two outputs the same file name ({', '.join(clashes)}); "
+                         "rename a table or predict one with --table")
     return paths
 
 

@@ -89,6 +89,12 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         self._region = (None, None)  # (key, voxels) of the last target region on a conductivity grid
         self.logCallback: Optional[Callable[[str], None]] = None
 
+    def clearCaches(self) -> None:
+        """Free what is kept between solves (operators and work arrays, on the GPU too): the scene is closing."""
+        self._simulation = self._simulationKey = None
+        self._uniformSimulation = self._uniformKey = None
+        self._region = (None, None)
+
     # ------------------------------------------------------------------------------------ basics
     @property
     def scene(self):
@@ -1181,9 +1187,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return summary
 
     def _volumeOutput(self, node, volume, name: str, parent, attributes: dict, created: list):
-        """``node`` updated with ``volume``, or a new node named ``name`` (added to ``created``) when it is None."""
+        """``node`` updated with ``volume`` and put under ``parent`` (the conductivity's transform, which may have
+        changed since the node was made), or a new node named ``name`` (added to ``created``) when it is None."""
         if node is not None:
             adapters.updateNodeFromVolume(node, volume)
+            node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
             return node
         node = adapters.addVolumeNode(self.scene, volume, name, parentTransformNode=parent, attributes=attributes)
         created.append(node)
@@ -1485,8 +1493,11 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         from CondNetLogic.conductivity import get_table, labels_to_tissues, read_label_mapping, resource_path
 
         labels = adapters.volumeFromNode(labelNode, what="label map")
-        if not conductivity.same_grid(labels):
-            raise ValueError(f"the label map {labelNode.GetName()} is not on the conductivity grid; resample it first")
+        if not conductivity.same_grid(labels) or not np.allclose(
+            self._relativeMatrix(labelNode, conductivityNode), np.eye(4), atol=1e-6
+        ):
+            raise ValueError(f"the label map {labelNode.GetName()} is not on the conductivity grid (or sits under "
+                             "another transform); resample it first")
         mappingPath = labelMapping
         if labelMapping in ("samseg", "synthseg"):
             mappingPath = str(resource_path("tissue_maps", f"{labelMapping}_labels.csv"))

@@ -194,3 +194,14 @@ def test_info_gives_a_coils_field_in_a_spherical_head(capsys):
     assert re.search(r"half-value depth below the cortex: \d+\.\d mm; half-value area on the cortex: \d+\.\d cm", out)
     assert main(["info", "--sphere"]) == 2
     assert "add --coil NAME_OR_FILE" in capsys.readouterr().err
+
+
+def test_predict_refuses_tables_whose_outputs_share_a_file_name(tmp_path):
+    from CondNetLogic.commands.predict import output_paths
+
+    paths = output_paths(str(tmp_path / "sigma.nii.gz"), ["A", "B"], ("axial",))
+    assert paths["uncertainty"]["B"].name == "sigma_B_sd.nii.gz"
+    with pytest.raises(ValueError, match=r"sigma_sd.nii.gz.*rename a table"):
+        output_paths(str(tmp_path / "sigma.nii.gz"), ["A", "sd"])  # table sd would be table A's uncertainty
+    with pytest.raises(ValueError, match="sigma_axial.nii.gz"):
+        output_paths(str(tmp_path / "sigma.nii.gz"), ["A", "axial"], ("axial",))

@@ -191,3 +191,50 @@ def test_nan_volumes_are_still_written(tmp_path):
     path = write_volume(volume.with_array(array), tmp_path / "nan.nii.gz")  # the truncation check ignores NaN
     with pytest.raises(VolumeReadError, match="1 of 140 voxels are NaN"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("code", [1, 2])
+def test_nifti_whose_sform_and_pixdim_disagree_is_refused(tmp_path, code):
+    """ITK takes the voxel size from pixdim, nibabel/FSL/SimNIBS from the sform: an ambiguous size is an error."""
+    nib = pytest.importorskip("nibabel")
+    image = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), np.diag([0.9, 0.9, 1.5, 1.0]))
+    image.set_qform(None, code=0)
+    image.set_sform(np.diag([0.9, 0.9, 1.5, 1.0]), code=code)
+    image.header["pixdim"][1:4] = 1.0
+    path = tmp_path / "pixdim.nii"
+    nib.save(image, path)
+    with pytest.raises(VolumeReadError, match=r"sform gives voxels of \[0.9, 0.9, 1.5\] mm but its pixdim"):
+        read_volume(path)
+    image.header.set_zooms((0.9, 0.9, 1.5))  # made to agree: read with the sform's geometry
+    nib.save(image, path)
+    np.testing.assert_allclose(read_volume(path).spacing, [0.9, 0.9, 1.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_infinite_voxels_are_refused_in_every_format(tmp_path, suffix):
+    volume = make_volume()
+    array = volume.array.astype(np.float32)
+    array[1, 2, 3] = np.inf
+    path = write_volume(volume.with_array(array), tmp_path / f"inf{suffix}")
+    with pytest.raises(VolumeReadError, match="1 of 140 voxel values are NaN or infinite"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_complex_voxels_are_refused(tmp_path, suffix):
+    path = tmp_path / f"complex{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.complex64)), str(path))
+    with pytest.raises(VolumeReadError, match="complex numbers"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize(("suffix", "data"), [(".mhd", "sigma.zraw"), (".nhdr", "sigma.raw.gz")])
+def test_two_file_outputs_never_replace_a_data_file_of_that_name(tmp_path, suffix, data):
+    kept = tmp_path / data
+    kept.write_text("precious")
+    with pytest.raises(FileExistsError, match=data):
+        check_outputs([tmp_path / f"sigma{suffix}"])
+    with pytest.raises(FileExistsError, match=data):
+        write_volume(make_volume(), tmp_path / f"sigma{suffix}")
+    assert kept.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data]

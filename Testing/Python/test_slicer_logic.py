@@ -261,6 +261,16 @@ def test_failed_or_cancelled_steps_leave_the_scene_unchanged(mrml_scene, head, w
     pose = logic.coilToRas(markup, sigmaNode)
     with pytest.raises(ValueError, match="not on the conductivity grid"):
         logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", labelNode=coarse)
+    # On the conductivity's grid, but moved 40 mm by a transform the conductivity is not under: refused too.
+    aligned = add_volume(mrml_scene, Volume(labels.array.astype(np.int16), labels.ijk_to_ras), "moved labels",
+                         className="vtkMRMLLabelMapVolumeNode")
+    shift = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(np.array(
+        [[1.0, 0, 0, 40.0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])))
+    aligned.SetAndObserveTransformNodeID(shift.GetID())
+    before = node_ids(mrml_scene)
+    with pytest.raises(ValueError, match="another transform"):
+        logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", labelNode=aligned)
     with pytest.raises(Cancelled):
         logic.computeEField(sigmaNode, coil, pose, 1e8, device="cpu", cancel=lambda: True)
     assert node_ids(mrml_scene) == before
@@ -799,6 +809,16 @@ def test_efield_on_another_conductivity_keeps_the_earlier_results(mrml_scene, he
     again = solve(first, old)
     assert all(again[key] is old[key] for key in ("eVector", "eMagnitude", "table"))
     assert mrml_scene.GetNumberOfNodes() == count
+    # The conductivity put under a transform (a registration) since: the updated nodes follow it.
+    registration = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    first.SetAndObserveTransformNodeID(registration.GetID())
+    moved = solve(first, old)
+    for key in ("eVector", "eMagnitude"):
+        assert moved[key] is old[key], key
+        assert moved[key].GetParentTransformNode() is registration, key
+    first.SetAndObserveTransformNodeID(None)
+    solve(first, old)
+    assert all(old[key].GetParentTransformNode() is None for key in ("eVector", "eMagnitude"))
     # Dragging the coil (the panel's "Re-solve on coil move"): each solve starts from the previous potential.
     warm = [logic.computeEField(first, coil, pose, 1e8, device="cpu", tol=1e-3, show=False, warmStart=True,
                                 eVectorNode=old["eVector"], eMagnitudeNode=old["eMagnitude"],

@@ -579,7 +579,36 @@ def eFieldDosing():
         p.motorThreshold = saved
         checkStates("a dose shown")
         checkGuiMirrorsParameters("a dose shown")
+        ui.didtSpinBox.value = 150.0  # beyond the coil's 100 A/us: no stimulator output gives this solve
+        click(ui.computeEFieldButton)
+        click(ui.motorThresholdButton)
+        check(json.loads(p.motorThreshold)["didt"] == 150e6 and p.motorThresholdPercent == 45.0,
+              f"a threshold set on a solve at 150 % output stored {p.motorThreshold} and {p.motorThresholdPercent} %")
+        check("150 % of the coil's maximum output" in logText(), "the solve beyond 100 % output was not explained")
+        p.motorThreshold = saved
+        ui.didtSpinBox.value = 100.0
         ui.targetSelector.setCurrentNode(None)
+
+
+def targetPointsFollowed():
+    with step("fix: the target buttons follow the target list's points (placed, deleted) without another change"):
+        ui, p = P.widget.ui, params()
+        scalpPoint, axes = P.widget.logic._markupFrame(p.coilMarkup, p.conductivityVolume)
+        target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "new target")
+        ui.targetSelector.setCurrentNode(target)  # as the selector's "Create new" leaves it: no point yet
+        check(not ui.coilOverTargetButton.enabled and not ui.bestPoseButton.enabled,
+              "the target buttons are enabled for a target list without a point")
+        target.AddControlPointWorld(*(scalpPoint + 12.0 * axes[:, 2]))
+        target.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent)  # what a click in a view ends with
+        check(ui.coilOverTargetButton.enabled and ui.bestPoseButton.enabled,
+              "placing the target's point did not enable the target buttons")
+        checkStates("target point placed")
+        target.RemoveNthControlPoint(0)
+        check(not ui.coilOverTargetButton.enabled and not ui.bestPoseButton.enabled,
+              "deleting the target's point left the target buttons enabled")
+        checkStates("target point deleted")
+        ui.targetSelector.setCurrentNode(None)
+        slicer.mrmlScene.RemoveNode(target)
 
 
 def targetRegion():
@@ -652,6 +681,38 @@ def scalpOffsetRedrawsCoil():
         check(np.allclose(coilMatrix(), before), "the coil model did not come back with the scalp offset")
 
 
+def shortGpuAskedOnce():
+    with step("fix: a GPU short of memory: the CPU question comes once, not on every Auto update drag"):
+        from CondNetSlicerLib import install
+
+        ui, p = P.widget.ui, params()
+        report = install.deviceReport
+        install.deviceReport = lambda device="auto": {"requested": device, "device": "cuda", "name": "Fake 3 GB GPU",
+                                                      "torch": "x", "cuda": "12.1", "free_gib": 2.0, "total_gib": 3.0}
+        device = p.device
+        dialogs = len(RECORD["dialogs"])
+        try:
+            p.device = "auto"
+            ui.autoUpdateCheckBox.checked = True
+            RECORD["confirm_answers"][:] = [True]  # Yes: use the CPU
+            markup = p.coilMarkup
+            for _ in range(2):  # two drags, each re-solved
+                markup.SetNthControlPointPositionWorld(0, *(point(markup) + [3.0, 0.0, 0.0]))
+                markup.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+        finally:
+            install.deviceReport = report
+            ui.autoUpdateCheckBox.checked = False
+            p.device = device
+        asked = [entry for entry in RECORD["dialogs"][dialogs:] if entry[0] == "confirmYesNo"]
+        check(len(asked) == 1 and "GiB free" in asked[0][1], f"the CPU question came {len(asked)} times: {asked}")
+        check(logText().count("Running on the CPU: the GPU is short of memory.") >= 2,
+              "the solves did not run on the CPU")
+        check(P.widget.logic.samePose(P.widget.logic.solvedCoilToRas(p.eMagnitudeVolume), P.widget._coilToRas()),
+              "Auto update did not solve at the dragged pose")
+        del RECORD["dialogs"][dialogs:]  # the expected question is not a problem of this step
+        checkStates("after the drags")
+
+
 def dragDuringSolve():
     with step("fix: a coil drag released during a solve is snapped when the solve ends"):
         w, ui, logic, p = P.widget, P.widget.ui, P.widget.logic, params()
@@ -721,6 +782,23 @@ def placeAgain():
         check(modelVisible() and ui.computeEFieldButton.enabled, "placing the coil again did not bring it back")
         checkStates("placed after the deletion")
 
+    with step("fix: the coil markup deleted (Data module) hides the coil model; choosing it again shows it"):
+        ui, p = P.widget.ui, params()
+        markup = p.coilMarkup
+        ui.coilMarkupSelector.setCurrentNode(None)
+        check(not modelVisible(), "the coil model is still shown with no coil markup chosen")
+        ui.coilMarkupSelector.setCurrentNode(markup)
+        check(modelVisible() and np.allclose(coilMatrix(), P.widget._coilToRas()),
+              "choosing the coil markup again did not show its coil")
+        pose = point(markup)
+        slicer.mrmlScene.RemoveNode(markup)
+        check(p.coilMarkup is None and not modelVisible(), "the coil model is still shown after its markup was deleted")
+        checkStates("coil markup deleted")
+        click(ui.placeCoilButton)
+        clickOnHead(params().coilMarkup, pose - headCentre())
+        check(modelVisible() and ui.computeEFieldButton.enabled, "a new coil markup did not bring the coil back")
+        checkStates("placed after the markup was deleted")
+
 
 def missingCoil():
     with step("fix: a parameter-node coil that is not installed blanks the coil combo box and disables Compute"):
@@ -741,8 +819,18 @@ def missingCoil():
         check(ui.coilComboBox.currentText == "", f"the second time the combo box shows {ui.coilComboBox.currentText!r}")
         logged = logText().count("'coil_from_elsewhere' of this scene is not installed")
         check(logged == 2, f"the missing coil was logged {logged} times, not twice")
+        # The coil still moves (no dialog: the step fails on any), but no coil is drawn for a coil that is not here.
+        angle = p.handleAngleDeg
+        turned = 90.0 if abs(angle - 90.0) > 10.0 else 45.0
+        ui.handleAngleSliderWidget.value = turned
+        check(abs(P.widget.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume) - turned) < 1e-3,
+              "turning the handle did not turn a coil that is not installed")
+        check(not modelVisible(), "a coil model is shown for a coil that is not installed")
         ui.coilComboBox.currentIndex = 0
         check(p.coilName == installed, f"coilName {p.coilName!r} after choosing {installed!r} again")
+        check(modelVisible() and np.allclose(coilMatrix(), P.widget._coilToRas()),
+              "choosing an installed coil did not draw it at the coil's pose")
+        ui.handleAngleSliderWidget.value = angle
 
 
 def export():
@@ -893,6 +981,7 @@ def closeSceneDuringSolve():
         made = [P.scene.GetNthNode(i).GetName() for i in range(P.scene.GetNumberOfNodes())
                 if (P.scene.GetNthNode(i).GetAttribute(ROLE) or "").startswith("efield")]
         check(not made, f"the solve added {made} to the closed scene")
+        check(w.logic._simulation is None, "the closed scene's solver (operator, work arrays) is still kept")
         checkStates("after the scene closed during a solve")
 
 
@@ -976,8 +1065,8 @@ def main(argv=None):
     sys.excepthook = _excepthook
     started = time.monotonic()
     for run in (setUp, estimate, placeCoil, eegPositions, computeEField, targetStatistics, eFieldSpread, eFieldDosing,
-                targetRegion,
-                unconvergedEField, scalpOffsetRedrawsCoil, dragDuringSolve, placeAgain, missingCoil, export, loadPose,
+                targetPointsFollowed, targetRegion, unconvergedEField, scalpOffsetRedrawsCoil, shortGpuAskedOnce,
+                dragDuringSolve, placeAgain, missingCoil, export, loadPose,
                 leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
