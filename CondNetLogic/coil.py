@@ -76,6 +76,9 @@ DEFAULT_SCALP_OFFSET_MM = 4.0
 
 #: Vertices per turn of a generated spiral when the coil file does not say.
 DEFAULT_POINTS_PER_TURN = 64
+#: Most polyline vertices a figure-8 spiral may have per wing (turns x points_per_turn): beyond this a coil file
+#: is a mistake, and building it would take minutes and gigabytes.
+MAX_SPIRAL_VERTICES = 1_000_000
 
 _SCHEMA_FILE = "coil.schema.json"
 _FORMAT_VERSION = 1
@@ -122,8 +125,9 @@ def figure8_spiral_polylines(
     Raises
     ------
     ValueError
-        If the diameters are not ``0 < inner < outer``, ``turns <= 0``, ``points_per_turn < 8``, or the
-        wings would overlap (``wing_spacing_mm < outer_diameter_mm``).
+        If the diameters are not ``0 < inner < outer``, ``turns <= 0``, ``points_per_turn < 8``, the wing
+        would have more than :data:`MAX_SPIRAL_VERTICES` vertices, or the wings would overlap
+        (``wing_spacing_mm < outer_diameter_mm``).
     """
     inner, outer, turns = float(inner_diameter_mm), float(outer_diameter_mm), float(turns)
     spacing = outer if wing_spacing_mm is None else float(wing_spacing_mm)
@@ -133,6 +137,9 @@ def figure8_spiral_polylines(
         raise ValueError(f"turns must be > 0; got {turns}")
     if int(points_per_turn) < 8:
         raise ValueError(f"points_per_turn must be >= 8; got {points_per_turn}")
+    if not turns * int(points_per_turn) <= MAX_SPIRAL_VERTICES:  # also catches inf
+        raise ValueError(f"turns x points_per_turn = {turns:g} x {int(points_per_turn)} exceeds "
+                         f"{MAX_SPIRAL_VERTICES:,} vertices per wing")
     if spacing < outer:
         raise ValueError(f"wing_spacing_mm ({spacing}) < outer_diameter_mm ({outer}): the wings would overlap")
     n_points = int(np.ceil(turns * int(points_per_turn))) + 1
@@ -307,11 +314,14 @@ class Coil:
         polylines = tuple(_polylines_from_winding(winding))
         positions, moments = _dipoles_from_winding(winding)
         sampled = _sampled_from_winding(winding, None if base_dir is None else Path(base_dir))
+        didt_max = float(data["didt_max_a_per_s"]) if "didt_max_a_per_s" in data else None
+        if didt_max is not None and not np.isfinite(didt_max):
+            raise ValueError(f"invalid coil description at didt_max_a_per_s: {didt_max} is not a finite slope (A/s)")
         for array in (*polylines, positions, moments):
             array.setflags(write=False)
         return cls(
             name=data["name"],
-            didt_max=float(data["didt_max_a_per_s"]) if "didt_max_a_per_s" in data else None,
+            didt_max=didt_max,
             winding=winding,
             polylines_mm=polylines,
             description=data.get("description", ""),

@@ -193,35 +193,52 @@ def read_region_field(path: str | Path, metric: str = "mean") -> RegionField:
     path = Path(path)
     try:
         summary = json.loads(path.read_text())
-        didt, coil, head = summary["didt_a_per_s"], summary["coil"], summary["conductivity"]["sha256"]
-        solver, percent = summary["solver"], summary["didt_percent_of_coil_max"]
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not JSON ({err}): give the efield.json that condnet efield wrote") from err
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not an efield.json written by condnet efield (no {err})") from err
+    try:
+        return _region_field(summary, path, metric)
+    except (KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
+        raise ValueError(f"{path} is not an efield.json written by condnet efield ({type(err).__name__}: {err})"
+                         ) from err
+
+
+def _number(value) -> float:
+    """``value`` as a float; TypeError unless it is a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _region_field(summary: dict, path: Path, metric: str) -> RegionField:
+    """:func:`read_region_field` on the parsed sidecar; KeyError, TypeError or AttributeError where it is malformed."""
+    didt, coil, head = _number(summary["didt_a_per_s"]), summary["coil"], summary["conductivity"]["sha256"]
+    solver, percent = summary["solver"], summary["didt_percent_of_coil_max"]
     roi = summary.get("stats", {}).get("roi")
     if roi is None:
         raise ValueError(f"{path} has no ROI statistics: run condnet efield with --target, --roi-center (e.g. the "
                          "hand knob for the motor hotspot) or --roi-mask")
+    if not isinstance(roi, dict):
+        raise TypeError(f"stats.roi is a {type(roi).__name__}, not an object")
     if metric not in roi:
         raise ValueError(f"{path}: its ROI statistics have no {metric!r}")
     notes = []
     if not solver.get("converged", True):
-        notes.append(f"{path}: the solve stopped at a relative residual of {solver.get('residual', float('nan')):.2g}"
+        notes.append(f"{path}: the solve stopped at a relative residual of {_number(solver.get('residual')):.2g}"
                      f" above its tolerance {solver.get('tol')}: the field is approximate")
     if "mask_file" in roi:
         labels = roi.get("labels")
         region = f"the ROI mask {Path(roi['mask_file']).name}" + (
             f" (labels {', '.join(str(v) for v in labels)})" if labels else "")
     else:
-        region = f"{roi['radius_mm']:g} mm around RAS ({', '.join(f'{v:.1f}' for v in roi['center_ras_mm'])})"
+        centre = ", ".join(f"{_number(v):.1f}" for v in roi["center_ras_mm"])
+        region = f"{_number(roi['radius_mm']):g} mm around RAS ({centre})"
     return RegionField(
-        e_v_per_m=float(roi[metric]),
-        didt=float(didt),
+        e_v_per_m=_number(roi[metric]),
+        didt=didt,
         metric=metric,
-        coil_name=coil["name"],
-        coil_sha256=coil["sha256"],
-        didt_max=None if percent is None else 100.0 * abs(float(didt)) / abs(float(percent)),  # dI/dt may be < 0
+        coil_name=str(coil["name"]),
+        coil_sha256=str(coil["sha256"]),
+        didt_max=None if percent is None else 100.0 * abs(didt) / abs(_number(percent)),  # dI/dt may be < 0
         head=head,
         region=region,
         notes=notes,

@@ -43,6 +43,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -439,24 +441,39 @@ class PrimaryFieldGrid:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"grid file {path} does not exist")
-        with np.load(path, allow_pickle=False) as data:
-            keys = {"format_version", "coil_name", "coil_sha256", "origin_m", "spacing_m", "values"}
-            if not keys <= set(data.files) or int(data["format_version"]) != _GRID_FORMAT_VERSION:
-                raise ValueError(f"{path} is not a primary-field grid file (format {_GRID_FORMAT_VERSION})")
-            if str(data["coil_sha256"]) != coil.sha256:
-                raise ValueError(
-                    f"{path} was built for coil {str(data['coil_name'])!r} with another winding; "
-                    f"it does not match {coil.name!r}"
-                )
-            values = np.ascontiguousarray(data["values"], dtype=np.float32)
-            if values.ndim != 4 or values.shape[3] != 3 or min(values.shape[:3]) < 2:
-                raise ValueError(f"{path}: grid values must be (Gx, Gy, Gz, 3) with >= 2 nodes per axis")
-            grid = cls.__new__(cls)
-            grid.coil_name = coil.name
-            grid.coil_sha256 = coil.sha256
-            grid.origin_m = np.asarray(data["origin_m"], dtype=np.float64).reshape(3)
-            grid.spacing_m = float(data["spacing_m"])
-            grid.values = values
+        not_a_grid = f"{path} is not a primary-field grid file (format {_GRID_FORMAT_VERSION})"
+        keys = ("format_version", "coil_name", "coil_sha256", "origin_m", "spacing_m", "values")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                fields = {key: data[key] for key in keys if key in data.files}
+        except (ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:  # pickled objects; damaged archive
+            raise ValueError(f"{not_a_grid}: {err}") from err
+        if len(fields) < len(keys):
+            raise ValueError(not_a_grid)
+        try:
+            version = int(fields["format_version"])
+            origin_m = np.asarray(fields["origin_m"], dtype=np.float64).reshape(3)
+            spacing_m = float(fields["spacing_m"])
+            values = np.ascontiguousarray(fields["values"], dtype=np.float32)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{not_a_grid}: {err}") from err
+        if version != _GRID_FORMAT_VERSION:
+            raise ValueError(not_a_grid)
+        if str(fields["coil_sha256"]) != coil.sha256:
+            raise ValueError(
+                f"{path} was built for coil {str(fields['coil_name'])!r} with another winding; "
+                f"it does not match {coil.name!r}"
+            )
+        if values.ndim != 4 or values.shape[3] != 3 or min(values.shape[:3]) < 2:
+            raise ValueError(f"{path}: grid values must be (Gx, Gy, Gz, 3) with >= 2 nodes per axis")
+        if not (spacing_m > 0 and np.isfinite(spacing_m)) or not np.isfinite(origin_m).all():
+            raise ValueError(f"{path}: grid spacing {spacing_m} m or origin {origin_m} m is not usable")
+        grid = cls.__new__(cls)
+        grid.coil_name = coil.name
+        grid.coil_sha256 = coil.sha256
+        grid.origin_m = origin_m
+        grid.spacing_m = spacing_m
+        grid.values = values
         return grid
 
     def __repr__(self) -> str:

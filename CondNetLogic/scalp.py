@@ -180,7 +180,8 @@ def find_landmarks(labelled: Mapping[str, Sequence[float]]) -> Dict[str, np.ndar
     Raises
     ------
     ValueError
-        Naming the landmarks that are missing.
+        Naming the landmarks that are missing or not finite, or if they look mirrored (RPA not right of LPA or Nz
+        not in front of Iz in RAS, as when LPS coordinates are read as RAS).
     """
     lookup = {
         str(label).strip().lower(): np.asarray(point, dtype=float).reshape(3) for label, point in labelled.items()
@@ -196,6 +197,14 @@ def find_landmarks(labelled: Mapping[str, Sequence[float]]) -> Dict[str, np.ndar
             f"EEG positions need landmarks labelled Nz, Iz, LPA and RPA; missing {', '.join(missing)} "
             f"(labels found: {', '.join(map(str, labelled)) or 'none'})"
         )
+    bad = [name for name, point in found.items() if not np.all(np.isfinite(point))]
+    if bad:
+        raise ValueError(f"landmarks {', '.join(bad)} are not finite RAS points")
+    wrong = [what for what, ok in (("RPA is not right of LPA", found["RPA"][0] > found["LPA"][0]),
+                                   ("Nz is not in front of Iz", found["Nz"][1] > found["Iz"][1])) if not ok]
+    if wrong:
+        raise ValueError(f"the landmarks look mirrored or mislabelled: {' and '.join(wrong)} in RAS (R and A "
+                         "increase to the right and to the front; were LPS coordinates read as RAS?)")
     return found
 
 
@@ -203,8 +212,9 @@ def read_landmarks(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
     """``Nz``, ``Iz``, ``LPA``, ``RPA`` (RAS mm) from a JSON file.
 
     Either a Slicer markups file (``.mrk.json``: the control points' labels and positions, in its
-    ``coordinateSystem``, LPS by default since Slicer 5, converted here to RAS), or ``{"landmarks": {label:
-    [R, A, S]}}`` (as ``Resources/sample/*_landmarks.json``) or ``{label: [R, A, S]}``, in RAS mm.
+    ``coordinateSystem``, LPS by default since Slicer 5, converted here to RAS; unplaced points are left out), or
+    ``{"landmarks": {label: [R, A, S]}}`` (as ``Resources/sample/*_landmarks.json``) or ``{label: [R, A, S]}``, in
+    RAS mm.
 
     Raises
     ------
@@ -227,6 +237,8 @@ def read_landmarks(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
                     raise ValueError(f"coordinateSystem {system!r} is neither RAS nor LPS")
                 flip = np.array([-1.0, -1.0, 1.0]) if system == "LPS" else np.ones(3)
                 for point in markup.get("controlPoints", []):
+                    if point.get("positionStatus", "defined") == "undefined":  # listed but never placed
+                        continue
                     labelled[point.get("label", "")] = flip * np.asarray(point["position"], dtype=float).reshape(3)
         elif isinstance(data, dict):
             labelled = data.get("landmarks", data)
@@ -238,23 +250,26 @@ def read_landmarks(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
 
 
 def outer_head(mask: Volume) -> Volume:
-    """The head of a mask: its largest 6-connected component (bool Volume), for the scalp functions here.
+    """The head of a mask: its largest 6-connected component with its enclosed cavities filled (bool Volume), for
+    the scalp functions here.
 
     They take the outermost mask voxel along rays and the nearest outer voxel, so stray voxels outside the scalp
     catch them: a label map made into conductivity can hold such islands (on the shipped sample label map 128 of
-    them, the largest 4,244 voxels, moved F3 by 28 mm and F8 by 30 mm).  Pass the mask through this first.
+    them, the largest 4,244 voxels, moved F3 by 28 mm and F8 by 30 mm).  An enclosed cavity (a sinus with no
+    opening on the grid) would make its walls "outer" voxels, and :func:`nearest_scalp_point` stop there.  Pass
+    the mask through this first.
 
     Raises
     ------
     ValueError
         If the mask is empty.
     """
-    from ._resample import largest_component
+    from ._resample import fill_holes, largest_component
 
     head = largest_component(np.asarray(mask.array) > 0)
     if not head.any():
         raise ValueError("the head mask is empty")
-    return mask.with_array(head)
+    return mask.with_array(fill_holes(head))
 
 
 def _inside(mask: Volume, points_ras: np.ndarray) -> np.ndarray:
@@ -282,30 +297,48 @@ def head_centre(mask: Volume) -> np.ndarray:
     return mask.ijk_to_ras_points(ijk.mean(axis=0))
 
 
+def _ray(mask: Volume, origin_ras, direction, max_distance_mm: float) -> tuple:
+    """Samples ``origin + t * direction`` (t >= 0, 0.5 mm steps), RAS mm, and whether each is in the mask."""
+    direction = np.asarray(direction, dtype=float)
+    direction = direction / np.linalg.norm(direction)
+    t = np.arange(0.0, max_distance_mm, _STEP_MM)
+    points = np.asarray(origin_ras, dtype=float) + t[:, np.newaxis] * direction
+    inside = _inside(mask, points)
+    if not inside.any():
+        raise ValueError(f"the ray from {np.round(origin_ras, 1)} along {np.round(direction, 3)} misses the head")
+    return points, inside
+
+
 def scalp_point_along_ray(mask: Volume, origin_ras, direction, *, max_distance_mm: float = 300.0) -> np.ndarray:
     """Outermost head-mask point on the ray ``origin + t * direction`` (t >= 0), RAS mm.
+
+    Outermost, so that a ray from deep in the head crosses air cavities open to the outside (sinuses, airways)
+    and stops where a coil or an electrode would rest, an ear included.
 
     Raises
     ------
     ValueError
         If the ray never meets the mask.
     """
-    direction = np.asarray(direction, dtype=float)
-    direction = direction / np.linalg.norm(direction)
-    t = np.arange(0.0, max_distance_mm, _STEP_MM)
-    points = np.asarray(origin_ras, dtype=float) + t[:, np.newaxis] * direction
-    inside = np.flatnonzero(_inside(mask, points))
-    if len(inside) == 0:
-        raise ValueError(f"the ray from {np.round(origin_ras, 1)} along {np.round(direction, 3)} misses the head")
-    return points[inside[-1]]
+    points, inside = _ray(mask, origin_ras, direction, max_distance_mm)
+    return points[np.flatnonzero(inside)[-1]]
+
+
+def _first_exit(mask: Volume, origin_ras, direction, *, max_distance_mm: float = 300.0) -> np.ndarray:
+    """The last mask point before the ray ``origin + t * direction`` first leaves the mask, RAS mm."""
+    points, inside = _ray(mask, origin_ras, direction, max_distance_mm)
+    entered = np.flatnonzero(inside)[0]
+    left = np.flatnonzero(~inside[entered:])
+    return points[entered + left[0] - 1] if len(left) else points[-1]
 
 
 def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
     """The scalp point nearest to ``point_ras`` (e.g. a cortical target), RAS mm.
 
     The nearest outer head voxel (one with a face neighbour outside the mask) gives the direction; the point is
-    where the ray from ``point_ras`` through that voxel leaves the head (to 0.5 mm), so that a coil placed
-    above it clears the staircase of a coarse grid.  A point outside the head gets the nearest outer voxel.
+    where the ray from ``point_ras`` through that voxel first leaves the head (to 0.5 mm), so that a coil placed
+    above it clears the staircase of a coarse grid, and an ear further along the ray does not catch it.  A point
+    outside the head gets the nearest outer voxel.
 
     Raises
     ------
@@ -328,7 +361,7 @@ def nearest_scalp_point(mask: Volume, point_ras) -> np.ndarray:
     direction = nearest - point
     if np.linalg.norm(direction) < 1e-9:  # the point is that voxel's centre: leave along the way from the centre
         direction = point - head_centre(mask)
-    return scalp_point_along_ray(mask, point, direction)
+    return _first_exit(mask, point, direction)
 
 
 def scalp_points_around(mask: Volume, centre_ras, normal_into_head, radius_mm: float, step_mm: float) -> np.ndarray:

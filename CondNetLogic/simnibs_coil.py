@@ -171,6 +171,8 @@ def _tcd_vectors(value, where: str) -> np.ndarray:
 def _deformation(coil: dict, index: int) -> np.ndarray:
     """The 4x4 matrix (mm) of ``deformList[index]`` at its initial value."""
     deforms = coil.get("deformList", [])
+    if not isinstance(deforms, list):
+        raise ValueError(f"deformList: expected a list of deformations; got {type(deforms).__name__}")
     if not isinstance(index, int) or not 0 <= index < len(deforms):
         raise ValueError(f"deformation {index!r} is not in deformList ({len(deforms)} entries)")
     deform, where = deforms[index], f"deformList[{index}]"
@@ -178,7 +180,8 @@ def _deformation(coil: dict, index: int) -> np.ndarray:
         raise ValueError(f"{where}: expected an object with the deformation's type and value")
     if "deformRange" in deform:  # the later layout: the value lives in deformRangeList
         ranges, which = coil.get("deformRangeList", []), deform["deformRange"]
-        if not isinstance(which, int) or not 0 <= which < len(ranges) or not isinstance(ranges[which], dict):
+        if (not isinstance(ranges, list) or not isinstance(which, int) or not 0 <= which < len(ranges)
+                or not isinstance(ranges[which], dict)):
             raise ValueError(f"{where}: deformRange {which!r} is not an entry of deformRangeList")
         value = ranges[which].get("initial")
     else:

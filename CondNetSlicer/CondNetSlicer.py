@@ -396,7 +396,9 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._appliedHandleAngle is None:
                 # A coil the panel has not turned yet (e.g. from a loaded scene): the coil is the truth, so
                 # show its angle instead of turning it to the stored one (which an older convention may have set).
-                self._appliedHandleAngle = round(self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume), 6)
+                with slicer.util.tryWithErrorDisplay(_("Failed to read the coil's handle angle."), waitCursor=True):
+                    self._appliedHandleAngle = round(self.logic.coilHandleAngle(p.coilMarkup, p.conductivityVolume),
+                                                     6)
                 if abs(p.handleAngleDeg - self._appliedHandleAngle) > 1e-6:
                     self._updatingCoil = True
                     try:

@@ -45,6 +45,8 @@ HELP = "TMS E-field for one coil position on a conductivity volume (vector + |E|
 OUTPUT_NAMES = ("efield.nii.gz", "efield_magnitude.nii.gz", "efield.json")
 #: Written with ``--ensemble``.
 ENSEMBLE_OUTPUT_NAME = "efield_magnitude_sd.nii.gz"
+DEFAULT_ROI_RADIUS_MM = 5.0
+DEFAULT_SEARCH_STEP_MM = 5.0
 
 #: True relative residual that float32 solves are sure to reach (rounding of the float32 operator; measured
 #: 7e-6 for a figure-8 coil over a 3 mm three-shell sphere, see ``PotentialSolver.solve``).
@@ -102,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also try coil centres on the scalp within MM of the centre (a grid of --search-step on the tangent "
              "plane, each with its scalp normal) and keep the pose with the highest mean |E| in the ROI",
     )
-    parser.add_argument("--search-step", type=float, default=5.0, metavar="MM",
-                        help="grid step of --search-radius, mm (default 5)")
+    parser.add_argument("--search-step", type=float, metavar="MM",
+                        help=f"grid step of --search-radius, mm (default {DEFAULT_SEARCH_STEP_MM:g})")
     parser.add_argument(
         "--normal", nargs=3, type=float, metavar=("R", "A", "S"),
         help="coil normal pointing into the head, RAS (default: the scalp's inward normal at --coil-center, or the "
@@ -139,7 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--roi-center", nargs=3, type=float, metavar=("R", "A", "S"),
         help="centre of a spherical ROI for the sidecar statistics, subject RAS mm (e.g. the hand knob)",
     )
-    parser.add_argument("--roi-radius", type=float, default=5.0, help="ROI radius, mm (default 5)")
+    parser.add_argument("--roi-radius", type=float,
+                        help=f"radius of the ROI sphere around --roi-center or --target, mm (default "
+                             f"{DEFAULT_ROI_RADIUS_MM:g})")
     add_roi_mask_arguments(parser, "instead of the spherical ROI (only its conducting voxels count)")
     parser.add_argument(
         "--ensemble", nargs="+", type=Path, metavar="FILE",
@@ -157,6 +161,12 @@ def check_pose_options(args: argparse.Namespace) -> None:
     """
     if args.roi_mask is not None and args.roi_center is not None:
         raise ValueError("give one ROI: --roi-center (a sphere of --roi-radius) or --roi-mask")
+    if args.roi_mask is not None and args.roi_radius is not None:
+        raise ValueError("--roi-radius sizes the sphere around --roi-center or --target: drop it with --roi-mask")
+    if args.search_step is not None and args.search_radius is None:
+        raise ValueError("--search-step is the grid step of --search-radius: give --search-radius too")
+    args.roi_radius = DEFAULT_ROI_RADIUS_MM if args.roi_radius is None else args.roi_radius
+    args.search_step = DEFAULT_SEARCH_STEP_MM if args.search_step is None else args.search_step
     check_roi_label(args)
     given = {flag: value is not None for flag, value in (
         ("--coil-center", args.coil_center), ("--eeg-position", args.eeg_position), ("--target", args.target),
@@ -184,8 +194,9 @@ def check_pose_options(args: argparse.Namespace) -> None:
                          "and RPA)")
     if args.handle_angles is not None:
         angles = args.handle_angles
-        if len(angles) < 2 or len(set(angles)) < len(angles) or not all(abs(a) < float("inf") for a in angles):
-            raise ValueError(f"--handle-angles needs two or more different finite angles; got {angles}")
+        if (len(angles) < 2 or not all(abs(a) < float("inf") for a in angles)
+                or len({round(a % 360.0, 9) % 360.0 for a in angles}) < len(angles)):
+            raise ValueError(f"--handle-angles needs two or more different finite angles (modulo 360); got {angles}")
     searching = [flag for flag in ("--handle-angles", "--search-radius") if given[flag]]
     if searching and args.target is None and args.roi_center is None and args.roi_mask is None:
         raise ValueError(f"{' and '.join(searching)} keep the pose with the highest mean |E| in the ROI: give "
@@ -210,6 +221,9 @@ def stimulus_didt(coil, didt=None, mso_percent=None) -> float:
     100 % output; dI/dt is taken proportional to the output (the stimulator's capacitor voltage).  A coil whose
     file gives no maximum needs ``--didt``.
     """
+    if didt is not None and not (abs(didt) < float("inf") and didt != 0.0):
+        raise ValueError(f"--didt must be a finite, non-zero current slope in A/s (negative reverses the current); "
+                         f"got {didt}")
     if coil.didt_max is None and (didt is None or mso_percent is not None):
         raise ValueError(f"coil {coil.name!r} gives no maximum dI/dt (its file has no dIdtmax / maxdIdt), so "
                          f"{'--mso' if mso_percent is not None else 'the default of 100 % output'} cannot be "
@@ -278,8 +292,12 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("--dtype float32 reaches a true relative residual of about %g at best; --tol %g is tighter "
                        "than that (use float64 for a tighter solve)", FLOAT32_TOL_FLOOR, args.tol)
     check_pose_options(args)
-    outputs = [args.out / name for name in OUTPUT_NAMES + ((ENSEMBLE_OUTPUT_NAME,) if args.ensemble else ())]
+    # An earlier --ensemble run's sd of |E| would not belong to this field: it counts as an output to replace.
+    with_sd = args.ensemble is not None or (args.out / ENSEMBLE_OUTPUT_NAME).exists()
+    outputs = [args.out / name for name in OUTPUT_NAMES + ((ENSEMBLE_OUTPUT_NAME,) if with_sd else ())]
     check_outputs(outputs, overwrite=args.overwrite)  # before the work: existing files, unwritable folders
+    if args.grid is not None and args.grid.suffix != ".npz":
+        raise ValueError(f"--grid {args.grid}: coil-grid files end in .npz")
     if args.ensemble is not None and len(args.ensemble) < 2:
         raise ValueError(f"--ensemble needs at least two conductivity maps; got {len(args.ensemble)}")
     # bad files fail before the conductivity is read
@@ -419,6 +437,9 @@ def run(args: argparse.Namespace) -> int:
         if members:
             files.append(write_volume(spread, outputs[3], overwrite=args.overwrite, like=args.conductivity))
         files.append(write_text(outputs[2], json.dumps(summary, indent=2) + "\n", overwrite=args.overwrite))
+    if with_sd and not members:
+        outputs[3].unlink()
+        logger.warning("removed %s, left by an earlier --ensemble run: it does not belong to this field", outputs[3])
     for number, row in enumerate(sweep):
         where = "" if args.search_radius is None else (
             f"centre {', '.join(f'{v:.1f}' for v in row['coil_center_scalp_ras_mm'])}, ")

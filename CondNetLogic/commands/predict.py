@@ -66,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from ..conductivity import TABLES
     from ..inference import predict_conductivity
     from ..io import check_outputs, read_volume, removed_on_error, write_text, write_volume
     from ..weights import load_weights
     from ._progress import ProgressBar
 
-    requested = [args.table] if args.table else None
+    table = args.table.upper() if args.table and args.table.upper() in TABLES else args.table  # a/b as convert
+    requested = [table] if table else None
     weights = load_weights(args.weights, t2_given=args.t2 is not None, tables=requested)
     tables = requested or [t.name for t in weights.tables]
     paths = output_paths(args.out, tables, weights.directions if args.save_directions else ())

@@ -701,6 +701,10 @@ class PotentialSolver:
             raise ValueError(f"max_coarse must lie in [1, 5000] (the coarsest level is inverted densely); "
                              f"got {max_coarse}")
         self.cycle, self.accel, self.coarse_scale, self.max_coarse = cycle, accel, float(coarse_scale), int(max_coarse)
+        self.device = self._pick_device(device, backend)
+        if compile and self.backend_name != "torch":
+            raise ValueError(f"compile=True (--compile) needs the torch backend, a CUDA device or backend='torch'; "
+                             f"the device here is {self.device}")
         self.shape = sigma.shape
 
         conductive = sigma > 0
@@ -730,9 +734,6 @@ class PotentialSolver:
             self.levels.append(Level(wc, int(np.count_nonzero(_conductive_cells(wc))), row_bounds(wc)))
         stage(0.7, "coarsest-level inverse")
         self._coarse = coarse_pseudo_inverse(self.levels[-1].w)
-        self.device = self._pick_device(device, backend)
-        if compile and self.backend_name != "torch":
-            raise ValueError("compile=True needs the torch backend (a CUDA device, or backend='torch')")
         stage(0.8, f"preparing the {self.backend_name} kernels ({self.device})")
         self._cycle_requested = cycle
         #: What happened instead of the request (a CUDA out-of-memory error moved the work to the CPU).

@@ -12,10 +12,12 @@ listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).
 """
 
 import importlib
+import json
 import logging
 import subprocess
+import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import slicer
 
@@ -180,23 +182,55 @@ def ensureRequirements(
     importlib.invalidate_caches()
 
 
-def deviceReport(device: str = "auto") -> dict:
-    """What ``device`` resolves to: name, torch and CUDA versions, free and total GPU memory (GiB)."""
+#: Run by :func:`deviceReport` in a child process: prints the GPU's name and free and total memory as JSON.
+_GPU_QUERY = """
+import json
+import torch
+free, total = torch.cuda.mem_get_info()
+print(json.dumps({"name": torch.cuda.get_device_name(0), "free_gib": free / 2**30, "total_gib": total / 2**30}))
+"""
+
+_gpuReports: Dict[str, tuple] = {}
+
+
+def deviceReport(device: str = "auto", *, maxAgeS: float = 30.0) -> dict:
+    """What ``device`` resolves to: name, torch and CUDA versions, free and total GPU memory (GiB).
+
+    The GPU's memory is read in a short child process with Slicer's Python (about 2 s, then reused for ``maxAgeS``
+    seconds): reading it creates a CUDA context, which in Slicer's own process would hold a few hundred MB of GPU
+    memory until Slicer closes, while the work itself runs in background processes.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is ``"cuda"`` and PyTorch sees no usable CUDA GPU, or the GPU query fails.
+    """
     import torch
+
+    from .process import childEnvironment, pythonExecutable
 
     report = {
         "requested": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cuda_available": bool(torch.cuda.is_available()),
+        "cuda_available": bool(torch.cuda.is_available()),  # creates no CUDA context
     }
-    useCuda = device in ("auto", "cuda") and report["cuda_available"]
     if device == "cuda" and not report["cuda_available"]:
         raise ValueError("device 'cuda' was chosen but no CUDA GPU is usable by PyTorch; choose 'cpu' or 'auto'")
-    if useCuda:
-        free, total = torch.cuda.mem_get_info()
-        report.update(device="cuda", name=torch.cuda.get_device_name(0), free_gib=free / 2**30, total_gib=total / 2**30)
-    else:
+    if device not in ("auto", "cuda") or not report["cuda_available"]:
         # Apple MPS stays off until our kernels are tested on it (float64 and some scatter ops are missing there).
-        report.update(device="cpu", name="CPU")
-    return report
+        return {**report, "device": "cpu", "name": "CPU"}
+    cached = _gpuReports.get(device)
+    if cached is None or time.monotonic() - cached[0] >= maxAgeS:
+        try:
+            done = subprocess.run([pythonExecutable(), "-c", _GPU_QUERY], capture_output=True, text=True,
+                                  env=childEnvironment(), timeout=120, check=False,
+                                  creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # no console on Windows
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ValueError(f"could not read the GPU's memory: {err}") from err
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ValueError(f"could not read the GPU's memory: {why}")
+        cached = _gpuReports[device] = (time.monotonic(), json.loads(lines[-1]))
+    return {**report, "device": "cuda", **cached[1]}

@@ -737,8 +737,10 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def targetPoint(targetNode, conductivityNode) -> Optional[np.ndarray]:
-        """The first control point of a target markup in the conductivity node's local RAS (mm); None without one."""
-        if targetNode is None or targetNode.GetNumberOfControlPoints() < 1:
+        """The first control point of a target markup in the conductivity node's local RAS (mm); None without one
+        (or while it is not placed)."""
+        if (targetNode is None or targetNode.GetNumberOfControlPoints() < 1
+                or targetNode.GetNthControlPointPositionStatus(0) != targetNode.PositionDefined):
             return None
         point = np.zeros(3)
         targetNode.GetNthControlPointPositionWorld(0, point)
@@ -746,11 +748,13 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return worldToLocal[:3, :3] @ point + worldToLocal[:3, 3]
 
     def landmarkPoints(self, landmarksNode) -> Dict[str, np.ndarray]:
-        """``{label: world RAS}`` of a markups node's control points."""
+        """``{label: world RAS}`` of a markups node's placed control points."""
         if landmarksNode is None:
             raise ValueError("select a landmarks markup (control points labelled Nz, Iz, LPA, RPA) for EEG presets")
         points = {}
         for index in range(landmarksNode.GetNumberOfControlPoints()):
+            if landmarksNode.GetNthControlPointPositionStatus(index) != landmarksNode.PositionDefined:
+                continue  # listed but not placed (yet): its position is meaningless
             position = np.zeros(3)
             landmarksNode.GetNthControlPointPositionWorld(index, position)
             points[landmarksNode.GetNthControlPointLabel(index)] = position

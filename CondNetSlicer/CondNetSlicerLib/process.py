@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["CANCELLED", "BackgroundProcess", "pythonExecutable", "pythonCommand"]
+__all__ = ["CANCELLED", "BackgroundProcess", "childEnvironment", "pythonExecutable", "pythonCommand"]
 
 #: Return code reported after :meth:`BackgroundProcess.cancel`.
 CANCELLED = -1001
@@ -42,7 +42,8 @@ def pythonCommand(*args: str) -> List[str]:
     return [pythonExecutable(), "-m", "CondNetLogic", *[str(a) for a in args]]
 
 
-def _environment() -> dict:
+def childEnvironment() -> dict:
+    """The environment of a child Python: Slicer's startup environment, with this package importable."""
     try:
         import slicer
 
@@ -108,7 +109,7 @@ class BackgroundProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_environment(),
+            env=childEnvironment(),
             cwd=self.cwd,
             universal_newlines=True,
             encoding="utf-8",

@@ -110,6 +110,7 @@ def test_sha256_changes_with_the_winding():
     [
         ({**_spec(), "didt_max_a_per_s": -1.0}, "didt_max_a_per_s"),
         ({**_spec(), "didt_max_a_per_s": None}, "didt_max_a_per_s"),  # leave it out instead
+        ({**_spec(), "didt_max_a_per_s": float("inf")}, "didt_max_a_per_s: inf is not a finite slope"),  # 1e400
         ({**_spec(), "extra": 1}, "extra"),
         ({**_spec(), "format_version": 2}, "format_version"),
         (_spec(turns="nine"), "winding"),
@@ -126,6 +127,8 @@ def test_schema_violations_raise(data, match):
     [
         ({"inner_diameter_mm": 97.0, "outer_diameter_mm": 47.0}, "inner_diameter_mm < outer"),
         ({"wing_spacing_mm": 60.0}, "overlap"),
+        ({"turns": 1e13}, "exceeds 1,000,000 vertices per wing"),  # refused before any memory is taken
+        ({"turns": 20000, "points_per_turn": 64}, "20000 x 64 exceeds"),
     ],
 )
 def test_inconsistent_figure8_raises(winding, match):

@@ -152,6 +152,16 @@ def test_read_region_field_takes_the_sidecar_roi(runs):
     path.write_text(json.dumps({"stats": {}}))
     with pytest.raises(ValueError, match="not an efield.json written by condnet efield"):
         read_region_field(path)
+    good = json.loads((runs / "m1" / "efield.json").read_text())
+    for broken in ([], {**good, "stats": []}, {**good, "stats": {"roi": None, "whole": 1}},
+                   {**good, "stats": {"roi": [1, 2]}}, {**good, "didt_a_per_s": "5e7"},
+                   {**good, "solver": {"converged": False, "residual": "big"}},
+                   {**good, "stats": {"roi": {**good["stats"]["roi"], "mean": None}}},
+                   {**good, "stats": {"roi": {**good["stats"]["roi"], "center_ras_mm": 3}}},
+                   {**good, "didt_percent_of_coil_max": 0}):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="not an efield.json written by condnet efield|no ROI statistics"):
+            read_region_field(path)
     path.write_text("{")
     with pytest.raises(ValueError, match="is not JSON"):
         read_region_field(path)

@@ -143,8 +143,14 @@ def test_grid_primary_field_agrees_with_direct(ras_result, coil):
         EFieldSimulation(_sphere(), device="cpu", grid="grid")
 
 
-def test_compile_is_refused_without_the_gpu_solver():
-    with pytest.raises(ValueError, match="compile=True needs the torch backend"):
+def test_compile_is_refused_without_the_gpu_solver(monkeypatch):
+    from CondNetLogic.solver import multigrid
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the multigrid setup ran before compile=True was refused")
+
+    monkeypatch.setattr(multigrid, "conductor_components", no_setup)
+    with pytest.raises(ValueError, match=r"compile=True \(--compile\) needs the torch backend.*here is cpu"):
         EFieldSimulation(_sphere(), device="cpu", compile=True)
 
 
@@ -345,7 +351,7 @@ def test_cli_refuses_to_overwrite(sigma_file, tmp_path, capsys):
 
 def test_cli_compile_needs_the_gpu(sigma_file, tmp_path, capsys):
     assert main(_cli_args(sigma_file, tmp_path / "run", "--compile", "--primary-field", "direct")) == 2
-    assert "compile=True needs the torch backend" in capsys.readouterr().err
+    assert "(--compile) needs the torch backend" in capsys.readouterr().err
     assert not (tmp_path / "run" / "efield.json").exists()
 
 
@@ -591,6 +597,7 @@ def test_cli_roi_from_a_mask_on_another_grid(sigma_file, tmp_path, capsys):
     for extra, message in (
         (["--roi-mask", str(mask), "--roi-center", "0", "0", "0"], "give one ROI: --roi-center"),
         (["--roi-label", "7"], "--roi-label picks labels of --roi-mask"),
+        (["--roi-mask", str(mask), "--roi-radius", "3"], "drop it with --roi-mask"),
         (["--roi-mask", str(mask), "--roi-label", "9"], "the ROI mask holds no voxel labelled 9"),
         (["--roi-mask", str(outside)], "holds no conducting voxel on the conductivity's grid"),
         (["--roi-mask", str(vector)], "scalar"),
@@ -641,6 +648,9 @@ def test_cli_handle_angle_sweep_keeps_the_angle_with_the_strongest_roi(sigma_fil
     capsys.readouterr()
     for extra, message in ((["--handle-angles", "45"], "needs two or more different finite angles"),
                            (["--handle-angles", "45", "45"], "needs two or more different finite angles"),
+                           (["--handle-angles", "0", "360", "--roi-center", "2", "-3", "19"], "(modulo 360)"),
+                           (["--handle-angle", "0", "--search-step", "3", "--roi-center", "2", "-3", "19"],
+                            "--search-step is the grid step of --search-radius"),
                            (["--handle-angles", "0", "90"], "give --target, --roi-center or --roi-mask"),
                            (["--handle-angle", "0", "--search-radius", "6"], "--roi-center or --roi-mask"),
                            (["--handle-angle", "0", "--search-radius", "0", "--roi-center", "2", "-3", "19"],
@@ -737,6 +747,24 @@ def test_cli_checks_the_coil_before_building_the_solver(sigma_file, tmp_path, ca
     monkeypatch.setattr(solver, "PotentialSolver", never)
     assert main(_cli_args(sigma_file, tmp_path / "out", "--normal", "0", "0", "1")) == 2
     assert "passes through the head" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_didt_and_grid_names_before_any_work(sigma_file, tmp_path, capsys, monkeypatch):
+    import CondNetLogic.io as io
+
+    def never(*args, **kwargs):
+        raise AssertionError("the conductivity was read before the options were checked")
+
+    monkeypatch.setattr(io, "read_volume", never)
+    for extra, message in ((["--didt", "0"], "--didt must be a finite, non-zero"),
+                           (["--didt", "nan"], "--didt must be a finite, non-zero"),
+                           (["--didt", "inf"], "--didt must be a finite, non-zero"),
+                           (["--mso", "nan"], "--mso must be a percentage"),
+                           (["--grid", str(tmp_path / "coil_grid")], "coil-grid files end in .npz")):
+        assert main(_cli_args(sigma_file, tmp_path / "out", *extra)) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "coil_grid").exists()
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

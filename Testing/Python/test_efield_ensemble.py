@@ -102,6 +102,15 @@ def test_cli_writes_the_spread_and_the_members_statistics(tmp_path, capsys, monk
     assert summary["members"][1]["roi"]["mean"] == pytest.approx(
         json.loads((out / "efield.json").read_text())["stats"]["roi"]["mean"], rel=1e-6)  # "mid" is the main map
     assert main(args) == 2  # every output exists: refused, the spread too
+    single = args[:args.index("--ensemble")]
+    alone = tmp_path / "alone"  # a folder holding only an earlier run's spread
+    alone.mkdir()
+    (alone / "efield_magnitude_sd.nii.gz").write_bytes((out / "efield_magnitude_sd.nii.gz").read_bytes())
+    assert main([*single[:4], str(alone), *single[5:]]) == 2  # it would not belong to the new field: refused
+    assert "efield_magnitude_sd.nii.gz" in capsys.readouterr().err
+    assert main([*single, "--overwrite"]) == 0  # replaced: the stale spread goes
+    assert not (out / "efield_magnitude_sd.nii.gz").exists()
+    assert "ensemble" not in json.loads((out / "efield.json").read_text())
 
     (tmp_path / "coarse").mkdir()
     coarse = tmp_path / "coarse" / "c.nii.gz"

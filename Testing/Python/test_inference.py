@@ -439,7 +439,7 @@ def test_predict_cli_table_writes_that_table_alone(phantom, tmp_path, capsys):
     common = ["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
               "--weights", str(weights), "--device", "cpu", "--precision", "float32"]
     assert main(common + ["--out", str(tmp_path / "both" / "sigma.nii.gz")]) == 0
-    assert main(common + ["--out", str(tmp_path / "b" / "sigma.nii.gz"), "--table", "B"]) == 0
+    assert main(common + ["--out", str(tmp_path / "b" / "sigma.nii.gz"), "--table", "b"]) == 0  # as convert: a, b
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "sigma.json", "sigma.nii.gz", "sigma_mask.nii.gz", "sigma_sd.nii.gz"]
     for name, expected in (("sigma", "sigma_B"), ("sigma_sd", "sigma_B_sd")):

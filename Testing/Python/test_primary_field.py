@@ -281,6 +281,26 @@ def test_grid_save_load_round_trip(small_grid, tmp_path):
         PrimaryFieldGrid.load(tmp_path / "other.npz", coil)
 
 
+def test_damaged_grid_files_are_refused_by_name(small_grid, tmp_path):
+    coil, grid = small_grid
+    data = grid.save(tmp_path / "grid.npz").read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # np.savez stores values uncompressed: the CRC catches it
+    damaged = {"truncated.npz": data[: len(data) - 30], "flipped.npz": bytes(flipped), "tiny.npz": b"PK\x03\x04gar"}
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name} is not a primary-field grid"):
+            PrimaryFieldGrid.load(tmp_path / name, coil)
+    fields = dict(np.load(tmp_path / "grid.npz"))
+    np.savez(tmp_path / "pickled.npz", **{**fields, "values": np.array([{"a": 1}], dtype=object)})
+    np.savez(tmp_path / "worded.npz", **{**fields, "format_version": np.str_("one")})
+    np.savez(tmp_path / "flat.npz", **{**fields, "spacing_m": np.float64(0.0)})
+    for name, match in (("pickled", "not a primary-field grid"), ("worded", "not a primary-field grid"),
+                        ("flat", "spacing")):
+        with pytest.raises(ValueError, match=match):
+            PrimaryFieldGrid.load(tmp_path / f"{name}.npz", coil)
+
+
 def test_grid_of_another_coil_is_rejected(small_grid):
     _, grid = small_grid
     volume = Volume.from_geometry(np.zeros((3, 3, 3)), spacing=(2.0,) * 3, origin=(0.0, 0.0, 50.0))
@@ -356,9 +376,11 @@ def test_cached_grid_builds_once_then_loads(tmp_path, monkeypatch):
     np.testing.assert_array_equal(second.values, first.values)
     monkeypatch.undo()
     # A damaged cache file is rebuilt, not trusted.
-    files[0].write_bytes(b"not a grid")
-    third = cached_grid(coil, tmp_path, spacing_mm=30.0)
-    np.testing.assert_array_equal(third.values, first.values)
+    good = files[0].read_bytes()
+    for damaged in (b"not a grid", good[: len(good) // 2]):
+        files[0].write_bytes(damaged)
+        third = cached_grid(coil, tmp_path, spacing_mm=30.0)
+        np.testing.assert_array_equal(third.values, first.values)
     # A coil named like a path still caches inside the cache folder.
     odd = Coil.from_dict({**coil.to_dict(), "name": "../sub/dir coil"})
     cached_grid(odd, tmp_path / "cache", spacing_mm=30.0)

@@ -119,6 +119,28 @@ def test_stray_voxels_outside_the_scalp_are_not_the_head(sphere_mask):
         outer_head(sphere_mask.with_array(np.zeros(sphere_mask.shape, dtype=np.uint8)))
 
 
+def test_an_ear_or_a_sinus_does_not_catch_a_targets_scalp_point(sphere_mask):
+    """An "ear" (a plate 10 mm off the ball, joined to it by a stalk) lies on the ray from a target through its
+    nearest outer voxel, and an enclosed air cavity lies between another target and the surface: both targets' scalp
+    points stay on the ball (the first exit, the cavity filled by outer_head).  Rays from the centre still stop at
+    the outermost voxel, the ear's, where a coil would rest."""
+    c = np.array([5.0, -3.0, 2.0])
+    ras = sphere_mask.ijk_to_ras_points(np.argwhere(np.ones(sphere_mask.shape, dtype=bool))).reshape(
+        sphere_mask.shape + (3,)) - c
+    plate = (ras[..., 0] < -48) & (ras[..., 0] > -50) & (np.abs(ras[..., 1]) < 15) & (np.abs(ras[..., 2]) < 25)
+    stalk = (ras[..., 0] < -35) & (ras[..., 0] >= -48) & (np.abs(ras[..., 1]) < 4) & (np.abs(ras[..., 2] + 20) < 3)
+    sinus = np.linalg.norm(ras - [0.0, 0.0, 28.0], axis=-1) < 5.0
+    raw = sphere_mask.with_array((sphere_mask.array > 0) & ~sinus | plate | stalk)
+    mask = outer_head(raw)
+    assert mask.array[sinus].all()  # filled
+    for target in ([-30.0, 0.0, 5.0], [-30.0, 0.0, 0.0]):
+        scalp_point = nearest_scalp_point(mask, c + target)
+        assert abs(np.linalg.norm(scalp_point - c) - RADIUS) <= 1.5, target
+    assert np.linalg.norm(nearest_scalp_point(mask, c + [0.0, 0.0, 20.0]) - c - [0.0, 0.0, RADIUS]) <= 1.5
+    assert nearest_scalp_point(raw, c + [0.0, 0.0, 20.0])[2] < c[2] + 25.0  # unfilled: caught by the cavity
+    np.testing.assert_allclose(scalp_point_along_ray(mask, c, [-1.0, 0.0, 0.0]), c - [49.5, 0.0, 0.0], atol=1.0)
+
+
 def test_bad_requests(sphere_mask):
     with pytest.raises(ValueError, match="unknown"):
         eeg_position("X9", {}, sphere_mask)
@@ -167,6 +189,13 @@ def test_landmark_files_give_ras_points(tmp_path, content):
         ({"markups": [{**_markups("LPS")["markups"][0], "coordinateSystem": "IJK"}]}, "neither RAS nor LPS"),
         ({"landmarks": {**LANDMARKS_RAS, "Nz": [1.0, 2.0]}}, "no landmarks read"),
         ([1, 2, 3], "expected a JSON object"),
+        ({"landmarks": {k: [-v[0], -v[1], v[2]] for k, v in LANDMARKS_RAS.items()}},  # LPS given as RAS
+         "RPA is not right of LPA and Nz is not in front of Iz"),
+        ({**LANDMARKS_RAS, "LPA": LANDMARKS_RAS["RPA"], "RPA": LANDMARKS_RAS["LPA"]}, "look mirrored or mislabelled"),
+        ({**LANDMARKS_RAS, "Iz": [0.0, float("nan"), 0.0]}, "Iz are not finite"),
+        ({"markups": [{**_markups("LPS")["markups"][0], "controlPoints": [
+            {**point, "positionStatus": "undefined" if point["label"] == "RPA" else "defined"}
+            for point in _markups("LPS")["markups"][0]["controlPoints"]]}]}, "missing RPA"),  # listed, not placed
     ],
 )
 def test_bad_landmark_files_raise(tmp_path, content, match):

@@ -4,6 +4,7 @@ error paths that must leave the scene unchanged."""
 import dataclasses
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -598,6 +599,11 @@ def test_target_statistics_are_those_of_the_sphere_around_the_target(mrml_scene,
     target.AddControlPointWorld(*(local + [7.0, -5.0, 3.0]))  # placed in the world, as a user clicks
     np.testing.assert_allclose(logic.targetPoint(target, sigma), local, atol=1e-9)
     assert logic.targetPoint(None, sigma) is None
+    unplaced = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "unplaced target")
+    unplaced.AddControlPoint(*local)
+    unplaced.UnsetNthControlPointPosition(0)  # listed in the panel, not yet clicked
+    assert logic.targetPoint(unplaced, sigma) is None
+    mrml_scene.RemoveNode(unplaced)
     solved = logic.computeEField(sigma, coil, pose, 1e8, device="cpu", tol=1e-3, show=False,
                                  targetRas=logic.targetPoint(target, sigma), targetRadiusMm=6.0)
     magnitude = adapters.volumeFromNode(solved["eMagnitude"])
@@ -941,7 +947,6 @@ def test_efield_spread_across_the_slicing_directions(mrml_scene, head, weights, 
 
 def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tmp_path):
     """Slicer >= 5.12: slicer.packaging.pip_ensure (a submodule, imported explicitly); older: pip_install."""
-    import types
 
     from CondNetSlicerLib import install
 
@@ -973,6 +978,43 @@ def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tm
     monkeypatch.setattr(slicer.util, "pip_install", installed.append, raising=False)
     install.ensureRequirements(requirements, interactive=False)
     assert installed == [["safetensors>=0.4"]]
+
+
+def test_the_gpu_memory_is_read_in_a_child_process(monkeypatch):
+    """Slicer's own process never creates a CUDA context (it would hold GPU memory until Slicer closes)."""
+    import torch
+
+    from CondNetSlicerLib import install
+
+    report = install.deviceReport("cpu")
+    assert (report["device"], report["torch"]) == ("cpu", torch.__version__)
+    if not torch.cuda.is_available():
+        assert install.deviceReport("auto")["device"] == "cpu"
+        with pytest.raises(ValueError, match="no CUDA GPU is usable by PyTorch"):
+            install.deviceReport("cuda")
+    # A GPU: its memory comes from a child process, once per maxAgeS.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("CUDA queried in Slicer's process"))
+    children = []
+
+    def child(command, **kwargs):
+        children.append(command)
+        assert command[1] == "-c"
+        assert "mem_get_info" in command[2]
+        return types.SimpleNamespace(returncode=0, stderr="", stdout='{"name": "Fake GPU", "free_gib": 3.0, '
+                                                                     '"total_gib": 8.0}\n')
+
+    monkeypatch.setattr(install.subprocess, "run", child)
+    install._gpuReports.clear()
+    report = install.deviceReport("auto")
+    assert (report["device"], report["name"], report["free_gib"]) == ("cuda", "Fake GPU", 3.0)
+    assert install.deviceReport("auto") == report
+    assert len(children) == 1  # reused within maxAgeS
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: types.SimpleNamespace(
+        returncode=1, stdout="", stderr="Traceback...\nRuntimeError: CUDA error: out of memory"))
+    with pytest.raises(ValueError, match="could not read the GPU's memory: RuntimeError: CUDA error"):
+        install.deviceReport("cuda", maxAgeS=0.0)
+    install._gpuReports.clear()
 
 
 def test_every_logic_method_the_widget_calls_exists():
@@ -1034,6 +1076,12 @@ def test_small_logic_errors_are_clear(mrml_scene, tmp_path):
     assert node_ids(mrml_scene) == before
     with pytest.raises(ValueError, match="landmarks"):
         logic.landmarkPoints(None)
+    marks = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "half-placed landmarks")
+    for label in ("Nz", "Iz"):
+        marks.SetNthControlPointLabel(marks.AddControlPoint(1.0, 2.0, 3.0), label)
+    marks.UnsetNthControlPointPosition(1)
+    assert list(logic.landmarkPoints(marks)) == ["Nz"]
+    mrml_scene.RemoveNode(marks)
     with pytest.raises(ValueError, match="missing Iz, RPA"):
         geometry.findLandmarks({"nasion": [0, 1, 0], "LPA": [-1, 0, 0]})
     empty = add_volume(mrml_scene, Volume(np.zeros((4, 4, 4), np.float32), np.eye(4)), "zero")

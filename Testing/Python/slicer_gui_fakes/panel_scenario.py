@@ -833,6 +833,33 @@ def missingCoil():
         ui.handleAngleSliderWidget.value = angle
 
 
+def unreadableHandleAngle():
+    with step("fix: a coil whose handle angle cannot be read gives one error dialog, and the panel goes on"):
+        w, logic, p = P.widget, P.widget.logic, params()
+        angle, read = p.handleAngleDeg, logic.coilHandleAngle
+
+        def unreadable(*args):
+            raise ValueError("the coil markup has no frame")
+
+        dialogs, observed, raised = len(RECORD["dialogs"]), len(OBSERVER_ERRORS), len(fakeqt.LOG["slot_exceptions"])
+        logic.coilHandleAngle, w._appliedHandleAngle = unreadable, None  # as for a coil from a loaded scene
+        try:
+            w._onParameterNodeModified()  # what any parameter change runs
+        except ValueError as err:  # shown, then re-raised by tryWithErrorDisplay (Slicer prints it in the console)
+            check("no frame" in str(err), f"an unexpected error: {err}")
+        finally:
+            logic.coilHandleAngle = read
+        shown = RECORD["dialogs"][dialogs:]
+        check(len(shown) >= 1 and all(kind == "error" and "Failed to read the coil's handle angle" in text
+                                      for kind, text, _ in shown), f"the unreadable angle gave the dialogs {shown}")
+        # the expected dialogs and the exceptions tryWithErrorDisplay re-raises are not problems of this step
+        del RECORD["dialogs"][dialogs:], OBSERVER_ERRORS[observed:], fakeqt.LOG["slot_exceptions"][raised:]
+        w._onParameterNodeModified()  # readable again: the panel shows the coil's angle
+        check(w._appliedHandleAngle is not None and abs(p.handleAngleDeg - angle) < 1e-5,
+              f"the handle angle {p.handleAngleDeg} after the coil became readable again, not {angle}")
+        checkStates("handle angle readable again")
+
+
 def export():
     with step("Export to a folder"):
         ui, p = P.widget.ui, params()
@@ -1066,7 +1093,7 @@ def main(argv=None):
     started = time.monotonic()
     for run in (setUp, estimate, placeCoil, eegPositions, computeEField, targetStatistics, eFieldSpread, eFieldDosing,
                 targetPointsFollowed, targetRegion, unconvergedEField, scalpOffsetRedrawsCoil, shortGpuAskedOnce,
-                dragDuringSolve, placeAgain, missingCoil, export, loadPose,
+                dragDuringSolve, placeAgain, missingCoil, unreadableHandleAngle, export, loadPose,
                 leaveAndEnter, closeSceneDuringSolve, closeSceneDuringEstimate, misregisteredT2, cleanup):
         run()
     print(f"PANEL SCENARIO PASSED ({P.steps} steps, {time.monotonic() - started:.1f} s)", flush=True)
