@@ -139,6 +139,35 @@ TABLE_B = ConductivityTable(
 TABLES = {"A": TABLE_A, "B": TABLE_B}
 
 
+def _csv_rows(path: Path, columns: set, what: str) -> list:
+    """``[(line number, {column: stripped text})]`` of a CSV file with at least ``columns``.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8"), spaces around names and values, and rows with every cell
+    empty are accepted.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        if not columns <= set(header):
+            raise ValueError(f"{path}: a {what} needs {' and '.join(repr(c) for c in sorted(columns))} columns; "
+                             f"got {header}")
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            cells = [cell.strip() for cell in cells]
+            if any(cells):
+                rows.append((line, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
+    return rows
+
+
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    """``object_pairs_hook`` of :func:`json.loads`: a key given twice is an error, not "the last one wins"."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice")
+    return dict(pairs)
+
+
 def load_table(path: str | os.PathLike) -> ConductivityTable:
     """Read a user conductivity table.
 
@@ -148,20 +177,29 @@ def load_table(path: str | os.PathLike) -> ConductivityTable:
     Raises
     ------
     ValueError
-        If the file is malformed or names an unknown tissue.
+        If the file is malformed, gives a tissue twice or names an unknown tissue.
     """
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_refuse_duplicate_keys)
             if "values" in data:
                 return ConductivityTable(str(data.get("name", path.stem)), data["values"])
             return ConductivityTable(path.stem, data)
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return ConductivityTable(path.stem, {row["tissue"].strip(): float(row["conductivity"]) for row in rows})
+        values = {}
+        for line, row in _csv_rows(path, {"tissue", "conductivity"}, "conductivity table"):
+            if row["tissue"] in values:
+                raise ValueError(f"{path}:{line}: tissue {row['tissue']!r} is given twice")
+            try:
+                values[row["tissue"]] = float(row["conductivity"])
+            except ValueError:
+                raise ValueError(f"{path}:{line}: conductivity {row['conductivity']!r} of {row['tissue']!r} is not "
+                                 "a number (S/m)") from None
+        return ConductivityTable(path.stem, values)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: malformed conductivity table ({err!r}); see load_table's docstring") from err
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
 
 
 def get_table(name_or_path: str | os.PathLike) -> ConductivityTable:
@@ -217,21 +255,17 @@ def read_label_mapping(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     mapping: dict = {}
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"label", "tissue"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a label mapping needs 'label' and 'tissue' columns; got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{line}: label {row['label']!r} is not an integer") from err
-            tissue = (row["tissue"] or "").strip()
-            if tissue not in TISSUE_INDEX:
-                raise ValueError(f"{path}:{line}: unknown tissue {tissue!r} for label {label}")
-            if label in mapping:
-                raise ValueError(f"{path}:{line}: label {label} is mapped twice")
-            mapping[label] = TISSUE_INDEX[tissue]
+    for line, row in _csv_rows(path, {"label", "tissue"}, "label mapping"):
+        try:
+            label = int(row["label"])
+        except ValueError as err:
+            raise ValueError(f"{path}:{line}: label {row['label']!r} is not an integer") from err
+        tissue = row["tissue"]
+        if tissue not in TISSUE_INDEX:
+            raise ValueError(f"{path}:{line}: unknown tissue {tissue!r} for label {label}")
+        if label in mapping:
+            raise ValueError(f"{path}:{line}: label {label} is mapped twice")
+        mapping[label] = TISSUE_INDEX[tissue]
     if not mapping:
         raise ValueError(f"{path}: the label mapping is empty")
     return mapping

@@ -38,6 +38,7 @@ __all__ = [
     "markdown_table",
     "report_paths",
     "skin_shell",
+    "tissues_on_grid",
     "write_report",
 ]
 
@@ -72,7 +73,9 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
     -------
     ndarray of bool (I, J, K)
         A head voxel is in the shell when its centre is at most ``depth_mm`` from the centre of the
-        nearest non-head voxel minus half a voxel, i.e. the outer ``depth_mm`` of tissue.
+        nearest voxel outside the head minus half a voxel, i.e. the outer ``depth_mm`` of tissue.  Enclosed
+        pockets of non-head voxels (air or unlabelled voxels inside the head) are not its outside, and the
+        outermost layer is always in the shell, even across slices thicker than ``2 * depth_mm``.
 
     Examples
     --------
@@ -84,18 +87,45 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
     """
     from scipy import ndimage
 
-    from ._resample import bounding_box
+    from ._resample import bounding_box, fill_holes
 
     head = np.asarray(head, dtype=bool)
+    solid = fill_holes(head)  # the outside is what the border reaches
     # Within the head's box grown by one air voxel, the nearest air is found as in the whole volume: clamping an
     # air voxel outside the box onto that air margin brings it no farther from any voxel inside.
-    box = bounding_box(head, pad=1)
-    distance = ndimage.distance_transform_edt(head[box], sampling=np.asarray(spacing_mm, dtype=float))
+    box = bounding_box(solid, pad=1)
+    distance = ndimage.distance_transform_edt(solid[box], sampling=np.asarray(spacing_mm, dtype=float))
     # A voxel next to air has distance 1 voxel from the air voxel's centre, i.e. 0.5 voxel of tissue outside it.
     # "<=" keeps the outermost layer even when one voxel is as thick as the shell (4 mm voxels, 2 mm skin).
+    outermost = solid[box] & ~ndimage.binary_erosion(solid[box], ndimage.generate_binary_structure(3, 1),
+                                                     border_value=1)  # a head cut by the grid goes on beyond it
     shell = np.zeros_like(head)
-    shell[box] = head[box] & (distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm)
+    shell[box] = head[box] & ((distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm) | outermost)
     return shell
+
+
+def tissues_on_grid(labels: Volume, mapping: Mapping[int, int], grid: Volume) -> np.ndarray:
+    """Tissue indices (uint8) of a label map taken onto ``grid`` (nearest neighbour through RAS).
+
+    Cheap next to a prediction: ``condnet evaluate`` calls it first, so that a bad label map fails before the work.
+
+    Raises
+    ------
+    ValueError
+        If the labels are not integers, a label is not in ``mapping``, or no head voxel lands on ``grid``.
+    """
+    from .preprocessing import resample_to
+
+    if not np.issubdtype(labels.array.dtype, np.integer):
+        rounded = np.rint(labels.array)
+        if not np.array_equal(rounded, labels.array):
+            raise ValueError(f"labels must be integers; got dtype {labels.array.dtype} with fractional values")
+        labels = labels.with_array(rounded.astype(np.int32))
+    on_grid = labels if labels.same_grid(grid) else resample_to(labels, grid, interpolation="nearest")
+    tissues = labels_to_tissues(on_grid.array, mapping).astype(np.uint8)
+    if not tissues.any():
+        raise ValueError("the label map holds no head voxel on the T1 grid (no overlap, or every label maps to air)")
+    return tissues
 
 
 @dataclass
@@ -137,21 +167,11 @@ def evaluate_prediction(
         If the labels are not integers, the label map is empty on the T1 grid, or the prediction is not
         on the T1 grid.
     """
-    from .preprocessing import resample_to
-
-    if not np.issubdtype(labels.array.dtype, np.integer):
-        rounded = np.rint(labels.array)
-        if not np.array_equal(rounded, labels.array):
-            raise ValueError(f"labels must be integers; got dtype {labels.array.dtype} with fractional values")
-        labels = labels.with_array(rounded.astype(np.int32))
     for name, volume in prediction.conductivity.items():
         if not volume.same_grid(t1):
             raise ValueError(f"prediction {name} is not on the T1 grid ({volume.shape} vs {t1.shape})")
-    on_t1 = labels if labels.same_grid(t1) else resample_to(labels, t1, interpolation="nearest")
-    tissues = labels_to_tissues(on_t1.array, mapping).astype(np.uint8)
+    tissues = tissues_on_grid(labels, mapping, t1)
     head = tissues > 0
-    if not head.any():
-        raise ValueError("the label map holds no head voxel on the T1 grid (no overlap, or every label maps to air)")
     shell = skin_shell(head, t1.spacing)
     tissues = np.where(shell, np.uint8(TISSUE_INDEX["skin"]), tissues)
     predicted_head = prediction.head_mask.array > 0

@@ -59,7 +59,9 @@ def read_volume(path: str | os.PathLike, *, allow_vector: bool = False) -> Volum
     path : str or PathLike
         NIfTI, NRRD or MetaImage file.
     allow_vector : bool
-        Accept multi-component voxels (returned as ``(I, J, K, C)``).
+        Accept multi-component voxels (returned as ``(I, J, K, C)``), and a 4D NIfTI whose fourth axis has 3
+        entries as a vector volume (nibabel's ``Nifti1Image(field, affine)`` of an ``(I, J, K, 3)`` field, as
+        SimNIBS writes its E-fields, without the vector intent).
 
     Returns
     -------
@@ -120,6 +122,8 @@ def _read_itk(sitk, path: Path, allow_vector: bool) -> Volume:
         raise VolumeReadError(f"{path}: cannot read the file (truncated or corrupt?): {first_line}") from err
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
+    if dimension == 4 and allow_vector and components == 1 and image.GetSize()[3] == 3:
+        return _vector_from_4d(np.moveaxis(data, (0, 1, 2, 3), (3, 2, 1, 0)), image)
     if dimension != 3:
         raise VolumeReadError(
             f"{path}: expected a 3D volume, got a {dimension}D image of size {image.GetSize()}"
@@ -127,13 +131,23 @@ def _read_itk(sitk, path: Path, allow_vector: bool) -> Volume:
         )
     if components > 1 and not allow_vector:
         raise VolumeReadError(f"{path}: expected a scalar volume, got {components} components per voxel")
-    array = np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0)))
-    spacing = np.array(image.GetSpacing(), dtype=float)
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    return Volume(np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))), _itk_ijk_to_ras(image))
+
+
+def _vector_from_4d(array: np.ndarray, image) -> Volume:
+    """A 3-vector volume ``(I, J, K, 3)`` from a 4D ITK image whose fourth axis holds the components."""
+    return Volume(np.ascontiguousarray(array), _itk_ijk_to_ras(image))
+
+
+def _itk_ijk_to_ras(image) -> np.ndarray:
+    """The voxel-to-RAS affine (mm) of an ITK image's first three axes (ITK's geometry is LPS)."""
+    n = image.GetDimension()
+    spacing = np.array(image.GetSpacing(), dtype=float)[:3]
+    direction = np.array(image.GetDirection(), dtype=float).reshape(n, n)[:3, :3]
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * spacing[np.newaxis, :]
-    ijk_to_lps[:3, 3] = image.GetOrigin()
-    return Volume(array, LPS_TO_RAS @ ijk_to_lps)
+    ijk_to_lps[:3, 3] = image.GetOrigin()[:3]
+    return LPS_TO_RAS @ ijk_to_lps
 
 
 def _simpleitk():
@@ -175,6 +189,8 @@ def _read_nifti_nibabel(path: Path, suffix: str, allow_vector: bool) -> Volume:
     vector = data.ndim == 5 and data.shape[3] == 1 and int(header["intent_code"]) == 1007  # NIFTI_INTENT_VECTOR
     if vector:
         data = data[:, :, :, 0, :]
+    elif allow_vector and data.ndim == 4 and data.shape[3] == 3:  # a vector field without the vector intent
+        vector = True
     while data.ndim > 3 and data.shape[-1] == 1 and not vector:
         data = data[..., 0]
     if data.ndim != 3 and not (vector and data.ndim == 4):

@@ -109,13 +109,14 @@ def _synthesize_map(task: dict) -> list:
 
 
 def _check_labels(maps: Sequence[Path], mapping: Mapping[int, int]) -> None:
-    """Raise ``ValueError`` naming the first map with a label the mapping lacks (before any synthesis)."""
+    """Raise ``ValueError`` naming the first map with a label the mapping lacks or no head (before any synthesis)."""
     from .conductivity import labels_to_tissues
     from .io import read_volume
 
     for path in maps:
         try:
-            labels_to_tissues(read_volume(path).array, mapping)
+            if not labels_to_tissues(read_volume(path).array, mapping).any():
+                raise ValueError("the label map is empty: every voxel maps to air")
         except ValueError as err:
             raise ValueError(f"{path.name}: {err}") from err
 
@@ -177,8 +178,8 @@ def build_training_set(
         If ``labels_dir`` does not exist.
     ValueError
         No label maps, bad ``pairs_per_map``/``workers``/``seed``, unknown validation maps, a map with labels
-        the mapping lacks (every map is checked before any synthesis; the message names the file), and
-        every error of :func:`CondNetLogic.synth.synthesize_subject` (empty map; prefixed with the file).
+        the mapping lacks or no head (every map is checked before any synthesis; the message names the file),
+        and every error of :func:`CondNetLogic.synth.synthesize_subject` (prefixed with the file).
 
     Notes
     -----
@@ -253,12 +254,15 @@ def _synthesize_all(tasks, workers, progress, cancel, out_dir: Path, train, val,
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=context) as pool:
             futures = {pool.submit(_synthesize_map, task): task for task in tasks}
-            for future in as_completed(futures):
-                if cancel is not None and cancel():
-                    for pending in futures:
-                        pending.cancel()
-                    raise Cancelled(f"training-set build cancelled after {len(pair_ids)} of {len(tasks)} maps")
-                done(futures[future], future.result())
+            try:
+                for future in as_completed(futures):
+                    if cancel is not None and cancel():
+                        raise Cancelled(f"training-set build cancelled after {len(pair_ids)} of {len(tasks)} maps")
+                    done(futures[future], future.result())
+            except BaseException:  # cancelled, a map failed, Ctrl-C: the queued maps never start
+                for pending in futures:
+                    pending.cancel()
+                raise
 
     split = {
         "train": [pid for stem in train for pid in pair_ids[map_id(stem)]],

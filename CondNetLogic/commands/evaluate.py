@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict, compare and write the report."""
     from ..conductivity import label_mapping_path, read_label_mapping
-    from ..evaluation import evaluate_prediction, markdown_table, report_paths, write_report
+    from ..evaluation import evaluate_prediction, markdown_table, report_paths, tissues_on_grid, write_report
     from ..inference import predict_conductivity
     from ..io import read_volume
     from ..weights import file_sha256, load_weights
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     t1 = read_volume(args.t1)
     t2 = read_volume(args.t2) if args.t2 else None
     labels = read_volume(args.labels)
+    tissues_on_grid(labels, mapping, t1)  # a label map that does not fit fails here, not after the prediction
     weights = load_weights(args.weights, t2_given=args.t2 is not None)
     report_paths(args.out, [table.name for table in weights.tables], overwrite=args.overwrite)  # before the work
     extra = {"inputs": {"t1": args.t1, "t2": args.t2, "labels": args.labels, "mapping": str(mapping_path),

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --coil: also its field in a spherical head (radius 85 mm, cortex 15 mm deep): |E| on the cortex "
              "per A/us, half-value depth and area (after Deng et al. 2013), to compare coils",
     )
-    parser.add_argument("--scalp-offset", type=float, default=4.0, metavar="MM",
+    parser.add_argument("--scalp-offset", type=float, metavar="MM",
                         help="with --sphere: coil origin above the scalp, mm (default 4, as SimNIBS)")
 
 
@@ -182,8 +182,13 @@ def run(args: argparse.Namespace) -> int:
     """Print the installation summary, or one coil's (``--coil``)."""
     if args.sphere and args.coil is None:
         raise ValueError("--sphere describes the field of the coil given with --coil; add --coil NAME_OR_FILE")
+    if args.scalp_offset is not None and not args.sphere:
+        raise ValueError("--scalp-offset places the coil above the sphere of --sphere; add --sphere")
     if args.coil is not None:
-        summary = coil_summary(args.coil, args.scalp_offset if args.sphere else None)
+        from ..coil import DEFAULT_SCALP_OFFSET_MM
+
+        offset = DEFAULT_SCALP_OFFSET_MM if args.scalp_offset is None else args.scalp_offset
+        summary = coil_summary(args.coil, offset if args.sphere else None)
         if args.json:
             print(json.dumps(summary, indent=2))
         else:

@@ -194,6 +194,8 @@ def test_info_gives_a_coils_field_in_a_spherical_head(capsys):
     assert re.search(r"half-value depth below the cortex: \d+\.\d mm; half-value area on the cortex: \d+\.\d cm", out)
     assert main(["info", "--sphere"]) == 2
     assert "add --coil NAME_OR_FILE" in capsys.readouterr().err
+    assert main(["info", "--coil", "figure8_70mm", "--scalp-offset", "10"]) == 2  # would be ignored
+    assert "add --sphere" in capsys.readouterr().err
 
 
 def test_predict_refuses_tables_whose_outputs_share_a_file_name(tmp_path):

@@ -100,7 +100,11 @@ def test_user_tables_json_and_csv(tmp_path):
         ('{"gm": -1}', ".json", ">= 0"),
         ('{"grey": 0.1}', ".json", "unknown tissue"),
         ("{not json", ".json", "malformed"),
-        ("name,value\ngm,0.1\n", ".csv", "malformed"),
+        ("name,value\ngm,0.1\n", ".csv", "needs 'conductivity' and 'tissue' columns"),
+        ("tissue,conductivity\ngm,0.3\nwm,0.1\ngm,5\n", ".csv", r"bad.csv:4: tissue 'gm' is given twice"),
+        ('{"gm": 0.3, "gm": 5}', ".json", "bad.json: gm given twice"),
+        ("tissue,conductivity\ngm,\n", ".csv", r"bad.csv:2: conductivity '' of 'gm' is not a number"),
+        ("tissue,conductivity\ngrey,0.1\n", ".csv", "bad.csv: table 'bad': unknown tissue 'grey'"),
     ],
 )
 def test_bad_user_tables(tmp_path, content, suffix, match):
@@ -108,6 +112,16 @@ def test_bad_user_tables(tmp_path, content, suffix, match):
     path.write_text(content)
     with pytest.raises(ValueError, match=match):
         load_table(path)
+
+
+def test_spreadsheet_csv_variants_are_read(tmp_path):
+    """Excel's "CSV UTF-8" (a byte-order mark), spaces around names and values, and empty rows (",")."""
+    (tmp_path / "map.csv").write_bytes("\ufefflabel , tissue\n0, air\n 2 ,wm\n,\n\n".encode())
+    assert read_label_mapping(tmp_path / "map.csv") == {0: TISSUE_INDEX["air"], 2: TISSUE_INDEX["wm"]}
+    (tmp_path / "table.csv").write_bytes("\ufefftissue,conductivity\r\ngm , 0.3\r\n,\r\n".encode())
+    assert load_table(tmp_path / "table.csv").values["gm"] == 0.3
+    (tmp_path / "table.json").write_bytes('\ufeff{"gm": 0.3}'.encode())
+    assert load_table(tmp_path / "table.json").values["gm"] == 0.3
 
 
 @pytest.mark.parametrize(

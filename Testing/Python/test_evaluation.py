@@ -43,6 +43,15 @@ def test_skin_shell_thickness_in_mm():
         shell = skin_shell(head, spacing, depth)
         assert shell[20, 20, :20].sum() == expected  # layers along one axis, in voxels
         assert not (shell & ~head).any()
+    # Slices thicker than twice the skin: the outermost layer is still skin, on every face.
+    for spacing in ((1.0, 1.0, 3.0), (0.5, 0.5, 5.0)):
+        shell = skin_shell(head, spacing, 2.0)
+        assert shell[20, 20, :20].astype(int).tolist() == [0] * 5 + [1] + [0] * 14
+        assert shell[:20, 20, 20].sum() == round(2.0 / spacing[0])
+    # An air pocket inside the head is not its outside: no skin around it.
+    pocket = head.copy()
+    pocket[18:22, 18:22, 18:22] = False
+    np.testing.assert_array_equal(skin_shell(pocket, (1, 1, 1), 2.0), skin_shell(head, (1, 1, 1), 2.0) & pocket)
 
 
 @pytest.mark.parametrize("cut", [0, 20])
@@ -53,7 +62,7 @@ def test_skin_shell_in_the_head_box_equals_the_whole_volume_transform(phantom, c
     head = (phantom.tissues.array > 0)[cut:]  # cut 20: the head touches the first face
     head[30:34, 10:14, 3:] = False  # a notch reaching into the head
     spacing = (1.0, 0.8, 1.2)
-    full = ndimage.distance_transform_edt(head, sampling=spacing)
+    full = ndimage.distance_transform_edt(ndimage.binary_fill_holes(head), sampling=spacing)
     expected = head & (full - 0.4 <= 2.0)
     np.testing.assert_array_equal(skin_shell(head, spacing, 2.0), expected)
     assert head[0].any() == bool(cut)
@@ -203,16 +212,25 @@ def test_evaluate_cli_refuses_existing_outputs_before_predicting(tmp_path, monke
     out = tmp_path / "eval"
     out.mkdir()
     (out / "evaluation.json").write_text("{}")
-    volume = Volume(np.ones((4, 4, 4), np.float32), np.eye(4))
+    volume = Volume(np.full((4, 4, 4), 2, np.float32), np.eye(4))  # SynthSeg label 2: white matter
     for name in ("t1", "labels"):
         write_volume(volume, tmp_path / f"{name}.nii.gz")
 
     def never(*args, **kwargs):
-        raise AssertionError("predict_conductivity ran although the outputs exist")
+        raise AssertionError("predict_conductivity ran although the inputs or outputs are refused")
 
     monkeypatch.setattr(inference, "predict_conductivity", never)
-    code = main(["evaluate", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t1.nii.gz"),
-                 "--labels", str(tmp_path / "labels.nii.gz"), "--mapping", "synthseg", "--out", str(out)])
-    assert code == 2
+    command = ["evaluate", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t1.nii.gz"),
+               "--labels", str(tmp_path / "labels.nii.gz"), "--mapping", "synthseg", "--out", str(out)]
+    assert main(command) == 2
     assert "an output exists" in capsys.readouterr().err
     assert (out / "evaluation.json").read_text() == "{}"
+    # A label map that does not fit is refused before the prediction too: an unmapped label, no overlap.
+    write_volume(volume.with_array(np.full((4, 4, 4), 99, np.float32)), tmp_path / "unmapped.nii.gz")
+    shifted = np.eye(4)
+    shifted[0, 3] = 500.0  # 500 mm to the right of the T1
+    write_volume(Volume(volume.array, shifted), tmp_path / "elsewhere.nii.gz")
+    for labels, message in (("unmapped", "[99]"), ("elsewhere", "no head voxel on the T1 grid")):
+        command[command.index("--labels") + 1] = str(tmp_path / f"{labels}.nii.gz")
+        assert main([*command[:-1], str(tmp_path / f"eval_{labels}")]) == 2
+        assert message in capsys.readouterr().err

@@ -44,6 +44,25 @@ def test_vector_roundtrip_keeps_components_and_geometry(tmp_path, suffix):
         read_volume(tmp_path / f"e{suffix}")
 
 
+@pytest.mark.parametrize("reader", ["itk", "nibabel"])
+def test_a_4d_nifti_with_three_frames_is_a_vector_field_where_one_is_expected(tmp_path, monkeypatch, reader):
+    """nibabel's Nifti1Image(field, affine) of an (I, J, K, 3) field (no vector intent, as SimNIBS writes E)."""
+    import nibabel as nib
+
+    from CondNetLogic import io
+
+    if reader == "nibabel":
+        monkeypatch.setattr(io, "_simpleitk", lambda: None)
+    vol = make_volume(components=3)
+    path = tmp_path / "e4d.nii.gz"
+    nib.save(nib.Nifti1Image(vol.array, vol.ijk_to_ras), str(path))
+    back = read_volume(path, allow_vector=True)
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.ijk_to_ras, vol.ijk_to_ras, atol=1e-5)
+    with pytest.raises(VolumeReadError, match="4D image"):  # where a scalar volume is expected: a time series
+        read_volume(path)
+
+
 def test_itk_lps_convention_matches_nifti_header(tmp_path):
     """Voxel (i, j, k) in our array is the voxel SimpleITK places at TransformIndexToPhysicalPoint, in LPS."""
     vol = make_volume()

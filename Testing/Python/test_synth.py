@@ -130,6 +130,14 @@ def test_bad_options(kwargs, match):
         SynthOptions(**kwargs)
 
 
+def test_whole_float_grid_sizes_become_ints():
+    """4.0 (e.g. from a JSON options file) is accepted as 4 and used as 4, not a float shape later."""
+    options = SynthOptions(bias_grid=4.0, deformation_grid=6.0)
+    assert (options.bias_grid, options.deformation_grid) == (4, 6)
+    assert isinstance(options.bias_grid, int)
+    assert isinstance(options.deformation_grid, int)
+
+
 def test_deterministic_by_seed():
     tissues = blocks()
     first = synthesize_pair(tissues, rng=np.random.default_rng(5))
@@ -376,6 +384,31 @@ def test_subject_refuses_to_overwrite(tmp_path, label_volume):
         synthesize_subject(label_volume, mapping, n=2, seed=0, out_dir=tmp_path, prefix="head")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head_p1"]
     assert (tmp_path / "head_p1" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_stopped_synthesis_leaves_nothing_behind(tmp_path, label_volume, monkeypatch):
+    """Interrupted while writing the second pair: the pairs written so far go, an empty folder given stays, and the
+    same call then runs."""
+    from CondNetLogic import io
+
+    mapping = read_label_mapping(SYNTHSEG)
+    (tmp_path / "head_p0").mkdir()  # an empty folder may be given
+    write, written = io.write_volume, []
+
+    def interrupted(volume, path, **kwargs):
+        if len(written) == 4:  # pair 0 complete (three volumes), one volume of pair 1
+            raise KeyboardInterrupt
+        written.append(path)
+        return write(volume, path, **kwargs)
+
+    monkeypatch.setattr(io, "write_volume", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_subject(label_volume, mapping, n=2, seed=0, out_dir=tmp_path, prefix="head", preview=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head_p0"]
+    assert not list((tmp_path / "head_p0").iterdir())
+    monkeypatch.undo()
+    folders = synthesize_subject(label_volume, mapping, n=2, seed=0, out_dir=tmp_path, prefix="head", preview=False)
+    assert all((folder / "t2.nii.gz").is_file() for folder in folders)
 
 
 def test_subject_unmapped_label(tmp_path, label_volume):

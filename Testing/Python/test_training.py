@@ -216,6 +216,9 @@ def test_presets_and_config_validation():
     assert with_overrides(paper, epochs=3, seed=None).epochs == 3
     with pytest.raises(ValueError, match="epochs must be a positive int"):
         TrainingConfig(epochs=0)
+    for seed in (-1, 1.5, True):  # refused before the training set is read (train --seed -1)
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            TrainingConfig(seed=seed)
     with pytest.raises(ValueError, match="neither .A., .B. nor a readable table file"):
         TrainingConfig(tables=("Z",))
     with pytest.raises(ValueError, match="device must be"):

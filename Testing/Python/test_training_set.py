@@ -155,6 +155,10 @@ def test_unmapped_label_in_any_map_is_named_before_any_synthesis(tmp_path, monke
     with pytest.raises(ValueError, match=r"training_seg_02.nii.gz: labels \[4242\]"):
         build_training_set(folder, tmp_path / "set", pairs_per_map=1, val_maps=("training_seg_02",), options=FAST)
     assert not (tmp_path / "set").exists()
+    write_volume(Volume(np.zeros_like(array), LIA), folder / "training_seg_02.nii.gz", overwrite=True)  # no head
+    with pytest.raises(ValueError, match="training_seg_02.nii.gz: the label map is empty"):
+        build_training_set(folder, tmp_path / "set", pairs_per_map=1, val_maps=("training_seg_02",), options=FAST)
+    assert not (tmp_path / "set").exists()
 
 
 def test_malformed_mapping(tmp_path, labels_dir):
