@@ -529,7 +529,9 @@ def predict_conductivity(
                 warnings.append(
                     f"the conductivity looks inside out: the CSF-like (high) region lies deeper than the brain "
                     f"tissue (depth ratio {inverted['depth_ratio']:.2f}, {100 * inverted['shallow_fraction']:.0f}% "
-                    "of it within 15 mm of the scalp). Were T1 and T2 swapped?")
+                    "of it within 15 mm of the scalp). "
+                    + ("Were T1 and T2 swapped?" if config.in_channels == 2 else
+                       "Is the image T1-weighted (CSF dark, white matter bright)?"))
                 logger.warning("%s", warnings[-1])
         conductivity[table.name], uncertainty[table.name] = on_t1_grid(mean), on_t1_grid(spread)
         if keep_directions:

@@ -604,10 +604,13 @@ class ModelGrid:
         Returns
         -------
         ndarray (S, S, S) or (S, S, S, C)
-            Model voxels outside the volume's field of view are 0.
+            Model voxels outside the volume's field of view are 0 for ``"nearest"`` (air, for label maps) and
+            the image's minimum otherwise: as dark as its own background, also where that is below 0 (z-scored
+            images, CT-like offsets), so the filler never looks like tissue to the head mask.
         """
+        default = 0.0 if interpolation == "nearest" else float(np.min(volume.array))
         array = _resample.resample_array(
-            volume.array, volume.ijk_to_ras, self.shape, self.affine, interpolation=interpolation
+            volume.array, volume.ijk_to_ras, self.shape, self.affine, interpolation=interpolation, default=default
         )
         return array if interpolation == "nearest" else array.astype(np.float32, copy=False)
 

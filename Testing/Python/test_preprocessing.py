@@ -515,6 +515,21 @@ def test_prepare_pair_synthetic_t1_t2_on_different_grids():
     np.testing.assert_array_equal(only_t1.t1, pair.t1)
 
 
+def test_a_negative_background_is_not_taken_for_tissue_on_the_model_grid():
+    """Model voxels beyond the scan are filled with its own minimum: a z-scored T1 (air below 0) smaller than the
+    model grid gives the same head mask as the raw one, not a mask over the whole grid."""
+    t1 = phantom((40, 40, 40), direction=LIA)
+    t2 = phantom((40, 40, 40), direction=LIA, contrast="t2", seed=5)
+    raw = pp.prepare_pair(t1, t2, size=48)
+    scored = t1.with_array((t1.array - t1.array.mean()) / t1.array.std())
+    assert scored.array.min() < 0
+    shifted = pp.prepare_pair(scored, t2.with_array(t2.array - 0.3 * t2.array.max()), size=48)
+    np.testing.assert_array_equal(shifted.mask, raw.mask)
+    assert shifted.mask.mean() < 0.5
+    assert pp.ModelGrid.for_volume(t1, size=48).to_model(t1.with_array(np.ones(t1.shape, np.int16)),
+                                                         interpolation="nearest")[0, 0, 0] == 0  # labels: air
+
+
 def test_prepare_pair_errors_and_cancel():
     t1 = phantom((20, 20, 20))
     away = Volume(t1.array, grid(t1.shape, 1.0, LAS, centre=(0, 300, 0)))
