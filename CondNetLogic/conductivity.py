@@ -181,25 +181,39 @@ def load_table(path: str | os.PathLike) -> ConductivityTable:
     """
     path = Path(path)
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_refuse_duplicate_keys)
-            if "values" in data:
-                return ConductivityTable(str(data.get("name", path.stem)), data["values"])
-            return ConductivityTable(path.stem, data)
-        values = {}
-        for line, row in _csv_rows(path, {"tissue", "conductivity"}, "conductivity table"):
-            if row["tissue"] in values:
-                raise ValueError(f"{path}:{line}: tissue {row['tissue']!r} is given twice")
-            try:
-                values[row["tissue"]] = float(row["conductivity"])
-            except ValueError:
-                raise ValueError(f"{path}:{line}: conductivity {row['conductivity']!r} of {row['tissue']!r} is not "
-                                 "a number (S/m)") from None
-        return ConductivityTable(path.stem, values)
+        name, values = _table_file_values(path)
+        try:
+            return ConductivityTable(name, values)
+        except ValueError as err:  # an unknown tissue, a negative conductivity
+            raise ValueError(f"{path}: {err}") from None
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: malformed conductivity table ({err!r}); see load_table's docstring") from err
-    except ValueError as err:
-        raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+
+
+def _table_file_values(path: Path) -> tuple:
+    """``(name, {tissue: value})`` as a table file gives them; ``ValueError`` naming the file where a tissue is
+    given twice or a CSV value is not a number."""
+    if path.suffix.lower() == ".json":
+        text = path.read_text(encoding="utf-8-sig")
+        try:
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        except json.JSONDecodeError:  # a ValueError too: load_table calls it malformed
+            raise
+        except ValueError as err:  # a key given twice
+            raise ValueError(f"{path}: {err}") from None
+        if "values" in data:
+            return str(data.get("name", path.stem)), data["values"]
+        return path.stem, data
+    values = {}
+    for line, row in _csv_rows(path, {"tissue", "conductivity"}, "conductivity table"):
+        if row["tissue"] in values:
+            raise ValueError(f"{path}:{line}: tissue {row['tissue']!r} is given twice")
+        try:
+            values[row["tissue"]] = float(row["conductivity"])
+        except ValueError:
+            raise ValueError(f"{path}:{line}: conductivity {row['conductivity']!r} of {row['tissue']!r} is not "
+                             "a number (S/m)") from None
+    return path.stem, values
 
 
 def get_table(name_or_path: str | os.PathLike) -> ConductivityTable:

@@ -641,10 +641,16 @@ def _prepare_labels(labels: Volume, mapping: Mapping[int, int]) -> tuple:
         logger.warning("label map spacing %s mm: resampling to 1 mm with nearest neighbour", resampled_from)
         labels = resample_isotropic(labels, 1.0, interpolation="nearest")
         labels = labels.with_array(np.asarray(labels.array).astype(array.dtype, copy=False))
-    tissues = labels_to_tissues(labels.array, mapping)
+    return labels, head_tissues(labels.array, mapping), resampled_from
+
+
+def head_tissues(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Tissue indices of a label array (:func:`~CondNetLogic.conductivity.labels_to_tissues`); ``ValueError`` when
+    no voxel is head, as for any missing label."""
+    tissues = labels_to_tissues(labels, mapping)
     if not tissues.any():
         raise ValueError("the label map is empty: every voxel maps to air")
-    return labels, tissues, resampled_from
+    return tissues
 
 
 def _to_uint12(image: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .errors import Cancelled
-from .synth import SynthOptions, synthesize_subject
+from .synth import SynthOptions, head_tissues, synthesize_subject
 
 __all__ = ["DEFAULT_VAL_MAPS", "build_training_set", "map_id"]
 
@@ -110,13 +110,11 @@ def _synthesize_map(task: dict) -> list:
 
 def _check_labels(maps: Sequence[Path], mapping: Mapping[int, int]) -> None:
     """Raise ``ValueError`` naming the first map with a label the mapping lacks or no head (before any synthesis)."""
-    from .conductivity import labels_to_tissues
     from .io import read_volume
 
     for path in maps:
         try:
-            if not labels_to_tissues(read_volume(path).array, mapping).any():
-                raise ValueError("the label map is empty: every voxel maps to air")
+            head_tissues(read_volume(path).array, mapping)
         except ValueError as err:
             raise ValueError(f"{path.name}: {err}") from err
 
