@@ -508,7 +508,10 @@ class ModelGrid:
             When the reference's axes (after :func:`reorient_canonical`) run along R, A, S within 1e-4 and its
             spacing is ``spacing_mm``, the model grid reuses the reference's voxel lattice (the centre is
             moved to the nearest voxel), so :meth:`to_model` and :meth:`to_reference` are exact integer
-            crops/pads; otherwise they interpolate.
+            crops/pads; otherwise they interpolate.  With axes along R, A, S and another spacing, the grid is
+            shifted by less than half a voxel so that the reference's first voxel centre is a model voxel
+            centre: for a spacing that is a multiple of ``spacing_mm`` (2 mm templates) every reference voxel
+            centre is one, and :meth:`to_reference` reads model voxels without interpolating.
 
         Notes
         -----
@@ -550,7 +553,15 @@ class ModelGrid:
             affine = canonical @ shift
         else:
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-            affine[:3, 3] = centre - spacing_mm * half
+            origin = centre - spacing_mm * half
+            if np.allclose(canonical[:3, :3], np.diag(np.diag(canonical[:3, :3])), atol=1e-4 * spacing_mm):
+                # Axes along R, A, S but another spacing (a 2 mm template): shift by less than half a model voxel
+                # so that the reference's voxel centres fall on model voxel centres, not halfway between two.
+                # Otherwise every 2 mm voxel is a tie, and results going back by nearest neighbour (the mask) and
+                # by interpolation (the conductivity) fall half a model voxel apart.
+                corner = canonical[:3, 3]
+                origin = corner + spacing_mm * np.round((origin - corner) / spacing_mm)
+            affine[:3, 3] = origin
         grid = cls(affine, (size,) * 3, reference.shape, reference.ijk_to_ras)
         cut = grid.cut_warning(low, high)
         if cut is not None:

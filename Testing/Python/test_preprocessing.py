@@ -454,6 +454,32 @@ def test_model_grid_interpolates_non_lattice_references(name):
     assert np.all(back.array[~np.all(np.abs(field.array - 5) < 24.5, axis=-1)] == 0)
 
 
+@pytest.mark.parametrize("name", ["LAS", "RAS"])
+@pytest.mark.parametrize("centre", [(5, 5, 5), (5.5, -3.25, 0.7)])
+def test_model_grid_puts_2mm_voxel_centres_on_model_voxel_centres(name, centre):
+    """A 2 mm template (MNI152): each of its voxel centres is a model voxel centre, so the way back reads model
+    voxels as they are; before, every one fell halfway between two, and the nearest-neighbour mask and the
+    interpolated conductivity came back half a model voxel apart."""
+    t1 = phantom((24, 24, 24), spacing=2.0, direction=DIRECTIONS[name], centre=centre)
+    model_grid = pp.ModelGrid.for_volume(t1, size=56)
+    np.testing.assert_allclose(model_grid.affine[:3, :3], np.eye(3), atol=1e-12)
+    ijk = np.linalg.solve(model_grid.affine, np.vstack([ras_field(t1.shape, t1.ijk_to_ras).array.reshape(-1, 3).T,
+                                                        np.ones(24**3)]))[:3]
+    np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-6)
+    # Still centred on the head within a model voxel.
+    head = pp.head_mask(t1)
+    middle = model_grid.affine[:3, :3] @ np.full(3, 27.5) + model_grid.affine[:3, 3]
+    points = t1.ijk_to_ras[:3, :3] @ np.argwhere(head).T + t1.ijk_to_ras[:3, 3:4]
+    np.testing.assert_allclose(middle, 0.5 * (points.min(axis=1) + points.max(axis=1)), atol=1.01)
+    # Linear there and back returns the image itself, and nearest there and back returns the labels: both
+    # read the same model voxel for each reference voxel.
+    back = model_grid.to_reference(model_grid.to_model(t1)).array
+    np.testing.assert_allclose(back, t1.array, rtol=1e-6, atol=1e-4)
+    labels = (t1.array > 50).astype(np.uint8)
+    nearest = model_grid.to_model(t1.with_array(labels), interpolation="nearest")
+    np.testing.assert_array_equal(model_grid.to_reference(nearest, interpolation="nearest").array, labels)
+
+
 def test_model_grid_dict_round_trip_and_errors():
     t1 = phantom((20, 20, 20), direction=LIA)
     model_grid = pp.ModelGrid.for_volume(t1, size=16)
