@@ -329,8 +329,9 @@ def tissues_to_conductivity(tissues: np.ndarray, table: ConductivityTable) -> np
     tissues = np.asarray(tissues)
     lookup = table.lookup()
     present = np.unique(tissues)
-    if present.max(initial=0) >= len(TISSUES):
-        raise ValueError(f"tissue index {int(present.max())} out of range (0..{len(TISSUES) - 1})")
+    for extreme in (present.min(initial=0), present.max(initial=0)):
+        if not 0 <= extreme < len(TISSUES):
+            raise ValueError(f"tissue index {int(extreme)} out of range (0..{len(TISSUES) - 1})")
     lacking = [TISSUES[int(t)] for t in present if np.isnan(lookup[int(t)])]
     if lacking:
         raise ValueError(f"conductivity table {table.name!r} has no value for tissues {lacking}")

@@ -21,6 +21,8 @@ from typing import List, Optional
 
 #: Statistics of |E| in a region that a dose may be matched on (keys of :func:`CondNetLogic.metrics.roi_stats`).
 DOSE_METRICS = ("mean", "p95", "p99", "p99_9")
+#: Relative rounding allowed above 100 % output before a dose counts as out of the stimulator's reach.
+_OUTPUT_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def motor_equivalent_dose(
                      f"{target.coil_name}): the dose is given as output and dI/dt only, not in percent of the motor "
                      "threshold")
     output = None if target.didt_max is None else 100.0 * didt / target.didt_max
-    reachable = output is None or output <= 100.0
+    # 100 % computed through a ratio may come out as 100.00000000000001: still the stimulator's maximum.
+    reachable = output is None or output <= 100.0 * (1.0 + _OUTPUT_RTOL)
     if not reachable:
         notes.append(f"the stimulator cannot reach it: {output:.0f} % of its maximum output")
     return Dose(

@@ -49,6 +49,18 @@ def test_a_turned_field_has_the_same_strength_and_another_direction():
     assert result["mean_ratio"] == pytest.approx(1.0)
 
 
+def test_percentile_and_correlation_of_known_strengths():
+    """Numbers by hand: the 99th percentile of 1..100 is 99.01; r of (1, 2, 3, 4) and (1, 3, 2, 4) is 0.8."""
+    a = np.arange(1.0, 101.0).reshape(100, 1, 1)
+    result = compare_fields(a, 2 * a, np.ones(a.shape, bool))
+    assert result["p99_a"] == pytest.approx(99.01)
+    assert result["p99_b"] == pytest.approx(198.02)
+    assert result["mean_a"] == pytest.approx(50.5)
+    shuffled = compare_fields(np.array([1.0, 2, 3, 4]).reshape(4, 1, 1), np.array([1.0, 3, 2, 4]).reshape(4, 1, 1),
+                              np.ones((4, 1, 1), bool))
+    assert shuffled["pearson_r"] == pytest.approx(0.8)
+
+
 def test_bad_comparisons_raise():
     a = _field()
     with pytest.raises(ValueError, match="on one grid"):

@@ -54,6 +54,40 @@ def test_shipped_mappings_cover_the_shared_label_maps():
     assert samseg[259] == TISSUE_INDEX["vitreous_humor"]
 
 
+#: (words in a structure's name, the tissue it must map to): the first match decides.
+_NAME_RULES = (("cerebellum", "cerebellum"), ("ventricle", "csf"), ("cerebral white matter", "wm"),
+               ("cerebral cortex", "gm"), ("thalamus", "gm"), ("hippocampus", "gm"))
+
+
+@pytest.mark.parametrize("name", ["synthseg_labels.csv", "samseg_labels.csv"])
+def test_shipped_mappings_send_each_named_structure_to_its_tissue(name):
+    """Each row by the name it gives its structure; and the FreeSurfer labels both files hold map alike."""
+    import csv
+
+    with open(resource_path("tissue_maps", name), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    checked = 0
+    for row in rows:
+        for words, tissue in _NAME_RULES:
+            if words in row["structure"].lower():
+                assert row["tissue"] == tissue, row
+                checked += 1
+                break
+    assert checked >= 14, checked  # left and right of each rule at least
+    synthseg = read_label_mapping(resource_path("tissue_maps", "synthseg_labels.csv"))
+    samseg = read_label_mapping(resource_path("tissue_maps", "samseg_labels.csv"))
+    brain = [label for label in synthseg if 0 < label < 100 and label in samseg]
+    assert len(brain) >= 25
+    assert {label: synthseg[label] for label in brain} == {label: samseg[label] for label in brain}
+
+
+def test_a_tissue_index_beyond_the_tissues_is_refused_by_name():
+    with pytest.raises(ValueError, match=f"tissue index {len(TISSUES)} out of range"):
+        tissues_to_conductivity(np.array([0, len(TISSUES)]), TABLE_A)
+    with pytest.raises(ValueError, match="tissue index -1 out of range"):  # not the last tissue's value
+        tissues_to_conductivity(np.array([-1, 2]), TABLE_A)
+
+
 def test_labels_to_conductivity_including_float_labels():
     mapping = {0: 0, 2: TISSUE_INDEX["wm"], 24: TISSUE_INDEX["csf"]}
     labels = np.array([[[0, 2], [24, 2]]], dtype=np.float32)

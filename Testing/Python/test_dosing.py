@@ -45,6 +45,20 @@ def test_dose_by_hand():
     assert reversed_current.didt == pytest.approx(motor_equivalent_dose(motor, 4e7, target).didt)
 
 
+def test_exactly_the_maximum_output_is_reachable():
+    """100 % is the stimulator's maximum, also when the ratios round it to 100.00000000000001."""
+    assert _field(30.0, 5e7).didt_at_percent(100.0) == 1e8
+    exact = motor_equivalent_dose(_field(40.0, 1e8), 5e7, _field(20.0, 1e8))
+    assert exact.output_percent == 100.0
+    assert exact.reachable
+    rounded = motor_equivalent_dose(_field(30.0, 5e7), 4e7, _field(24.0, 1e8))
+    assert rounded.output_percent == pytest.approx(100.0, rel=1e-12)
+    assert rounded.reachable
+    assert rounded.notes == []
+    beyond = motor_equivalent_dose(_field(30.0, 5e7), 4e7, _field(23.9, 1e8))
+    assert not beyond.reachable
+
+
 def test_different_coils_give_output_but_no_percent_of_threshold():
     dose = motor_equivalent_dose(_field(30.0, 5e7), 4e7, _field(60.0, 1e8, coil="b" * 64, didt_max=2e8))
     assert dose.didt == pytest.approx(4e7)

@@ -76,6 +76,8 @@ def test_uniform_prediction_has_zero_error(phantom):
     evaluation = evaluate_prediction(fake_prediction(phantom, uniform), phantom.tissues, IDENTITY, t1=phantom.t1)
     table = evaluation.report["tables"]["A"]
     assert table["mae_condnet_vs_uniform"] == pytest.approx(0.0, abs=1e-7)
+    head = tissues > 0
+    assert table["mae_constant_vs_uniform"] == pytest.approx(np.abs(uniform[head] - uniform[head].mean()).mean())
     assert table["mae_constant_vs_uniform"] > 0.1
     assert set(table["groups"]) == set(GROUPS)
     for group, row in table["groups"].items():
@@ -103,6 +105,24 @@ def test_known_offset_gives_known_mae_and_sd(phantom):
     text = markdown_table({"head": head_info, "tables": {"A": report}})
     assert "| WM |" in text
     assert "0.0500 S/m" in text
+
+
+def test_dice_and_uncertainty_are_over_the_labelled_head(phantom):
+    """A CondNet mask holding half the labelled head: Dice 2 (n/2) / (n + n/2) = 2/3.  The uncertainty mean is
+    over the labelled head only, whatever the sd outside it."""
+    head = phantom.tissues.array > 0
+    sigma = np.where(head, 0.3, 0.0)
+    sd = np.where(head, 0.01, 1.0)
+    prediction = fake_prediction(phantom, sigma, sd)
+    half = head.copy()
+    half.flat[np.flatnonzero(head)[1::2]] = False
+    prediction.head_mask = phantom.t1.with_array(half.astype(np.uint8))
+    report = evaluate_prediction(prediction, phantom.tissues, IDENTITY, t1=phantom.t1).report
+    n, m = int(head.sum()), int(half.sum())
+    assert report["head"]["voxels_condnet_mask"] == m
+    assert report["head"]["dice"] == pytest.approx(2 * m / (n + m))
+    assert report["head"]["dice"] == pytest.approx(2 / 3, abs=1e-3)
+    assert report["tables"]["A"]["uncertainty_mean_in_head"] == pytest.approx(0.01)
 
 
 def _interior_by_hand(region: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ SIZE = 64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _weights(path, *, u=2, v=1):
+def _weights(path, *, u=2, v=1, tau=0.1):
     config = CondNetConfig(in_channels=u, out_channels=v, depth=3)
     states = {}
     for n, direction in enumerate(("sagittal", "coronal", "axial")):
@@ -31,7 +31,7 @@ def _weights(path, *, u=2, v=1):
         with torch.no_grad():  # give each direction a different, non-trivial output level
             model.decoder_1.level_1.map.bias.fill_(0.5 * n - 0.5)
         states[direction] = model.state_dict()
-    save_weights(path, states, config=config, tables=[TABLE_A, TABLE_B][:v], tau=0.1,
+    save_weights(path, states, config=config, tables=[TABLE_A, TABLE_B][:v], tau=tau,
                  input_spec={"channels": ["t1", "t2"][:u], "size": SIZE, "spacing_mm": 1.0, "normalisation": "z"},
                  training={})
     return path
@@ -63,6 +63,37 @@ def test_eq2_eq3_on_the_model_lattice(phantom, weights):
     assert prediction.uncertainty["A"].array.max() > 0.01  # the three directions differ by construction
     assert prediction.info["directions"] == ["sagittal", "coronal", "axial"]
     assert prediction.info["weights"]["sha256"] == weights.sha256
+
+
+def test_eq3_takes_tau_from_the_weights(phantom, weights, tmp_path):
+    """The same networks saved with tau = 0.2: C = max(sigma) / (1 - tau) * L is 0.9 / 0.8 of tau = 0.1's."""
+    other = load_weights(_weights(tmp_path / "tau.safetensors", tau=0.2))
+    assert other.tau == 0.2
+    ours = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32")
+    theirs = predict_conductivity(phantom.t1, phantom.t2, weights=other, device="cpu", precision="float32")
+    head = ours.head_mask.array > 0
+    np.testing.assert_allclose(theirs.conductivity["A"].array[head], 0.9 / 0.8 * ours.conductivity["A"].array[head],
+                               rtol=1e-5)
+
+
+def test_mean_spread_and_members_are_zero_outside_the_mask(weights):
+    """Eq. 2-3 on the model grid: every output is 0 outside the head mask, whatever the networks gave there."""
+    import torch
+
+    from CondNetLogic.inference import _conductivity_and_spread
+
+    rng = np.random.default_rng(0)
+    per_direction = {d: torch.from_numpy(rng.uniform(0.1, 0.9, (1, 4, 5, 6)).astype(np.float32))
+                     for d in weights.directions}  # (tables, I, J, K) levels of each direction
+    mask = np.zeros((4, 5, 6), dtype=bool)
+    mask[1:3, 1:4, 2:5] = True
+    mean, sd, members = _conductivity_and_spread(per_direction, weights, mask, keep_directions=True)[0]
+    for volume in (mean, sd, *members.values()):
+        assert not volume[~mask].any()
+        assert volume[mask].min() > 0
+    levels = np.stack([per_direction[d][0].numpy() for d in weights.directions])
+    np.testing.assert_allclose(mean[mask], denormalise(levels.mean(axis=0), TABLE_A.sigma_max, 0.1)[mask],
+                               rtol=1e-6)
 
 
 def test_result_on_an_lia_t1_grid_and_zero_outside_head(phantom, weights):

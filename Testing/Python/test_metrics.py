@@ -89,6 +89,7 @@ def test_roi_stats_values():
     assert stats["mean"] == pytest.approx(selected.mean())
     assert stats["sd"] == pytest.approx(selected.std())
     assert stats["max"] == 500.0
+    assert stats["p95"] == pytest.approx(475.05)  # np.percentile(1..500, 95), linear interpolation
     assert stats["p99"] == pytest.approx(np.percentile(selected, 99))
     assert stats["p99_9"] == pytest.approx(np.percentile(selected, 99.9))
     assert stats["focality_mm3"] == pytest.approx(np.count_nonzero(selected >= 0.5 * stats["p99_9"]) * 8.0)

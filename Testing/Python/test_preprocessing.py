@@ -539,6 +539,9 @@ def test_prepare_pair_synthetic_t1_t2_on_different_grids():
     only_t1 = pp.prepare_pair(t1, None, size=48)
     assert only_t1.t2 is None
     np.testing.assert_array_equal(only_t1.t1, pair.t1)
+    # Both images are scaled by their statistics inside the T1's head mask, not over the whole grid.
+    np.testing.assert_array_equal(pair.t1, pp.zscore_unit(pair.grid.to_model(t1), pair.mask))
+    np.testing.assert_array_equal(pair.t2, pp.zscore_unit(pair.grid.to_model(t2), pair.mask))
 
 
 def test_a_negative_background_is_not_taken_for_tissue_on_the_model_grid():

@@ -61,6 +61,17 @@ def test_c3_on_a_sphere(sphere_mask):
     assert fz[1] > c[1] + 20  # anterior
 
 
+def test_cz_is_refined_on_the_ear_to_ear_arc(sphere_mask):
+    """Nz and Iz 10 degrees right of the midline: the Nz-Iz arc's midpoint is 7 mm right of the vertex, and Cz, the
+    midpoint of the LPA-RPA arc through it, is the vertex itself."""
+    c = np.array([5.0, -3.0, 2.0])
+    tilt = np.deg2rad(10.0)
+    landmarks = {"Nz": c + RADIUS * np.array([np.sin(tilt), np.cos(tilt), 0]),
+                 "Iz": c + RADIUS * np.array([np.sin(tilt), -np.cos(tilt), 0]),
+                 "LPA": c + [-RADIUS, 0, 0], "RPA": c + [RADIUS, 0, 0]}
+    np.testing.assert_allclose(eeg_position("Cz", landmarks, sphere_mask), c + [0, 0, RADIUS], atol=1.5)
+
+
 def _slerp(centre, a, b, t):
     """The point a fraction ``t`` along the circle arc about ``centre`` from ``a`` to ``b`` (same radius)."""
     u, v = a - centre, b - centre
