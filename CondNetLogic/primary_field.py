@@ -671,7 +671,7 @@ def dadt_centres(
 
 
 def default_cache_dir() -> Path:
-    """Per-user folder for coil grids: ``$CONDNET_CACHE_DIR`` or ``~/.cache/condnet/primary_field``."""
+    """Per-user folder for coil grids: ``$CONDNET_CACHE_DIR/primary_field``, else ``~/.cache/condnet/primary_field``."""
     root = os.environ.get("CONDNET_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "condnet"
     return base / "primary_field"

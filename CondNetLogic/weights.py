@@ -484,6 +484,22 @@ def _check_inputs(spec: dict, in_channels: int, path: Path) -> None:
                            "on 1 mm grids")
 
 
+def manifest_relative_path(path: PathLike, manifest_path: Optional[PathLike] = None) -> Path:
+    """``path`` relative to the folder of the manifest (``Resources/`` by default), as the manifest records it.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` does not lie below that folder: shipped weights travel with ``Resources/``.
+    """
+    folder = _manifest_path(manifest_path).parent
+    try:
+        return Path(path).resolve().relative_to(folder.resolve())
+    except ValueError as err:
+        raise ValueError(f"{path} must lie below {folder} to be listed in its manifest: write the weights there "
+                         f"(e.g. {folder / 'weights' / 'my-weights.safetensors'})") from err
+
+
 def register_weights(
     path: PathLike,
     *,
@@ -510,10 +526,7 @@ def register_weights(
     manifest_path = _manifest_path(manifest_path)
     path = Path(path).resolve()
     weights = load_weights(path)
-    try:
-        relative = path.relative_to(manifest_path.parent.resolve())
-    except ValueError as err:
-        raise ValueError(f"{path} must lie below {manifest_path.parent} to be listed in its manifest") from err
+    relative = manifest_relative_path(path, manifest_path)
     manifest = read_manifest(manifest_path) if manifest_path.exists() else {"format_version": 1, "weights": []}
     entry = {"id": weights_id, "version": version, "file": relative.as_posix(), "sha256": file_sha256(path),
              "size": path.stat().st_size}

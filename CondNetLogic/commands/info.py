@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--coil", metavar="NAME_OR_FILE",
-        help="describe one coil instead (name, coil JSON or SimNIBS .ccd/.tcd file): its sources, size and maximum "
+        help="describe one coil instead (name, coil JSON, SimNIBS .ccd/.tcd or NIfTI dA/dt file): its sources, size "
+             "and maximum "
              "dI/dt, to check an imported coil's units",
     )
     parser.add_argument(

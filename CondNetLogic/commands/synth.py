@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", choices=("randomised", "mild"), default="randomised",
                         help="randomised: wide domain randomisation (training); mild: near-nominal contrast")
-    parser.add_argument("--prefix", help="pair folder prefix (default: the label file's name)")
+    parser.add_argument("--prefix", help="pair folder prefix; pairs are PREFIX_p0, PREFIX_p1, ... (default: the "
+                                         "label file's name, training_seg_18 shortened to seg18)")
     add_synth_option_arguments(parser)
     parser.add_argument("--no-preview", action="store_true", help="skip the preview PNGs")
 

@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming existing checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
     parser.add_argument("--register", metavar="ID",
-                        help="list the weights in Resources/weights.json under ID (the weights file must lie below "
-                             "Resources/); weights for Table A become the default, others are picked by "
-                             "condnet predict --table")
+                        help="list the weights in Resources/weights.json under ID (give --weights below Resources/, "
+                             "e.g. Resources/weights/ID.safetensors; checked before training); weights for Table A "
+                             "become the default, others are picked by condnet predict --table")
     parser.add_argument("--weights-version", default="1", help="version recorded with --register")
     parser.add_argument("--max-minutes", type=float,
                         help="time limit per direction: stop after the epoch that would overrun it (best kept)")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conductivity import get_table
     from ..network import CondNetConfig
     from ..training import PRESETS, train, with_overrides
-    from ..weights import default_roles, read_manifest, register_weights
+    from ..weights import default_roles, manifest_relative_path, read_manifest, register_weights
 
     if args.threads is not None:
         if args.threads < 1:
@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         network["depth"] = args.depth
     weights_path = Path(args.weights) if args.weights else default_weights_path(args.out, args.directions,
                                                                                  combine=args.combine)
+    if args.register:  # before the training, not after it
+        try:
+            manifest_relative_path(weights_path)
+        except ValueError as err:
+            raise ValueError(f"--register {args.register}: {err}; pass --weights with such a path") from err
     result = train(
         args.data, args.out, weights_path=weights_path, network_config=CondNetConfig(**network), config=config,
         directions=args.directions, device=args.device, cache_dir=args.cache, resume=not args.no_resume,

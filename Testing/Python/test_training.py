@@ -412,6 +412,23 @@ def test_directions_trained_by_parallel_commands_are_combined(training_set, tmp_
     assert not (tmp_path / "l1.safetensors").exists()
 
 
+def test_register_outside_resources_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """`train --register ID` without --weights below Resources/ would fail after the whole run: it fails first."""
+    import CondNetLogic.training as training
+    from CondNetLogic.cli import main
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "train", must_not_train)
+    code = main(["train", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--register", "mine"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--register mine" in err
+    assert "must lie below" in err
+    assert "pass --weights" in err
+
+
 def test_fine_tuning_starts_from_the_given_weights(training_set, tmp_path):
     kwargs = {"network_config": NET, "directions": ["axial"], "device": "cpu", "show_bar": False}
     first = train(training_set, tmp_path / "a", weights_path=tmp_path / "a.safetensors",
