@@ -62,6 +62,21 @@ def test_figure8_geometry_and_current_sense():
     # +x wing counter-clockwise about +z (positive signed area), -x wing clockwise
     assert _signed_area(wing_pos) > 0
     assert _signed_area(wing_neg) < 0
+    # Each spiral starts outside, on the far side from the coil centre, and ends inside, on the same ray.
+    np.testing.assert_allclose(wing_pos[0], [97.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(wing_pos[-2], [72.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(wing_neg[0], [-97.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(wing_neg[-2], [-72.0, 0.0, 0.0], atol=1e-9)
+
+
+def test_figure8_wing_spacing_moves_the_wing_centres():
+    """Wings 44 mm apart with 40 mm outer diameter: centres at x = +-22, 4 mm of gap between the wings."""
+    wing_pos, wing_neg = figure8_spiral_polylines(20.0, 40.0, 3, wing_spacing_mm=44.0, points_per_turn=16)
+    np.testing.assert_allclose(wing_pos[0], [42.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(wing_neg[0], [-42.0, 0.0, 0.0], atol=1e-12)
+    for line, centre_x in ((wing_pos, 22.0), (wing_neg, -22.0)):
+        assert np.hypot(line[:, 0] - centre_x, line[:, 1]).max() == pytest.approx(20.0)
+    assert wing_pos[:, 0].min() > 2.0 > -2.0 > wing_neg[:, 0].max()  # the gap between the wings stays clear
 
 
 def test_induced_field_under_centre_points_along_handle():

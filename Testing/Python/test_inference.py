@@ -216,10 +216,21 @@ def test_float32_levels_match_the_network_run_plainly(phantom, weights):
     levels = predict_levels(weights, inputs, pair.mask, precision="float32", state=state)
     assert state["precision"] == "float32"
     k = SIZE // 2
-    model = weights.build("axial").eval()
-    with torch.inference_mode():
-        plain = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(inputs[None, :, :, :, k])))).numpy()
-    np.testing.assert_allclose(levels["axial"][:, :, :, k], plain[0], rtol=0, atol=1e-6)
+    # Each direction's slices in the training's array order (dataset.SliceDataset): sagittal (A, S), coronal
+    # (R, S), axial (R, A); a transposed slice would give another picture to the network.
+    for direction, axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
+        model = weights.build(direction).eval()
+        take = [slice(None)] * 4
+        take[axis + 1] = k
+        with torch.inference_mode():
+            plain = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(inputs[tuple(take)][None])))).numpy()
+        take[0] = slice(None)
+        np.testing.assert_allclose(levels[direction][tuple(take)], plain[0], rtol=0, atol=1e-6, err_msg=direction)
+        # Every slice that holds head is run (a sigmoid is never 0); the others stay 0.
+        in_head = pair.mask.any(axis=tuple(a for a in range(3) if a != axis))
+        ran = np.moveaxis(levels[direction][0], axis, 0).reshape(SIZE, -1).any(axis=1)
+        np.testing.assert_array_equal(ran, in_head, err_msg=direction)
+        assert (levels[direction][0][pair.mask] > 0).all()
 
 
 @pytest.mark.parametrize("native", [True, False])

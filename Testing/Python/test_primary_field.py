@@ -317,6 +317,18 @@ def test_points_on_or_near_the_wire_raise():
     with pytest.raises(ValueError, match="must not touch"):
         dadt_at_points(np.array([[0.005, 0.0, 0.0]]), segments, 1.0)
     dadt_at_points(np.array([[0.005, 0.0015, 0.0]]), segments, 1.0)
+    # Beyond either end the distance is to that end: 0.5 mm past b, and 0.5 mm before a.
+    for point in ([0.0105, 0.0, 0.0], [-0.0005, 0.0, 0.0]):
+        with pytest.raises(ValueError, match="must not touch"):
+            dadt_at_points(np.array([point]), segments, 1.0, min_distance_m=1e-3)
+    dadt_at_points(np.array([[0.0115, 0.0, 0.0]]), segments, 1.0, min_distance_m=1e-3)
+
+
+def test_the_constant_is_mu0_over_4pi_in_si():
+    """dA/dt of a 1 m segment at 1 A/s, 1 m off its middle: 1e-7 * 2 asinh(1/2) V/m (mu0 / 4 pi = 1e-7 H/m)."""
+    assert MU0_OVER_4PI == pytest.approx(1e-7, rel=1e-9)
+    value = dadt_at_points(np.array([[0.5, 1.0, 0.0]]), np.array([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]), 1.0)
+    np.testing.assert_allclose(value, [[1e-7 * 2 * np.arcsinh(0.5), 0.0, 0.0]], rtol=1e-9)
 
 
 def test_lattice_through_the_coil_raises():

@@ -53,14 +53,18 @@ def _centres_ras_mm(volume):
     return volume.ijk_to_ras_points(ijk.astype(float))
 
 
-def test_a_linear_field_is_reproduced_exactly_for_any_pose_and_grid_affine(tmp_path):
+#: The file's first two axes swapped (i along -y, j along +x): its affine is not its own transpose's inverse.
+PERMUTED_AFFINE = np.array([[0.0, 3.0, 0.0, -60.0], [-2.0, 0.0, 0.0, 50.0], [0.0, 0.0, 2.5, -5.0], [0, 0, 0, 1.0]])
+
+
+@pytest.mark.parametrize(("affine", "shape"), [(SKEWED_AFFINE, (45, 55, 40)), (PERMUTED_AFFINE, (55, 45, 40))])
+def test_a_linear_field_is_reproduced_exactly_for_any_pose_and_grid_affine(tmp_path, affine, shape):
     """Trilinear interpolation is exact for an affine field: A(c) = M c + a in the coil frame (c in mm), so at
     RAS point p, dA/dt = dI/dt R (M R^T (p - t) + a), with the file's own affine, axes and the pose in play."""
     rng = np.random.default_rng(0)
     matrix, offset = rng.normal(scale=1e-8, size=(3, 3)), rng.normal(scale=1e-6, size=3)
-    shape = (45, 55, 40)
-    nodes = _node_positions_mm(shape, SKEWED_AFFINE)
-    coil = load_coil(_save((nodes @ matrix.T + offset).reshape(shape + (3,)), SKEWED_AFFINE, tmp_path / "lin.nii.gz"))
+    nodes = _node_positions_mm(shape, affine)
+    coil = load_coil(_save((nodes @ matrix.T + offset).reshape(shape + (3,)), affine, tmp_path / "lin.nii.gz"))
     pose = _oblique_pose()
     volume = _lattice_volume()
     didt = 7.0e7

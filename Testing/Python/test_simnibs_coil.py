@@ -113,6 +113,12 @@ def test_deformations_apply_at_their_initial_values_in_order(tmp_path):
                                 "range": [0, 90]}, {"type": "z", "initial": 5.0, "range": [0, 10]}]}
     coil = load_coil(_tcd(tmp_path / "deformed.tcd", [reversed_order], extra=around_x))
     np.testing.assert_allclose(coil.dipole_positions_mm, [[10.0, -5.0, 0.0]], atol=1e-12)  # shift, then turn
+    # An axis off the origin: 90 degrees about the vertical line through (10, 0, 0) takes (20, 0, 0) to (10, 10, 0).
+    off_axis = {"deformList": [{"type": "rot2p", "point1": [10, 0, 0], "point2": [10, 0, 1], "initial": 90.0,
+                                "range": [0, 90]}]}
+    coil = load_coil(_tcd(tmp_path / "deformed.tcd", [_element(1, [[20.0, 0.0, 0.0]], [[1e-4, 0.0, 0.0]],
+                                                               deformations=[0])], extra=off_axis))
+    np.testing.assert_allclose(coil.dipole_positions_mm, [[10.0, 10.0, 0.0]], atol=1e-12)
 
 
 def test_line_elements_and_dipoles_together_make_a_mixed_coil(tmp_path):
