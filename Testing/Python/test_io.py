@@ -229,6 +229,34 @@ def test_nifti_whose_sform_and_pixdim_disagree_is_refused(tmp_path, code):
     np.testing.assert_allclose(read_volume(path).spacing, [0.9, 0.9, 1.5], rtol=1e-6)
 
 
+def test_sform_and_pixdim_are_compared_when_the_qform_is_set_too(tmp_path):
+    """With both codes 1 ITK still takes pixdim's voxel size: the pixdim check must not need qform_code 0."""
+    nib = pytest.importorskip("nibabel")
+    sform = np.diag([0.9, 0.9, 1.5, 1.0])
+    image = nib.Nifti1Image(np.zeros((6, 5, 1), np.int16), sform)
+    image.set_qform(sform, code=1)
+    image.set_sform(sform, code=1)
+    path = tmp_path / "pixdim.nii"
+    nib.save(image, path)
+    raw = bytearray(path.read_bytes())
+    raw[88:92] = np.float32(1.0).tobytes()  # pixdim[3] (bytes 76 + 4 * 3), little-endian as nibabel wrote it
+    path.write_bytes(bytes(raw))
+    assert nib.load(path).header["pixdim"][3] == 1.0  # one slice: the qform (pixdim 1) still meets the sform
+    with pytest.raises(VolumeReadError, match=r"sform gives voxels of \[0.9, 0.9, 1.5\] mm but its pixdim "
+                                              r"\[0.9, 0.9, 1.0\] mm"):
+        read_volume(path)
+
+
+def test_a_nifti_one_voxel_short_is_truncated(tmp_path):
+    """Losing only the last float32 voxel (4 bytes) is caught: 352 + 7 * 5 * 4 * 4 = 912 bytes promised."""
+    data = write_volume(make_volume(), tmp_path / "v.nii").read_bytes()
+    assert len(data) == 912
+    short = tmp_path / "short.nii"
+    short.write_bytes(data[:-4])
+    with pytest.raises(VolumeReadError, match="truncated NIfTI file: 908 bytes, the header promises 912"):
+        read_volume(short)
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_infinite_voxels_are_refused_in_every_format(tmp_path, suffix):
     volume = make_volume()

@@ -126,6 +126,20 @@ def test_disagreeing_qform_and_sform_are_refused(tmp_path):
         read_volume(path)
 
 
+def test_qform_half_a_millimetre_from_the_sform_is_refused(tmp_path):
+    """0.5 mm (a shift of 0.3 and 0.4 mm) is past the 0.1 mm tolerance; 0.05 mm along x is within it."""
+    aff = affine(ORIENTATIONS["oblique"])
+    moved = aff.copy()
+    moved[:3, 3] += [0.3, 0.4, 0.0]
+    path = save(tmp_path / "half.nii.gz", data(), aff, qform=moved, qform_code=1, sform_code=1)
+    with pytest.raises(VolumeReadError, match=r"up to 0\.5 mm apart"):
+        read_volume(path)
+    nudged = aff.copy()
+    nudged[0, 3] += 0.05
+    path = save(tmp_path / "nudged.nii.gz", data(), aff, qform=nudged, qform_code=1, sform_code=1)
+    np.testing.assert_allclose(read_volume(path).ijk_to_ras, aff, atol=1e-4)  # sform_code 1: the sform
+
+
 def test_qform_and_sform_within_rounding_are_accepted(tmp_path):
     aff = affine(ORIENTATIONS["oblique"])
     nudged = aff.copy()

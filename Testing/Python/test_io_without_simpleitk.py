@@ -82,6 +82,17 @@ def test_space_codes_of_a_like_file(tmp_path, without_simpleitk):
     assert (int(header["qform_code"]), int(header["sform_code"])) == (4, 4)
 
 
+def test_space_codes_of_a_like_file_keep_their_places(tmp_path, without_simpleitk):
+    """qform_code 1 and sform_code 2 of the ``like`` file stay in their own fields, not swapped."""
+    volume = oblique_volume()
+    like = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), volume.ijk_to_ras)
+    like.set_qform(volume.ijk_to_ras, code=1)
+    like.set_sform(volume.ijk_to_ras, code=2)
+    nib.save(like, str(tmp_path / "aligned.nii.gz"))
+    header = _header(write_volume(volume, tmp_path / "out.nii.gz", like=tmp_path / "aligned.nii.gz"))
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+
+
 def test_the_transform_itk_takes(tmp_path, monkeypatch):
     """With both codes set and sform_code 2 ITK takes the qform, with sform_code 1 the sform (the two agree within
     0.1 mm, or the file is refused); the nibabel path takes the same."""

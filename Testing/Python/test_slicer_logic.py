@@ -150,6 +150,23 @@ def test_world_to_local_follows_parent_transform(mrml_scene):
     np.testing.assert_allclose(adapters.worldToLocalMatrix(node), np.linalg.inv(matrix), atol=1e-12)
 
 
+def test_relative_matrix_goes_from_the_first_node_through_world_to_the_second(mrml_scene):
+    """T2 under A, T1 under B: T2's local RAS maps to T1's by inv(B) @ A (A @ inv(B) differs for these)."""
+    a = rotation([0, 1, 0], 20)
+    a[:3, 3] = [5.0, -3.0, 8.0]
+    b = rotation([1, 0, 0], 15)
+    b[:3, 3] = [-2.0, 6.0, 1.0]
+    nodes = []
+    for name, matrix in (("t2", a), ("t1", b)):
+        node = add_volume(mrml_scene, Volume(np.ones((2, 2, 2)), np.eye(4)), name)
+        transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(matrix))
+        node.SetAndObserveTransformNodeID(transform.GetID())
+        nodes.append(node)
+    assert not np.allclose(np.linalg.inv(b) @ a, a @ np.linalg.inv(b), atol=1e-3)
+    np.testing.assert_allclose(CondNetSlicerLogic()._relativeMatrix(*nodes), np.linalg.inv(b) @ a, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ workflow
 def test_whole_workflow_on_an_oblique_lia_head(mrml_scene, head, weights, tmp_path):
     t1Node = add_volume(mrml_scene, head["t1"], "T1")

@@ -277,6 +277,27 @@ def test_tiny_run_resume_and_outputs(training_set, tmp_path):
         train(tmp_path / "nothing", out, weights_path=tmp_path / "w6.safetensors", network_config=NET, config=TINY)
 
 
+def test_each_epoch_draws_its_slices_in_another_order(training_set, tmp_path, monkeypatch):
+    """The epoch is part of the shuffle's seed: epochs 1 and 2 of a TINY run train on other slice orders."""
+    from CondNetLogic import training
+
+    drawn = []  # (dataset, slice positions) of every prefetch: the training set's first, then validation sets
+    prefetched = training.prefetched_batches
+
+    def recording(dataset, chunks, **kwargs):
+        drawn.append((dataset, [int(i) for chunk in chunks for i in chunk]))
+        return prefetched(dataset, chunks, **kwargs)
+
+    monkeypatch.setattr(training, "prefetched_batches", recording)
+    train(training_set, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY,
+          directions=["axial"], device="cpu", show_bar=False)
+    train_set = drawn[0][0]
+    orders = [positions for dataset, positions in drawn if dataset is train_set]
+    assert len(orders) == 2
+    assert all(len(order) == TINY.slices_per_epoch for order in orders)
+    assert orders[0] != orders[1]
+
+
 def test_resume_matches_uninterrupted_run(training_set, tmp_path):
     def cancel_in_epoch_two() -> bool:  # true from the first step after epoch 1's checkpoint
         return (tmp_path / "a" / "coronal" / "checkpoint.pt").exists()

@@ -14,7 +14,7 @@ from CondNetLogic.errors import Cancelled
 from CondNetLogic.io import read_volume, write_volume
 from CondNetLogic.phantom import make_head_phantom
 from CondNetLogic.synth import SynthOptions
-from CondNetLogic.training_set import build_training_set, map_id
+from CondNetLogic.training_set import _split, build_training_set, map_id
 from CondNetLogic.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -92,6 +92,17 @@ def test_deterministic_by_seed(tmp_path, labels_dir):
     # Maps differ in their pairs even with one seed: the map number is part of the seed.
     assert json.loads((tmp_path / "a" / "seg01_p0" / "params.json").read_text())["seed"] == [1, 0, 0]
     assert json.loads((tmp_path / "a" / "seg02_p0" / "params.json").read_text())["seed"] == [1, 1, 0]
+
+
+def test_validation_maps_drawn_by_count_depend_on_the_seed():
+    """Seeds 0-4 draw five different halves of 20 maps (a chance match: 1 in C(20, 10) = 184756); a seed repeats."""
+    stems = [f"training_seg_{n:02d}" for n in range(1, 21)]
+    splits = [_split(stems, 10, seed) for seed in range(5)]
+    for train, val in splits:
+        assert len(val) == 10
+        assert sorted(train + val) == stems
+    assert len({tuple(val) for _, val in splits}) == 5
+    assert _split(stems, 10, 3) == splits[3]
 
 
 def test_parallel_workers_match_serial(tmp_path, labels_dir):
