@@ -15,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--coil", metavar="NAME_OR_FILE",
         help="describe one coil instead (name, coil JSON, SimNIBS .ccd/.tcd or NIfTI dA/dt file): its sources, size "
-             "and maximum "
-             "dI/dt, to check an imported coil's units",
+             "and maximum dI/dt, to check an imported coil's units",
     )
     parser.add_argument(
         "--sphere", action="store_true",
