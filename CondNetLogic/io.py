@@ -123,7 +123,8 @@ def _read_itk(sitk, path: Path, allow_vector: bool) -> Volume:
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dimension == 4 and allow_vector and components == 1 and image.GetSize()[3] == 3:
-        return _vector_from_4d(np.moveaxis(data, (0, 1, 2, 3), (3, 2, 1, 0)), image)
+        # A vector field written as a 4D image (fourth axis = the 3 components): (I, J, K, 3) like the 3D case.
+        return Volume(np.ascontiguousarray(np.moveaxis(data, (0, 1, 2, 3), (3, 2, 1, 0))), _itk_ijk_to_ras(image))
     if dimension != 3:
         raise VolumeReadError(
             f"{path}: expected a 3D volume, got a {dimension}D image of size {image.GetSize()}"
@@ -132,11 +133,6 @@ def _read_itk(sitk, path: Path, allow_vector: bool) -> Volume:
     if components > 1 and not allow_vector:
         raise VolumeReadError(f"{path}: expected a scalar volume, got {components} components per voxel")
     return Volume(np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))), _itk_ijk_to_ras(image))
-
-
-def _vector_from_4d(array: np.ndarray, image) -> Volume:
-    """A 3-vector volume ``(I, J, K, 3)`` from a 4D ITK image whose fourth axis holds the components."""
-    return Volume(np.ascontiguousarray(array), _itk_ijk_to_ras(image))
 
 
 def _itk_ijk_to_ras(image) -> np.ndarray:

@@ -113,11 +113,16 @@ def test_no_orientation_is_refused(tmp_path):
         read_volume(path)
 
 
-def test_disagreeing_qform_and_sform_are_refused(tmp_path):
+def _shifted_qform(path, shift_mm, sform_code=1):
+    """(sform, file) of an oblique image whose qform is its sform moved by ``shift_mm`` (RAS mm)."""
     aff = affine(ORIENTATIONS["oblique"])
     moved = aff.copy()
-    moved[:3, 3] += [0.0, 10.0, 0.0]
-    path = save(tmp_path / "two_geometries.nii.gz", data(), aff, qform=moved, qform_code=1, sform_code=2)
+    moved[:3, 3] += shift_mm
+    return aff, save(path, data(), aff, qform=moved, qform_code=1, sform_code=sform_code)
+
+
+def test_disagreeing_qform_and_sform_are_refused(tmp_path):
+    aff, path = _shifted_qform(tmp_path / "two_geometries.nii.gz", [0.0, 10.0, 0.0], sform_code=2)
     with pytest.raises(VolumeReadError, match=r"10\.0 mm apart.*nibabel, FSL and SimNIBS the sform"):
         read_volume(path)
     flipped = affine(ORIENTATIONS["LPS"])
@@ -128,15 +133,10 @@ def test_disagreeing_qform_and_sform_are_refused(tmp_path):
 
 def test_qform_half_a_millimetre_from_the_sform_is_refused(tmp_path):
     """0.5 mm (a shift of 0.3 and 0.4 mm) is past the 0.1 mm tolerance; 0.05 mm along x is within it."""
-    aff = affine(ORIENTATIONS["oblique"])
-    moved = aff.copy()
-    moved[:3, 3] += [0.3, 0.4, 0.0]
-    path = save(tmp_path / "half.nii.gz", data(), aff, qform=moved, qform_code=1, sform_code=1)
+    _, path = _shifted_qform(tmp_path / "half.nii.gz", [0.3, 0.4, 0.0])
     with pytest.raises(VolumeReadError, match=r"up to 0\.5 mm apart"):
         read_volume(path)
-    nudged = aff.copy()
-    nudged[0, 3] += 0.05
-    path = save(tmp_path / "nudged.nii.gz", data(), aff, qform=nudged, qform_code=1, sform_code=1)
+    aff, path = _shifted_qform(tmp_path / "nudged.nii.gz", [0.05, 0.0, 0.0])
     np.testing.assert_allclose(read_volume(path).ijk_to_ras, aff, atol=1e-4)  # sform_code 1: the sform
 
 

@@ -72,25 +72,16 @@ def test_both_paths_read_and_write_the_same_files(tmp_path, monkeypatch, suffix,
     np.testing.assert_allclose(ours.get_sform(), theirs.get_sform(), atol=1e-5)
 
 
-def test_space_codes_of_a_like_file(tmp_path, without_simpleitk):
+@pytest.mark.parametrize("codes", [(4, 4), (1, 2)])
+def test_space_codes_of_a_like_file(tmp_path, without_simpleitk, codes):
+    """The ``like`` file's qform and sform codes (MNI 4/4; scanner 1 and aligned 2) each stay in their own field."""
     volume = oblique_volume()
     like = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), volume.ijk_to_ras)
-    like.set_qform(volume.ijk_to_ras, code=4)
-    like.set_sform(volume.ijk_to_ras, code=4)
-    nib.save(like, str(tmp_path / "mni.nii.gz"))
-    header = _header(write_volume(volume, tmp_path / "out.nii.gz", like=tmp_path / "mni.nii.gz"))
-    assert (int(header["qform_code"]), int(header["sform_code"])) == (4, 4)
-
-
-def test_space_codes_of_a_like_file_keep_their_places(tmp_path, without_simpleitk):
-    """qform_code 1 and sform_code 2 of the ``like`` file stay in their own fields, not swapped."""
-    volume = oblique_volume()
-    like = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), volume.ijk_to_ras)
-    like.set_qform(volume.ijk_to_ras, code=1)
-    like.set_sform(volume.ijk_to_ras, code=2)
-    nib.save(like, str(tmp_path / "aligned.nii.gz"))
-    header = _header(write_volume(volume, tmp_path / "out.nii.gz", like=tmp_path / "aligned.nii.gz"))
-    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+    like.set_qform(volume.ijk_to_ras, code=codes[0])
+    like.set_sform(volume.ijk_to_ras, code=codes[1])
+    nib.save(like, str(tmp_path / "like.nii.gz"))
+    header = _header(write_volume(volume, tmp_path / "out.nii.gz", like=tmp_path / "like.nii.gz"))
+    assert (int(header["qform_code"]), int(header["sform_code"])) == codes
 
 
 def test_the_transform_itk_takes(tmp_path, monkeypatch):
