@@ -38,6 +38,7 @@ __all__ = [
     "dipole_primary_dadt",
     "dipole_sphere_efield",
     "loop_vector_potential",
+    "segment_distances",
     "segment_magnetic_field",
     "segment_vector_potential",
     "wire_sphere_efield",
@@ -215,6 +216,17 @@ def segment_magnetic_field(points_m, segments_m, current: float = 1.0) -> np.nda
     return MU0_OVER_4PI * current * out
 
 
+def segment_distances(segments, point) -> np.ndarray:
+    """Distance from ``point`` (3,) to each straight segment of ``segments`` (S, 2, 3; start, end), in their unit:
+    to the nearest point of the segment, its ends included, not of the line through it."""
+    rel = np.asarray(segments, dtype=np.float64) - np.asarray(point, dtype=np.float64).reshape(3)
+    delta = rel[:, 1] - rel[:, 0]
+    length2 = np.einsum("ij,ij->i", delta, delta)
+    along = -np.einsum("ij,ij->i", rel[:, 0], delta)
+    t = np.clip(np.divide(along, length2, out=np.zeros_like(along), where=length2 > 0), 0.0, 1.0)
+    return np.linalg.norm(rel[:, 0] + t[:, None] * delta, axis=1)
+
+
 def _check_closed(segments: np.ndarray) -> None:
     """Raise unless every vertex is entered as often as it is left (closed current paths)."""
     def rows(points):
@@ -260,10 +272,7 @@ def wire_sphere_efield(
     if segments.ndim != 3 or segments.shape[1:] != (2, 3):
         raise ValueError(f"segments_m must be (S, 2, 3); got shape {segments.shape}")
     _check_closed(segments)
-    rel = segments - center
-    delta = rel[:, 1] - rel[:, 0]
-    t = np.clip(-np.einsum("ij,ij->i", rel[:, 0], delta) / np.einsum("ij,ij->i", delta, delta), 0.0, 1.0)
-    wire_distance = np.linalg.norm(rel[:, 0] + t[:, None] * delta, axis=1).min()
+    wire_distance = segment_distances(segments, center).min()
     if r.shape[0] and np.linalg.norm(r, axis=1).max() >= wire_distance:
         raise ValueError(
             f"points reach {np.linalg.norm(r, axis=1).max():.4g} m from the centre but a wire passes at "

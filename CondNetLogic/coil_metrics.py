@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .analytic import dipole_sphere_efield, wire_sphere_efield
+from .analytic import dipole_sphere_efield, segment_distances, wire_sphere_efield
 from .coil import Coil
 
 __all__ = ["HEAD_RADIUS_MM", "CORTEX_DEPTH_MM", "SphereMetrics", "sphere_efield", "sphere_metrics"]
@@ -81,7 +81,11 @@ def sphere_efield(coil: Coil, points_mm: np.ndarray, *, offset_mm: float = 4.0,
     points_mm = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     if np.any(np.linalg.norm(points_mm - center_mm, axis=1) > head_radius_mm):
         raise ValueError("every point must lie in the head")
-    nearest = np.linalg.norm(coil.source_points_mm() - center_mm, axis=1).min()
+    # Distance to the segments, not only to their ends: a straight wire between two points outside the head may
+    # cut through it.
+    distances = [segment_distances(coil.segments_mm(), center_mm), np.linalg.norm(coil.dipole_positions_mm
+                                                                                     - center_mm, axis=1)]
+    nearest = min(float(d.min()) for d in distances if d.size)
     if nearest <= head_radius_mm:
         raise ValueError(f"coil {coil.name!r} reaches {head_radius_mm - nearest:.1f} mm into the head at an offset of "
                          f"{offset_mm:g} mm: its sources extend to z = {coil.source_points_mm()[:, 2].max():.1f} mm; "

@@ -475,6 +475,10 @@ def synthesize_pair(
         raise ValueError(f"tissue indices must be in 0..{len(TISSUES) - 1}; got {int(tissues.min())}..{top}")
     if top == 0:
         raise ValueError("the tissue map is empty (all air): nothing to synthesise")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != tissues.shape:
+            raise ValueError(f"labels shape {labels.shape} differs from tissues shape {tissues.shape}")
     tissues = tissues.astype(np.uint8, copy=False)
     options = SynthOptions.randomised() if options is None else options
     priors = load_priors() if priors is None else priors
@@ -488,9 +492,6 @@ def synthesize_pair(
 
     offsets = [None, None]
     if labels is not None and options.label_offset_sd > 0:
-        labels = np.asarray(labels)
-        if labels.shape != tissues.shape:
-            raise ValueError(f"labels shape {labels.shape} differs from tissues shape {tissues.shape}")
         values, inverse = _label_inverse(labels)
         air_labels = np.unique(inverse[tissues == TISSUE_INDEX["air"]])  # every label with an air voxel
         for c in range(2):

@@ -115,6 +115,8 @@ class Volume:
         affine = np.array(self.ijk_to_ras, dtype=float)
         if affine.shape != (4, 4) or not np.allclose(affine[3], [0, 0, 0, 1]):
             raise ValueError(f"ijk_to_ras must be a homogeneous 4x4 matrix; got {affine!r}")
+        if not np.all(np.isfinite(affine)):
+            raise ValueError(f"ijk_to_ras holds NaN or infinite values: {affine!r}")
         if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise ValueError("ijk_to_ras is singular (zero spacing or degenerate direction)")
         affine.setflags(write=False)

@@ -13,6 +13,7 @@ from CondNetLogic.analytic import (
     dipole_primary_dadt,
     dipole_sphere_efield,
     loop_vector_potential,
+    segment_distances,
     segment_magnetic_field,
     segment_vector_potential,
     wire_sphere_efield,
@@ -169,3 +170,24 @@ def test_sphere_solutions_reject_sources_inside():
         wire_sphere_efield(points, segments[:-1] + [0, 0, 0.2], 1.0)
     with pytest.raises(ValueError, match=r"\(M, 3\)"):
         dipole_sphere_efield(points, [[0, 0, 0.3]], [[0, 1, 0], [1, 0, 0]], 1.0)
+
+
+def test_wire_distance_is_to_the_segments_not_their_lines():
+    """A closed coil above the sphere whose vertical legs lie on lines through the centre is accepted: the
+    "coil outside the points" check measures the distance to each segment, not to its infinite line."""
+    loop = np.array([[0.0, 0.0, 0.1], [0.02, 0.0, 0.1], [0.02, 0.0, 0.15], [0.0, 0.0, 0.15], [0.0, 0.0, 0.1]])
+    segments = np.stack([loop[:-1], loop[1:]], axis=1)
+    points = _interior_points(10, 0.05, seed=7)
+    field = wire_sphere_efield(points, segments, 1e8)
+    assert np.all(np.isfinite(field))
+    assert np.abs(field).max() > 0
+    np.testing.assert_allclose(np.einsum("ij,ij->i", field, points), 0.0, atol=1e-12 * 0.05 * np.abs(field).max())
+
+
+def test_segment_distances_reach_the_segment_not_its_line():
+    """Distance to a segment is to its nearest point, an end when the foot of the perpendicular lies beyond it; a
+    zero-length segment is a point."""
+    segments = np.array([[[-1.0, 0.0, 2.0], [1.0, 0.0, 2.0]],  # foot of the perpendicular inside: 2
+                         [[3.0, 0.0, 0.0], [5.0, 0.0, 0.0]],  # beyond its start: 3
+                         [[0.0, 4.0, 0.0], [0.0, 4.0, 0.0]]])  # a point: 4
+    np.testing.assert_allclose(segment_distances(segments, [0.0, 0.0, 0.0]), [2.0, 3.0, 4.0])

@@ -6,7 +6,7 @@ import pytest
 
 from CondNetLogic.analytic import dipole_sphere_efield
 from CondNetLogic.coil import Coil, load_coil
-from CondNetLogic.coil_metrics import CORTEX_DEPTH_MM, HEAD_RADIUS_MM, sphere_metrics
+from CondNetLogic.coil_metrics import CORTEX_DEPTH_MM, HEAD_RADIUS_MM, sphere_efield, sphere_metrics
 
 CORTEX_MM = HEAD_RADIUS_MM - CORTEX_DEPTH_MM
 
@@ -100,3 +100,41 @@ def test_bad_coils_and_offsets_raise():
         sphere_metrics(load_coil("figure8_70mm"), offset_mm=-1.0)
     with pytest.raises(ValueError, match="closed loops"):
         sphere_metrics(_wires([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]))
+
+
+def test_cortex_samples_tile_the_cap_they_cover():
+    """The area weights of the cortex samples add up to the spherical cap they cover, the cap around the axis
+    included, and the samples lie on the cortex."""
+    from CondNetLogic.coil_metrics import _SPACING_MM, _cortex_points
+
+    points, areas, polar = _cortex_points(CORTEX_MM)
+    step = _SPACING_MM / CORTEX_MM
+    assert areas[0] == pytest.approx(2 * np.pi * CORTEX_MM**2 * (1 - np.cos(step / 2)), rel=1e-12)
+    assert areas.sum() == pytest.approx(2 * np.pi * CORTEX_MM**2 * (1 - np.cos(polar.max() + step / 2)), rel=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(points, axis=1), CORTEX_MM, rtol=1e-12)
+
+
+def test_a_straight_wire_through_the_scalp_is_refused():
+    """A wire whose straight segment runs through the head is refused even when both its end vertices lie outside:
+    here the bottom edge runs 79 mm from the centre of the 85 mm head, its corners 99 mm away."""
+    loop = _wires([[-60.0, 0.0, 10.0], [60.0, 0.0, 10.0], [60.0, 0.0, -50.0], [-60.0, 0.0, -50.0], [-60.0, 0.0, 10.0]])
+    with pytest.raises(ValueError, match="into the head"):
+        sphere_metrics(loop)
+
+
+def test_a_coil_on_the_scalp_offset_zero_is_allowed():
+    """offset_mm = 0 (the coil origin on the scalp) is a valid offset, and the field there is stronger than at 4 mm."""
+    coil = _dipoles([0.0, 0.0, -5.0], [1e-3, 0.0, 0.0])
+    touching, near = sphere_metrics(coil, offset_mm=0.0), sphere_metrics(coil, offset_mm=4.0)
+    assert touching.offset_mm == 0.0
+    assert touching.e_max_per_a_per_us > near.e_max_per_a_per_us
+
+
+def test_sphere_efield_refuses_points_outside_the_head():
+    """sphere_efield evaluates the field inside the head only: a point 1 mm outside the scalp (between the head and
+    the coil) is refused, one on the cortex is not."""
+    coil = _dipoles([0.0, 0.0, -5.0], [1e-3, 0.0, 0.0])
+    centre = np.array([0.0, 0.0, 4.0 + HEAD_RADIUS_MM])
+    assert np.linalg.norm(sphere_efield(coil, centre - [0.0, 0.0, CORTEX_MM])) > 0
+    with pytest.raises(ValueError, match="every point must lie in the head"):
+        sphere_efield(coil, centre - [0.0, 0.0, HEAD_RADIUS_MM + 1.0])

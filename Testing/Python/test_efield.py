@@ -775,3 +775,32 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "negative" in capsys.readouterr().err
     assert main(_cli_args(path, tmp_path / "out", "--coil", "nonexistent_coil")) == 2
     assert "no coil file" in capsys.readouterr().err
+
+
+def test_strongest_pose_ranks_by_the_roi_mean_not_its_peak():
+    """strongest_pose keeps the pose with the highest mean |E| in the ROI: a pose with a higher peak but a lower
+    mean loses, and each row reports that pose's own ROI statistics."""
+    from CondNetLogic.efield import strongest_pose
+
+    grid = Volume.from_geometry(np.zeros((5, 5, 5)), spacing=(1.0,) * 3)
+    roi = np.zeros(grid.shape, dtype=bool)
+    roi[1:4, 1:4, 1:4] = True
+    peaked = np.where(roi, 1.0, 0.0)
+    peaked[2, 2, 2] = 50.0  # ROI mean 2.8 V/m, max 50 V/m
+    broad = np.where(roi, 4.0, 0.0)  # ROI mean 4 V/m, max 4 V/m
+
+    class Recorded:
+        """Stands in for EFieldSimulation: pose number i gives the i-th field."""
+
+        def solve(self, coil, pose, didt, progress=None, cancel=None):
+            magnitude = [peaked, broad][int(pose[0, 3])]
+            return EFieldResult(grid.with_array(np.zeros(grid.shape + (3,))), grid.with_array(magnitude),
+                                {"iterations": 7})
+
+    poses = [np.eye(4), np.eye(4)]
+    poses[1][0, 3] = 1.0
+    best, result, rows = strongest_pose(Recorded(), None, poses, 1e8, roi)
+    assert best == 1
+    assert result.e_magnitude.array.max() == 4.0
+    assert [row["mean"] for row in rows] == [pytest.approx(76.0 / 27.0), 4.0]
+    assert [row["max"] for row in rows] == [50.0, 4.0]

@@ -177,6 +177,24 @@ def test_clipped_histogram_of_a_range_too_narrow_is_numpy_s():
         assert_same_histogram(array, high)
 
 
+def test_otsu_threshold_is_the_upper_edge_of_the_best_lower_class():
+    """Otsu's threshold maximises the between-class variance (checked split by split) and lies above the lower class."""
+    counts, edges = np.array([3, 5, 2, 0, 1, 4, 6, 1]), np.arange(9.0)  # dark bins 0-2, bright bins 4-7
+    assert _resample.otsu_threshold(counts, edges) == 3.0
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        counts = rng.integers(1, 50, size=int(rng.integers(3, 40)))
+        edges = np.cumsum(rng.uniform(0.5, 2.0, size=counts.size + 1))
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        between = []
+        for split in range(1, counts.size):  # lower class: bins 0 .. split - 1
+            low, high = counts[:split], counts[split:]
+            mean_low, mean_high = (low @ centres[:split]) / low.sum(), (high @ centres[split:]) / high.sum()
+            between.append(low.sum() * high.sum() * (mean_low - mean_high) ** 2)
+        best = int(np.argmax(between)) + 1
+        assert _resample.otsu_threshold(counts, edges) == pytest.approx(edges[best])
+
+
 # --- connected components and holes --------------------------------------------------------------------------
 
 

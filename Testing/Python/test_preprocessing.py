@@ -163,7 +163,8 @@ def test_resample_isotropic_anisotropic_linear_function_is_exact(name):
 
 
 def test_resample_isotropic_nearest_keeps_labels_and_noop_is_exact():
-    labels = np.random.default_rng(1).integers(0, 5, size=(6, 7, 8)).astype(np.uint8)
+    # sparse label values: linear interpolation would give values between them (e.g. 21 between 2 and 41)
+    labels = np.array([0, 2, 41], dtype=np.uint8)[np.random.default_rng(1).integers(0, 3, size=(6, 7, 8))]
     vol = Volume(labels, grid(labels.shape, (2.0, 2.0, 1.0), LIA))
     out = pp.resample_isotropic(vol, 1.0, interpolation="nearest")
     assert out.array.dtype == np.uint8
@@ -171,6 +172,16 @@ def test_resample_isotropic_nearest_keeps_labels_and_noop_is_exact():
     assert set(np.unique(out.array)) <= set(np.unique(labels))
     same = pp.resample_isotropic(Volume(labels, grid(labels.shape, 1.0, LIA)), 1.0, interpolation="linear")
     np.testing.assert_array_equal(same.array, labels)
+
+
+def test_resample_to_a_grid_a_fraction_of_a_voxel_off_interpolates():
+    """A target 0.4 voxel off the source lattice is interpolated (a linear ramp exactly), not copied from the
+    nearest voxel as a target on the lattice is."""
+    ramp = Volume(np.broadcast_to(np.arange(10.0)[:, None, None], (10, 4, 4)).copy(), np.eye(4))  # value = i
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.4
+    out = pp.resample_to(ramp, Volume(np.zeros((8, 4, 4)), shifted))
+    np.testing.assert_allclose(out.array, np.broadcast_to((np.arange(8) + 0.4)[:, None, None], (8, 4, 4)), atol=1e-5)
 
 
 def test_resample_bad_arguments():

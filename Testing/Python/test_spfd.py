@@ -196,8 +196,10 @@ class TestBadInput:
             face_conductances(sigma)
 
     def test_negative_sigma(self):
+        sigma = np.ones((3, 3, 3))
+        sigma[1, 1, 1] = -0.1  # one negative voxel among conducting ones
         with pytest.raises(ValueError, match=">= 0"):
-            assemble_operator(-np.ones((3, 3, 3)), 1e-3)
+            assemble_operator(sigma, 1e-3)
 
     def test_empty_conductor(self):
         with pytest.raises(ValueError, match="no conductive voxel"):
@@ -237,6 +239,14 @@ class TestBadInput:
         sigma = np.ones((4, 4, 4))
         with pytest.raises(ValueError, match="psi must have the shape"):
             electric_field(np.zeros((4, 4, 3)), sigma, random_faces(sigma.shape), 1e-3)
+
+    @pytest.mark.parametrize("bad", [np.inf, -np.inf])
+    def test_infinite_sigma(self, bad):
+        """An infinite conductivity is refused as NaN/inf, whatever its sign (it would give NaN face conductances)."""
+        sigma = np.ones((3, 3, 3))
+        sigma[1, 1, 1] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            face_conductances(sigma)
 
 
 def test_dadt_faces_are_returned_as_float_arrays():

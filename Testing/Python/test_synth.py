@@ -84,6 +84,8 @@ def test_priors_file_is_valid():
         (lambda d: d["tissues"]["wm"]["t1"].update(mean=1.5), r"wm\.t1\.mean"),
         (lambda d: d["tissues"]["wm"]["t2"].update(sd=-0.1), r"wm\.t2\.sd"),
         (lambda d: d["tissues"]["csf"].pop("t2"), r"csf\.t2"),
+        (lambda d: d["tissues"]["muscle"].update(fat_fraction=1.5), r"muscle\.fat_fraction"),
+        (lambda d: d["tissues"]["csf"].update(texture_scale=-1.0), r"csf\.texture_scale"),
         (lambda d: d.pop("tissues"), "tissues"),
     ],
 )
@@ -239,6 +241,124 @@ def test_misregistration_recorded_and_bounded():
     assert params["t2_shift_mm"] == [0.0, 0.0, 0.0]
 
 
+def quiet_options(**changes) -> SynthOptions:
+    """Every random step off (nominal means, no texture, blur, slices, shift, bias, noise or gamma) but ``changes``."""
+    quiet = {"contrast_spread": 0.0, "label_offset_sd": 0.0, "texture_sd": (0.0, 0.0), "blur_mm": (0.0, 0.0),
+             "thick_slice_prob": 0.0, "misregistration_mm": 0.0, "bias_sd": (0.0, 0.0), "noise_sd": (0.0, 0.0),
+             "gamma_sd": 0.0}
+    return SynthOptions(**{**quiet, **changes})
+
+
+def priors_without_fat(**changes):
+    """The shipped priors without the random fat mixture (which draws a field whose size depends on the spacing)."""
+    return dataclasses.replace(load_priors(), fat_fraction=np.zeros(len(TISSUES)), **changes)
+
+
+def test_misregistration_moves_the_t2_only():
+    """The drawn shift is applied to the T2w image and never to the T1w image."""
+    tissues, priors = blocks(), priors_without_fat()
+    still = synthesize_pair(tissues, rng=np.random.default_rng(3), options=quiet_options(), priors=priors)
+    moved = synthesize_pair(tissues, rng=np.random.default_rng(3), options=quiet_options(misregistration_mm=3.0),
+                            priors=priors)
+    assert np.linalg.norm(moved[2]["t2_shift_mm"]) > 0.5
+    np.testing.assert_array_equal(moved[0], still[0])
+    assert np.abs(moved[1] - still[1]).max() > 0.1
+
+
+def test_each_contrast_draws_its_means_with_its_own_prior_sd():
+    """T1w means spread by the T1 sds and T2w means by the T2 sds: a contrast with sd 0 keeps its nominal means."""
+    tissues = blocks()
+    zero = np.zeros(len(TISSUES))
+    for contrast, other in (("t1", "t2"), ("t2", "t1")):
+        priors = priors_without_fat(**{f"{contrast}_sd": zero})
+        _, _, params = synthesize_pair(tissues, rng=np.random.default_rng(0),
+                                       options=quiet_options(contrast_spread=1.5), priors=priors)
+        nominal = dict(zip(TISSUES, getattr(priors, f"{contrast}_mean")), air=0.0)
+        assert params[f"{contrast}_means"] == pytest.approx(nominal, abs=1e-6)
+        assert params[f"{other}_means"] != pytest.approx(dict(zip(TISSUES, getattr(priors, f"{other}_mean"))), abs=1e-3)
+
+
+def test_blur_is_set_in_mm_not_voxels():
+    """A 2 mm PSF on 2 mm voxels blurs as a 1 mm PSF on 1 mm voxels (the same image in voxels)."""
+    tissues, priors = blocks(), priors_without_fat()
+    fine, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), spacing_mm=1.0,
+                                 options=quiet_options(blur_mm=(1.0, 1.0)), priors=priors)
+    coarse, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), spacing_mm=2.0,
+                                   options=quiet_options(blur_mm=(2.0, 2.0)), priors=priors)
+    np.testing.assert_allclose(coarse, fine, atol=1e-6)
+    sharp, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), spacing_mm=2.0,
+                                  options=quiet_options(blur_mm=(1.0, 1.0)), priors=priors)
+    assert np.abs(sharp - fine).max() > 0.05
+
+
+def test_bias_field_is_smooth_and_multiplicative():
+    """The log ratio of a biased to an unbiased image varies slowly from voxel to voxel and leaves air at 0."""
+    tissues, priors = blocks(), priors_without_fat()
+    plain, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), options=quiet_options(), priors=priors)
+    biased, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0),
+                                   options=quiet_options(bias_sd=(1.0, 1.0)), priors=priors)
+    head = tissues != TISSUE_INDEX["air"]
+    assert np.all(biased[~head] == 0.0)
+    inside = (plain > 0.05) & (biased > 0.05) & (biased < 1.0)  # away from the clipping at 1
+    log_ratio = np.where(inside, np.log(np.where(inside, biased, 1.0) / np.where(inside, plain, 1.0)), np.nan)
+    spread = np.nanmax(log_ratio) - np.nanmin(log_ratio)
+    assert spread > 0.2
+    steps = [np.nanmax(np.abs(np.diff(log_ratio, axis=axis))) for axis in range(3)]
+    assert max(steps) < 0.25 * spread  # 0.08 here; a field with steps between its control points: 0.5 and more
+
+
+def test_noise_is_rician():
+    """Noise is the magnitude of a complex signal: on air (no signal) it is Rayleigh, positive with mean/sd 1.91."""
+    tissues = blocks()
+    t1, _, params = synthesize_pair(tissues, rng=np.random.default_rng(0),
+                                    options=quiet_options(noise_sd=(0.05, 0.05)), priors=priors_without_fat())
+    air = t1[tissues == TISSUE_INDEX["air"]].astype(np.float64)
+    assert np.count_nonzero(air == 0.0) < 0.001 * air.size
+    assert air.mean() / air.std() == pytest.approx(np.sqrt(np.pi / 2) / np.sqrt(2 - np.pi / 2), rel=0.1)
+    assert air.mean() == pytest.approx(0.05 * np.sqrt(np.pi / 2) / params["t1"]["scale"], rel=0.1)
+
+
+def test_label_offsets_are_drawn_per_contrast():
+    """T1w and T2w images draw their per-label offsets independently."""
+    tissues = blocks()
+    _, _, params = synthesize_pair(tissues, rng=np.random.default_rng(0), labels=as_labels(tissues),
+                                   options=quiet_options(label_offset_sd=0.1), priors=priors_without_fat())
+    air = str(first_label_per_tissue()[TISSUE_INDEX["air"]])
+    t1 = {label: v for label, v in params["t1_label_offsets"].items() if label != air}
+    t2 = {label: v for label, v in params["t2_label_offsets"].items() if label != air}
+    assert t1.keys() == t2.keys()
+    assert all(t1[label] != t2[label] for label in t1)
+
+
+def test_mixed_tissue_blends_towards_fat():
+    """A tissue with a fat fraction (SynthSeg's muscle/fat label) lies between its own and fat's intensity; no other
+    tissue changes."""
+    tissues = blocks()
+    pure, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), options=quiet_options(),
+                                 priors=priors_without_fat())
+    mixed, _, params = synthesize_pair(tissues, rng=np.random.default_rng(0), options=quiet_options(),
+                                       priors=load_priors())
+    most = params["fat_fraction_max"]["muscle"]
+    assert most > 0.2
+    muscle, fat = tissues == TISSUE_INDEX["muscle"], tissues == TISSUE_INDEX["fat"]
+    np.testing.assert_array_equal(mixed[~muscle], pure[~muscle])
+    low, high = pure[muscle].max(), pure[fat].min()
+    assert low < high
+    assert np.all((mixed[muscle] >= low - 1e-6) & (mixed[muscle] <= high + 1e-6))
+    assert mixed[muscle].mean() > low + 0.2 * most * (high - low)
+
+
+def test_texture_field_depends_on_the_seed():
+    """The texture comes from the caller's generator: two seeds give two textures, one seed the same one."""
+    tissues, options = blocks(), quiet_options(texture_sd=(0.05, 0.05))
+    first, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), options=options, priors=priors_without_fat())
+    again, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(0), options=options, priors=priors_without_fat())
+    other, _, _ = synthesize_pair(tissues, rng=np.random.default_rng(1), options=options, priors=priors_without_fat())
+    np.testing.assert_array_equal(first, again)
+    wm = tissues == TISSUE_INDEX["wm"]
+    assert np.corrcoef(first[wm], other[wm])[0, 1] < 0.5
+
+
 @pytest.mark.parametrize(
     ("tissues", "kwargs", "error", "match"),
     [
@@ -247,6 +367,8 @@ def test_misregistration_recorded_and_bounded():
         (np.full((8, 8, 8), 14, np.uint8), {}, ValueError, "0..13"),
         (np.ones((8, 8), np.uint8), {}, ValueError, "3D"),
         (blocks(), {"labels": np.zeros((3, 3, 3), np.int32)}, ValueError, "labels shape"),
+        (blocks(), {"labels": np.zeros((3, 3, 3), np.int32), "options": SynthOptions.mild()}, ValueError,
+         "labels shape"),  # no label offsets drawn: the shape is checked all the same
         (blocks(), {"spacing_mm": 0.0}, ValueError, "spacing_mm"),
     ],
 )
@@ -318,6 +440,16 @@ def test_deform_labels_moves_voxels_by_the_requested_sd():
     assert unchanged is index
     assert params["max_displacement_mm"] == 0.0
     assert rng.bit_generator.state == state  # no draw when off
+
+
+def test_deform_labels_sd_is_in_mm_on_coarse_voxels():
+    """On 2 mm voxels a 3 mm sd moves labels as a 1.5 mm sd does on 1 mm voxels (same voxels), reported in mm."""
+    index = np.arange(24 * 20 * 16, dtype=np.int32).reshape(24, 20, 16)
+    fine, fine_params = deform_labels(index, np.random.default_rng(0), sd_mm=1.5, grid=5, spacing_mm=1.0)
+    coarse, coarse_params = deform_labels(index, np.random.default_rng(0), sd_mm=3.0, grid=5, spacing_mm=2.0)
+    assert np.count_nonzero(fine != index) > 0.5 * index.size
+    np.testing.assert_array_equal(coarse, fine)
+    assert coarse_params["max_displacement_mm"] == pytest.approx(2.0 * fine_params["max_displacement_mm"])
 
 
 def test_subject_without_deformation_is_the_pair_of_its_seed(tmp_path, label_volume):

@@ -150,6 +150,39 @@ def test_missing_or_empty_labels_dir(tmp_path):
         build_training_set(tmp_path / "empty", tmp_path / "set", pairs_per_map=1)
 
 
+def tiny_map() -> Volume:
+    """A 6^3 SynthSeg label map: a cube of white matter (label 2) in air."""
+    array = np.zeros((6, 6, 6), np.int32)
+    array[2:4, 2:4, 2:4] = 2
+    return Volume(array, LIA)
+
+
+def test_other_files_in_the_labels_dir_are_not_maps(tmp_path):
+    """Only label-map files (.nii.gz, .nii, .nrrd, .mha) are read; notes and sidecars beside them are left alone."""
+    folder = tmp_path / "labels"
+    write_volume(tiny_map(), folder / "training_seg_01.nii.gz")
+    write_volume(tiny_map(), folder / "training_seg_02.nii.gz")
+    (folder / "README.txt").write_text("label maps from SynthSeg")
+    (folder / "training_seg_01.json").write_text("{}")
+    build_training_set(folder, tmp_path / "set", pairs_per_map=1, val_maps=("training_seg_02",), options=FAST,
+                       preview=False)
+    split = json.loads((tmp_path / "set" / "split.json").read_text())
+    assert split["maps"] == {"train": ["training_seg_01"], "val": ["training_seg_02"]}
+
+
+def test_label_maps_with_the_same_id_are_refused_before_any_synthesis(tmp_path):
+    """Two files giving one pair id (``training_seg_01.nii.gz`` and ``.nii``) are refused up front, not half-built."""
+    folder = tmp_path / "labels"
+    array = tiny_map().array
+    write_volume(Volume(array, LIA), folder / "training_seg_01.nii.gz")
+    write_volume(Volume(array, LIA), folder / "training_seg_01.nii")
+    write_volume(Volume(array, LIA), folder / "training_seg_02.nii.gz")
+    with pytest.raises(ValueError, match="duplicate ids"):
+        build_training_set(folder, tmp_path / "set", pairs_per_map=1, val_maps=("training_seg_02",), options=FAST,
+                           preview=False)
+    assert not (tmp_path / "set").exists()
+
+
 def test_unmapped_label_in_any_map_is_named_before_any_synthesis(tmp_path, monkeypatch):
     import CondNetLogic.training_set as training_set
 

@@ -6,6 +6,7 @@ from CondNetLogic.volume import (
     LPS_TO_RAS,
     Volume,
     affine_from_geometry,
+    lps_to_ras_affine,
     lps_to_ras_points,
     ras_to_lps_affine,
     ras_to_lps_points,
@@ -54,6 +55,24 @@ def test_ras_lps_conversions_are_explicit_inverses():
     np.testing.assert_allclose(lps_to_ras_points(ras_to_lps_points(point)), point)
 
 
+def test_lps_to_ras_affine_flips_the_world_axes_not_the_voxel_axes():
+    """LPS -> RAS negates the first two rows (world x, y) of an affine, and undoes ras_to_lps_affine."""
+    affine = affine_from_geometry([1, 2, 3], [4, 5, 6], oblique_direction())
+    lps = ras_to_lps_affine(affine)
+    np.testing.assert_allclose(lps_to_ras_affine(lps), affine)
+    vol = Volume(np.zeros((4, 5, 6)), affine)
+    ijk = np.array([1.0, 2.0, 3.0])
+    ras = (lps_to_ras_affine(vol.ijk_to_lps) @ np.append(ijk, 1.0))[:3]
+    np.testing.assert_allclose(ras, vol.ijk_to_ras_points(ijk))
+
+
+def test_is_isotropic_tolerance():
+    """Spacings equal to 1e-4 relative count as isotropic (float32 headers); 1 % apart do not."""
+    assert Volume.from_geometry(np.zeros((2, 2, 2)), spacing=(1.0, 1.0, 1.0 + 1e-6)).is_isotropic
+    assert not Volume.from_geometry(np.zeros((2, 2, 2)), spacing=(1.0, 1.0, 1.01)).is_isotropic
+    assert not Volume.from_geometry(np.zeros((2, 2, 2)), spacing=(2.0, 1.9, 2.0)).is_isotropic
+
+
 def test_vector_volume_and_with_array():
     vol = Volume(np.zeros((3, 4, 5, 3), dtype=np.float32), np.eye(4))
     assert vol.n_components == 3
@@ -70,6 +89,8 @@ def test_vector_volume_and_with_array():
         (np.zeros((0, 4, 5)), np.eye(4), "empty"),
         (np.zeros((3, 4, 5)), np.eye(3), "homogeneous"),
         (np.zeros((3, 4, 5)), np.diag([1.0, 0.0, 1.0, 1.0]), "singular"),
+        (np.zeros((3, 4, 5)), np.array([[1, 0, 0, np.nan], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), "NaN"),
+        (np.zeros((3, 4, 5)), np.diag([np.inf, 1.0, 1.0, 1.0]), "infinite"),
     ],
 )
 def test_invalid_volumes_raise(array, affine, match):
@@ -85,6 +106,7 @@ def test_affine_is_read_only_and_same_grid():
     shifted = np.eye(4)
     shifted[0, 3] = 0.5
     assert not vol.same_grid(Volume(np.ones((3, 4, 5)), shifted))
+    assert not vol.same_grid(Volume(np.ones((3, 4, 6)), np.eye(4)))  # same affine, other shape
 
 
 def test_check_mask():

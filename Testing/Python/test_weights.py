@@ -136,6 +136,7 @@ def _rewrite_header(source, target, edit):
         (lambda h, t: t.pop("axial.decoder_1.level_1.map.bias"), "axial tensors do not match"),
         (lambda h, t: h.pop("tau"), "header lacks"),
         (lambda h, t: h.update(tau=1.0), r"tau must be a number in \[0, 1\), got 1.0"),
+        (lambda h, t: h.update(tau=-0.1), r"tau must be a number in \[0, 1\), got -0.1"),
         (lambda h, t: h.update(tau=float("nan")), "tau must be a number"),
         (lambda h, t: h.update(input=["t1", "t2"]), "'input' must be an object"),
         (lambda h, t: h.update(directions="axial"), "directions must be a list"),
@@ -146,6 +147,20 @@ def test_mismatched_header_raises(weights_file, tmp_path, edit, message):
     _rewrite_header(weights_file, target, edit)
     with pytest.raises(WeightsError, match=message):
         load_weights(target)
+
+
+def test_tensors_of_an_unlisted_direction_are_refused(weights_file, tmp_path):
+    """A file whose header lists fewer directions than its tensors hold is inconsistent, not silently trimmed."""
+    target = tmp_path / "edited.safetensors"
+    _rewrite_header(weights_file, target, lambda h, t: h.update(directions=["axial"]))
+    with pytest.raises(WeightsError, match=r"tensor '(sagittal|coronal)\..*' belongs to no listed direction"):
+        load_weights(target)
+
+
+def test_load_refuses_a_file_and_an_id_together(weights_file):
+    """A weights file and a manifest id are two different choices: passing both is an error, not one ignored."""
+    with pytest.raises(ValueError, match="either a weights file or a weights_id"):
+        load_weights(weights_file, weights_id="tiny")
 
 
 def test_file_without_condnet_header(tmp_path):
