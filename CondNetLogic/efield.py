@@ -22,7 +22,7 @@ import numpy as np
 
 from .coil import Coil, check_coil_to_ras
 from .errors import Cancelled
-from .primary_field import MM_TO_M, PrimaryFieldGrid, cached_grid, dadt_faces
+from .primary_field import MM_TO_M, PrimaryFieldGrid, cached_grid, cached_grid_path, dadt_faces
 from .volume import Volume
 
 __all__ = [
@@ -40,8 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: ``"direct"``: exact closed form at every face; ``"grid"``: resample a precomputed coil-frame grid
-#: (:class:`~CondNetLogic.primary_field.PrimaryFieldGrid`); ``"auto"``: grid when the head has more faces
-#: than the grid has nodes (then the grid is cheaper even for a single coil position).
+#: (:class:`~CondNetLogic.primary_field.PrimaryFieldGrid`); ``"auto"``: the grid when it is at hand (built by this
+#: simulation, given, or in the grid cache) or when building it costs fewer direct evaluations than the coming
+#: solves would (:meth:`EFieldSimulation.grid_pays_off`), else direct.
 PRIMARY_FIELD_MODES = ("auto", "direct", "grid")
 
 #: Wires closer than this to a conducting face midpoint are rejected (mm).
@@ -253,6 +254,7 @@ class EFieldSimulation:
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
         self._grids: dict = {}
+        self._n_faces: Optional[int] = None
         if grid is not None:
             if not isinstance(grid, PrimaryFieldGrid):
                 raise TypeError(f"grid must be a PrimaryFieldGrid; got {type(grid).__name__}")
@@ -289,8 +291,33 @@ class EFieldSimulation:
     @property
     def n_faces(self) -> int:
         """Number of voxel faces between two conducting voxels (where ``dA/dt`` is needed)."""
-        m = self._mask
-        return int((m[1:] & m[:-1]).sum() + (m[:, 1:] & m[:, :-1]).sum() + (m[:, :, 1:] & m[:, :, :-1]).sum())
+        if self._n_faces is None:
+            m = self._mask
+            pairs = ((m[1:], m[:-1]), (m[:, 1:], m[:, :-1]), (m[:, :, 1:], m[:, :, :-1]))
+            self._n_faces = int(sum(np.count_nonzero(high & low) for high, low in pairs))
+        return self._n_faces
+
+    def grid_pays_off(self, coil: Coil, solves: int = 1) -> bool:
+        """Whether the ``"auto"`` mode resamples a coil-frame grid for ``coil`` rather than evaluating directly.
+
+        True when the grid is at hand (built or given here, or kept in ``grid_cache_dir`` by
+        :func:`~CondNetLogic.primary_field.cached_grid`), or when its build evaluates fewer points
+        (:meth:`~CondNetLogic.primary_field.PrimaryFieldGrid.build_cost`) than ``solves`` direct evaluations of
+        every face (:attr:`n_faces`) would; a resample costs next to nothing beside either
+        (``benchmarks/RESULTS.md``: 0.13 s against 12.5 s and 65 s for a 256^3 head).
+        """
+        if coil.sampled is not None:
+            return False
+        if self.held_grid(coil) is not None:
+            return True
+        if self.grid_cache_dir is not None:
+            if cached_grid_path(coil, self.grid_cache_dir, spacing_mm=self.grid_spacing_mm).is_file():
+                return True
+        return max(int(solves), 1) * self.n_faces > PrimaryFieldGrid.build_cost(coil, self.grid_spacing_mm)
+
+    def held_grid(self, coil: Coil) -> Optional[PrimaryFieldGrid]:
+        """The coil-frame grid of ``coil`` that this simulation holds (given, or built by a solve), else None."""
+        return self._grids.get(coil.sha256)
 
     def _grid_for(self, coil: Coil, progress, cancel) -> PrimaryFieldGrid:
         grid = self._grids.get(coil.sha256)
@@ -311,6 +338,7 @@ class EFieldSimulation:
         *,
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
+        solves: int = 1,
     ) -> EFieldResult:
         """Induced E-field for one coil position.
 
@@ -325,6 +353,9 @@ class EFieldSimulation:
             ``progress(fraction, message)``.
         cancel : callable, optional
             ``cancel() -> bool``; raises :class:`~CondNetLogic.errors.Cancelled` when true.
+        solves : int
+            Solves with this coil the caller is about to make, this one included (a pose search passes how many
+            poses are left): in the ``"auto"`` mode they decide whether building a grid pays off.
 
         Returns
         -------
@@ -360,8 +391,7 @@ class EFieldSimulation:
         check_wire_outside(coil, pose, Volume(self._mask, self._geometry.ijk_to_ras))
         mode = "sampled" if coil.sampled is not None else self.primary_field
         if mode == "auto":
-            grid_nodes = int(np.prod(PrimaryFieldGrid.grid_shape(self.grid_spacing_mm)))
-            mode = "grid" if coil.sha256 in self._grids or self.n_faces > grid_nodes else "direct"
+            mode = "grid" if self.grid_pays_off(coil, solves) else "direct"
         grid = None
         if mode == "grid":
             grid = self._grid_for(coil, lambda f, m: report(0.25 * f, m), cancel)
@@ -502,7 +532,7 @@ def strongest_pose(
             if progress is not None:
                 progress((number + fraction) / len(poses), f"pose {number + 1} of {len(poses)}: {message}")
 
-        result = simulation.solve(coil, pose, didt, progress=report, cancel=cancel)
+        result = simulation.solve(coil, pose, didt, progress=report, cancel=cancel, solves=len(poses) - number)
         stats = roi_stats(result.e_magnitude, roi)
         rows.append({**{key: stats[key] for key in ("mean", "max", "p99")}, "iterations": result.info["iterations"]})
         if best < 0 or stats["mean"] > rows[best]["mean"]:
@@ -527,7 +557,7 @@ def ensemble_spread(
 
     For example CondNet's three slicing directions (``condnet predict --save-directions``), whose mean is the
     predicted conductivity and whose spread its uncertainty, or maps made with other weights or tables.  Each
-    member gets its own solver; only the magnitudes are kept.
+    member gets its own solver (a coil-frame grid that one builds serves the next); only the magnitudes are kept.
 
     Parameters
     ----------
@@ -572,9 +602,12 @@ def ensemble_spread(
 
         try:
             simulation = EFieldSimulation(member, cancel=cancel, **options)
-            result = simulation.solve(coil, coil_to_ras, didt, progress=report, cancel=cancel)
+            result = simulation.solve(coil, coil_to_ras, didt, progress=report, cancel=cancel,
+                                      solves=len(members) - number)
         except ValueError as err:
             raise ValueError(f"ensemble member {number + 1}: {err}") from err
+        if simulation.held_grid(coil) is not None:  # built for this member: the next members resample it too
+            options = {**options, "grid": simulation.held_grid(coil)}
         del simulation
         row = {"head": roi_stats(result.e_magnitude)}
         if roi is not None:

@@ -56,6 +56,7 @@ from .volume import Volume, check_mask
 
 __all__ = [
     "cached_grid",
+    "cached_grid_path",
     "default_cache_dir",
     "DEFAULT_MIN_DISTANCE_MM",
     "MM_TO_M",
@@ -333,10 +334,7 @@ class PrimaryFieldGrid:
         self.origin_m = np.array([-half_width_mm * MM_TO_M, -half_width_mm * MM_TO_M, z0])
         steps = np.eye(3) * self.spacing_m
         values = np.zeros((n_xy, n_xy, n_z, 3), dtype=np.float32)
-        # Mirror planes of the coil that are mirror planes of the grid too: the nodes at -x mirror those at +x.
-        centred = np.isclose((n_xy - 1) * spacing_mm, 2.0 * half_width_mm, rtol=0.0, atol=1e-9)
-        mirrors = mirror_symmetries(segments_m, dipoles_m=dipoles_m) if centred else {}
-        first = [n_xy // 2 if axis in mirrors else 0 for axis in (0, 1)]
+        first, mirrors = _first_evaluated_nodes(segments_m, dipoles_m, n_xy, spacing_mm, half_width_mm)
         computed = values[first[0]:, first[1]:]
 
         def report(fraction: float) -> None:
@@ -365,6 +363,23 @@ class PrimaryFieldGrid:
         """
         n_xy = int(np.floor(2.0 * half_width_mm / spacing_mm)) + 1
         return n_xy, n_xy, int(np.floor(depth_mm / spacing_mm)) + 1
+
+    @staticmethod
+    def build_cost(
+        coil: Coil, spacing_mm: float, *, half_width_mm: float = GRID_HALF_WIDTH_MM, depth_mm: float = GRID_DEPTH_MM
+    ) -> int:
+        """Nodes that building this coil's grid evaluates directly (the others are mirrored): the cost of a build
+        in the unit of :func:`dadt_faces`'s direct evaluation, one point each.
+
+        >>> from CondNetLogic.coil import load_coil
+        >>> PrimaryFieldGrid.build_cost(load_coil("figure8_70mm"), 2.0)  # x = 0 mirrors: 76 x 151 x 126
+        1445976
+        """
+        _refuse_sampled(coil)
+        n_xy, _, n_z = PrimaryFieldGrid.grid_shape(spacing_mm, half_width_mm=half_width_mm, depth_mm=depth_mm)
+        segments_m, dipoles_m = _coil_sources_m(coil)
+        first, _ = _first_evaluated_nodes(segments_m, dipoles_m, n_xy, spacing_mm, half_width_mm)
+        return (n_xy - first[0]) * (n_xy - first[1]) * n_z
 
     @property
     def shape(self) -> tuple:
@@ -481,6 +496,15 @@ class PrimaryFieldGrid:
             f"PrimaryFieldGrid(coil={self.coil_name!r}, shape={self.shape}, spacing_mm={self.spacing_m / MM_TO_M:g}, "
             f"{self.values.nbytes / 2**20:.0f} MiB)"
         )
+
+
+def _first_evaluated_nodes(segments_m, dipoles_m, n_xy: int, spacing_mm: float, half_width_mm: float) -> tuple:
+    """``([first x node, first y node], mirrors)`` that a :class:`PrimaryFieldGrid` build evaluates: the middle node
+    along each axis whose plane is a mirror plane of the coil (:func:`mirror_symmetries`) and of the grid, whose
+    nodes on the other side are mirrored, else 0."""
+    centred = np.isclose((n_xy - 1) * spacing_mm, 2.0 * half_width_mm, rtol=0.0, atol=1e-9)
+    mirrors = mirror_symmetries(segments_m, dipoles_m=dipoles_m) if centred else {}
+    return [n_xy // 2 if axis in mirrors else 0 for axis in (0, 1)], mirrors
 
 
 def _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, min_distance_m, report,
@@ -677,6 +701,14 @@ def default_cache_dir() -> Path:
     return base / "primary_field"
 
 
+def cached_grid_path(coil: Coil, cache_dir: Union[str, os.PathLike], *, spacing_mm: float = 2.0) -> Path:
+    """Where :func:`cached_grid` keeps the coil's grid in ``cache_dir``: named by the coil's sha256 and the spacing
+    (plus the coil name with anything but letters, digits, ``_``, ``.`` and ``-`` replaced, so it always lands inside
+    ``cache_dir``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", coil.name)
+    return Path(cache_dir) / f"{name}-{coil.sha256[:16]}-{spacing_mm:g}mm.npz"
+
+
 def cached_grid(
     coil: Coil,
     cache_dir: Union[str, os.PathLike],
@@ -687,20 +719,17 @@ def cached_grid(
 ) -> PrimaryFieldGrid:
     """The coil's :class:`PrimaryFieldGrid`, read from ``cache_dir`` or built once and stored there.
 
-    The file is named by the coil's sha256 and the spacing (plus the coil name with anything but letters,
-    digits, ``_``, ``.`` and ``-`` replaced, so it always lands inside ``cache_dir``), so an edited coil file
-    gets a new grid; a damaged or foreign file is rebuilt (with a warning), never trusted.
+    The file (:func:`cached_grid_path`) is named by the coil's sha256, so an edited coil file gets a new grid; a
+    damaged or foreign file is rebuilt (with a warning), never trusted.
     """
-    cache_dir = Path(cache_dir)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", coil.name)
-    path = cache_dir / f"{name}-{coil.sha256[:16]}-{spacing_mm:g}mm.npz"
+    path = cached_grid_path(coil, cache_dir, spacing_mm=spacing_mm)
     if path.is_file():
         try:
             return PrimaryFieldGrid.load(path, coil)
         except (ValueError, OSError, KeyError) as err:
             logger.warning("ignoring the cached coil grid %s (%s); rebuilding it", path, err)
     grid = PrimaryFieldGrid(coil, spacing_mm=spacing_mm, progress=progress, cancel=cancel)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, overwrite=True)
     logger.info("stored the coil grid in %s", path)
     return grid

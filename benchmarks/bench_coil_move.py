@@ -44,10 +44,10 @@ from CondNetLogic.solver import electric_field  # noqa: E402
 LAYERS = ((1.0, 0.465), (0.93, 0.010), (0.86, 1.654), (0.83, 0.275))
 
 
-def layered_head(size: int):
-    """The conductivity Volume (S/m, float32) of the layered ellipsoid in a ``size^3`` box of 1 mm voxels."""
-    mask, volume = head_box(size)
-    axis = (np.arange(size) - (size - 1) / 2)
+def layered_head(size: int, spacing_mm: float = 1.0):
+    """The conductivity Volume (S/m, float32) of the layered ellipsoid in a ``size^3`` RAS box of ``spacing_mm``."""
+    mask, volume = head_box(size, spacing_mm)
+    axis = (np.arange(size) - (size - 1) / 2) * spacing_mm
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
     radius = np.sqrt((x / 75.0) ** 2 + (y / 95.0) ** 2 + (z / 90.0) ** 2)
     sigma = np.zeros(mask.shape, dtype=np.float32)

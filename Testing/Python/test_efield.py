@@ -792,7 +792,7 @@ def test_strongest_pose_ranks_by_the_roi_mean_not_its_peak():
     class Recorded:
         """Stands in for EFieldSimulation: pose number i gives the i-th field."""
 
-        def solve(self, coil, pose, didt, progress=None, cancel=None):
+        def solve(self, coil, pose, didt, progress=None, cancel=None, solves=1):
             magnitude = [peaked, broad][int(pose[0, 3])]
             return EFieldResult(grid.with_array(np.zeros(grid.shape + (3,))), grid.with_array(magnitude),
                                 {"iterations": 7})
@@ -804,3 +804,95 @@ def test_strongest_pose_ranks_by_the_roi_mean_not_its_peak():
     assert result.e_magnitude.array.max() == 4.0
     assert [row["mean"] for row in rows] == [pytest.approx(76.0 / 27.0), 4.0]
     assert [row["max"] for row in rows] == [50.0, 4.0]
+
+
+def test_grid_build_cost_is_the_nodes_its_build_evaluates(coil, monkeypatch):
+    """build_cost counts the nodes a build evaluates directly: half the grid for the figure-8 (x = 0 mirrors it),
+    the whole grid when the grid is not centred on the mirror plane."""
+    import CondNetLogic.primary_field as primary_field
+
+    evaluated, real = [], primary_field._lattice_direct_chunked
+
+    def counting(origin_m, steps_m, mask, *args, **kwargs):
+        evaluated.append(int(np.count_nonzero(mask)))
+        return real(origin_m, steps_m, mask, *args, **kwargs)
+
+    monkeypatch.setattr(primary_field, "_lattice_direct_chunked", counting)
+    for half_width_mm, shape in ((40.0, (11, 11, 9)), (41.0, (11, 11, 9))):  # centred on x = 0 / not centred
+        assert PrimaryFieldGrid.grid_shape(8.0, half_width_mm=half_width_mm, depth_mm=70.0) == shape
+        PrimaryFieldGrid(coil, spacing_mm=8.0, half_width_mm=half_width_mm, depth_mm=70.0)
+        assert PrimaryFieldGrid.build_cost(coil, 8.0, half_width_mm=half_width_mm, depth_mm=70.0) == evaluated[-1]
+    assert evaluated == [6 * 11 * 9, 11 * 11 * 9]
+    assert PrimaryFieldGrid.build_cost(coil, 2.0) == 76 * 151 * 126
+
+
+def test_auto_mode_builds_a_grid_once_the_coming_solves_pay_for_it(coil):
+    """In the auto mode a solve evaluates dA/dt directly unless building the grid costs fewer points than the
+    coming solves' direct evaluations; once built, every later solve resamples it."""
+    simulation = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, grid_spacing_mm=8.0)
+    cost = PrimaryFieldGrid.build_cost(coil, 8.0)
+    pays = cost // simulation.n_faces + 1  # the fewest solves whose direct evaluations cost more than the build
+    assert not simulation.grid_pays_off(coil, pays - 1)
+    assert simulation.grid_pays_off(coil, pays)
+    direct = simulation.solve(coil, _top_pose(), 1e8, solves=pays - 1)
+    assert direct.info["primary_field"] == "direct"
+    assert simulation.held_grid(coil) is None
+    gridded = simulation.solve(coil, _top_pose(), 1e8, solves=pays)
+    assert gridded.info["primary_field"] == "grid"
+    assert simulation.held_grid(coil) is not None
+    assert simulation.solve(coil, _top_pose(), 1e8).info["primary_field"] == "grid"
+    peak = direct.e_magnitude.array.max()
+    assert np.abs(gridded.e_vector.array - direct.e_vector.array).max() < 0.02 * peak  # an 8 mm grid
+
+
+def test_auto_mode_takes_a_grid_from_the_cache_for_a_single_solve(coil, tmp_path):
+    """A grid already in the cache folder is resampled even for one solve; without it one solve goes direct."""
+    from CondNetLogic.primary_field import cached_grid, cached_grid_path
+
+    simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0, grid_cache_dir=tmp_path)
+    assert simulation.solve(coil, _top_pose(), 1e8).info["primary_field"] == "direct"
+    cached_grid(coil, tmp_path, spacing_mm=8.0)
+    assert cached_grid_path(coil, tmp_path, spacing_mm=8.0).is_file()
+    simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0, grid_cache_dir=tmp_path)
+    assert simulation.grid_pays_off(coil, 1)
+    assert simulation.solve(coil, _top_pose(), 1e8).info["primary_field"] == "grid"
+    explicit = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0, grid_cache_dir=tmp_path,
+                                primary_field="direct")
+    assert explicit.solve(coil, _top_pose(), 1e8).info["primary_field"] == "direct"  # an explicit mode is kept
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_pose_search_builds_a_grid_when_its_poses_pay_for_it(coil, many):
+    """strongest_pose tells each solve how many poses are left, so a search long enough to pay for the grid
+    builds it at its first pose; a short one stays direct."""
+    from CondNetLogic.efield import strongest_pose
+
+    simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0)
+    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // simulation.n_faces + 1
+    poses = [_top_pose(handle=(np.sin(angle), np.cos(angle), 0.0))
+             for angle in np.linspace(0.0, np.pi, pays if many else pays - 1, endpoint=False)]
+    roi = simulation.conductivity.array > 0
+    _, result, rows = strongest_pose(simulation, coil, poses, 1e8, roi)
+    assert len(rows) == len(poses)
+    assert (simulation.held_grid(coil) is not None) == many
+    assert result.info["primary_field"] == ("grid" if many else "direct")
+
+
+def test_an_ensemble_builds_one_grid_for_all_its_members(coil, monkeypatch):
+    """ensemble_spread: when the members' solves together pay for a grid, the first member builds it and the others
+    resample the same grid."""
+    from CondNetLogic.efield import ensemble_spread
+
+    builds, real = [], PrimaryFieldGrid.__init__
+
+    def counting(self, *args, **kwargs):
+        builds.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrimaryFieldGrid, "__init__", counting)
+    like = _sphere()
+    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // EFieldSimulation(like, device="cpu").n_faces + 1
+    members = [like.with_array(like.array * factor) for factor in np.linspace(0.8, 1.2, pays)]
+    _, rows = ensemble_spread(members, coil, _top_pose(), 1e8, like=like, device="cpu", grid_spacing_mm=8.0)
+    assert len(builds) == 1
+    assert [row["primary_field"] for row in rows] == ["grid"] * pays
