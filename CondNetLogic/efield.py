@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: ``"direct"``: exact closed form at every face; ``"grid"``: resample a precomputed coil-frame grid
 #: (:class:`~CondNetLogic.primary_field.PrimaryFieldGrid`); ``"auto"``: the grid when it is at hand (built by this
-#: simulation, given, or in the grid cache) or when building it costs fewer direct evaluations than the coming
-#: solves would (:meth:`EFieldSimulation.grid_pays_off`), else direct.
+#: simulation, given, or in the grid cache) or when building it costs fewer direct evaluations than the earlier
+#: direct solves and the coming ones would (:meth:`EFieldSimulation.grid_pays_off`), else direct.
 PRIMARY_FIELD_MODES = ("auto", "direct", "grid")
 
 #: Wires closer than this to a conducting face midpoint are rejected (mm).
@@ -255,6 +255,7 @@ class EFieldSimulation:
         self.grid_cache_dir = None if grid_cache_dir is None else Path(grid_cache_dir)
         self._grids: dict = {}
         self._n_faces: Optional[int] = None
+        self._direct_faces: dict = {}  # coil sha256 -> faces its direct solves here have evaluated so far
         if grid is not None:
             if not isinstance(grid, PrimaryFieldGrid):
                 raise TypeError(f"grid must be a PrimaryFieldGrid; got {type(grid).__name__}")
@@ -302,8 +303,10 @@ class EFieldSimulation:
 
         True when the grid is at hand (built or given here, or kept in ``grid_cache_dir`` by
         :func:`~CondNetLogic.primary_field.cached_grid`), or when its build evaluates fewer points
-        (:meth:`~CondNetLogic.primary_field.PrimaryFieldGrid.build_cost`) than ``solves`` direct evaluations of
-        every face (:attr:`n_faces`) would; a resample costs next to nothing beside either
+        (:meth:`~CondNetLogic.primary_field.PrimaryFieldGrid.build_cost`) than the direct evaluations of every face
+        (:attr:`n_faces`) that this simulation's earlier solves with the coil made plus the ``solves`` to come would:
+        a session of single coil moves builds the grid once its direct solves have cost as much, so it never pays
+        more than twice the cheaper choice.  A resample costs next to nothing beside either
         (``benchmarks/RESULTS.md``: 0.13 s against 12.5 s and 65 s for a 256^3 head).
         """
         if coil.sampled is not None:
@@ -313,7 +316,8 @@ class EFieldSimulation:
         if self.grid_cache_dir is not None:
             if cached_grid_path(coil, self.grid_cache_dir, spacing_mm=self.grid_spacing_mm).is_file():
                 return True
-        return max(int(solves), 1) * self.n_faces > PrimaryFieldGrid.build_cost(coil, self.grid_spacing_mm)
+        coming = self._direct_faces.get(coil.sha256, 0) + max(int(solves), 1) * self.n_faces
+        return coming > PrimaryFieldGrid.build_cost(coil, self.grid_spacing_mm)
 
     def held_grid(self, coil: Coil) -> Optional[PrimaryFieldGrid]:
         """The coil-frame grid of ``coil`` that this simulation holds (given, or built by a solve), else None."""
@@ -395,6 +399,8 @@ class EFieldSimulation:
         grid = None
         if mode == "grid":
             grid = self._grid_for(coil, lambda f, m: report(0.25 * f, m), cancel)
+        elif mode == "direct":
+            self._direct_faces[coil.sha256] = self._direct_faces.get(coil.sha256, 0) + self.n_faces
         check_cancel()
         report(0.25, f"primary field ({mode})")
         faces = dadt_faces(

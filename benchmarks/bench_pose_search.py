@@ -11,10 +11,14 @@ CSF and brain at 0.465/0.010/1.654/0.275 S/m from the outside in) with the coil 
 * ``auto, empty cache``: the grid is built at the first pose, then resampled;
 * ``auto, cached grid``: the grid file is already in the cache folder (a later session).
 
+Then ``--moves`` single solves in the ``auto`` mode with an empty cache, the coil moved 2 mm along its handle each
+time, as a user moves it in the Slicer panel: the first goes direct, and the second builds the grid once the direct
+evaluations would cost more than its build.
+
 ::
 
     python benchmarks/bench_pose_search.py                       # 2 mm head in a 128^3 box, 12 handle angles
-    python benchmarks/bench_pose_search.py --angles 4 --size 96  # quicker
+    python benchmarks/bench_pose_search.py --angles 4 --size 96 --moves 0  # quicker
 
 Prints JSON (machine, versions, faces, per-way time, the mode each used, the strongest angle and its ROI mean |E|,
 the ratio direct / auto) and a one-line summary on stderr.  The solver is built once per way and not timed; the
@@ -48,6 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=128, help="box size, voxels (default 128)")
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size, mm (default 2)")
     parser.add_argument("--angles", type=int, default=12, help="handle angles 0, 180/N, ... deg (default 12)")
+    parser.add_argument("--moves", type=int, default=4, help="single coil moves after the searches (default 4)")
     args = parser.parse_args(argv)
 
     coil = load_coil("figure8_70mm")
@@ -80,6 +85,16 @@ def main(argv=None) -> int:
             rows[name] = {"seconds": round(seconds, 2), "modes": sorted(set(modes)), "best_angle_deg":
                           float(best * 180.0 / args.angles), "best_roi_mean_v_per_m": round(stats[best]["mean"], 3)}
             print(f"{name}: {seconds:.1f} s ({', '.join(sorted(set(modes)))})", file=sys.stderr)
+    moves = []
+    with tempfile.TemporaryDirectory() as cache:
+        simulation = EFieldSimulation(conductivity, device="cpu", grid_cache_dir=cache)
+        for move in range(args.moves):
+            pose = poses[0].copy()
+            pose[:3, 3] += 2.0 * move * pose[:3, 1]  # 2 mm along the handle per move
+            begin = time.perf_counter()
+            result = simulation.solve(coil, pose, didt)
+            moves.append({"seconds": round(time.perf_counter() - begin, 2), "mode": result.info["primary_field"]})
+            print(f"move {move + 1}: {moves[-1]['seconds']} s ({moves[-1]['mode']})", file=sys.stderr)
     report = {
         "benchmark": "bench_pose_search",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
@@ -88,6 +103,7 @@ def main(argv=None) -> int:
         "head": {"box": args.size, "spacing_mm": args.spacing, "conducting_faces": warm.n_faces},
         "poses": len(poses),
         "ways": rows,
+        "single_moves_auto_empty_cache": moves,
         "ratio_direct_over_auto_empty_cache": round(rows["direct"]["seconds"] / rows["auto, empty cache"]["seconds"],
                                                     2),
         "ratio_direct_over_auto_cached_grid": round(rows["direct"]["seconds"] / rows["auto, cached grid"]["seconds"],

@@ -861,6 +861,15 @@ def test_auto_mode_takes_a_grid_from_the_cache_for_a_single_solve(coil, tmp_path
     assert explicit.solve(coil, _top_pose(), 1e8).info["primary_field"] == "direct"  # an explicit mode is kept
 
 
+def test_auto_mode_builds_the_grid_once_single_solves_have_cost_as_much(coil):
+    """Single coil moves (one solve each) go direct until their direct evaluations together with the next would cost
+    more than the grid's build; that solve builds the grid, and later ones resample it."""
+    simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0)
+    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // simulation.n_faces + 1
+    modes = [simulation.solve(coil, _top_pose(), 1e8).info["primary_field"] for _ in range(pays + 1)]
+    assert modes == ["direct"] * (pays - 1) + ["grid"] * 2
+
+
 @pytest.mark.parametrize("many", [False, True])
 def test_a_pose_search_builds_a_grid_when_its_poses_pay_for_it(coil, many):
     """strongest_pose tells each solve how many poses are left, so a search long enough to pay for the grid
