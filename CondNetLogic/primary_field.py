@@ -720,7 +720,8 @@ def cached_grid(
     """The coil's :class:`PrimaryFieldGrid`, read from ``cache_dir`` or built once and stored there.
 
     The file (:func:`cached_grid_path`) is named by the coil's sha256, so an edited coil file gets a new grid; a
-    damaged or foreign file is rebuilt (with a warning), never trusted.
+    damaged or foreign file is rebuilt (with a warning), never trusted.  A grid that cannot be stored (read-only or
+    full disk) is returned all the same, with a warning.
     """
     path = cached_grid_path(coil, cache_dir, spacing_mm=spacing_mm)
     if path.is_file():
@@ -729,7 +730,11 @@ def cached_grid(
         except (ValueError, OSError, KeyError) as err:
             logger.warning("ignoring the cached coil grid %s (%s); rebuilding it", path, err)
     grid = PrimaryFieldGrid(coil, spacing_mm=spacing_mm, progress=progress, cancel=cancel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, overwrite=True)
-    logger.info("stored the coil grid in %s", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path, overwrite=True)
+    except OSError as err:  # a read-only or full disk costs the next session a rebuild, not this solve
+        logger.warning("could not store the coil grid in %s (%s): it serves this session only", path, err)
+    else:
+        logger.info("stored the coil grid in %s", path)
     return grid

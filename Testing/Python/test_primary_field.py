@@ -1,6 +1,7 @@
 """Primary field dA/dt: closed forms, face/centre lattices, the precomputed grid, bad input."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numba
@@ -400,6 +401,24 @@ def test_cached_grid_builds_once_then_loads(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("sub*"))
     monkeypatch.setenv("CONDNET_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert default_cache_dir() == tmp_path / "elsewhere" / "primary_field"
+
+
+def test_a_grid_that_cannot_be_stored_is_returned_with_a_warning(tmp_path, caplog):
+    """A cache folder that cannot be made (here under a file; a read-only or full disk alike) costs the next
+    session a rebuild, not this solve: the grid comes back, with a warning naming the path."""
+    from CondNetLogic.primary_field import cached_grid, cached_grid_path
+
+    coil = load_coil("figure8_70mm")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should go")
+    with caplog.at_level(logging.WARNING, logger="CondNetLogic.primary_field"):
+        grid = cached_grid(coil, blocker / "cache", spacing_mm=30.0)
+    assert grid.values.shape[3] == 3
+    assert np.isfinite(grid.values).all()
+    assert not cached_grid_path(coil, blocker / "cache", spacing_mm=30.0).exists()
+    assert "could not store the coil grid" in caplog.text
+    assert str(blocker / "cache") in caplog.text
+    assert blocker.read_text() == "a file where the cache folder should go"
 
 
 # --------------------------------------------------------------------------------------------------------
