@@ -83,8 +83,8 @@ def sphere_efield(coil: Coil, points_mm: np.ndarray, *, offset_mm: float = 4.0,
         raise ValueError("every point must lie in the head")
     # Distance to the segments, not only to their ends: a straight wire between two points outside the head may
     # cut through it.
-    distances = [segment_distances(coil.segments_mm(), center_mm), np.linalg.norm(coil.dipole_positions_mm
-                                                                                     - center_mm, axis=1)]
+    distances = [segment_distances(coil.segments_mm(), center_mm),
+                 np.linalg.norm(coil.dipole_positions_mm - center_mm, axis=1)]
     nearest = min(float(d.min()) for d in distances if d.size)
     if nearest <= head_radius_mm:
         raise ValueError(f"coil {coil.name!r} reaches {head_radius_mm - nearest:.1f} mm into the head at an offset of "
