@@ -114,6 +114,20 @@ def test_resample_makes_an_anisotropic_conductivity_isotropic(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_resample_takes_the_spacing_and_the_interpolation(tmp_path):
+    """--spacing 0.5 gives 0.5 mm voxels; --interpolation nearest keeps the label values (linear would blend them)."""
+    labels = np.full((6, 4, 4), 2.0, dtype=np.float32)
+    labels[3:] = 7.0
+    write_volume(Volume(labels, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "labels.nii.gz")
+    out = tmp_path / "labels_half.nii.gz"
+    assert main(["resample", "--input", str(tmp_path / "labels.nii.gz"), "--out", str(out), "--spacing", "0.5",
+                 "--interpolation", "nearest"]) == 0
+    resampled = read_volume(out)
+    np.testing.assert_allclose(resampled.spacing, [0.5, 0.5, 0.5])
+    assert resampled.shape == (24, 16, 16)
+    assert set(np.unique(resampled.array).tolist()) == {2.0, 7.0}
+
+
 def test_precision_choices_are_the_inference_ones():
     import argparse
 

@@ -116,3 +116,25 @@ def test_cli_compares_fields_on_different_grids_in_a_region(tmp_path, capsys):
                            (["--b", str(tmp_path / "b.nii.gz"), "--roi-label", "4"], "give --roi-mask")):
         assert main(["compare", "--a", str(tmp_path / "a.nii.gz"), *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
+
+
+def test_cli_compares_only_the_roi_labels_and_refuses_nan(tmp_path, capsys):
+    """--roi-label picks labels of a mask holding two; a NaN in a field is refused, not left out of the region."""
+    grid = Volume.from_geometry(np.zeros((6, 5, 4)), spacing=(2.0, 2.0, 2.0))
+    a = np.ones((6, 5, 4, 3), np.float32) + np.arange(4, dtype=np.float32)[:, None]  # |E| varies along S
+    write_volume(grid.with_array(a), tmp_path / "a.nii.gz")
+    write_volume(grid.with_array(1.5 * a), tmp_path / "b.nii.gz")
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[:2] = 1
+    labels[2:5] = 2
+    write_volume(grid.with_array(labels), tmp_path / "roi.nii.gz")
+    assert main(["compare", "--a", str(tmp_path / "a.nii.gz"), "--b", str(tmp_path / "b.nii.gz"),
+                 "--roi-mask", str(tmp_path / "roi.nii.gz"), "--roi-label", "2"]) == 0
+    assert f"{3 * 5 * 4} voxels with both fields" in capsys.readouterr().out
+    bad = 1.5 * a
+    bad[0, 0, 0, 1] = np.nan
+    write_volume(grid.with_array(bad), tmp_path / "nan.nii.gz")
+    assert main(["compare", "--a", str(tmp_path / "a.nii.gz"), "--b", str(tmp_path / "nan.nii.gz"),
+                 "--out", str(tmp_path / "cmp.json")]) == 2
+    assert "nan.nii.gz: 1 of 360 voxels are NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "cmp.json").exists()

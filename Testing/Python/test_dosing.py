@@ -196,6 +196,8 @@ def test_cli_dose(runs, capsys):
     assert f"{dose['output_percent_of_max']:.1f} % of the stimulator's maximum output" in printed
     assert record["metric"] == "mean"
     assert record["motor_threshold_percent_of_max"] == 40.0
+    assert record["motor_threshold_didt_a_per_s"] == pytest.approx(0.4 * load_coil("figure8_70mm").didt_max)
+    assert record["motor"]["didt_a_per_s"] == pytest.approx(0.5 * load_coil("figure8_70mm").didt_max)  # the run's
     assert main(args) == 2  # the record exists: kept
     assert "exists" in capsys.readouterr().err
     by_didt = ["dose", "--motor", str(runs / "m1" / "efield.json"), "--target", str(runs / "t" / "efield.json"),

@@ -121,3 +121,35 @@ def test_cli_writes_the_spread_and_the_members_statistics(tmp_path, capsys, monk
     assert "at least two" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
     assert not (tmp_path / "run3").exists()
+
+
+def test_cli_passes_its_solver_options_to_every_solve_and_writes_the_members_spread(tmp_path, monkeypatch):
+    """--device and --tol reach the main solve and each member's; efield_magnitude_sd.nii.gz is the spread."""
+    import CondNetLogic.efield as efield
+
+    built, spreads = [], []
+    real_simulation, real_spread = efield.EFieldSimulation, efield.ensemble_spread
+
+    def recording(*args, **kwargs):
+        built.append((kwargs.get("device"), kwargs.get("tol")))
+        return real_simulation(*args, **kwargs)
+
+    def spread(*args, **kwargs):
+        result = real_spread(*args, **kwargs)
+        spreads.append(result[0].array.copy())
+        return result
+
+    monkeypatch.setattr(efield, "EFieldSimulation", recording)
+    monkeypatch.setattr(efield, "ensemble_spread", spread)
+    paths = []
+    for name, value in (("sigma", 0.33), ("low", 0.1), ("high", 1.0)):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        write_volume(_shells(value), paths[-1])
+    out = tmp_path / "run"
+    assert main(["efield", "--conductivity", str(paths[0]), "--out", str(out), "--device", "cpu", "--coil-center",
+                 "0", "0", str(RADIUS + SPACING / 2), "--coil-direction", "0", "1", "0", "--tol", "1e-5",
+                 "--primary-field", "direct", "--ensemble", *map(str, paths[1:])]) == 0
+    assert built == [("cpu", 1e-5)] * 3
+    assert len(spreads) == 1
+    assert spreads[0].max() > 1.0
+    np.testing.assert_array_equal(read_volume(out / "efield_magnitude_sd.nii.gz").array, spreads[0])

@@ -434,6 +434,35 @@ def test_predict_cli_writes_volumes_and_sidecar(phantom, tmp_path):
     assert main(args) == 2  # refuses to overwrite
 
 
+def test_predict_cli_passes_the_network_options_on(phantom, tmp_path, monkeypatch):
+    """--device, --precision, --batch-size and --register reach the prediction (and the sidecar); the head mask is
+    the prediction's 0/1 mask."""
+    import CondNetLogic.inference as inference
+    from CondNetLogic.cli import main
+    from CondNetLogic.io import read_volume, write_volume
+
+    seen, real = [], inference.predict_conductivity
+
+    def recording(*args, **kwargs):
+        seen.append(dict(kwargs))
+        return real(*args, **{**kwargs, "register": False})  # what is passed is under test, not registration
+
+    monkeypatch.setattr(inference, "predict_conductivity", recording)
+    write_volume(phantom.t1, tmp_path / "t1.nii.gz")
+    write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    weights = _weights(tmp_path / "w.safetensors", v=2)
+    assert main(["predict", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(tmp_path / "t2.nii.gz"),
+                 "--out", str(tmp_path / "sigma.nii.gz"), "--weights", str(weights), "--device", "cpu",
+                 "--precision", "float32", "--batch-size", "3", "--register"]) == 0
+    assert len(seen) == 1
+    assert {key: seen[0][key] for key in ("device", "precision", "batch_size", "register")} == {
+        "device": "cpu", "precision": "float32", "batch_size": 3, "register": True}
+    assert json.loads((tmp_path / "sigma.json").read_text())["inputs"]["register"] is True
+    mask = read_volume(tmp_path / "sigma_mask.nii.gz").array
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    assert not read_volume(tmp_path / "sigma.nii.gz").array[mask == 0].any()
+
+
 def test_each_directions_conductivity_is_a_member_of_the_mean_and_sd(phantom, weights):
     prediction = predict_conductivity(phantom.t1, phantom.t2, weights=weights, device="cpu", precision="float32",
                                       keep_directions=True)

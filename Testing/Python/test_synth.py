@@ -612,6 +612,17 @@ def test_preview_refuses_existing(tmp_path):
     assert path.read_bytes() == b"mine"
 
 
+def test_cli_synth_takes_the_seed(tmp_path, label_volume):
+    labels_path = write_volume(label_volume, tmp_path / "training_seg_05.nii.gz")
+    for seed in ("3", "4"):
+        assert main(["synth", "--labels", str(labels_path), "--out", str(tmp_path / seed), "--n", "1", "--seed", seed,
+                     "--no-preview"]) == 0
+    params = [json.loads((tmp_path / seed / "seg05_p0" / "params.json").read_text()) for seed in ("3", "4")]
+    assert [p["seed"][0] for p in params] == [3, 4]
+    t1 = [read_volume(tmp_path / seed / "seg05_p0" / "t1.nii.gz").array for seed in ("3", "4")]
+    assert not np.array_equal(*t1)
+
+
 def test_cli_synth(tmp_path, label_volume, capsys):
     labels_path = write_volume(label_volume, tmp_path / "training_seg_05.nii.gz")
     out = tmp_path / "out"

@@ -228,6 +228,15 @@ def test_cancel_or_failure_leaves_the_output_folder_as_it_was(tmp_path, labels_d
     assert not any(empty.iterdir())
 
 
+def test_cli_build_draws_val_count_maps(tmp_path, labels_dir):
+    out = tmp_path / "set"
+    assert main(["build-training-set", "--labels-dir", str(labels_dir), "--out", str(out), "--pairs-per-map", "1",
+                 "--seed", "3", "--val-count", "2", "--preset", "mild", "--no-preview", "--quiet"]) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["val"]) == 2
+    assert len(split["train"]) == 1
+
+
 def test_cli_build_and_refuse(tmp_path, labels_dir, capsys):
     out = tmp_path / "set"
     argv = ["build-training-set", "--labels-dir", str(labels_dir), "--out", str(out), "--pairs-per-map", "1",
