@@ -99,23 +99,27 @@ def source_sum_points(points, starts, units, lengths, positions, moments, scale,
 
 @njit(cache=True, parallel=True)
 def source_sum_lattice(origin, steps, mask, projection, starts, units, lengths, positions, moments, scale, out,
-                       row_min_distance):
-    """Source sum on the lattice ``origin + i*steps[0] + j*steps[1] + k*steps[2]`` where ``mask`` is true.
+                       row_min_distance, first_row):
+    """Source sum on the lattice ``origin + (first_row + i)*steps[0] + j*steps[1] + k*steps[2]`` where ``mask``
+    is true.
 
     ``out[i, j, k, :] = scale * projection @ source_sum`` (``projection`` (P, 3)); unmasked entries are left
     as they are.  ``row_min_distance[i]`` = smallest source distance (m) over the masked points of row ``i``.
+    ``first_row`` places a slab of a larger lattice: each point is computed from the lattice's own origin, so a
+    lattice evaluated in slabs of any size gives the same bits.
     """
     n_i, n_j, n_k = mask.shape
     n_p = projection.shape[0]
     for i in prange(n_i):
         row_min = np.inf
+        row = first_row + i
         for j in range(n_j):
             for k in range(n_k):
                 if not mask[i, j, k]:
                     continue
-                px = origin[0] + i * steps[0, 0] + j * steps[1, 0] + k * steps[2, 0]
-                py = origin[1] + i * steps[0, 1] + j * steps[1, 1] + k * steps[2, 1]
-                pz = origin[2] + i * steps[0, 2] + j * steps[1, 2] + k * steps[2, 2]
+                px = origin[0] + row * steps[0, 0] + j * steps[1, 0] + k * steps[2, 0]
+                py = origin[1] + row * steps[0, 1] + j * steps[1, 1] + k * steps[2, 1]
+                pz = origin[2] + row * steps[0, 2] + j * steps[1, 2] + k * steps[2, 2]
                 sx, sy, sz, dist = _source_sum(px, py, pz, starts, units, lengths, positions, moments)
                 for c in range(n_p):
                     out[i, j, k, c] = scale * (projection[c, 0] * sx + projection[c, 1] * sy + projection[c, 2] * sz)

@@ -247,8 +247,10 @@ def dadt_at_points(
     return out
 
 
-def _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m) -> np.ndarray:
-    """Direct ``dA/dt`` on a lattice; ``sources`` as :func:`_sources` returns them."""
+def _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_distance_m, first_row: int = 0
+                    ) -> np.ndarray:
+    """Direct ``dA/dt`` on a lattice (rows ``first_row`` on of the lattice at ``origin_m``); ``sources`` as
+    :func:`_sources` returns them."""
     from . import _primary_kernels as kernels
 
     out = np.zeros(mask.shape + (projection.shape[0],))
@@ -263,6 +265,7 @@ def _lattice_direct(origin_m, steps_m, mask, projection, sources, didt, min_dist
             MU0_OVER_4PI * didt,
             out,
             row_min,
+            np.int64(first_row),
         )
         if row_min.size:
             _raise_if_too_close(float(row_min.min()), min_distance_m)
@@ -523,9 +526,8 @@ def _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, 
         if cancel is not None and cancel():
             raise Cancelled("primary-field evaluation cancelled")
         last = min(n, first + chunk)
-        origin = np.asarray(origin_m, dtype=np.float64) + first * np.asarray(steps_m)[0]
-        out[first:last] = _lattice_direct(origin, steps_m, np.ascontiguousarray(mask[first:last]), projection,
-                                          sources, didt, min_distance_m)
+        out[first:last] = _lattice_direct(origin_m, steps_m, np.ascontiguousarray(mask[first:last]), projection,
+                                          sources, didt, min_distance_m, first)
         report(last / n)
     return out
 

@@ -48,6 +48,7 @@ magnetic stimulation", Phys. Med. Biol. 57, 7753-7765, 2012, doi:10.1088/0031-91
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -88,6 +89,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@contextlib.contextmanager
+def _numba_threads_given_back():
+    """Give the caller its numba thread count back after a solve on the numba backend: the serial levels set it to
+    1 (:class:`NumbaBackend`), and numba keeps that count for every later parallel kernel of the calling thread
+    (the next primary field, the field step, the next solver's setup would run on one thread)."""
+    import numba
+
+    threads = numba.get_num_threads()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
 
 
 def _kernels():
@@ -999,12 +1014,14 @@ class PotentialSolver:
                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
         phases["check"] = time.perf_counter() - start
         arguments = (faces, x0, tol, int(maxiter), callback, history, cancel, phases)
-        try:
-            iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
-        except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
-            self._fall_back_if_out_of_memory(err, "running")
-            del history[first_entry:]
-            iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
+        with _numba_threads_given_back() if isinstance(self._backend, NumbaBackend) else contextlib.nullcontext():
+            try:
+                iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
+            except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
+                self._fall_back_if_out_of_memory(err, "running")
+                del history[first_entry:]
+                with _numba_threads_given_back():  # the fallback runs on the numba backend
+                    iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         embedding = time.perf_counter()
         psi = _embed(x_work, -self._lo, self.shape, self.dtype, out=out)
         phases["embed"] = time.perf_counter() - embedding

@@ -521,3 +521,23 @@ def test_zero_rhs_reports_its_residual_history():
     assert np.all(psi == 0)
     assert (info["iterations"], info["residual"], info["true_residual"], info["converged"]) == (0, 0.0, 0.0, True)
     assert history == info["residuals"] == [0.0]
+
+
+def test_a_solve_gives_the_numba_thread_count_back():
+    """The serial levels lower numba's thread count to 1 while they run; after a solve the caller has its own count
+    back, so its later kernels (the primary field, the field step, the next solver) run on all threads, and a count
+    the caller lowered itself stays lowered."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    sigma = shell_sigma(16)  # every level below serial_below: all of them run on one thread
+    solver = PotentialSolver(sigma, H)
+    before = numba.get_num_threads()
+    try:
+        for threads in (2, 1):
+            numba.set_num_threads(threads)
+            solver.solve(smooth_faces(sigma.shape))
+            assert numba.get_num_threads() == threads
+    finally:
+        numba.set_num_threads(before)

@@ -524,3 +524,25 @@ def test_grid_starts_1mm_beyond_the_deepest_source(kind):
     coil = Coil.from_dict({"format_version": 1, "name": kind, "didt_max_a_per_s": 1e8, "winding": winding})
     grid = PrimaryFieldGrid(coil, spacing_mm=5.0, half_width_mm=20.0, depth_mm=10.0)
     assert grid.origin_m[2] == pytest.approx(-2e-3)
+
+
+def test_faces_do_not_depend_on_the_slabs_or_the_thread_count():
+    """The direct evaluation runs in slabs of rows sized by numba's thread count; each point is placed from the
+    lattice's own origin, so one thread, two threads and one whole-lattice call give the same bits."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    coil = load_coil("figure8_70mm")
+    geometry = Volume.from_geometry(np.zeros((41, 9, 9)), spacing=(0.7,) * 3, origin=(-14.3, -2.9, 11.1))
+    pose = coil_pose([0.0, 0.0, 20.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0])
+    before = numba.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            runs.append(dadt_faces(geometry, coil, pose, 1e8, progress=lambda fraction, message: None))
+    finally:
+        numba.set_num_threads(before)
+    runs.append(dadt_faces(geometry, coil, pose, 1e8))  # no progress: one call over the whole lattice
+    for run in runs[1:]:
+        for face, reference in zip(run, runs[0]):
+            np.testing.assert_array_equal(face, reference)
