@@ -139,6 +139,24 @@ def test_adapters_reject_bad_input(mrml_scene):
     assert mrml_scene.GetNumberOfNodes() == before + 2  # the scalar node and its display node, nothing else
 
 
+def test_adapters_leave_no_nodes_behind_and_refuse_a_slight_shear(mrml_scene):
+    """A failed add removes its node, removeNodes takes the display nodes too, and a slight shear is refused
+    (the node would silently store another grid)."""
+    before = node_ids(mrml_scene)
+    with pytest.raises(TypeError, match="vector volume"):
+        adapters.addVolumeNode(mrml_scene, Volume(np.zeros((2, 2, 2, 3)), np.eye(4)), "bad",
+                               className="vtkMRMLScalarVolumeNode")
+    assert node_ids(mrml_scene) == before
+    node = add_volume(mrml_scene, Volume(np.ones((2, 2, 2)), np.eye(4)), "gone")
+    assert node.GetNumberOfDisplayNodes() == 1
+    adapters.removeNodes(mrml_scene, [None, node])
+    assert node_ids(mrml_scene) == before
+    slightlySheared = np.eye(4)
+    slightlySheared[0, 1] = 0.01
+    with pytest.raises(ValueError, match="not orthogonal"):
+        adapters.addVolumeNode(mrml_scene, Volume(np.zeros((2, 2, 2)), slightlySheared), "sheared")
+
+
 def test_world_to_local_follows_parent_transform(mrml_scene):
     node = add_volume(mrml_scene, Volume(np.ones((2, 2, 2)), np.eye(4)), "t")
     assert np.allclose(adapters.worldToLocalMatrix(node), np.eye(4))
@@ -1034,6 +1052,104 @@ def test_the_gpu_memory_is_read_in_a_child_process(monkeypatch):
     install._gpuReports.clear()
 
 
+def test_missing_requirements_compare_installed_versions(tmp_path):
+    from CondNetSlicerLib import install
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pytest>=1.0\npytest<1.0\ncondnet-no-such-package>=1\n")
+    assert install.missingRequirements(requirements) == ["pytest<1.0", "condnet-no-such-package>=1"]
+
+
+def test_old_torch_is_refused_with_a_restart_hint(monkeypatch):
+    from CondNetSlicerLib import install
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.13.1+cu117"))
+    with pytest.raises(install.InstallError, match="needs PyTorch >= 2.1") as raised:
+        install.ensureTorch(interactive=False)
+    assert raised.value.restartRequired
+    recent = types.SimpleNamespace(__version__="2.1.0+cpu")
+    monkeypatch.setitem(sys.modules, "torch", recent)
+    assert install.ensureTorch(interactive=False) is recent
+
+
+def test_torch_from_the_pytorch_extension_asks_first(monkeypatch):
+    from CondNetSlicerLib import install
+
+    calls = []
+
+    class Logic:
+        def installTorch(self, **kwargs):
+            calls.append(kwargs)
+            return None  # declined
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" raises ImportError
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    with pytest.raises(install.InstallError, match="not installed"):
+        install.ensureTorch(interactive=True)
+    assert calls == [{"askConfirmation": True, "torchVersionRequirement": ">=2.1"}]
+
+
+def test_requirements_are_not_installed_without_asking_and_failures_are_reported(monkeypatch, tmp_path):
+    import subprocess
+
+    from CondNetSlicerLib import install
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("safetensors>=0.4\n")
+    monkeypatch.setattr(install, "ensureTorch", lambda **kwargs: None)
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.load_requirements = install._readRequirements
+
+    def pipFails(requirements, **kwargs):
+        raise subprocess.CalledProcessError(1, ["pip", "install"])
+
+    packaging.pip_ensure = pipFails
+    monkeypatch.setattr(install, "slicerPackaging", lambda: packaging)
+    with pytest.raises(install.InstallError, match="failed") as raised:
+        install.ensureRequirements(requirements, interactive=False)
+    assert raised.value.restartRequired
+    # Older Slicer: the user is asked first; declining installs nothing.
+    monkeypatch.setattr(install, "slicerPackaging", lambda: None)
+    monkeypatch.setattr(install, "missingRequirements", lambda path: ["safetensors>=0.4"])
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: False, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("installed without asking"),
+                        raising=False)
+    with pytest.raises(install.InstallError, match="declined"):
+        install.ensureRequirements(requirements, interactive=True)
+
+
+def test_device_report_free_memory_cpu_choice_and_cache_expiry(monkeypatch, capsys):
+    import torch
+
+    from CondNetSlicerLib import install
+
+    # The child's query itself: free and total memory in GiB, in that order.
+    fakeTorch = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        mem_get_info=lambda *a: (3 * 2**30, 8 * 2**30), get_device_name=lambda index: "Fake GPU"))
+    monkeypatch.setitem(sys.modules, "torch", fakeTorch)
+    exec(install._GPU_QUERY, {})
+    assert json.loads(capsys.readouterr().out) == {"name": "Fake GPU", "free_gib": 3.0, "total_gib": 8.0}
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    # With a GPU present, "cpu" still means the CPU (and no child is started).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    children = []
+
+    def child(command, **kwargs):
+        children.append(command)
+        return types.SimpleNamespace(returncode=0, stderr="", stdout='{"name": "Fake GPU", "free_gib": 3.0}\n')
+
+    monkeypatch.setattr(install.subprocess, "run", child)
+    assert install.deviceReport("cpu")["device"] == "cpu"
+    assert children == []
+    install._gpuReports.clear()
+    try:
+        install.deviceReport("auto")
+        install.deviceReport("auto", maxAgeS=0.0)  # too old: read again (the free memory changes)
+        assert len(children) == 2
+    finally:
+        install._gpuReports.clear()
+
+
 def test_every_logic_method_the_widget_calls_exists():
     """The Widget needs the Slicer application to run; at least its calls into the logic must resolve."""
     import re
@@ -1053,6 +1169,7 @@ def test_on_grid_undoes_axis_reordering_exactly_and_rejects_resampling(head):
         moved = relabel(t1, perm, flips)
         back = adapters.onGrid(moved, t1.ijk_to_ras, t1.shape)
         np.testing.assert_array_equal(back.array, t1.array)
+        np.testing.assert_allclose(back.ijk_to_ras, t1.ijk_to_ras, atol=1e-12)  # the target grid's geometry
     shifted = Volume(t1.array, t1.ijk_to_ras @ np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     with pytest.raises(ValueError, match="resampling"):
         adapters.onGrid(shifted, t1.ijk_to_ras, t1.shape)

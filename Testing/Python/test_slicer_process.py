@@ -1,6 +1,8 @@
 """The background-process runner and the GUI's conductivity path (``condnet predict`` in a subprocess)."""
 
 import json
+import os
+import queue
 import sys
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ from CondNetLogic.errors import WeightsError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "CondNetSlicer"))
 
-from CondNetSlicerLib.process import CANCELLED, BackgroundProcess  # noqa: E402
+from CondNetSlicerLib.process import CANCELLED, PACKAGE_PARENT, BackgroundProcess, childEnvironment  # noqa: E402
 
 PY = sys.executable
 
@@ -77,6 +79,53 @@ def test_timeout_cancels():
     with pytest.raises(TimeoutError):
         process.waitForCompletion(timeout=0.5)
     assert process.returnCode == CANCELLED
+
+
+def test_carriage_returns_split_lines_and_the_last_unterminated_line_is_kept():
+    lines, progress = [], []
+    script = "import sys\nsys.stdout.write('a 10%\\rb 20%\\nlast 250%')"
+    process = BackgroundProcess([PY, "-c", script], logCallback=lines.append,
+                                progressCallback=lambda f, m: progress.append(f)).start()
+    assert process.waitForCompletion(timeout=60) == 0
+    assert lines == ["a 10%", "b 20%", "last 250%"]
+    assert progress == [0.1, 0.2, 1.0]  # clamped to [0, 1]
+
+
+def test_cancel_after_the_end_keeps_the_return_code():
+    done = []
+    process = BackgroundProcess([PY, "-c", "pass"], completedCallback=done.append).start()
+    assert process.waitForCompletion(timeout=60) == 0
+    process.cancel()
+    assert (process.returnCode, process.poll(), done) == (0, 0, [0])
+
+
+class _SlowQueue(queue.Queue):
+    """The reader thread delivers each line late, as when the GUI is busy."""
+
+    def put(self, item, *args, **kwargs):
+        time.sleep(0.01)
+        super().put(item, *args, **kwargs)
+
+
+def test_completion_is_reported_after_all_the_output():
+    seen = []
+    process = BackgroundProcess([PY, "-c", "for i in range(40): print(f'line {i}')"])
+    process.completedCallback = lambda code: seen.append(len(process.output))
+    process._queue = _SlowQueue()
+    process.start()
+    process._proc.wait()  # the process has exited; its output is still on its way
+    assert process.waitForCompletion(timeout=60) == 0
+    assert seen == [40]
+
+
+def test_child_environment_imports_this_package_first(monkeypatch):
+    assert (PACKAGE_PARENT / "CondNetLogic" / "__init__.py").is_file()
+    monkeypatch.setenv("PYTHONPATH", "elsewhere")
+    env = childEnvironment()
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "elsewhere"]
+    assert env["PYTHONUNBUFFERED"] == "1"
+    monkeypatch.delenv("PYTHONPATH")
+    assert childEnvironment()["PYTHONPATH"] == str(PACKAGE_PARENT)
 
 
 @pytest.fixture
