@@ -324,7 +324,7 @@ class EFieldSimulation:
         return self._grids.get(coil.sha256)
 
     def _grid_for(self, coil: Coil, progress, cancel) -> PrimaryFieldGrid:
-        grid = self._grids.get(coil.sha256)
+        grid = self.held_grid(coil)
         if grid is None:
             if self.grid_cache_dir is None:
                 grid = PrimaryFieldGrid(coil, spacing_mm=self.grid_spacing_mm, progress=progress, cancel=cancel)
@@ -612,8 +612,9 @@ def ensemble_spread(
                                       solves=len(members) - number)
         except ValueError as err:
             raise ValueError(f"ensemble member {number + 1}: {err}") from err
-        if simulation.held_grid(coil) is not None:  # built for this member: the next members resample it too
-            options = {**options, "grid": simulation.held_grid(coil)}
+        grid = simulation.held_grid(coil)
+        if grid is not None:  # built for this member: the next members resample it too
+            options = {**options, "grid": grid}
         del simulation
         row = {"head": roi_stats(result.e_magnitude)}
         if roi is not None:

@@ -92,10 +92,13 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @contextlib.contextmanager
-def _numba_threads_given_back():
-    """Give the caller its numba thread count back after a solve on the numba backend: the serial levels set it to
-    1 (:class:`NumbaBackend`), and numba keeps that count for every later parallel kernel of the calling thread
-    (the next primary field, the field step, the next solver's setup would run on one thread)."""
+def _numba_threads_given_back(backend):
+    """Give the caller its numba thread count back after a solve on ``backend`` when it is the numba one: the serial
+    levels set the count to 1 (:class:`NumbaBackend`), and numba keeps it for every later parallel kernel of the
+    calling thread (the next primary field, the field step, the next solver's setup would run on one thread)."""
+    if not isinstance(backend, NumbaBackend):
+        yield
+        return
     import numba
 
     threads = numba.get_num_threads()
@@ -1014,14 +1017,14 @@ class PotentialSolver:
                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
         phases["check"] = time.perf_counter() - start
         arguments = (faces, x0, tol, int(maxiter), callback, history, cancel, phases)
-        with _numba_threads_given_back() if isinstance(self._backend, NumbaBackend) else contextlib.nullcontext():
-            try:
+        try:
+            with _numba_threads_given_back(self._backend):
                 iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
-            except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
-                self._fall_back_if_out_of_memory(err, "running")
-                del history[first_entry:]
-                with _numba_threads_given_back():  # the fallback runs on the numba backend
-                    iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
+        except Exception as err:  # noqa: BLE001 - anything but a CUDA out-of-memory error is re-raised
+            self._fall_back_if_out_of_memory(err, "running")
+            del history[first_entry:]
+            with _numba_threads_given_back(self._backend):  # the fallback runs on the numba backend
+                iterations, relative, true_relative, x_work, warm = self._solve_on_backend(*arguments)
         embedding = time.perf_counter()
         psi = _embed(x_work, -self._lo, self.shape, self.dtype, out=out)
         phases["embed"] = time.perf_counter() - embedding

@@ -860,12 +860,16 @@ def test_grid_build_cost_is_the_nodes_its_build_evaluates(coil, monkeypatch):
     assert PrimaryFieldGrid.build_cost(coil, 2.0) == 76 * 151 * 126
 
 
+def _solves_that_pay(simulation, coil) -> int:
+    """The fewest direct solves on ``simulation`` that cost more face evaluations than building its coil grid."""
+    return PrimaryFieldGrid.build_cost(coil, simulation.grid_spacing_mm) // simulation.n_faces + 1
+
+
 def test_auto_mode_builds_a_grid_once_the_coming_solves_pay_for_it(coil):
     """In the auto mode a solve evaluates dA/dt directly unless building the grid costs fewer points than the
     coming solves' direct evaluations; once built, every later solve resamples it."""
     simulation = EFieldSimulation(_sphere(), device="cpu", tol=1e-8, grid_spacing_mm=8.0)
-    cost = PrimaryFieldGrid.build_cost(coil, 8.0)
-    pays = cost // simulation.n_faces + 1  # the fewest solves whose direct evaluations cost more than the build
+    pays = _solves_that_pay(simulation, coil)
     assert not simulation.grid_pays_off(coil, pays - 1)
     assert simulation.grid_pays_off(coil, pays)
     direct = simulation.solve(coil, _top_pose(), 1e8, solves=pays - 1)
@@ -899,7 +903,7 @@ def test_auto_mode_builds_the_grid_once_single_solves_have_cost_as_much(coil):
     """Single coil moves (one solve each) go direct until their direct evaluations together with the next would cost
     more than the grid's build; that solve builds the grid, and later ones resample it."""
     simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0)
-    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // simulation.n_faces + 1
+    pays = _solves_that_pay(simulation, coil)
     modes = [simulation.solve(coil, _top_pose(), 1e8).info["primary_field"] for _ in range(pays + 1)]
     assert modes == ["direct"] * (pays - 1) + ["grid"] * 2
 
@@ -911,7 +915,7 @@ def test_a_pose_search_builds_a_grid_when_its_poses_pay_for_it(coil, many):
     from CondNetLogic.efield import strongest_pose
 
     simulation = EFieldSimulation(_sphere(), device="cpu", grid_spacing_mm=8.0)
-    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // simulation.n_faces + 1
+    pays = _solves_that_pay(simulation, coil)
     poses = [_top_pose(handle=(np.sin(angle), np.cos(angle), 0.0))
              for angle in np.linspace(0.0, np.pi, pays if many else pays - 1, endpoint=False)]
     roi = simulation.conductivity.array > 0
@@ -934,7 +938,7 @@ def test_an_ensemble_builds_one_grid_for_all_its_members(coil, monkeypatch):
 
     monkeypatch.setattr(PrimaryFieldGrid, "__init__", counting)
     like = _sphere()
-    pays = PrimaryFieldGrid.build_cost(coil, 8.0) // EFieldSimulation(like, device="cpu").n_faces + 1
+    pays = _solves_that_pay(EFieldSimulation(like, device="cpu", grid_spacing_mm=8.0), coil)
     members = [like.with_array(like.array * factor) for factor in np.linspace(0.8, 1.2, pays)]
     _, rows = ensemble_spread(members, coil, _top_pose(), 1e8, like=like, device="cpu", grid_spacing_mm=8.0)
     assert len(builds) == 1
