@@ -43,10 +43,20 @@ _SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
+#: Suffixes ITK recognises only in lower case: it cannot read or write ``scan.NII.GZ``, and it writes ``out.MHA`` or
+#: ``out.MHD`` as ``out.mhd`` plus a data file, beside (or over) files that the name given does not show.
+_LOWER_CASE_ONLY = (".nii", ".nii.gz", ".mha", ".mhd")
+
+
 def _suffix(path: Path) -> str:
+    """The supported suffix of ``path`` (lower case); ``ValueError`` for another type, or for a NIfTI or MetaImage
+    suffix that is not written in lower case."""
     name = path.name.lower()
     for suffix in SUPPORTED_SUFFIXES:
         if name.endswith(suffix):
+            if suffix in _LOWER_CASE_ONLY and not path.name.endswith(suffix):
+                raise ValueError(f"{path}: write the file type in lower case ({path.name[: -len(suffix)]}{suffix}): "
+                                 "ITK reads and writes NIfTI and MetaImage files only under a lower-case suffix")
             return suffix
     raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
@@ -560,8 +570,13 @@ def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False
         If an output exists and ``overwrite`` is false.
     NotADirectoryError, PermissionError
         If an output's folder lies below a file, or cannot be created or written (read-only, no permission).
+    ValueError
+        If a volume's NIfTI or MetaImage suffix is not in lower case (:func:`write_volume` would refuse it).
     """
     paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.name.lower().endswith(SUPPORTED_SUFFIXES):
+            _suffix(path)
     existing = [str(part) for p in paths for part in (p, *_output_data_files(p)) if part.exists()]
     if existing and not overwrite:
         what = "an output exists" if len(existing) == 1 else "outputs exist"

@@ -40,6 +40,7 @@ apply to it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -83,7 +84,18 @@ DEFAULT_MIN_DISTANCE_MM = 1.0
 GRID_HALF_WIDTH_MM = 150.0
 GRID_DEPTH_MM = 250.0
 
-_GRID_FORMAT_VERSION = 1
+#: Version of the grid file layout; bump it with any change of the kernels' results, so older files are rebuilt.
+_GRID_FORMAT_VERSION = 2
+
+
+def _sources_sha256(coil: Coil) -> str:
+    """SHA-256 of the coil's wire segments and dipoles in its frame (little-endian float64): the geometry a grid is
+    computed from, which the coil's own hash (of its description) does not pin where a winding leaves a parameter to
+    a code default."""
+    digest = hashlib.sha256()
+    for array in (coil.segments_mm(), coil.dipole_positions_mm, coil.dipole_moments_m2):
+        digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+    return digest.hexdigest()
 
 
 def _sources(segments_m: np.ndarray, dipoles_m: Optional[tuple] = None) -> tuple:
@@ -239,6 +251,7 @@ def dadt_at_points(
         raise ValueError("points_m hold NaN or infinite values")
     sources = _sources(segments_m, dipoles_m)
     didt = _check_didt(didt)
+    _check_min_distance(min_distance_m, "min_distance_m")
     out = np.zeros((points.shape[0], 3))
     distance = np.full(points.shape[0], np.inf)
     if points.shape[0]:
@@ -321,7 +334,8 @@ class PrimaryFieldGrid:
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
     ) -> None:
-        for name, value in (("spacing_mm", spacing_mm), ("half_width_mm", half_width_mm), ("depth_mm", depth_mm)):
+        for name, value in (("spacing_mm", spacing_mm), ("half_width_mm", half_width_mm), ("depth_mm", depth_mm),
+                            ("min_distance_mm", min_distance_mm)):
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be > 0; got {value}")
         if half_width_mm < spacing_mm or depth_mm < spacing_mm:
@@ -329,6 +343,7 @@ class PrimaryFieldGrid:
         _refuse_sampled(coil)
         self.coil_name = coil.name
         self.coil_sha256 = coil.sha256
+        self.sources_sha256 = _sources_sha256(coil)
         segments_m, dipoles_m = _coil_sources_m(coil)
         sources = _sources(segments_m, dipoles_m)
         self.spacing_m = float(spacing_mm) * MM_TO_M
@@ -436,6 +451,7 @@ class PrimaryFieldGrid:
                 format_version=np.int64(_GRID_FORMAT_VERSION),
                 coil_name=np.str_(self.coil_name),
                 coil_sha256=np.str_(self.coil_sha256),
+                sources_sha256=np.str_(self.sources_sha256),
                 origin_m=self.origin_m,
                 spacing_m=np.float64(self.spacing_m),
                 values=self.values,
@@ -460,7 +476,7 @@ class PrimaryFieldGrid:
         if not path.is_file():
             raise FileNotFoundError(f"grid file {path} does not exist")
         not_a_grid = f"{path} is not a primary-field grid file (format {_GRID_FORMAT_VERSION})"
-        keys = ("format_version", "coil_name", "coil_sha256", "origin_m", "spacing_m", "values")
+        keys = ("format_version", "coil_name", "coil_sha256", "sources_sha256", "origin_m", "spacing_m", "values")
         try:
             with np.load(path, allow_pickle=False) as data:
                 fields = {key: data[key] for key in keys if key in data.files}
@@ -482,6 +498,10 @@ class PrimaryFieldGrid:
                 f"{path} was built for coil {str(fields['coil_name'])!r} with another winding; "
                 f"it does not match {coil.name!r}"
             )
+        sources_sha256 = _sources_sha256(coil)
+        if str(fields["sources_sha256"]) != sources_sha256:
+            raise ValueError(f"{path} was built from other wires than {coil.name!r} has now (a default of its winding "
+                             "changed since)")
         if values.ndim != 4 or values.shape[3] != 3 or min(values.shape[:3]) < 2:
             raise ValueError(f"{path}: grid values must be (Gx, Gy, Gz, 3) with >= 2 nodes per axis")
         if not (spacing_m > 0 and np.isfinite(spacing_m)) or not np.isfinite(origin_m).all():
@@ -489,6 +509,7 @@ class PrimaryFieldGrid:
         grid = cls.__new__(cls)
         grid.coil_name = coil.name
         grid.coil_sha256 = coil.sha256
+        grid.sources_sha256 = sources_sha256
         grid.origin_m = origin_m
         grid.spacing_m = spacing_m
         grid.values = values
@@ -532,6 +553,12 @@ def _lattice_direct_chunked(origin_m, steps_m, mask, projection, sources, didt, 
     return out
 
 
+def _check_min_distance(value: float, name: str) -> None:
+    """Refuse a wire distance that is not a positive number: 0 or less would let a point on a wire through (inf)."""
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive distance; got {value}")
+
+
 def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid, min_distance_m,
              report=None, cancel=None) -> tuple:
     """``dA/dt`` projected by ``projection`` (P, 3) on a RAS lattice, direct, through ``grid`` or from a sampled coil.
@@ -539,6 +566,7 @@ def _lattice(origin_m, steps_m, mask, projection, coil, coil_to_ras, didt, grid,
     Returns ``(out (mask.shape + (P,)), n_zero)``: ``n_zero`` counts the masked points outside a sampled coil's grid,
     where ``dA/dt`` is taken as 0 (always 0 for wire and dipole coils).
     """
+    _check_min_distance(min_distance_m / MM_TO_M, "min_distance_mm")
     if coil.sampled is not None:
         if grid is not None:
             _refuse_sampled(coil)

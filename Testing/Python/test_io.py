@@ -121,6 +121,29 @@ def test_missing_and_unsupported_files(tmp_path):
         read_volume(tmp_path / "x.png")
 
 
+@pytest.mark.parametrize("name", ["user.MHD", "user.Mha", "scan.NII.GZ", "scan.Nii"])
+def test_upper_case_nifti_and_metaimage_names_are_refused_and_nothing_is_replaced(tmp_path, name):
+    # ITK writes out.MHD as out.mhd + a data file (over a user's out.mhd) and cannot read or write X.NII.GZ.
+    kept = tmp_path / name.lower()
+    write_volume(make_volume(), kept)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    target = tmp_path / name
+    for call in (lambda: write_volume(make_volume(), target, overwrite=True), lambda: read_volume(target),
+                 lambda: check_outputs([target])):
+        with pytest.raises(ValueError, match="lower case"):
+            call()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_upper_case_nrrd_names_work(tmp_path):
+    # ITK recognises NRRD in any case, so these are not refused.
+    volume = make_volume()
+    for name in ("a.NRRD", "b.NHDR"):
+        path = write_volume(volume, tmp_path / name)
+        assert path.exists()
+        assert np.array_equal(read_volume(path).array, volume.array)
+
+
 def test_4d_volume_is_rejected(tmp_path):
     frames = [sitk.GetImageFromArray(np.full((3, 4, 5), t, dtype=np.float32)) for t in range(2)]
     image = sitk.JoinSeries(frames)

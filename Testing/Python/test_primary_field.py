@@ -14,6 +14,8 @@ from CondNetLogic.coil import Coil, coil_pose, load_coil
 from CondNetLogic.primary_field import (
     MU0_OVER_4PI,
     PrimaryFieldGrid,
+    cached_grid,
+    cached_grid_path,
     dadt_at_points,
     dadt_centres,
     dadt_faces,
@@ -280,6 +282,43 @@ def test_grid_save_load_round_trip(small_grid, tmp_path):
     np.savez(tmp_path / "other.npz", values=np.zeros(3))
     with pytest.raises(ValueError, match="not a primary-field grid"):
         PrimaryFieldGrid.load(tmp_path / "other.npz", coil)
+
+
+def test_a_grid_built_before_a_winding_default_changed_is_refused_and_rebuilt(tmp_path, monkeypatch, caplog):
+    # The coil's hash covers its description, not a code default the description leaves out (points_per_turn
+    # here): the grid file pins the wires themselves, so a stale cached grid is rebuilt, never resampled.
+    import CondNetLogic.coil as coil_module
+
+    spec = {"format_version": 1, "name": "default", "didt_max_a_per_s": 1e8,
+            "winding": {"type": "figure8_spiral", "inner_diameter_mm": 10, "outer_diameter_mm": 30, "turns": 1}}
+    before = Coil.from_dict(spec)
+    grid = cached_grid(before, tmp_path, spacing_mm=5.0)
+    monkeypatch.setattr(coil_module, "DEFAULT_POINTS_PER_TURN", 24)
+    after = Coil.from_dict(spec)
+    assert after.sha256 == before.sha256
+    assert len(after.segments_mm()) != len(before.segments_mm())
+    path = cached_grid_path(after, tmp_path, spacing_mm=5.0)
+    with pytest.raises(ValueError, match="other wires"):
+        PrimaryFieldGrid.load(path, after)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = cached_grid(after, tmp_path, spacing_mm=5.0)
+    assert "ignoring the cached coil grid" in caplog.text
+    assert not np.array_equal(rebuilt.values, grid.values)
+    assert PrimaryFieldGrid.load(path, after).sources_sha256 == rebuilt.sources_sha256
+
+
+@pytest.mark.parametrize("distance", [0.0, -2.0, float("nan")])
+def test_a_wire_distance_that_is_not_positive_is_refused(distance):
+    # 0 or less would let a point on a wire through as inf, and put grid nodes on the wires.
+    coil = _small_coil()
+    with pytest.raises(ValueError, match="min_distance_mm must be"):
+        PrimaryFieldGrid(coil, spacing_mm=5.0, half_width_mm=20.0, depth_mm=10.0, min_distance_mm=distance)
+    with pytest.raises(ValueError, match="min_distance_m must be"):
+        dadt_at_points(np.zeros((1, 3)), coil.segments_mm() * 1e-3, 1.0, min_distance_m=distance)
+    volume = Volume(np.zeros((4, 4, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    pose = coil_pose(np.array([0.0, 0.0, 30.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="min_distance_mm must be"):
+        dadt_centres(volume, coil, pose, 1.0, min_distance_mm=distance)
 
 
 def test_damaged_grid_files_are_refused_by_name(small_grid, tmp_path):
