@@ -106,6 +106,9 @@ def validate_mri(volume: Volume, *, name: str) -> None:
         raise ValueError(f"{name}: the image is empty (all voxels are zero)")
     if low == high:
         raise ValueError(f"{name}: the image is constant (every voxel is {low}); expected an MRI with contrast")
+    if np.float32(low) == np.float32(high):  # the preprocessing computes in float32
+        raise ValueError(f"{name}: the image's contrast ({low} to {high}) is below float32 resolution; expected an "
+                         "MRI with contrast (rescale it first)")
 
 
 def reorient_canonical(volume: Volume) -> Volume:

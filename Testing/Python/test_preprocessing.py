@@ -90,6 +90,8 @@ def test_validate_mri_accepts_phantom():
         (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.inf, 1.0), "T2: 1 of 64 voxels are NaN or infinite"),
         (np.zeros((4, 4, 4)), "T2: the image is empty"),
         (np.full((4, 4, 4), 7.0), "T2: the image is constant"),
+        # float64 contrast that float32 (the preprocessing's precision) cannot see: a clear error, not a NaN crash
+        (np.where(np.arange(64).reshape(4, 4, 4) < 8, 1000.0 + 1e-5, 1000.0), "T2: the image's contrast .* float32"),
         (np.ones((4, 4, 4, 3)), r"T2: expected a 3D scalar image .* \(3 components"),
         (np.arange(16.0).reshape(4, 4, 1), "T2: expected a 3D image, got shape"),
     ],
