@@ -436,6 +436,8 @@ class Coil:
             **({} if self.didt_max is None else {"didt_max_a_per_s": self.didt_max}),
             "winding": json.loads(json.dumps(self.winding)),
         }
+        if self.sampled is not None:  # absolute, so that the dictionary rebuilds the coil from any working folder
+            data["winding"]["file"] = str(Path(self.sampled.path).absolute())
         if self.description:
             data["description"] = self.description
         if self.notes:

@@ -167,6 +167,16 @@ def test_points_outside_the_grid_get_zero_with_a_warning(tmp_path, caplog):
     assert "taken as 0" in caplog.text
 
 
+def test_a_sampled_coils_dictionary_rebuilds_it_from_any_working_folder(sampled_figure8, tmp_path, monkeypatch):
+    _, path = sampled_figure8
+    monkeypatch.chdir(path.parent)
+    coil = load_coil(path.name)  # found relative to the working folder
+    monkeypatch.chdir(tmp_path)
+    again = Coil.from_dict(coil.to_dict())
+    assert again.sha256 == coil.sha256
+    assert again.sampled.path.resolve() == path.resolve()
+
+
 def test_a_coil_json_file_names_the_nifti_file_and_adds_the_maximum_didt(sampled_figure8, tmp_path):
     _, path = sampled_figure8
     coil = load_coil(path)
