@@ -334,10 +334,10 @@ class PrimaryFieldGrid:
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
     ) -> None:
-        for name, value in (("spacing_mm", spacing_mm), ("half_width_mm", half_width_mm), ("depth_mm", depth_mm),
-                            ("min_distance_mm", min_distance_mm)):
+        for name, value in (("spacing_mm", spacing_mm), ("half_width_mm", half_width_mm), ("depth_mm", depth_mm)):
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be > 0; got {value}")
+        _check_min_distance(min_distance_mm, "min_distance_mm")
         if half_width_mm < spacing_mm or depth_mm < spacing_mm:
             raise ValueError(f"the grid must span at least one cell; got spacing {spacing_mm} mm")
         _refuse_sampled(coil)
