@@ -59,7 +59,8 @@ GROUPS: Dict[str, tuple] = {
 }
 
 
-def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) -> np.ndarray:
+def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM, *,
+               beyond: Optional[np.ndarray] = None) -> np.ndarray:
     """Voxels of ``head`` within ``depth_mm`` of its outside (Euclidean distance of voxel centres).
 
     Parameters
@@ -68,6 +69,9 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
     spacing_mm : array-like (3,)
         Voxel size along I, J, K in mm.
     depth_mm : float
+    beyond : ndarray of bool (I, J, K), optional
+        Voxels outside the label map's field of view (a label map smaller than the grid): unknown, not air, so
+        the head may go on there as it may beyond the grid; a head cut there gets no skin on the cut.
 
     Returns
     -------
@@ -75,7 +79,8 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
         A head voxel is in the shell when its centre is at most ``depth_mm`` from the centre of the
         nearest voxel outside the head minus half a voxel, i.e. the outer ``depth_mm`` of tissue.  Enclosed
         pockets of non-head voxels (air or unlabelled voxels inside the head) are not its outside, and the
-        outermost layer is always in the shell, even across slices thicker than ``2 * depth_mm``.
+        outermost layer is always in the shell, even across slices thicker than ``2 * depth_mm``.  With no
+        outside voxel on the grid the shell is empty.
 
     Examples
     --------
@@ -91,13 +96,17 @@ def skin_shell(head: np.ndarray, spacing_mm, depth_mm: float = SKIN_DEPTH_MM) ->
 
     head = np.asarray(head, dtype=bool)
     solid = fill_holes(head)  # the outside is what the border reaches
-    # Within the head's box grown by one air voxel, the nearest air is found as in the whole volume: clamping an
+    # Voxels ``beyond`` the label map's field of view are not air: the head may go on there, as beyond the grid.
+    not_air = solid if beyond is None else solid | np.asarray(beyond, dtype=bool)
+    if not_air.all():  # no air anywhere on the grid: the head goes on beyond it on every side
+        return np.zeros_like(head)
+    # Within the box grown by one air voxel, the nearest air is found as in the whole volume: clamping an
     # air voxel outside the box onto that air margin brings it no farther from any voxel inside.
-    box = bounding_box(solid, pad=1)
-    distance = ndimage.distance_transform_edt(solid[box], sampling=np.asarray(spacing_mm, dtype=float))
+    box = bounding_box(not_air, pad=1)
+    distance = ndimage.distance_transform_edt(not_air[box], sampling=np.asarray(spacing_mm, dtype=float))
     # A voxel next to air has distance 1 voxel from the air voxel's centre, i.e. 0.5 voxel of tissue outside it.
     # "<=" keeps the outermost layer even when one voxel is as thick as the shell (4 mm voxels, 2 mm skin).
-    outermost = solid[box] & ~ndimage.binary_erosion(solid[box], ndimage.generate_binary_structure(3, 1),
+    outermost = solid[box] & ~ndimage.binary_erosion(not_air[box], ndimage.generate_binary_structure(3, 1),
                                                      border_value=1)  # a head cut by the grid goes on beyond it
     shell = np.zeros_like(head)
     shell[box] = head[box] & ((distance - 0.5 * float(np.min(spacing_mm)) <= depth_mm) | outermost)
@@ -172,7 +181,13 @@ def evaluate_prediction(
             raise ValueError(f"prediction {name} is not on the T1 grid ({volume.shape} vs {t1.shape})")
     tissues = tissues_on_grid(labels, mapping, t1)
     head = tissues > 0
-    shell = skin_shell(head, t1.spacing)
+    beyond = None  # T1 voxels outside the label map's field of view
+    if not labels.same_grid(t1):
+        from .preprocessing import resample_to
+
+        covered = resample_to(labels.with_array(np.ones(labels.shape, np.uint8)), t1, interpolation="nearest")
+        beyond = covered.array == 0
+    shell = skin_shell(head, t1.spacing, beyond=beyond)
     tissues = np.where(shell, np.uint8(TISSUE_INDEX["skin"]), tissues)
     predicted_head = prediction.head_mask.array > 0
     dice = 2 * np.count_nonzero(head & predicted_head) / (np.count_nonzero(head) + np.count_nonzero(predicted_head))
@@ -197,7 +212,7 @@ def evaluate_prediction(
                 "condnet_sd": float(values.std()) if count else None,
                 "interior_voxels": interior_count,
                 "interior_mean": float(sigma[interior].mean()) if interior_count else None,
-                "table_values": {m: table.values[m] for m in members},
+                "table_values": {m: table.values[m] for m in members if m in table.values},
                 "uniform_mean": float(uniform[region].mean()) if count else None,
                 "mae": float(np.abs(values - uniform[region]).mean()) if count else None,
             }
@@ -277,6 +292,9 @@ def comparison_figure(t1: Volume, t2: Optional[Volume], uniform: Volume, condnet
     columns = [("T1", t1), ("T2", t2), ("uniform", uniform), ("CondNet", condnet), ("uncertainty (sd)", uncertainty)]
     columns = [(label, v if v is None or v.same_grid(t1) else resample_to(v, t1)) for label, v in columns]
     arrays = {label: None if v is None else reorient_canonical(v).array for label, v in columns}
+    spacing = reorient_canonical(t1).spacing
+    # Height / width of a pixel of the slice across each axis (rows S, S, A; columns A, R, R).
+    aspects = {0: spacing[2] / spacing[1], 1: spacing[2] / spacing[0], 2: spacing[1] / spacing[0]}
     head = np.argwhere(arrays["CondNet"] > 0)
     centre = ((head.min(axis=0) + head.max(axis=0)) // 2) if len(head) else np.asarray(arrays["T1"].shape) // 2
     sigma_max = float(max(arrays["uniform"].max(), arrays["CondNet"].max(), 1e-6))
@@ -292,12 +310,13 @@ def comparison_figure(t1: Volume, t2: Optional[Volume], uniform: Volume, condnet
                 ax.text(0.5, 0.5, "not given", ha="center", va="center", transform=ax.transAxes)
             else:
                 image = np.take(array, centre[axis], axis=axis).T
+                style = {"origin": "lower", "aspect": aspects[axis]}  # pixels drawn in mm, not voxels
                 if label in ("T1", "T2"):
-                    shown = ax.imshow(image, cmap="gray", origin="lower")
+                    shown = ax.imshow(image, cmap="gray", **style)
                 elif label == "uncertainty (sd)":
-                    shown = ax.imshow(image, cmap="magma", origin="lower", vmin=0, vmax=sd_max)
+                    shown = ax.imshow(image, cmap="magma", vmin=0, vmax=sd_max, **style)
                 else:
-                    shown = ax.imshow(image, cmap="viridis", origin="lower", vmin=0, vmax=sigma_max)
+                    shown = ax.imshow(image, cmap="viridis", vmin=0, vmax=sigma_max, **style)
                 if label not in ("T1", "T2") and row == 0:
                     fig.colorbar(shown, ax=ax, fraction=0.046, label="S/m")
             if row == 0:

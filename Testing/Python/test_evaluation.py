@@ -9,6 +9,7 @@ import pytest
 from CondNetLogic.conductivity import TABLE_A, TISSUE_INDEX, TISSUES, tissues_to_conductivity
 from CondNetLogic.evaluation import (
     GROUPS,
+    comparison_figure,
     evaluate_prediction,
     interior_of,
     markdown_table,
@@ -254,3 +255,87 @@ def test_evaluate_cli_refuses_existing_outputs_before_predicting(tmp_path, monke
         command[command.index("--labels") + 1] = str(tmp_path / f"{labels}.nii.gz")
         assert main([*command[:-1], str(tmp_path / f"eval_{labels}")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_evaluation_with_a_table_that_lacks_a_reported_tissue():
+    """Weights trained on a user table without vitreous humor / cerebellum (dataset.check_table_coverage allows it
+    when the data holds none): the report lists no Table I value for them instead of raising KeyError."""
+    tissues = np.zeros((12, 12, 12), np.int32)
+    tissues[2:10, 2:10, 2:10] = TISSUE_INDEX["gm"]
+    tissues[4:8, 4:8, 4:8] = TISSUE_INDEX["wm"]
+    t1 = Volume.from_geometry(np.zeros(tissues.shape, np.float32), spacing=(1, 1, 1))
+    values = {"gm": 0.1, "wm": 0.07, "skin": 0.1, "csf": 2.0, "cortical_bone": 0.02, "cancellous_bone": 0.08,
+              "muscle": 0.3, "fat": 0.04}
+    sigma = np.where(tissues > 0, 0.1, 0).astype(np.float32)
+    prediction = Prediction({"mine": t1.with_array(sigma)}, {"mine": t1.with_array(np.zeros_like(sigma))},
+                            t1.with_array((tissues > 0).astype(np.uint8)), {"table_values": {"mine": values}})
+    evaluation = evaluate_prediction(prediction, t1.with_array(tissues), IDENTITY, t1=t1)
+    rows = evaluation.report["tables"]["mine"]["groups"]
+    assert rows["vitreous humor"]["voxels"] == 0
+    assert rows["cerebellum"]["voxels"] == 0
+    assert rows["GM"]["table_values"] == {"gm": 0.1}
+    assert "| vitreous humor | 0 |" in markdown_table(evaluation.report)
+
+
+def test_no_skin_at_the_edge_of_a_smaller_label_field_of_view():
+    """Labels on a grid that covers only the upper part of the T1 (a cropped segmentation, 'any grid'): the plane
+    where the label map ends is not the head's outside, so the brain there must not become skin."""
+    n = 30
+    ijk = np.indices((n,) * 3).transpose(1, 2, 3, 0)
+    ball = np.linalg.norm(ijk - 14.5, axis=-1) <= 13
+    t1 = Volume.from_geometry(np.zeros((n,) * 3, np.float32), spacing=(1, 1, 1))
+    full = np.where(ball, TISSUE_INDEX["gm"], 0).astype(np.int32)
+    cropped = Volume.from_geometry(full[:, :, 12:], spacing=(1, 1, 1), origin=(0, 0, 12))
+    sigma = np.where(ball, 0.1, 0).astype(np.float32)
+    prediction = Prediction({"A": t1.with_array(sigma)}, {"A": t1.with_array(np.zeros_like(sigma))},
+                            t1.with_array(ball.astype(np.uint8)), {})
+    evaluation = evaluate_prediction(prediction, cropped, IDENTITY, t1=t1)
+    tissues = evaluation.tissues.array
+    assert tissues[14, 14, 12] == TISSUE_INDEX["gm"]  # the centre of the cut plane is brain, not skin
+    assert tissues[14, 14, 13] == TISSUE_INDEX["gm"]
+
+
+def test_skin_shell_of_a_head_that_fills_the_grid():
+    """No voxel of the grid is outside the head: the head goes on beyond the grid on every side, so no skin
+    (as for a face cut by the grid); not a patch in one corner."""
+    shell = skin_shell(np.ones((6, 6, 6), bool), (1, 1, 1))
+    assert not shell.any()
+
+
+def test_comparison_figure_keeps_the_aspect_of_anisotropic_voxels(tmp_path, monkeypatch):
+    """A 1 x 1 x 3 mm T1: sagittal and coronal slices are drawn with 3:1 pixel aspect (mm, not voxels)."""
+    from matplotlib.axes import Axes
+
+    shown = []
+    imshow = Axes.imshow
+
+    def spy(self, X, *args, **kwargs):
+        image = imshow(self, X, *args, **kwargs)
+        shown.append(self.get_aspect())
+        return image
+
+    monkeypatch.setattr(Axes, "imshow", spy)
+    t1 = Volume.from_geometry(np.ones((20, 20, 8), np.float32), spacing=(1.0, 1.0, 3.0))
+    comparison_figure(t1, None, t1, t1, t1.with_array(np.zeros((20, 20, 8), np.float32)), tmp_path / "f.png")
+    # 4 images per row (T2 not given): axial, sagittal, coronal
+    assert shown[0] == pytest.approx(1.0)
+    assert shown[4] == pytest.approx(3.0)
+    assert shown[8] == pytest.approx(3.0)
+
+
+def test_a_tight_label_field_of_view_keeps_the_skin_on_its_other_sides():
+    """Labels cropped to the head's box (1 voxel of air around it) and cut at the bottom: skin all around above."""
+    n = 30
+    ijk = np.indices((n,) * 3).transpose(1, 2, 3, 0)
+    ball = np.linalg.norm(ijk - 14.5, axis=-1) <= 13
+    t1 = Volume.from_geometry(np.zeros((n,) * 3, np.float32), spacing=(1, 1, 1))
+    full = np.where(ball, TISSUE_INDEX["gm"], 0).astype(np.int32)
+    cropped = Volume.from_geometry(full[1:29, 1:29, 12:29], spacing=(1, 1, 1), origin=(1, 1, 12))
+    sigma = np.where(ball, 0.1, 0).astype(np.float32)
+    prediction = Prediction({"A": t1.with_array(sigma)}, {"A": t1.with_array(np.zeros_like(sigma))},
+                            t1.with_array(ball.astype(np.uint8)), {})
+    tissues = evaluate_prediction(prediction, cropped, IDENTITY, t1=t1).tissues.array
+    reference = skin_shell(ball, (1, 1, 1))
+    # Above the cut's reach (k >= 15) the shell is the whole ball's; the cut plane's centre is brain.
+    np.testing.assert_array_equal(tissues[:, :, 15:] == TISSUE_INDEX["skin"], reference[:, :, 15:])
+    assert tissues[14, 14, 12] == TISSUE_INDEX["gm"]
