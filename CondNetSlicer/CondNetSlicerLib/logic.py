@@ -625,17 +625,20 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def _setMarkupFrame(self, markupNode, localNode, point, axes) -> None:
         localToWorld = np.linalg.inv(adapters.worldToLocalMatrix(localNode))
         worldPoint = localToWorld[:3, :3] @ point + localToWorld[:3, 3]
-        worldAxes = localToWorld[:3, :3] @ axes
+        # The markup's own local frame: Slicer's SetNthControlPointOrientationMatrixWorld ignores its argument when the
+        # markups node has a parent transform (vtkMRMLMarkupsNode::TransformOrientationMatrixFromWorldToNode reads
+        # the identity output buffer instead of the input, Slicer 5.x), so set the local orientation ourselves.
+        markupAxes = adapters.worldToLocalMatrix(markupNode)[:3, :3] @ (localToWorld[:3, :3] @ axes)
         orientation = vtk.vtkMatrix3x3()
         for i in range(3):
             for j in range(3):
-                orientation.SetElement(i, j, float(worldAxes[i, j]))
+                orientation.SetElement(i, j, float(markupAxes[i, j]))
         wasModifying = markupNode.StartModify()
         if markupNode.GetNumberOfControlPoints() < 1:
             markupNode.AddControlPointWorld(vtk.vtkVector3d(*worldPoint), "coil")
         else:
             markupNode.SetNthControlPointPositionWorld(0, *worldPoint)
-        markupNode.SetNthControlPointOrientationMatrixWorld(0, orientation)
+        markupNode.SetNthControlPointOrientationMatrix(0, orientation)
         markupNode.EndModify(wasModifying)
 
     def snapCoilMarkup(self, markupNode, conductivityNode, *, keepHandle: bool = True):
@@ -882,7 +885,9 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         volumes = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
         for index in range(volumes.GetNumberOfItems()):
             node = volumes.GetItemAsObject(index)
-            if not node.IsA("vtkMRMLLabelMapVolumeNode") and not _role(node):
+            # exactly a scalar volume, as the T1 selector lists (showChildNodeTypes false): no label map, vector
+            # (RGB), tensor or diffusion volume, all subclasses of vtkMRMLScalarVolumeNode
+            if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not _role(node):
                 return node
         return None
 
@@ -1647,6 +1652,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         if not nodes and coilToRas is None:
             raise ValueError("nothing to export: compute a conductivity or E-field first")
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder: choose a folder to export into")
         targets = {stem: folder / f"{stem}{'.csv' if _isTable(node) else extension}" for stem, node in nodes.items()}
         extra = [folder / "coil_to_ras.txt"] if coilToRas is not None else []
         sidecar = folder / "condnet_export.json"

@@ -1342,3 +1342,60 @@ def test_coil_max_didt_comes_from_the_coil_file(tmp_path):
     assert CondNetSlicerLogic.coilMaxDidt(str(path)) is None  # SimNIBS's most used coil file gives none
     with pytest.raises(ValueError, match="no coil file or coil named"):
         CondNetSlicerLogic.coilMaxDidt("not_a_coil")
+
+
+def sphere_conductivity(n=32, spacing=2.0):
+    centre = (n - 1) / 2
+    r = np.sqrt(((np.indices((n, n, n)) - centre) ** 2).sum(0))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -centre * spacing
+    return Volume((r < 0.4 * n).astype(np.float32) * 0.3, affine)
+
+
+@pytest.mark.parametrize("underTransform", ["markup", "both"])
+def test_coil_pose_does_not_depend_on_the_coil_markups_parent_transform(mrml_scene, underTransform):
+    """Snapping and turning a coil markup that sits under a linear transform (e.g. the whole scene put under a
+    registration transform in the Data module) gives the same pose, in the conductivity's frame, as without it."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    sigma = adapters.addVolumeNode(mrml_scene, sphere_conductivity(), "sigma")
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = rotation([1.0, 0.0, 0.5], -25.0)
+    matrix[:3, 3] = [-3.0, 2.0, 11.0]
+    transform.SetMatrixTransformToParent(adapters.vtkMatrixFromArray(matrix))
+
+    def pose(markupParent, sigmaParent):
+        markup = logic.createCoilMarkup()
+        markup.SetAndObserveTransformNodeID(markupParent.GetID() if markupParent else None)
+        sigma.SetAndObserveTransformNodeID(sigmaParent.GetID() if sigmaParent else None)
+        world = np.linalg.inv(adapters.worldToLocalMatrix(sigma)) @ np.array([20.0, 5.0, 15.0, 1.0])
+        markup.AddControlPointWorld(*world[:3], "coil")
+        logic.snapCoilMarkup(markup, sigma)
+        logic.setCoilHandleAngle(markup, sigma, 30.0)
+        return logic.coilToRas(markup, sigma), logic.coilHandleAngle(markup, sigma)
+
+    expected, expectedAngle = pose(None, None)
+    got, angle = pose(transform, transform if underTransform == "both" else None)
+    assert abs(angle - 30.0) < 1e-6
+    assert abs(expectedAngle - 30.0) < 1e-6
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_first_input_volume_is_a_plain_scalar_volume(mrml_scene):
+    """The T1 picked for the panel is a plain scalar volume, as its selector shows (showChildNodeTypes false): not a
+    vector (RGB, E-field), tensor or diffusion volume loaded before it."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    adapters.addVolumeNode(mrml_scene, Volume(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), "rgb")
+    t1 = adapters.addVolumeNode(mrml_scene, Volume(np.random.default_rng(0).random((4, 4, 4)), np.eye(4)), "T1")
+    assert logic.firstInputVolume() is t1
+
+
+def test_export_into_a_path_that_is_a_file_says_so(mrml_scene, tmp_path):
+    """An export folder that is a file is refused with a clear error, not the FileExistsError the panel answers with
+    'Replace them?' (and then fails the same way)."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    node = adapters.addVolumeNode(mrml_scene, Volume(np.ones((3, 4, 5), np.float32), np.eye(4)), "v")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("user notes")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        logic.exportResults(str(notes), {"a": node})
+    assert notes.read_text() == "user notes"
