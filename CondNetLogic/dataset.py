@@ -61,7 +61,7 @@ def read_split(data_dir: PathLike) -> dict:
     FileNotFoundError
         If ``split.json`` or a subject file is missing.
     ValueError
-        If the file is malformed, ``train`` is empty, or an id is in both lists.
+        If the file is malformed, ``train`` is empty, an id is in both lists, or two ids name one folder.
     """
     data_dir = Path(data_dir)
     path = data_dir / "split.json"
@@ -77,7 +77,12 @@ def read_split(data_dir: PathLike) -> dict:
     both = sorted(set(split["train"]) & set(split["val"]))
     if both:
         raise ValueError(f"{path}: subjects {both} are in both 'train' and 'val'")
+    folders: dict = {}
     for subject in split["train"] + split["val"]:
+        folder = (data_dir / str(subject)).resolve()  # 1 and "1", "s2" and "./s2": one subject, counted twice
+        if folder in folders:
+            raise ValueError(f"{path}: {folders[folder]!r} and {subject!r} name the same subject folder {folder}")
+        folders[folder] = subject
         for name in ("t1.nii.gz", "t2.nii.gz", "tissues.nii.gz"):
             if not (data_dir / str(subject) / name).is_file():
                 raise FileNotFoundError(f"{data_dir / str(subject) / name} (listed in {path}) is missing")
@@ -160,6 +165,10 @@ def load_subject(
         t1, t2, tissues = (read_volume(path) for path in files)
         if not np.issubdtype(tissues.array.dtype, np.integer):
             raise ValueError(f"{files[2]} must hold integer tissue indices; got dtype {tissues.array.dtype}")
+        low, high = int(tissues.array.min()), int(tissues.array.max())
+        if low < 0 or high >= len(TISSUES):
+            raise ValueError(f"{files[2]} holds tissue indices {low}..{high}; expected 0..{len(TISSUES) - 1} "
+                             "(CondNetLogic.conductivity.TISSUES)")
         try:
             pair = prepare_pair(t1, t2, size=size, register=register, n4=n4)
         except ValueError as err:  # name the subject: a training set holds dozens

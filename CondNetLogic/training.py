@@ -48,13 +48,14 @@ from .dataset import (
     check_table_coverage,
     load_training_set,
     prefetched_batches,
+    read_split,
     slice_split,
     subject_slices,
 )
 from .errors import Cancelled
 from .inference import autocast_dtype, precision_name
 from .io import file_sha256, replaced_through_temporary
-from .weights import DIRECTIONS, load_weights, save_weights
+from .weights import DIRECTIONS, check_table_names, load_weights, save_weights
 
 __all__ = [
     "GraphedTrainStep",
@@ -180,11 +181,16 @@ class TrainingConfig:
         tables = (self.tables,) if isinstance(self.tables, str) else tuple(self.tables)
         if not tables:
             raise ValueError("tables must name at least one conductivity table")
+        names = []
         for name in tables:
             try:
-                get_table(name)
+                names.append(get_table(name).name)
             except (OSError, ValueError) as err:
                 raise ValueError(f"tables: {name!r} is neither 'A', 'B' nor a readable table file ({err})") from err
+        try:  # refused now, not by load_weights after the training
+            check_table_names(names)
+        except ValueError as err:
+            raise ValueError(f"tables {list(tables)}: {err}; a table file may set its own \"name\"") from err
         object.__setattr__(self, "tables", tables)
         if isinstance(self.augmentation, Mapping):
             object.__setattr__(self, "augmentation", Augmentation.from_dict(self.augmentation))
@@ -576,17 +582,8 @@ def _train_direction(
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     start_epoch = 1
     stopped_early = False
-    if checkpoint_path.exists():
-        if not resume:
-            raise FileExistsError(f"{checkpoint_path} exists; resume it or choose a new output folder")
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        stored = _stored_identity(checkpoint)
-        if stored != identity:
-            raise ValueError(
-                f"{checkpoint_path} was made with other settings than this run: "
-                f"{_identity_differences(stored, identity)}; use a new output folder or the original settings "
-                "and training set"
-            )
+    checkpoint = _resumable_checkpoint(checkpoint_path, resume, identity, device)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimizer"])
         if scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far had no scaling: a fresh one
@@ -775,6 +772,8 @@ def train(
         raise ValueError(f"size {config.size} must be a multiple of 2**(depth-1) = {network_config.size_multiple} "
                          f"and at least 2**depth = {2 * network_config.size_multiple} (the deepest level needs 2 x 2 "
                          "pixels for batch statistics)")
+    if not 16 <= config.size <= 1024:  # what load_weights accepts
+        raise ValueError(f"size must be 16..1024 voxels (what weights files hold); got {config.size}")
     directions = list(dict.fromkeys(directions))
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:
@@ -808,6 +807,9 @@ def train(
             raise ValueError(f"{out_dir} holds no finished checkpoint with these settings for {missing}: train "
                              "them first, or pass the options they were trained with")
     else:
+        for direction in directions:  # refuse now, not after the directions before it have trained
+            _resumable_checkpoint(out_dir / direction / "checkpoint.pt", resume,
+                                  _identity(network_config, config, direction, data_sha256))
         subjects = load_training_set(data_dir, cache_dir=cache_dir, size=config.size,
                                      progress=sub_progress(0, 0.05), cancel=cancel)
         check_table_coverage(subjects["train"] + subjects["val"], [get_table(name) for name in config.tables])
@@ -821,7 +823,7 @@ def train(
             )
         results.update(_finished_elsewhere(out_dir, set(DIRECTIONS) - set(directions), network_config, config,
                                            histories, data_sha256))
-    split = json.loads((Path(data_dir) / "split.json").read_text())
+    split = read_split(data_dir)
     training = {
         "data": {"dir": str(Path(data_dir).resolve()), "source": split.get("source"), "train": split["train"],
                  "val": split["val"], "slices": {d: r["slices"] for d, r in results.items() if "slices" in r}},
@@ -856,6 +858,31 @@ def _identity(network_config, config: TrainingConfig, direction: str, data_sha25
     """What a checkpoint must match to be resumed or combined: network, settings, direction, training set."""
     return {"network": network_config.to_dict(), "training": _json_copy(config.to_dict()), "direction": direction,
             "split_sha256": data_sha256}
+
+
+def _resumable_checkpoint(path: Path, resume: bool, identity: dict, device="cpu") -> Optional[dict]:
+    """The checkpoint at ``path`` (loaded onto ``device``), or None where there is none.
+
+    Raises
+    ------
+    FileExistsError
+        If it exists and ``resume`` is false.
+    ValueError
+        If it was made by a run of another identity (settings or training set).
+    """
+    import torch
+
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{path} exists; resume it or choose a new output folder")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    stored = _stored_identity(checkpoint)
+    if stored != identity:
+        raise ValueError(f"{path} was made with other settings than this run: "
+                         f"{_identity_differences(stored, identity)}; use a new output folder or the original "
+                         "settings and training set")
+    return checkpoint
 
 
 def _stored_identity(checkpoint: Mapping) -> dict:

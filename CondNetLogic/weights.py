@@ -431,11 +431,10 @@ def load_weights(
         raise WeightsError(f"the weights {path.name} predict table {', '.join(t.name for t in predicted)}, not "
                            f"{', '.join(missing)}: choose other weights or another conductivity table")
     _check_inputs(header["input"], config.in_channels, path)
-    names = [table.name for table in predicted]
-    bad = [name for name in names if not _TABLE_NAME.fullmatch(name)]
-    if bad or len(set(names)) != len(names):
-        raise WeightsError(f"{path}: table names {names} must be distinct and made of letters, digits, '_' and "
-                           "'-' (they name output files)")
+    try:
+        check_table_names([table.name for table in predicted])
+    except ValueError as err:
+        raise WeightsError(f"{path}: {err}") from err
     directions = header["directions"]
     if not directions or set(directions) - set(DIRECTIONS) or len(set(directions)) != len(directions):
         raise WeightsError(f"{path}: directions {directions} must be a non-empty subset of {sorted(DIRECTIONS)}, "
@@ -466,6 +465,16 @@ def load_weights(
 
 #: What a table name in a weights header may be: it becomes part of output file names.
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_table_names(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless the conductivity tables' names are distinct and made of letters, digits, '_'
+    and '-': they name the output files (``<out>_<table>.nii.gz``)."""
+    names = list(names)
+    bad = [name for name in names if not _TABLE_NAME.fullmatch(name)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"table names {names} must be distinct and made of letters, digits, '_' and '-' (they "
+                         "name output files)")
 
 
 def _check_inputs(spec: dict, in_channels: int, path: Path) -> None:

@@ -224,3 +224,26 @@ def test_prefetched_batches_are_the_batches_in_order(subjects):
             break
     assert len(read) == 1
 
+
+def test_tissue_labels_outside_the_tissue_list_are_refused_not_wrapped(tmp_path):
+    from CondNetLogic.io import read_volume, write_volume
+
+    root = write_training_set(tmp_path / "set", train=(1,), val=())
+    path = root / "s1" / "tissues.nii.gz"
+    tissues = read_volume(path)
+    labels = tissues.array.astype(np.int16)
+    labels[labels == 1] = 257  # uint8 would make it 1 (white matter)
+    write_volume(tissues.with_array(labels), path, overwrite=True)
+    with pytest.raises(ValueError, match="257"):
+        load_subject(root / "s1", cache_dir=tmp_path / "cache", size=MODEL_SIZE)
+
+
+@pytest.mark.parametrize("split", [{"train": [1, "s2"], "val": ["1"]}, {"train": ["s2"], "val": ["./s2"]},
+                                   {"train": ["s2", "s2/"], "val": []}])
+def test_read_split_refuses_one_subject_folder_listed_twice(tmp_path, split):
+    root = write_training_set(tmp_path / "set", train=(1, 2), val=())
+    (root / "s1").rename(root / "1")
+    (root / "split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match="the same subject folder"):
+        read_split(root)
+

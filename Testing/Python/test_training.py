@@ -11,6 +11,7 @@ import pytest
 import torch
 from _condnet_data import MODEL_SIZE, write_training_set
 
+from CondNetLogic.conductivity import TABLES
 from CondNetLogic.errors import Cancelled
 from CondNetLogic.network import CondNet, CondNetConfig
 from CondNetLogic.training import (
@@ -510,3 +511,47 @@ def test_bad_arguments(training_set, tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"")
     with pytest.raises(FileExistsError, match="overwrite"):
         train(training_set, tmp_path, weights_path=tmp_path / "w.safetensors", network_config=NET, config=TINY)
+
+
+ONE = with_overrides(TINY, epochs=1, slices_per_epoch=4)
+
+
+def test_split_without_a_val_list_trains_and_writes_weights(tmp_path):
+    """read_split accepts a split.json without "val"; the weights header must not need it either."""
+    root = write_training_set(tmp_path / "set", train=(1, 2), val=())
+    split = json.loads((root / "split.json").read_text())
+    del split["val"]
+    (root / "split.json").write_text(json.dumps(split))
+    result = train(root, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET, config=ONE,
+                   directions=["axial"], device="cpu", show_bar=False)
+    assert load_weights(result.weights_path).header["training"]["data"]["val"] == []
+
+
+@pytest.mark.parametrize(("resume", "config"), [(False, ONE), (True, with_overrides(ONE, learning_rate=5e-4))])
+def test_a_later_direction_that_cannot_resume_is_refused_before_any_training(tmp_path, resume, config):
+    root = write_training_set(tmp_path / "set")
+    out = tmp_path / "run"
+    train(root, out, weights_path=tmp_path / "sag.safetensors", network_config=NET, config=ONE,
+          directions=["sagittal"], device="cpu", show_bar=False)
+    with pytest.raises((FileExistsError, ValueError), match="sagittal"):
+        train(root, out, weights_path=tmp_path / "w.safetensors", network_config=NET, config=config,
+              directions=["axial", "sagittal"], device="cpu", show_bar=False, resume=resume)
+    assert not (out / "axial" / "checkpoint.pt").exists(), "axial was trained before the refusal"
+
+
+def test_tables_whose_weights_could_not_be_loaded_are_refused_before_training(tmp_path):
+    table_file = tmp_path / "table_a.v2.json"  # the table's name becomes the file stem, 'table_a.v2'
+    table_file.write_text(json.dumps({"values": dict(TABLES["A"].values)}))
+    with pytest.raises(ValueError, match="must be distinct"):
+        with_overrides(ONE, tables=("A", "a"))
+    with pytest.raises(ValueError, match=r"table_a\.v2"):
+        with_overrides(ONE, tables=(str(table_file),))
+
+
+def test_a_size_the_weights_loader_refuses_is_refused_before_training(tmp_path):
+    root = write_training_set(tmp_path / "set", train=(1,), val=())
+    with pytest.raises(ValueError, match="size must be 16..1024"):
+        train(root, tmp_path / "run", weights_path=tmp_path / "w.safetensors", network_config=NET,
+              config=with_overrides(ONE, size=8), directions=["axial"], device="cpu", show_bar=False)
+    assert not (tmp_path / "run" / "axial").exists()
+
