@@ -89,3 +89,59 @@ def test_main_reads_files_writes_json_and_refuses_other_grids(check, tmp_path, c
     with pytest.raises(SystemExit):
         check.main(["--prediction", str(paths["sigma"]), "--image", str(shifted), "--labels", str(paths["seg"])])
     assert "not on the prediction's grid" in capsys.readouterr().err
+
+
+def mixed_slab():
+    """Along i: 4 layers of cortex (label 3), 4 of CSF (label 24) that are 20/40/60/80 % fluid, 4 of ventricle
+    (label 4).  T1 and T2 of each CSF layer mix the two pure signals linearly (partial volume)."""
+    labels = np.zeros((12, 5, 5), dtype=np.int16)
+    labels[:4], labels[4:8], labels[8:] = 3, 24, 4
+    share = np.zeros(12)
+    share[4:8] = [0.2, 0.4, 0.6, 0.8]
+    share[8:] = 1.0
+    grey, fluid = np.array([0.6, 0.55]), np.array([0.2, 0.95])  # (T1, T2)
+    images = (1 - share)[:, None] * grey + share[:, None] * fluid
+    t1, t2 = (np.broadcast_to(images[:, c, None, None], labels.shape).astype(np.float32) for c in range(2))
+    return labels, t1, t2, share
+
+
+def test_fluid_fraction_unmixes_partial_volume(check):
+    labels, t1, t2, share = mixed_slab()
+    fraction, references = check.fluid_fraction(t1, t2, labels)
+    np.testing.assert_allclose(fraction[:, 2, 2], share, atol=1e-6)
+    # Each image scaled over the head: fluid is the darkest T1 and the brightest T2, cortex the reverse.
+    assert references["fluid"] == pytest.approx([0.0, 1.0])
+    assert references["tissue"] == pytest.approx([1.0, 0.0])
+    # The fraction bins of the breakdown hold the layers of each quarter.
+    tissues = np.where(labels == 3, TISSUE_INDEX["gm"], TISSUE_INDEX["csf"]).astype(np.uint8)
+    prediction = np.where(labels == 3, 0.1, 2.0) * 1.0
+    report = check.breakdown(prediction, t2, tissues, (1.0, 1.0, 1.0), ["csf"], fraction)
+    rows = [(row["bin"], row["voxels"]) for row in report["csf"]["by_fluid_fraction"]]
+    assert rows == [("0.00-0.25", 25), ("0.25-0.50", 25), ("0.50-0.75", 25), ("0.75-1.00", 25 + 100)]
+    assert report["csf"]["mean_fluid_fraction"] == pytest.approx((0.2 + 0.4 + 0.6 + 0.8 + 4) / 8)
+    with pytest.raises(ValueError, match="not on the grid"):
+        check.breakdown(prediction, t2, tissues, (1.0, 1.0, 1.0), ["csf"], fraction[:-1])
+
+
+def test_fluid_fraction_refuses_missing_or_equal_references(check):
+    labels, t1, t2, _ = mixed_slab()
+    with pytest.raises(ValueError, match="no interior voxel"):
+        check.fluid_fraction(t1, t2, labels, fluid_labels=(43,))
+    with pytest.raises(ValueError, match="same brightness"):
+        check.fluid_fraction(t1, t2, labels, fluid_labels=(3,), tissue_labels=(3,))
+    with pytest.raises(ValueError, match="share one grid"):
+        check.fluid_fraction(t1[:-1], t2, labels)
+
+
+def test_main_with_a_t1_adds_the_fluid_fraction_table(check, tmp_path, capsys):
+    labels, t1, t2, _ = mixed_slab()
+    affine = np.eye(4)
+    prediction = np.where(labels == 3, 0.1, 2.0).astype(np.float32)
+    paths = {name: write_volume(Volume(array, affine), tmp_path / f"{name}.nii.gz")
+             for name, array in (("sigma", prediction), ("t1", t1), ("t2", t2), ("seg", labels))}
+    assert check.main(["--prediction", str(paths["sigma"]), "--image", str(paths["t2"]), "--labels",
+                       str(paths["seg"]), "--mapping", "synthseg", "--tissues", "csf", "--t1", str(paths["t1"])]) == 0
+    out = capsys.readouterr().out
+    assert "### csf: 200 voxels, mean 2.000 S/m, mean fluid fraction 0.75" in out
+    assert "| fluid fraction | voxels |" in out
+    assert "Fluid fraction: (T1, T2) unmixed between the interiors of labels [4, 43]" in out
