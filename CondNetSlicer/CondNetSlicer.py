@@ -212,6 +212,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cpuForShortGpu = {}  # device choice -> the user's answer to "use the CPU?" (GPU short of memory)
         self._appliedHandleAngle = None
         self._modelScalpOffset = None  # the scalp offset (mm) the coil model was last drawn with
+        self._modelCoilName = None  # the coil the model was last drawn for
         self._updatingCoil = False
         self._coilMovedWhileBusy = False
         self._reportedMissingCoil = ""
@@ -364,7 +365,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPoseButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
         self.ui.eegPositionsButton.enabled = self.ui.presetButton.enabled
-        hasTarget = p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
+        hasTarget = (p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
+                     and p.targetMarkup.GetNthControlPointPositionStatus(0) == p.targetMarkup.PositionDefined)
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))
@@ -413,7 +415,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._appliedHandleAngle = p.handleAngleDeg
                     self.logic.setCoilHandleAngle(p.coilMarkup, p.conductivityVolume, p.handleAngleDeg)
                     self._updateCoilModel()
-            elif coilInstalled and self._modelScalpOffset is not None and p.scalpOffsetMm != self._modelScalpOffset:
+            elif coilInstalled and self._modelScalpOffset is not None and (
+                    p.scalpOffsetMm != self._modelScalpOffset or p.coilName != self._modelCoilName):
                 with slicer.util.tryWithErrorDisplay(_("Failed to show the coil."), waitCursor=True):
                     self._updateCoilModel()  # the scalp offset moved the coil along its normal
 
@@ -649,7 +652,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Follow the target point list's points: the target buttons need one."""
         if markup is self._observedTarget:
             return
-        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent)
         if self._observedTarget is not None:
             for event in events:
                 self.removeObserver(self._observedTarget, event, self._onParameterNodeModified)
@@ -679,7 +683,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
         # Not inside the block above: onComputeEFieldButton shows its own error, and tryWithErrorDisplay re-raises,
         # so a nested call would show a failed solve twice.
-        if p.autoUpdate and p.eMagnitudeVolume:
+        if p.autoUpdate and p.eMagnitudeVolume and self.ui.computeEFieldButton.enabled:
             self.onComputeEFieldButton()
 
     def _snapCoil(self) -> None:
@@ -776,6 +780,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.coilName, self._coilToRas(), p.conductivityVolume, p.coilModel, p.coilTransform
         )
         self._modelScalpOffset = p.scalpOffsetMm
+        self._modelCoilName = p.coilName
         p.coilModel, p.coilTransform = model, transform
 
     # ------------------------------------------------------------------------------- E-field

@@ -8,9 +8,12 @@ detects when a restart is needed, skipped under testing) or, in older Slicer, wi
 ``slicer.util.pip_install`` after a confirmation.  ``slicer.packaging`` is a submodule that ``import
 slicer`` does not bind, so it is imported explicitly; development builds before 5.12 called it
 ``slicer.pydeps``, which is tried next.  Packages Slicer bundles (numpy, scipy, SimpleITK) are never
-listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).
+listed: replacing them breaks Slicer (SlicerTotalSegmentator issue #4).  They are also pinned to their installed
+versions by a constraints file while the others install, so that a dependency's range (numba: numpy < 2.6) makes
+pip fail with a message instead of replacing them.
 """
 
+import contextlib
 import importlib
 import json
 import logging
@@ -143,6 +146,32 @@ def slicerPackaging():
     return None
 
 
+#: Packages Slicer bundles, pinned while CondNet's requirements are installed.
+BUNDLED = ("numpy", "scipy", "SimpleITK", "vtk", "requests")
+
+
+@contextlib.contextmanager
+def _bundledConstraints():
+    """A pip constraints file pinning the installed version of each of :data:`BUNDLED`; removed afterwards."""
+    import os
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    for name in BUNDLED:
+        try:
+            lines.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    handle, path = tempfile.mkstemp(prefix="CondNet-constraints-", suffix=".txt")
+    try:
+        with open(handle, "w", encoding="utf-8") as stream:
+            stream.write("\n".join(lines) + "\n")
+        yield Path(path)
+    finally:
+        os.remove(path)
+
+
 def ensureRequirements(
     requirementsPath, *, interactive: bool = True, logCallback: Optional[Callable[[str], None]] = None
 ) -> None:
@@ -158,9 +187,9 @@ def ensureRequirements(
     packaging = slicerPackaging()
     if packaging is not None:
         try:
-            packaging.pip_ensure(
-                packaging.load_requirements(requirementsPath), prompt_install=interactive, requester="CondNet"
-            )
+            with _bundledConstraints() as constraints:
+                packaging.pip_ensure(packaging.load_requirements(requirementsPath), constraints=str(constraints),
+                                     prompt_install=interactive, requester="CondNet")
         except RuntimeError as err:  # declined
             raise InstallError(f"CondNet's Python packages were not installed: {err}") from err
         except subprocess.CalledProcessError as err:
@@ -176,7 +205,8 @@ def ensureRequirements(
         raise InstallError("CondNet's Python packages were not installed: the installation was declined.")
     _log(logCallback, "Installing " + ", ".join(missing) + "...")
     try:
-        slicer.util.pip_install(missing)
+        with _bundledConstraints() as constraints:
+            slicer.util.pip_install(missing + ["-c", str(constraints)])
     except Exception as err:
         raise InstallError(f"installing {', '.join(missing)} failed: {err}", restartRequired=True) from err
     importlib.invalidate_caches()

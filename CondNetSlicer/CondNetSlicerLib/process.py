@@ -26,6 +26,8 @@ CANCELLED = -1001
 
 #: "42%", "42.5 %": the CLI's progress (tqdm bars and our log lines both show it).
 _PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)\s?%")
+#: A log record of the CLI ("WARNING name: ..."): its percentages are not progress.
+_LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 #: Folder that holds the ``CondNetLogic`` package: the repository root in a source tree, the
 #: ``lib/Slicer-X.Y`` folder of an installed extension (see ``CondNetSlicer/CMakeLists.txt``).
@@ -168,7 +170,7 @@ class BackgroundProcess:
         self.output.append(line)
         if self.logCallback:
             self.logCallback(line)
-        match = _PERCENT.search(line)
+        match = None if _LOG_RECORD.match(line) else _PERCENT.search(line)
         if match and self.progressCallback:
             fraction = min(max(float(match.group(1)) / 100.0, 0.0), 1.0)
             self.progressCallback(fraction, line)

@@ -991,11 +991,18 @@ def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tm
     calls = []
     packaging = types.ModuleType("slicer.packaging")
     packaging.load_requirements = lambda path: install._readRequirements(path)
-    packaging.pip_ensure = lambda requirements, **kwargs: calls.append((requirements, kwargs))
+    packaging.pip_ensure = lambda requirements, **kwargs: calls.append(
+        (requirements, kwargs, Path(kwargs["constraints"]).read_text().split()))
     monkeypatch.delattr(slicer, "packaging", raising=False)  # not bound by "import slicer"
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     install.ensureRequirements(requirements, interactive=False)
-    assert calls == [(["safetensors>=0.4"], {"prompt_install": False, "requester": "CondNet"})]
+    [(listed, options, pinned)] = calls
+    assert listed == ["safetensors>=0.4"]
+    assert {key: options[key] for key in ("prompt_install", "requester")} == {"prompt_install": False,
+                                                                            "requester": "CondNet"}
+    # Slicer's own packages are pinned, so that no dependency's range makes pip replace them
+    assert f"numpy=={np.__version__}" in pinned
+    assert not Path(options["constraints"]).exists()  # the constraints file is removed afterwards
 
     def decline(requirements, **kwargs):
         raise RuntimeError("the user declined")
@@ -1010,9 +1017,12 @@ def test_requirements_go_through_slicer_packaging_or_pip_install(monkeypatch, tm
     assert install.slicerPackaging() is None
     installed = []
     monkeypatch.setattr(install, "missingRequirements", lambda path: ["safetensors>=0.4"])
-    monkeypatch.setattr(slicer.util, "pip_install", installed.append, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda arguments: installed.append(
+        (arguments, Path(arguments[-1]).read_text().split())), raising=False)
     install.ensureRequirements(requirements, interactive=False)
-    assert installed == [["safetensors>=0.4"]]
+    [(arguments, pinned)] = installed
+    assert arguments[:2] == ["safetensors>=0.4", "-c"]
+    assert f"numpy=={np.__version__}" in pinned
 
 
 def test_the_gpu_memory_is_read_in_a_child_process(monkeypatch):

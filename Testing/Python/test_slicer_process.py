@@ -288,3 +288,18 @@ def test_log_records_of_a_background_run_reach_the_log_as_lines_of_their_own(log
     assert not glued, "\n".join(glued)
     sidecar = json.loads((Path(process.outDir) / "sigma.json").read_text())
     np.testing.assert_allclose(sidecar["t2_head_offset_mm"], [10.0, 0.0, 0.0], atol=1.0)  # RAS mm
+
+
+def test_percentages_in_log_lines_do_not_move_the_progress_bar():
+    """A warning that quotes a percentage (inside-out check, T2 coverage) is not progress."""
+    script = (
+        "import sys\n"
+        "sys.stdout.write('predict:  90%|#########  | 90% axial network: 60/64 slices\\r'); sys.stdout.flush()\n"
+        "print('\\nWARNING CondNetLogic.inference: the conductivity looks inside out (depth ratio 1.40, 12% of it "
+        "within 15 mm of the scalp)')\n"
+        "sys.stdout.write('predict: 100%|##########| 100% conductivity ready\\r'); sys.stdout.flush()\n"
+    )
+    fractions = []
+    process = BackgroundProcess([sys.executable, "-c", script], progressCallback=lambda f, m: fractions.append(f))
+    assert process.start().waitForCompletion(timeout=60) == 0
+    assert fractions == [0.9, 1.0], f"the progress went {fractions}"

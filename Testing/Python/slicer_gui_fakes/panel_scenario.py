@@ -143,6 +143,8 @@ def expectedStates(busy=False):
     p, logic, ui = params(), P.widget.logic, P.widget.ui
     isCoil = logic.isCoilMarkup(p.coilMarkup)
     hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+    hasTarget = (p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
+                 and p.targetMarkup.GetNthControlPointPositionStatus(0) == p.targetMarkup.PositionDefined)
     coilInstalled = bool(p.coilName) and ui.coilComboBox.findText(p.coilName) >= 0
     sigma = p.conductivityVolume is not None
     idle = not busy
@@ -154,11 +156,9 @@ def expectedStates(busy=False):
         "loadPoseButton": idle and sigma,
         "presetButton": idle and sigma and p.landmarks is not None,
         "eegPositionsButton": idle and sigma and p.landmarks is not None,
-        "coilOverTargetButton": idle and sigma and p.targetMarkup is not None
-        and p.targetMarkup.GetNumberOfControlPoints() > 0,
+        "coilOverTargetButton": idle and sigma and hasTarget,
         "computeEFieldButton": idle and sigma and hasPoint and coilInstalled,
-        "bestPoseButton": idle and sigma and hasPoint and coilInstalled and (
-            p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0 or p.targetRegion is not None),
+        "bestPoseButton": idle and sigma and hasPoint and coilInstalled and (hasTarget or p.targetRegion is not None),
         "eFieldSpreadButton": idle and sigma and hasPoint and coilInstalled
         and p.conductivityVolume.GetNumberOfNodeReferences("CondNet.Direction") >= 2,
         "motorThresholdButton": idle and p.eMagnitudeVolume is not None
