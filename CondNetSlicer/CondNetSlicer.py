@@ -354,7 +354,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.coilMarkup is None:  # deleted (or the selector cleared): no pose, no coil shown
             self.logic.setCoilModelVisible(p.coilModel, False)
         self.ui.statisticsTableView.setMRMLTableNode(p.statisticsTable)
-        hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+        hasPoint = (isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+                    and p.coilMarkup.GetNthControlPointPositionStatus(0) == p.coilMarkup.PositionDefined)
         idle = not self._busy
         self.ui.customTablePathLineEdit.enabled = p.conductivitySet == "custom"
         self._showOutputPercent(p, coilInstalled)
@@ -639,6 +640,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onCoilMarkupMoved),
             (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._onCoilMarkupMoved),
             (slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._onCoilPointRemoved),
+            (slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent, self._onCoilPointRemoved),
         )
         if self._observedMarkup is not None:
             for event, handler in events:
@@ -663,7 +665,8 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.addObserver(markup, event, self._onParameterNodeModified)
 
     def _onCoilPointRemoved(self, caller=None, event=None) -> None:
-        """The coil's point is gone (Place coil pressed again, or deleted elsewhere): hide the coil, update buttons."""
+        """The coil's point is gone (Place coil pressed again, deleted elsewhere) or its position cleared (Markups
+        module): hide the coil, update buttons."""
         p = self._parameterNode
         if p is None:
             return

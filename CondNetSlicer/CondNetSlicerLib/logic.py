@@ -614,6 +614,8 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         """Point and axes (3, 3) of the coil markup's control point in ``localNode``'s local RAS."""
         if markupNode is None or markupNode.GetNumberOfControlPoints() < 1:
             raise ValueError("place the coil first: the coil markup has no point")
+        if markupNode.GetNthControlPointPositionStatus(0) != markupNode.PositionDefined:  # cleared, or not yet placed
+            raise ValueError("place the coil first: the coil markup's point has no position")
         point = np.zeros(3)
         markupNode.GetNthControlPointPositionWorld(0, point)
         orientation = vtk.vtkMatrix3x3()

@@ -1409,3 +1409,18 @@ def test_export_into_a_path_that_is_a_file_says_so(mrml_scene, tmp_path):
     with pytest.raises(NotADirectoryError, match="not a folder"):
         logic.exportResults(str(notes), {"a": node})
     assert notes.read_text() == "user notes"
+
+
+def test_a_coil_point_whose_position_was_cleared_gives_no_pose(mrml_scene):
+    """Markups module, 'Clear position': the point keeps its old coordinates but has no position; solving there
+    would use a pose the user took back."""
+    logic = CondNetSlicerLogic(mrml_scene)
+    sigma = adapters.addVolumeNode(mrml_scene, sphere_conductivity(), "sigma")
+    markup = logic.createCoilMarkup()
+    markup.AddControlPointWorld(20.0, 5.0, 15.0, "coil")
+    logic.snapCoilMarkup(markup, sigma)
+    assert logic.coilToRas(markup, sigma).shape == (4, 4)
+    markup.UnsetNthControlPointPosition(0)
+    with pytest.raises(ValueError, match="has no position"):
+        logic.coilToRas(markup, sigma)
+

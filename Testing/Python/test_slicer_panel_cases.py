@@ -120,3 +120,16 @@ def test_deleting_the_t1_never_makes_a_condnet_output_the_t1(tmp_path):
         assert p.t1Volume is None or not p.t1Volume.GetAttribute(ROLE), \\
             f"the T1 became {p.t1Volume.GetName()}, a CondNet {p.t1Volume.GetAttribute(ROLE)} output"
     ''')
+
+
+def test_clearing_the_coil_points_position_hides_the_coil_and_disables_the_solve(tmp_path):
+    _runPanel(tmp_path, '''
+        assert ui.computeEFieldButton.enabled
+        markup.UnsetNthControlPointPosition(0)  # Markups module: 'Clear position'
+        assert not ui.computeEFieldButton.enabled, "Compute E-field enabled for a coil point without a position"
+        assert not ui.snapCoilButton.enabled
+        assert not p.coilModel.GetDisplayNode().GetVisibility(), "the coil is still shown"
+        p.handleAngleDeg = 45.0  # a parameter change must not try to turn a coil that has no position
+        assert not [d for d in RECORD["dialogs"] if d[0] == "error"], RECORD["dialogs"]
+    ''')
+

@@ -142,7 +142,8 @@ def expectedStates(busy=False):
     """What _onParameterNodeModified must enable and show, from the parameter node alone."""
     p, logic, ui = params(), P.widget.logic, P.widget.ui
     isCoil = logic.isCoilMarkup(p.coilMarkup)
-    hasPoint = isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+    hasPoint = (isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
+                and p.coilMarkup.GetNthControlPointPositionStatus(0) == p.coilMarkup.PositionDefined)
     hasTarget = (p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
                  and p.targetMarkup.GetNthControlPointPositionStatus(0) == p.targetMarkup.PositionDefined)
     coilInstalled = bool(p.coilName) and ui.coilComboBox.findText(p.coilName) >= 0
