@@ -24,7 +24,7 @@ __all__ = ["CANCELLED", "BackgroundProcess", "childEnvironment", "pythonExecutab
 #: Return code reported after :meth:`BackgroundProcess.cancel`.
 CANCELLED = -1001
 
-#: "42%", "42.5 %": the CLI's progress (tqdm bars and our log lines both show it).
+#: "42%", "42.5 %": the CLI's progress, as its tqdm bars show it.
 _PERCENT = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)\s?%")
 #: A log record of the CLI ("WARNING name: ..."): its percentages are not progress.
 _LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
