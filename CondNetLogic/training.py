@@ -55,7 +55,7 @@ from .dataset import (
 from .errors import Cancelled
 from .inference import autocast_dtype, precision_name
 from .io import file_sha256, replaced_through_temporary
-from .weights import DIRECTIONS, check_table_names, load_weights, save_weights
+from .weights import DIRECTIONS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, check_table_names, load_weights, save_weights
 
 __all__ = [
     "GraphedTrainStep",
@@ -772,8 +772,9 @@ def train(
         raise ValueError(f"size {config.size} must be a multiple of 2**(depth-1) = {network_config.size_multiple} "
                          f"and at least 2**depth = {2 * network_config.size_multiple} (the deepest level needs 2 x 2 "
                          "pixels for batch statistics)")
-    if not 16 <= config.size <= 1024:  # what load_weights accepts
-        raise ValueError(f"size must be 16..1024 voxels (what weights files hold); got {config.size}")
+    if not MIN_INPUT_SIZE <= config.size <= MAX_INPUT_SIZE:  # what load_weights accepts
+        raise ValueError(f"size must be {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} voxels (what weights files hold); "
+                         f"got {config.size}")
     directions = list(dict.fromkeys(directions))
     unknown = [d for d in directions if d not in DIRECTIONS]
     if unknown or not directions:

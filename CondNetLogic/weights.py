@@ -465,6 +465,8 @@ def load_weights(
 
 #: What a table name in a weights header may be: it becomes part of output file names.
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+#: Model grid sizes (voxels per side) a weights file may hold.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024
 
 
 def check_table_names(names: Sequence[str]) -> None:
@@ -485,8 +487,9 @@ def _check_inputs(spec: dict, in_channels: int, path: Path) -> None:
         raise WeightsError(f"{path}: the networks take the inputs {channels!r}; this package feeds {expected} "
                            f"(U={in_channels}) in that order")
     size = spec.get("size", 256)
-    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
-        raise WeightsError(f"{path}: input size must be a whole number of voxels (16-1024), got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise WeightsError(f"{path}: input size must be a whole number of voxels ({MIN_INPUT_SIZE}-{MAX_INPUT_SIZE}), "
+                           f"got {size!r}")
     spacing = spec.get("spacing_mm", 1.0)
     if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or spacing != 1.0:
         raise WeightsError(f"{path}: the networks were trained on a {spacing!r} mm grid; this package runs them "

@@ -354,8 +354,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.coilMarkup is None:  # deleted (or the selector cleared): no pose, no coil shown
             self.logic.setCoilModelVisible(p.coilModel, False)
         self.ui.statisticsTableView.setMRMLTableNode(p.statisticsTable)
-        hasPoint = (isCoil and p.coilMarkup.GetNumberOfControlPoints() > 0
-                    and p.coilMarkup.GetNthControlPointPositionStatus(0) == p.coilMarkup.PositionDefined)
+        hasPoint = isCoil and self.logic.hasPlacedPoint(p.coilMarkup)
         idle = not self._busy
         self.ui.customTablePathLineEdit.enabled = p.conductivitySet == "custom"
         self._showOutputPercent(p, coilInstalled)
@@ -366,8 +365,7 @@ class CondNetSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPoseButton.enabled = idle and bool(p.conductivityVolume)
         self.ui.presetButton.enabled = idle and bool(p.conductivityVolume and p.landmarks)
         self.ui.eegPositionsButton.enabled = self.ui.presetButton.enabled
-        hasTarget = (p.targetMarkup is not None and p.targetMarkup.GetNumberOfControlPoints() > 0
-                     and p.targetMarkup.GetNthControlPointPositionStatus(0) == p.targetMarkup.PositionDefined)
+        hasTarget = self.logic.hasPlacedPoint(p.targetMarkup)
         self.ui.coilOverTargetButton.enabled = idle and bool(p.conductivityVolume) and hasTarget
         self.ui.computeEFieldButton.enabled = idle and bool(p.conductivityVolume) and hasPoint and coilInstalled
         self.ui.bestPoseButton.enabled = self.ui.computeEFieldButton.enabled and (hasTarget or bool(p.targetRegion))

@@ -552,6 +552,13 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
         return node
 
     @staticmethod
+    def hasPlacedPoint(markupNode) -> bool:
+        """True when the markups node's first control point exists and has a position (not cleared, not just
+        listed in a template waiting to be placed)."""
+        return (markupNode is not None and markupNode.GetNumberOfControlPoints() > 0
+                and markupNode.GetNthControlPointPositionStatus(0) == markupNode.PositionDefined)
+
+    @staticmethod
     def isCoilMarkup(markupNode) -> bool:
         """True for a markups node CondNet made as the coil markup (see :meth:`createCoilMarkup`)."""
         return markupNode is not None and _role(markupNode) == "coil-markup"
@@ -744,8 +751,7 @@ class CondNetSlicerLogic(ScriptedLoadableModuleLogic):
     def targetPoint(targetNode, conductivityNode) -> Optional[np.ndarray]:
         """The first control point of a target markup in the conductivity node's local RAS (mm); None without one
         (or while it is not placed)."""
-        if (targetNode is None or targetNode.GetNumberOfControlPoints() < 1
-                or targetNode.GetNthControlPointPositionStatus(0) != targetNode.PositionDefined):
+        if not CondNetSlicerLogic.hasPlacedPoint(targetNode):
             return None
         point = np.zeros(3)
         targetNode.GetNthControlPointPositionWorld(0, point)
